@@ -1,0 +1,1 @@
+"""Cohort data: case manifests, validation, splits, NIfTI io, transforms and the phantom cohort."""

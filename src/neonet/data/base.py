@@ -1,0 +1,91 @@
+"""Base class of every stage's DataModule: experiment, fold and split handling in one place."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule
+
+from neonet.data.cases import Case, LabelMap, read_cases
+from neonet.data.splits import Fold, ensure_splits, get_fold
+from neonet.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+class FoldDataModule(LightningDataModule):
+    """Knows the experiment's workspace, the split file and which fold it serves.
+
+    Args:
+        cases: path of the experiment's ``cases.csv``.
+        experiment: experiment name; outputs go to ``<runs_dir>/<experiment>/``.
+        runs_dir: folder holding all experiments.
+        fold: the fold k (its test cases are held out; its inner validation cases select models).
+        folds: number of folds (used only when the split file is first written).
+        split_seed: seed of the split (used only when the split file is first written).
+        val_fraction: fraction of training patients held out for inner validation.
+        liver: raw label values meaning liver.
+        tumor: raw label values meaning tumour.
+        other: raw label values mapped to background (e.g. other organs).
+    """
+
+    def __init__(
+        self,
+        cases: str,
+        experiment: str = "default",
+        runs_dir: str = "runs",
+        fold: int = 0,
+        folds: int = 5,
+        split_seed: int = 0,
+        val_fraction: float = 0.2,
+        liver: list[int] | None = None,
+        tumor: list[int] | None = None,
+        other: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.cases_csv = Path(cases)
+        self.experiment = experiment
+        self.runs_dir = Path(runs_dir)
+        self.fold = int(fold)
+        self.folds = int(folds)
+        self.split_seed = int(split_seed)
+        self.val_fraction = float(val_fraction)
+        self.label_map = LabelMap(
+            liver=tuple(liver if liver is not None else [1]),
+            tumor=tuple(tumor if tumor is not None else [2]),
+            other=tuple(other or []),
+        )
+        self.workspace = Workspace(self.runs_dir, experiment)
+        self._cases: list[Case] | None = None
+        self._fold: Fold | None = None
+
+    @property
+    def all_cases(self) -> list[Case]:
+        """Every case of the manifest."""
+        if self._cases is None:
+            self._cases = read_cases(self.cases_csv)
+        return self._cases
+
+    @property
+    def split(self) -> Fold:
+        """This fold's case ids (the split file is written on first use, then only read)."""
+        if self._fold is None:
+            doc = ensure_splits(
+                self.workspace.splits_path,
+                self.all_cases,
+                folds=self.folds,
+                seed=self.split_seed,
+                val_fraction=self.val_fraction,
+            )
+            self._fold = get_fold(doc, self.fold)
+        return self._fold
+
+    def cases_of(self, ids: tuple[str, ...] | list[str]) -> list[Case]:
+        """Cases with the given ids, in that order."""
+        by_id = {c.case_id: c for c in self.all_cases}
+        return [by_id[i] for i in ids]
+
+    def split_record(self) -> dict[str, list[str]]:
+        """Case ids per split, for ``artifact.json`` (what this fold was trained and tested on)."""
+        return {"train_cases": list(self.split.train), "val_cases": list(self.split.val), "test_cases": list(self.split.test)}

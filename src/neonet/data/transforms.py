@@ -1,0 +1,178 @@
+"""Preprocessing and augmentation: MONAI dictionary transforms plus torchio MRI augmentation.
+
+Every stage sees volumes the same way: reoriented to RAS, label values mapped to the project
+convention (0 background, 1 liver, 2 tumour), resampled to the experiment's target spacing
+(default 1.5625 x 1.5625 x 4.0 mm) and intensities scaled to [0, 1] between the volume's
+0.5th and 99.5th percentiles. All spatial steps are invertible, so predictions can be mapped back
+to the input's original grid with ``monai.transforms.Invertd``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torchio as tio
+from monai import transforms as mt
+from monai.config import KeysCollection
+
+from neonet.data.cases import LabelMap
+
+DEFAULT_SPACING: tuple[float, float, float] = (1.5625, 1.5625, 4.0)
+
+
+class MapLabeld(mt.MapTransform):
+    """Map raw label values to the project convention with a :class:`LabelMap`.
+
+    Args:
+        keys: label keys.
+        label_map: which raw values are liver / tumour / other.
+    """
+
+    def __init__(self, keys: KeysCollection, label_map: LabelMap, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_map = label_map
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            mapped = self.label_map.apply(np.asarray(value))
+            d[key] = _like(value, mapped) if isinstance(value, torch.Tensor) else mapped
+        return d
+
+
+def _like(ref: torch.Tensor, array: np.ndarray) -> torch.Tensor:
+    """Tensor with ``array``'s values and ``ref``'s metadata (MetaTensor-preserving)."""
+    out = ref.clone()
+    out.copy_(torch.as_tensor(array, dtype=ref.dtype))
+    return out
+
+
+class TorchioAugmentd(mt.RandomizableTransform, mt.MapTransform):
+    """Apply a torchio augmentation pipeline to an image (and optional label) in a MONAI dict.
+
+    Being randomizable, it marks where MONAI's ``CacheDataset`` stops caching.
+
+    Args:
+        keys: (image key, label key); the label key may be missing in the dict.
+        transform: a torchio transform (e.g. from :func:`mri_augmentation`).
+    """
+
+    def __init__(self, keys: KeysCollection, transform: tio.Transform) -> None:
+        mt.MapTransform.__init__(self, keys, allow_missing_keys=True)
+        mt.RandomizableTransform.__init__(self, prob=1.0)
+        self.transform = transform
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        keys = list(self.keys)
+        image_key, label_key = keys[0], (keys[1] if len(keys) > 1 else None)
+        image = torch.as_tensor(d[image_key]).float()
+        subject_args: dict[str, tio.Image] = {"image": tio.ScalarImage(tensor=image.detach().cpu().as_subclass(torch.Tensor))}
+        if label_key is not None and label_key in d:
+            label = torch.as_tensor(d[label_key])
+            subject_args["label"] = tio.LabelMap(tensor=label.detach().cpu().as_subclass(torch.Tensor).float())
+        out = self.transform(tio.Subject(**subject_args))
+        d[image_key] = _like(d[image_key], out["image"].data.numpy()) if isinstance(d[image_key], torch.Tensor) else out["image"].data.numpy()
+        if "label" in subject_args:
+            lab = out["label"].data.numpy()
+            d[label_key] = _like(d[label_key], lab) if isinstance(d[label_key], torch.Tensor) else lab
+        return d
+
+
+def mri_augmentation(
+    p: float = 0.3,
+    flip_axes: Sequence[int] = (0,),
+    affine_degrees: float = 10.0,
+    affine_scales: float = 0.1,
+) -> tio.Compose:
+    """MRI-specific training augmentation with torchio.
+
+    Args:
+        p: probability of each intensity/artefact augmentation.
+        flip_axes: axes along which to flip with probability 0.5 (0 = left-right in RAS).
+        affine_degrees: maximum rotation in degrees.
+        affine_scales: maximum relative scaling.
+    """
+    return tio.Compose(
+        [
+            tio.RandomFlip(axes=tuple(flip_axes), flip_probability=0.5) if flip_axes else tio.Lambda(lambda x: x),
+            tio.RandomAffine(scales=affine_scales, degrees=affine_degrees, default_pad_value="minimum", p=p),
+            tio.RandomBiasField(coefficients=0.3, p=p),
+            tio.OneOf({tio.RandomMotion(num_transforms=1): 0.5, tio.RandomGhosting(num_ghosts=(2, 4)): 0.5}, p=p / 2),
+            tio.RandomGamma(log_gamma=(-0.3, 0.3), p=p),
+            tio.RandomNoise(std=(0, 0.03), p=p),
+        ]
+    )
+
+
+def canonical_transforms(
+    spacing: Sequence[float] = DEFAULT_SPACING,
+    label_map: LabelMap | None = None,
+    with_label: bool = True,
+    image_key: str = "image",
+    label_key: str = "label",
+) -> mt.Compose:
+    """Load → channel-first → map labels → RAS → resample → scale intensity to [0, 1].
+
+    Args:
+        spacing: target voxel spacing in mm.
+        label_map: raw label values to project convention; default ``LabelMap()``.
+        with_label: whether the dict has a label path under ``label_key``.
+        image_key: key of the image path.
+        label_key: key of the label path.
+    """
+    label_map = label_map or LabelMap()
+    keys = [image_key, label_key] if with_label else [image_key]
+    steps: list[Any] = [
+        mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True, dtype=np.float32),
+        mt.EnsureChannelFirstd(keys=keys, channel_dim="no_channel"),
+    ]
+    if with_label:
+        steps.append(MapLabeld(keys=[label_key], label_map=label_map))
+    steps += [
+        mt.Orientationd(keys=keys, axcodes="RAS", labels=None),
+        mt.Spacingd(
+            keys=keys,
+            pixdim=tuple(float(s) for s in spacing),
+            mode=("bilinear", "nearest") if with_label else "bilinear",
+            padding_mode="border" if not with_label else ("border", "zeros"),
+        ),
+        mt.ScaleIntensityRangePercentilesd(
+            keys=[image_key], lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True, relative=False
+        ),
+    ]
+    if with_label:
+        steps.append(mt.CastToTyped(keys=[label_key], dtype=torch.uint8))
+    return mt.Compose(steps)
+
+
+def load_canonical(
+    image: str,
+    label: str | None = None,
+    spacing: Sequence[float] = DEFAULT_SPACING,
+    label_map: LabelMap | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Load one case in canonical form.
+
+    Args:
+        image: image NIfTI path.
+        label: label NIfTI path (a predicted mask in project convention, or a raw label with
+            ``label_map``), or None.
+        spacing: target spacing in mm.
+        label_map: raw label map (default: project convention).
+
+    Returns:
+        ``(image (X, Y, Z) float32 in [0, 1], label (X, Y, Z) uint8 or None, affine 4x4)``.
+    """
+    data = {"image": str(image)}
+    if label is not None:
+        data["label"] = str(label)
+    out = canonical_transforms(spacing, label_map, with_label=label is not None)(data)
+    img = out["image"]
+    affine = np.asarray(img.affine, dtype=np.float64)
+    lab = np.asarray(out["label"][0]).astype(np.uint8) if label is not None else None
+    return np.asarray(img[0], dtype=np.float32), lab, affine

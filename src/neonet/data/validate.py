@@ -1,0 +1,509 @@
+"""Validation of a case manifest and all its NIfTI files (``neonet check-data``).
+
+Every check reports a :class:`Problem` (case, file, what is wrong) and moves on, so one run lists
+every problem of a cohort. Training stages call :func:`assert_valid`, which raises one
+:class:`~neonet.errors.DataError` listing all error-level problems.
+
+Checks:
+
+* manifest: file missing or unreadable, missing columns, no rows, empty ``case_id``, duplicate
+  ``case_id``, ``pni`` not 0/1, empty ``pni`` (error only when ``require_pni``), empty ``image``,
+  empty ``label`` (error when ``require_label``, else a warning), the same image listed twice
+  (warning), label path equal to the image path.
+* each file: missing, not a readable NIfTI file, truncated or corrupt voxel data, not 3D (a
+  singleton 4th dimension is accepted), singular affine, non-numeric voxels; image: NaN or
+  infinite voxels, constant image (warning).
+* image vs label: shape mismatch, affine mismatch (``np.allclose``, ``atol`` 1e-3 mm).
+* label: NaN/inf values, non-integer values, values outside the label map, no liver voxels, no
+  tumour voxels.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from neonet.data.cases import REQUIRED_COLUMNS, LabelMap, _resolve, parse_pni, read_cases_raw
+from neonet.data.nifti import load_nifti, read_array
+from neonet.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: Tolerance (mm, and for the rotation part unitless) when comparing image and label affines.
+AFFINE_ATOL = 1e-3
+#: A label value farther than this from an integer is a non-integer value.
+INTEGER_ATOL = 1e-3
+#: At most this many distinct values are listed in a message.
+MAX_LISTED = 10
+
+ERROR, WARNING = "error", "warning"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a cohort.
+
+    Args:
+        case_id: the case it belongs to; "" for manifest-level problems (an unreadable manifest,
+            an empty case_id); ``row N`` for the files of a row whose case_id is empty.
+        file: the file the problem is in (the CSV for manifest problems).
+        problem: what is wrong and, where useful, what to do about it.
+        severity: "error" (the cohort cannot be used as is) or "warning".
+    """
+
+    case_id: str
+    file: str
+    problem: str
+    severity: str = ERROR
+
+
+@dataclass
+class _Volume:
+    """What the cross-file checks need to know about a file that could be read."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    zooms: tuple[float, ...]
+    axcodes: str
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _fmt_values(values: list) -> str:
+    shown = ", ".join(_fmt_number(v) for v in values[:MAX_LISTED])
+    more = f", ... ({len(values)} distinct)" if len(values) > MAX_LISTED else ""
+    return f"[{shown}{more}]"
+
+
+def _fmt_number(value: float) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else f"{value:g}"
+
+
+def _fmt_tuple(values: tuple | list | np.ndarray, digits: int = 3) -> str:
+    return "(" + ", ".join(f"{float(v):.{digits}g}" if isinstance(v, float | np.floating) else str(v)
+                           for v in values) + ")"
+
+
+def _strip_path(message: str, path: Path) -> str:
+    """Drop the ``<path>: `` prefix of a DataError message (the Problem names the file)."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The 3D shape of a volume, accepting trailing singleton dimensions; None if not 3D."""
+    if len(shape) < 3:
+        return None
+    if len(shape) > 3 and any(s != 1 for s in shape[3:]):
+        return None
+    return tuple(int(s) for s in shape[:3])
+
+
+class _Collector:
+    """Collects problems of one run, logging each at debug level."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, case_id: str, file: str | Path, problem: str, severity: str = ERROR) -> None:
+        item = Problem(case_id=case_id, file=str(file), problem=problem, severity=severity)
+        log.debug("%s: case %r: %s: %s", severity, case_id, file, problem)
+        self.problems.append(item)
+
+
+# ----------------------------------------------------------------------------------------------
+# manifest
+
+
+def _read_manifest(cases_csv: Path, out: _Collector) -> tuple[list[str], list[dict[str, str]]] | None:
+    """Read the manifest; report missing/unreadable files and missing columns.
+
+    With missing columns the rows are still returned so that the columns that are there can be
+    checked; returns None when the file cannot be read at all.
+    """
+    try:
+        return read_cases_raw(cases_csv)
+    except DataError as exc:
+        out.add("", cases_csv, _strip_path(str(exc), cases_csv))
+    if not cases_csv.is_file():
+        return None
+    try:
+        with open(cases_csv, newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None  # already reported by read_cases_raw
+    return header, rows
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+
+def _load(path: Path, case_id: str, kind: str, out: _Collector) -> tuple[nib.Nifti1Image, np.ndarray] | None:
+    """Load a NIfTI file and its voxels once; report and return None if that fails."""
+    if not path.exists():
+        out.add(case_id, path, f"{kind} file not found (check the path in the manifest; "
+                               "relative paths are relative to the manifest's folder)")
+        return None
+    if not path.is_file():
+        out.add(case_id, path, f"{kind} path is not a file")
+        return None
+    try:
+        img = load_nifti(path)
+        data = read_array(img, path)
+    except DataError as exc:
+        out.add(case_id, path, f"{kind}: {_strip_path(str(exc), path)}")
+        return None
+    return img, data
+
+
+def _check_volume(img: nib.Nifti1Image, data: np.ndarray, path: Path, case_id: str, kind: str,
+                  out: _Collector) -> _Volume | None:
+    """Checks common to images and labels; returns the geometry if the file is a 3D volume."""
+    shape = tuple(int(s) for s in data.shape)
+    spatial = _spatial_shape(shape)
+    ok = True
+    if spatial is None:
+        if len(shape) < 3:
+            out.add(case_id, path, f"{kind} is {len(shape)}D (shape {shape}); expected a 3D volume")
+        else:
+            out.add(case_id, path, f"{kind} is {len(shape)}D with shape {shape}; expected a 3D volume "
+                                   "(extract the single volume / phase to use into its own file)")
+        ok = False
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        out.add(case_id, path, f"{kind} has unsupported voxel type {data.dtype} (expected real numbers)")
+        return None
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        out.add(case_id, path, f"{kind} has an invalid (singular or non-finite) affine; "
+                               "the voxel spacing / orientation in the header is broken")
+        ok = False
+    if not ok:
+        return None
+    try:
+        axcodes = "".join(nib.aff2axcodes(affine))
+    except Exception:  # noqa: BLE001 - only used in messages
+        axcodes = "?"
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return _Volume(shape=spatial, affine=affine, zooms=zooms, axcodes=axcodes)
+
+
+def _check_image_voxels(data: np.ndarray, path: Path, case_id: str, out: _Collector) -> None:
+    if np.issubdtype(data.dtype, np.floating):
+        n_nan = int(np.count_nonzero(np.isnan(data)))
+        n_inf = int(np.count_nonzero(np.isinf(data)))
+        if n_nan:
+            out.add(case_id, path, f"image contains {n_nan} NaN voxel(s) of {data.size}; "
+                                   "replace them (e.g. by 0) before use")
+        if n_inf:
+            out.add(case_id, path, f"image contains {n_inf} infinite voxel(s) of {data.size}; "
+                                   "replace or clip them before use")
+        finite = data[np.isfinite(data)] if (n_nan or n_inf) else data
+    else:
+        finite = data
+    if finite.size and float(finite.min()) == float(finite.max()):
+        out.add(case_id, path, f"image is constant (every voxel is {_fmt_number(finite.min())})", WARNING)
+
+
+def _check_label_values(data: np.ndarray, path: Path, case_id: str, label_map: LabelMap,
+                        out: _Collector) -> None:
+    if np.issubdtype(data.dtype, np.floating):
+        bad = ~np.isfinite(data)
+        if bad.any():
+            out.add(case_id, path, f"label contains {int(bad.sum())} NaN/infinite voxel(s); "
+                                   "a label must hold integer class values")
+            data = np.where(bad, 0, data)
+        rounded = np.rint(data)
+        off = np.abs(data - rounded) > INTEGER_ATOL
+        if off.any():
+            values = np.unique(data[off]).tolist()
+            out.add(case_id, path, f"label has non-integer values {_fmt_values(values)} in {int(off.sum())} "
+                                   "voxel(s); a label must hold integer class values (was it resampled "
+                                   "with linear instead of nearest-neighbour interpolation?)")
+        raw = rounded.astype(np.int64)
+    else:
+        raw = data.astype(np.int64, copy=False)
+    present = np.unique(raw)
+    unexpected = sorted(set(present.tolist()) - label_map.known_values)
+    if unexpected:
+        out.add(case_id, path, f"label values {_fmt_values(unexpected)} are not in the label map "
+                               f"(liver={list(label_map.liver)}, tumor={list(label_map.tumor)}, "
+                               f"other={list(label_map.other)}); list other organs' values with --other")
+    if not np.isin(present, label_map.liver).any():
+        out.add(case_id, path, f"label has no liver voxels (liver values {list(label_map.liver)}; "
+                               f"values present {_fmt_values(present.tolist())})")
+    if not np.isin(present, label_map.tumor).any():
+        out.add(case_id, path, f"label has no tumour voxels (tumour values {list(label_map.tumor)}; "
+                               f"values present {_fmt_values(present.tolist())})")
+
+
+def _check_pair(image: _Volume, label: _Volume, label_path: Path, case_id: str, out: _Collector) -> None:
+    if image.shape != label.shape:
+        out.add(case_id, label_path, f"label shape {label.shape} differs from image shape {image.shape} "
+                                     f"(spacing: image {_fmt_tuple(image.zooms)} mm, "
+                                     f"label {_fmt_tuple(label.zooms)} mm)")
+    if not np.allclose(image.affine, label.affine, rtol=0.0, atol=AFFINE_ATOL):
+        diff = float(np.max(np.abs(image.affine - label.affine)))
+        out.add(case_id, label_path,
+                f"label affine differs from image affine (max difference {diff:.4g}): "
+                f"image spacing {_fmt_tuple(image.zooms)} mm, origin {_fmt_tuple(tuple(image.affine[:3, 3]), 5)}, "
+                f"orientation {image.axcodes}; label spacing {_fmt_tuple(label.zooms)} mm, "
+                f"origin {_fmt_tuple(tuple(label.affine[:3, 3]), 5)}, orientation {label.axcodes}; "
+                "the label must be on the image's voxel grid (resample it with nearest neighbour)")
+
+
+def _check_case(case_id: str, image_path: Path | None, label_path: Path | None, label_map: LabelMap,
+                out: _Collector) -> None:
+    """Check one case's files, loading each once (the image's voxels are freed before the label's)."""
+    image_vol = None
+    loaded = _load(image_path, case_id, "image", out) if image_path is not None else None
+    if loaded is not None:
+        img, data = loaded
+        image_vol = _check_volume(img, data, image_path, case_id, "image", out)
+        if np.issubdtype(data.dtype, np.number):
+            _check_image_voxels(data, image_path, case_id, out)
+        del data, loaded  # free the image before the label is read
+    if label_path is None:
+        return
+    loaded = _load(label_path, case_id, "label", out)
+    if loaded is None:
+        return
+    img, data = loaded
+    label_vol = _check_volume(img, data, label_path, case_id, "label", out)
+    if np.issubdtype(data.dtype, np.number) and not np.issubdtype(data.dtype, np.complexfloating):
+        _check_label_values(data, label_path, case_id, label_map, out)
+    if image_vol is not None and label_vol is not None:
+        _check_pair(image_vol, label_vol, label_path, case_id, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+
+
+def _run_checks(cases_csv: Path, label_map: LabelMap, require_label: bool, require_pni: bool,
+                progress: bool) -> tuple[int, list[Problem]]:
+    """Run every check; returns (number of manifest rows, problems)."""
+    cases_csv = Path(cases_csv)
+    out = _Collector()
+    manifest = _read_manifest(cases_csv, out)
+    if manifest is None:
+        return 0, out.problems
+    header, rows = manifest
+    if not rows:
+        out.add("", cases_csv, "the case manifest has no rows")
+        return 0, out.problems
+    base = cases_csv.resolve().parent
+    has = {c: c in header for c in REQUIRED_COLUMNS}
+    first_row: dict[str, int] = {}
+    image_owner: dict[Path, str] = {}
+    log.info("checking %d case(s) of %s", len(rows), cases_csv)
+    for row_no, row in enumerate(tqdm(rows, desc="check-data", unit="case", disable=not progress), start=2):
+        cid = row.get("case_id", "") if has["case_id"] else ""
+        if has["case_id"]:
+            if not cid:
+                out.add("", cases_csv, f"row {row_no}: empty case_id")
+            elif cid in first_row:
+                out.add(cid, cases_csv, f"row {row_no}: duplicate case_id {cid!r} (first used in row "
+                                        f"{first_row[cid]}); case ids must be unique")
+            else:
+                first_row[cid] = row_no
+        if has["pni"]:
+            try:
+                pni = parse_pni(row.get("pni", ""))
+            except ValueError as exc:
+                out.add(cid, cases_csv, f"row {row_no}: {exc}")
+            else:
+                if pni is None and require_pni:
+                    out.add(cid, cases_csv, f"row {row_no}: empty pni; every case needs a PNI label "
+                                            "(0 or 1) for classification (--require_pni false allows "
+                                            "segmentation-only cases)")
+        image_path: Path | None = None
+        if has["image"]:
+            text = row.get("image", "")
+            if not text:
+                out.add(cid, cases_csv, f"row {row_no}: empty image path")
+            else:
+                image_path = _resolve(base, text)
+                key = image_path.resolve()
+                if key in image_owner:
+                    out.add(cid, cases_csv, f"row {row_no}: image {text} is also the image of case "
+                                            f"{image_owner[key]!r}", WARNING)
+                else:
+                    image_owner[key] = cid or f"row {row_no}"
+        label_path: Path | None = None
+        if has["label"]:
+            text = row.get("label", "")
+            if not text:
+                if require_label:
+                    out.add(cid, cases_csv, f"row {row_no}: empty label path; a label (liver + tumour "
+                                            "mask) is required here (--require_label false allows cases "
+                                            "without a mask)")
+                else:
+                    out.add(cid, cases_csv, f"row {row_no}: no label; the case is used without a "
+                                            "manual mask", WARNING)
+            else:
+                label_path = _resolve(base, text)
+                if image_path is not None and label_path.resolve() == image_path.resolve():
+                    out.add(cid, cases_csv, f"row {row_no}: label path is the same file as the image")
+                    label_path = None
+        try:
+            _check_case(cid or f"row {row_no}", image_path, label_path, label_map, out)
+        except Exception as exc:  # noqa: BLE001 - one bad case must not stop the run
+            log.debug("unexpected error checking case %r", cid, exc_info=True)
+            out.add(cid or f"row {row_no}", image_path or label_path or cases_csv,
+                    f"unexpected error while checking: {type(exc).__name__}: {exc}")
+    return len(rows), out.problems
+
+
+def check_cases(
+    cases_csv: Path,
+    label_map: LabelMap = LabelMap(),
+    require_label: bool = True,
+    require_pni: bool = True,
+    progress: bool = True,
+) -> list[Problem]:
+    """Check a case manifest and every file it names; never stops at the first problem.
+
+    Args:
+        cases_csv: the case manifest (``case_id, image, label, pni[, patient_id]``).
+        label_map: which label values mean liver, tumour and other (background) structures.
+        require_label: an empty ``label`` is an error (else a warning).
+        require_pni: an empty ``pni`` is an error (else allowed).
+        progress: show a progress bar over the cases.
+
+    Returns:
+        Every problem found, in manifest order (errors and warnings).
+    """
+    n_rows, problems = _run_checks(Path(cases_csv), label_map, require_label, require_pni, progress)
+    n_err = sum(p.severity == ERROR for p in problems)
+    log.info("%s: %d case(s) checked, %d error(s), %d warning(s)", cases_csv, n_rows, n_err,
+             len(problems) - n_err)
+    return problems
+
+
+def assert_valid(
+    cases_csv: Path,
+    label_map: LabelMap = LabelMap(),
+    require_label: bool = True,
+    require_pni: bool = True,
+) -> None:
+    """Raise DataError listing every error-level problem (for training stages).
+
+    Warnings are logged. Runs without a progress bar.
+
+    Args:
+        cases_csv: the case manifest.
+        label_map: which label values mean liver, tumour and other structures.
+        require_label: an empty ``label`` is an error.
+        require_pni: an empty ``pni`` is an error.
+
+    Raises:
+        DataError: if any error-level problem was found; the message names each case and file.
+    """
+    problems = check_cases(cases_csv, label_map, require_label, require_pni, progress=False)
+    for p in problems:
+        if p.severity != ERROR:
+            log.warning("case %s: %s: %s", p.case_id or "-", p.file, p.problem)
+    errors = [p for p in problems if p.severity == ERROR]
+    if errors:
+        lines = [f"  case {p.case_id or '-'}: {p.file}: {p.problem}" for p in errors]
+        raise DataError(
+            f"{cases_csv}: {len(errors)} data error(s); fix them and re-check with "
+            f"`neonet check-data --cases {cases_csv}`:\n" + "\n".join(lines)
+        )
+
+
+def _format_table(problems: list[Problem]) -> str:
+    head = ("severity", "case", "file", "problem")
+    rows = [(p.severity, p.case_id or "-", p.file, p.problem) for p in problems]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+    lines = []
+    for r in [head, *rows]:
+        lines.append("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len(head[3]))
+    return "\n".join(lines)
+
+
+def _write_report(report: Path, cases: Path, n_cases: int, problems: list[Problem]) -> None:
+    from neonet.atomic import write_json, write_text
+
+    n_err = sum(p.severity == ERROR for p in problems)
+    if report.suffix.lower() == ".json":
+        write_json(report, {
+            "cases_csv": str(cases),
+            "n_cases": n_cases,
+            "n_errors": n_err,
+            "n_warnings": len(problems) - n_err,
+            "problems": [asdict(p) for p in problems],
+        })
+        return
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["case_id", "file", "problem", "severity"], lineterminator="\n")
+    writer.writeheader()
+    for p in problems:
+        writer.writerow(asdict(p))
+    write_text(report, buffer.getvalue())
+
+
+def check_data(
+    cases: Path,
+    liver: list[int] = [1],  # noqa: B006 - not mutated; shown as the CLI default
+    tumor: list[int] = [2],  # noqa: B006
+    other: list[int] = [],  # noqa: B006
+    require_label: bool = True,
+    require_pni: bool = True,
+    report: Path | None = None,
+) -> int:
+    """Check a case manifest and all its NIfTI files, listing every problem in one run.
+
+    Checks the manifest (columns, unique non-empty case ids, pni 0/1, label paths), each file
+    (exists, readable NIfTI, voxel data not truncated, 3D, no NaN/inf voxels), each image/label
+    pair (same shape and affine) and each label (integer values, all in the label map, liver and
+    tumour present). Prints a table of problems, or ``N cases OK``.
+
+    Args:
+        cases: the case manifest CSV (``case_id, image, label, pni[, patient_id]``).
+        liver: label values that mean liver.
+        tumor: label values that mean tumour.
+        other: label values of other structures (e.g. kidneys, spleen), treated as background.
+        require_label: an empty label path is an error (otherwise a warning).
+        require_pni: an empty pni is an error (otherwise allowed).
+        report: also write the problems to this file (``.json`` for JSON, otherwise CSV).
+
+    Returns:
+        Exit code: 0 if there are no errors (warnings allowed), 1 otherwise.
+    """
+    cases = Path(cases)
+    try:
+        label_map = LabelMap(liver=tuple(liver), tumor=tuple(tumor), other=tuple(other))
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+    n_cases, problems = _run_checks(cases, label_map, require_label, require_pni, progress=True)
+    n_err = sum(p.severity == ERROR for p in problems)
+    n_warn = len(problems) - n_err
+    if problems:
+        print(_format_table(problems))
+        print()
+    if n_err:
+        print(f"{n_err} error(s), {n_warn} warning(s) in {n_cases} case(s) of {cases}")
+    elif n_warn:
+        print(f"{n_cases} cases OK ({n_warn} warning(s))")
+    else:
+        print(f"{n_cases} cases OK")
+    if report is not None:
+        _write_report(Path(report), cases, n_cases, problems)
+        log.info("wrote the check-data report to %s", report)
+    return 1 if n_err else 0

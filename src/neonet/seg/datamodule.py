@@ -1,0 +1,194 @@
+"""``SegDataModule``: whole MRI volumes with liver/tumour masks for NeoSeg."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monai import transforms as mt
+from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
+
+from neonet.data.base import FoldDataModule
+from neonet.data.cases import Case, read_cases
+from neonet.data.transforms import DEFAULT_SPACING, TorchioAugmentd, canonical_transforms, mri_augmentation
+
+log = logging.getLogger(__name__)
+
+
+class SegDataModule(FoldDataModule):
+    """Liver + tumour segmentation data of one fold.
+
+    Training uses the fold's training patients, validation its inner validation patients and
+    test/predict its held-out test patients (out-of-fold prediction). Volumes are reoriented to
+    RAS, resampled to ``spacing`` and scaled to [0, 1]; training adds torchio MRI augmentation.
+
+    Args:
+        cases: path of the experiment's ``cases.csv``.
+        experiment: experiment name; outputs go to ``<runs_dir>/<experiment>/``.
+        runs_dir: folder holding all experiments.
+        fold: the fold k.
+        folds: number of folds (used only when the split file is first written).
+        split_seed: seed of the split (used only when the split file is first written).
+        val_fraction: fraction of training patients held out for inner validation.
+        liver: raw label values meaning liver.
+        tumor: raw label values meaning tumour.
+        other: raw label values mapped to background.
+        spacing: target voxel spacing in mm.
+        patch_size: training crop size (voxels); None trains on whole (padded) volumes.
+        samples_per_volume: random crops per volume and step when ``patch_size`` is set.
+        divisible: pad volumes to a multiple of this (the network's total downsampling).
+        batch_size: training batch size (validation and prediction use 1 whole volume).
+        num_workers: data loader workers.
+        cache_rate: fraction of preprocessed volumes kept in memory.
+        augment: whether to apply torchio MRI augmentation during training.
+        aug_prob: probability of each augmentation.
+        predict_cases: a ``cases.csv`` to predict instead of the fold's test cases (new patients).
+        predict_split: which cases ``predict`` uses when ``predict_cases`` is not given:
+            ``test`` (out-of-fold), ``val``, ``train`` or ``all``.
+        check: run the ``check-data`` checks on the manifest before fitting.
+    """
+
+    def __init__(
+        self,
+        cases: str,
+        experiment: str = "default",
+        runs_dir: str = "runs",
+        fold: int = 0,
+        folds: int = 5,
+        split_seed: int = 0,
+        val_fraction: float = 0.2,
+        liver: list[int] | None = None,
+        tumor: list[int] | None = None,
+        other: list[int] | None = None,
+        spacing: Sequence[float] = DEFAULT_SPACING,
+        patch_size: Sequence[int] | None = None,
+        samples_per_volume: int = 2,
+        divisible: int = 16,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        cache_rate: float = 1.0,
+        augment: bool = True,
+        aug_prob: float = 0.3,
+        predict_cases: str | None = None,
+        predict_split: str = "test",
+        check: bool = True,
+    ) -> None:
+        super().__init__(cases, experiment, runs_dir, fold, folds, split_seed, val_fraction, liver, tumor, other)
+        self.spacing = tuple(float(s) for s in spacing)
+        self.patch_size = tuple(int(p) for p in patch_size) if patch_size else None
+        self.samples_per_volume = samples_per_volume
+        self.divisible = divisible
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.cache_rate = cache_rate
+        self.augment = augment
+        self.aug_prob = aug_prob
+        self.predict_cases = predict_cases
+        if predict_split not in ("test", "val", "train", "all"):
+            raise ValueError(f"predict_split must be test, val, train or all, not {predict_split!r}")
+        self.predict_split = predict_split
+        self.check = check
+        self.save_hyperparameters()
+
+    # ------------------------------------------------------------------ checks
+    def check_inputs(self) -> None:
+        """Validate the manifest and files (all problems at once) before training starts."""
+        if not self.check:
+            return
+        from neonet.data.validate import assert_valid
+
+        assert_valid(self.cases_csv, self.label_map, require_label=True, require_pni=False)
+
+    # ------------------------------------------------------------------ transforms
+    def base_transform(self, with_label: bool = True) -> mt.Compose:
+        """Deterministic preprocessing (invertible spatial steps)."""
+        steps = [canonical_transforms(self.spacing, self.label_map, with_label=with_label)]
+        keys = ["image", "label"] if with_label else ["image"]
+        steps.append(mt.DivisiblePadd(keys=keys, k=self.divisible))
+        return mt.Compose(steps).flatten()
+
+    def train_transform(self) -> mt.Compose:
+        """Preprocessing + random crops + augmentation."""
+        steps: list[Any] = [self.base_transform(True)]
+        if self.patch_size:
+            steps += [
+                mt.SpatialPadd(keys=["image", "label"], spatial_size=self.patch_size),
+                mt.RandCropByPosNegLabeld(
+                    keys=["image", "label"],
+                    label_key="label",
+                    spatial_size=self.patch_size,
+                    pos=2,
+                    neg=1,
+                    num_samples=self.samples_per_volume,
+                ),
+            ]
+        if self.augment:
+            steps.append(TorchioAugmentd(["image", "label"], mri_augmentation(p=self.aug_prob)))
+        steps.append(mt.EnsureTyped(keys=["image", "label"], track_meta=False))
+        # flat, so that CacheDataset's "cache up to the first random transform" index is right
+        return mt.Compose(steps).flatten()
+
+    @staticmethod
+    def _items(cases: list[Case], with_label: bool = True) -> list[dict[str, str]]:
+        items = []
+        for c in cases:
+            item = {"image": str(c.image), "case_id": c.case_id, "source": str(c.image)}
+            if with_label:
+                if c.label is None:
+                    continue
+                item["label"] = str(c.label)
+            items.append(item)
+        return items
+
+    # ------------------------------------------------------------------ datasets
+    def setup(self, stage: str | None = None) -> None:
+        """Build datasets of the fold (the split file is written on first use)."""
+        split = self.split
+        if stage in (None, "fit"):
+            self.train_ds = CacheDataset(
+                self._items(self.cases_of(split.train)), self.train_transform(), cache_rate=self.cache_rate,
+                num_workers=max(self.num_workers, 1), progress=False,
+            )
+        if stage in (None, "fit", "validate"):
+            self.val_ds = CacheDataset(
+                self._items(self.cases_of(split.val)), self.base_transform(True), cache_rate=self.cache_rate,
+                num_workers=max(self.num_workers, 1), progress=False,
+            )
+        if stage in (None, "test"):
+            self.test_ds = Dataset(self._items(self.cases_of(split.test)), self.base_transform(True))
+        if stage in (None, "predict"):
+            self.predict_transform = self.base_transform(with_label=False)
+            self.predict_ds = Dataset(self._items(self.prediction_cases(), with_label=False), self.predict_transform)
+
+    def prediction_cases(self) -> list[Case]:
+        """Cases that ``predict`` writes masks for."""
+        if self.predict_cases:
+            return read_cases(self.predict_cases)
+        split = self.split
+        ids = {"test": split.test, "val": split.val, "train": split.train, "all": split.train + split.val + split.test}
+        return self.cases_of(ids[self.predict_split])
+
+    def train_dataloader(self) -> DataLoader:
+        """Random training crops or volumes."""
+        return DataLoader(
+            self.train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+            collate_fn=list_data_collate, persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Whole inner-validation volumes, one at a time."""
+        return DataLoader(self.val_ds, batch_size=1, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        """Whole held-out volumes, one at a time."""
+        return DataLoader(self.test_ds, batch_size=1, num_workers=self.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Whole volumes to predict, one at a time (keeps the metadata needed to invert)."""
+        return DataLoader(self.predict_ds, batch_size=1, num_workers=self.num_workers)
+
+    def output_dir(self) -> Path:
+        """Where ``predict`` writes masks (out-of-fold predictions of the experiment)."""
+        return self.workspace.seg_predictions_dir

@@ -1,0 +1,133 @@
+"""``SegModule``: NeoSeg, 3D liver + tumour segmentation with an injected MONAI network."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from torch import nn
+
+from neonet.data.cases import LIVER, TUMOR
+from neonet.seg.postprocess import postprocess_labels
+
+
+def region_onehot(labels: torch.Tensor) -> torch.Tensor:
+    """(B, 1, ...) labels → (B, 2, ...) regions [whole liver incl. tumour, tumour]."""
+    return torch.cat([(labels >= LIVER), (labels == TUMOR)], dim=1).float()
+
+
+class SegModule(LightningModule):
+    """NeoSeg: trains any 3-class 3D segmentation network on liver and tumour.
+
+    Loss is MONAI Dice + cross-entropy over {background, liver, tumour}. Validation runs
+    sliding-window inference on whole volumes and logs MONAI Dice for the liver region (liver
+    including tumour) and the tumour as ``val/dice_liver``, ``val/dice_tumor`` and their mean
+    ``val/dice_mean`` (the checkpoint monitor).
+
+    Args:
+        net: the network (e.g. ``monai.networks.nets.DynUNet``) with 1 input and 3 output channels.
+        optimizer: optimizer factory (e.g. ``torch.optim.AdamW`` with its init args in the config).
+        scheduler: optional learning-rate scheduler factory.
+        roi_size: sliding-window size for inference; None uses the whole volume.
+        sw_batch_size: windows per forward pass.
+        overlap: sliding-window overlap.
+        lambda_dice: weight of the Dice loss.
+        lambda_ce: weight of the cross-entropy loss.
+        min_tumor_voxels: tumour components smaller than this are removed at prediction.
+    """
+
+    stage = "seg"
+    monitor = "val/dice_mean"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        roi_size: Sequence[int] | None = None,
+        sw_batch_size: int = 2,
+        overlap: float = 0.25,
+        lambda_dice: float = 1.0,
+        lambda_ce: float = 1.0,
+        min_tumor_voxels: int = 10,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.roi_size = tuple(roi_size) if roi_size else None
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        self.val_dice = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True)
+        self.test_dice = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 3, X, Y, Z)."""
+        return self.net(image)
+
+    def infer(self, image: torch.Tensor) -> torch.Tensor:
+        """Sliding-window (or whole-volume) logits."""
+        roi = self.roi_size or tuple(image.shape[2:])
+        return sliding_window_inference(image, roi, self.hparams.sw_batch_size, self.net, overlap=self.hparams.overlap)
+
+    def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared step: (loss, logits)."""
+        logits = self(batch["image"])
+        return self.loss(logits, batch["label"].long()), logits
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.model_step(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"stage seg, step {self.global_step}: loss is {loss.item()} — lower the learning rate "
+                "or check the input intensities"
+            )
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any], metric: DiceMetric, split: str) -> None:
+        logits = self.infer(batch["image"])
+        loss = self.loss(logits, batch["label"].long())
+        pred = logits.argmax(1, keepdim=True)
+        metric(region_onehot(pred), region_onehot(batch["label"]))
+        self.log(f"{split}/loss", loss, on_epoch=True, batch_size=1)
+
+    def _log_dice(self, metric: DiceMetric, split: str) -> None:
+        dice = metric.aggregate()
+        metric.reset()
+        liver, tumor = float(dice[0]), float(dice[1])
+        self.log(f"{split}/dice_liver", liver, sync_dist=True)
+        self.log(f"{split}/dice_tumor", tumor, sync_dist=True)
+        self.log(f"{split}/dice_mean", (liver + tumor) / 2, prog_bar=True, sync_dist=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_dice, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_dice(self.val_dice, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_dice, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_dice(self.test_dice, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Post-processed label maps on the canonical grid (the writer maps them back)."""
+        logits = self.infer(batch["image"])
+        labels = logits.argmax(1, keepdim=True).to(torch.uint8)
+        cleaned = torch.stack([postprocess_labels(lab, self.hparams.min_tumor_voxels) for lab in labels])
+        return {"pred": cleaned}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}

@@ -1,0 +1,63 @@
+"""``SegMaskWriter``: writes NeoSeg predictions as NIfTI masks in each input's original space."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from monai.data import MetaTensor, decollate_batch
+from monai.transforms import Invertd
+
+from neonet.data.nifti import save_nifti
+
+log = logging.getLogger(__name__)
+
+
+class SegMaskWriter(BasePredictionWriter):
+    """Invert the preprocessing of each predicted mask and save it with the input's affine.
+
+    The mask has exactly the input image's shape and affine (project convention: 0 background,
+    1 liver, 2 tumour, uint8). Files are written atomically.
+
+    Args:
+        output_dir: folder for ``<case>.nii.gz``; default: the experiment's
+            ``seg/predictions/`` (from the DataModule).
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.written: list[Path] = []
+
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: dict[str, Any],
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        dm = trainer.datamodule
+        out_dir = self.output_dir or dm.output_dir()
+        inverter = Invertd(keys="pred", transform=dm.predict_transform, orig_keys="image", nearest_interp=True)
+        items = decollate_batch(batch)
+        for item, pred in zip(items, prediction["pred"]):
+            image = item["image"]
+            item["pred"] = MetaTensor(pred.cpu().float(), affine=image.affine, meta=dict(image.meta))
+            restored = inverter(item)["pred"]
+            src = nib.load(item["source"])
+            mask = np.rint(np.asarray(restored.detach().cpu())[0]).astype(np.uint8)
+            if mask.shape != src.shape[:3]:
+                raise RuntimeError(
+                    f"case {item['case_id']}: inverted mask shape {mask.shape} differs from image {src.shape}"
+                )
+            path = save_nifti(Path(out_dir) / f"{item['case_id']}.nii.gz", mask, src.affine)
+            self.written.append(path)
+            log.info("wrote %s", path)

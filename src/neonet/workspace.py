@@ -1,0 +1,158 @@
+"""The path convention: every stage output is found from (experiment, stage, fold) alone.
+
+::
+
+    <runs_dir>/<experiment>/
+      splits.json                       written once, then only read
+      <stage>/fold<k>/                  config.yaml, checkpoints/{best,last}.ckpt, artifact.json,
+                                        csv/ (CSV log), wandb/
+      seg/predictions/<case>.nii.gz     out-of-fold NeoSeg masks in each input's original space
+      patches/ + patches/manifest.csv   TLCR output
+      latents/fold<k>/                  latent cache of the fold's autoencoder
+      synthetic/fold<k>/ + manifest.csv synthetic patches with provenance
+      reports/                          tables (csv/json/md) and figures (png)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from neonet import __version__
+from neonet.atomic import read_json, sha256_file, write_json
+
+STAGES = ("seg", "autoencoder", "diffusion", "controlnet", "pattennet")
+
+
+def git_sha() -> str | None:
+    """The git commit of the neonet source tree, if it is a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+class Workspace:
+    """Paths of one experiment.
+
+    Args:
+        runs_dir: folder holding all experiments.
+        experiment: experiment name (one folder below ``runs_dir``).
+    """
+
+    def __init__(self, runs_dir: str | os.PathLike = "runs", experiment: str = "default") -> None:
+        if not experiment or "/" in experiment or experiment.startswith("."):
+            raise ValueError(f"invalid experiment name {experiment!r}: use a plain folder name")
+        self.runs_dir = Path(runs_dir)
+        self.experiment = experiment
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.runs_dir)!r}, {self.experiment!r})"
+
+    @property
+    def root(self) -> Path:
+        """``<runs_dir>/<experiment>``."""
+        return self.runs_dir / self.experiment
+
+    @property
+    def splits_path(self) -> Path:
+        """The experiment's split file."""
+        return self.root / "splits.json"
+
+    def stage_dir(self, stage: str, fold: int) -> Path:
+        """``<root>/<stage>/fold<k>``."""
+        return self.root / stage / f"fold{int(fold)}"
+
+    def checkpoint_dir(self, stage: str, fold: int) -> Path:
+        """Folder of ``best.ckpt`` and ``last.ckpt``."""
+        return self.stage_dir(stage, fold) / "checkpoints"
+
+    def best_checkpoint(self, stage: str, fold: int) -> Path:
+        """The checkpoint selected on the inner validation split."""
+        return self.checkpoint_dir(stage, fold) / "best.ckpt"
+
+    def last_checkpoint(self, stage: str, fold: int) -> Path:
+        """The most recent checkpoint (used to resume)."""
+        return self.checkpoint_dir(stage, fold) / "last.ckpt"
+
+    def artifact_path(self, stage: str, fold: int) -> Path:
+        """``artifact.json``: what produced a stage folder."""
+        return self.stage_dir(stage, fold) / "artifact.json"
+
+    @property
+    def seg_predictions_dir(self) -> Path:
+        """Out-of-fold NeoSeg masks, one NIfTI per case."""
+        return self.root / "seg" / "predictions"
+
+    def seg_prediction(self, case_id: str) -> Path:
+        """The out-of-fold NeoSeg mask of one case."""
+        return self.seg_predictions_dir / f"{case_id}.nii.gz"
+
+    @property
+    def patches_dir(self) -> Path:
+        """TLCR patches."""
+        return self.root / "patches"
+
+    @property
+    def patches_manifest(self) -> Path:
+        """TLCR manifest."""
+        return self.patches_dir / "manifest.csv"
+
+    def latents_dir(self, fold: int) -> Path:
+        """Latent cache of fold ``k``."""
+        return self.root / "latents" / f"fold{int(fold)}"
+
+    def synthetic_dir(self, fold: int) -> Path:
+        """Synthetic patches of fold ``k``."""
+        return self.root / "synthetic" / f"fold{int(fold)}"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Cross-fold tables and figures."""
+        return self.root / "reports"
+
+    # ----------------------------------------------------------------------------- artifacts
+    def read_artifact(self, stage: str, fold: int) -> dict[str, Any] | None:
+        """The artifact of a stage folder, or None when the stage has not finished a fit."""
+        path = self.artifact_path(stage, fold)
+        return read_json(path) if path.exists() else None
+
+    def write_artifact(self, stage: str, fold: int, **fields: Any) -> Path:
+        """Merge ``fields`` into ``artifact.json`` (atomically), stamping time, host and git sha."""
+        path = self.artifact_path(stage, fold)
+        data: dict[str, Any] = read_json(path) if path.exists() else {}
+        data.update(
+            {
+                "stage": stage,
+                "fold": int(fold),
+                "experiment": self.experiment,
+                "neonet_version": __version__,
+                "git_sha": git_sha(),
+                "host": socket.gethostname(),
+                "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+        data.update(fields)
+        return write_json(path, data)
+
+    def is_complete(self, stage: str, fold: int) -> bool:
+        """True when the stage finished fold ``k`` entirely (fit and post-fit work)."""
+        art = self.read_artifact(stage, fold)
+        return bool(art and art.get("status") == "complete")
+
+    def checkpoint_record(self, path: str | os.PathLike) -> dict[str, str]:
+        """``{"path", "sha256"}`` of a checkpoint, for provenance fields."""
+        path = Path(path)
+        return {"path": str(path), "sha256": sha256_file(path)}
