@@ -29,7 +29,7 @@ log = logging.getLogger("neonet")
 PROJECT_VERBS: dict[str, tuple[str, str]] = {
     "synth": ("neonet.data.phantom:synth", "write a phantom cohort (cases.csv + NIfTI) for tests and the demo"),
     "check-data": ("neonet.data.validate:check_data", "validate a case manifest and all its files; report every problem"),
-    "cv": ("neonet.cv:cv", "run a stage over the folds (each fold its own process), then its cross-fold summary"),
+    "cv": ("neonet.cv:cv_main", "run a stage over the folds (each fold its own process), then its cross-fold summary"),
     "crop": ("neonet.seg.crop:crop", "TLCR: tumour-centred image and label patches + manifest.csv"),
     "summary": ("neonet.summary:summary", "print and save where an experiment's results are, with its metrics"),
 }
@@ -79,6 +79,8 @@ def run_project_verb(verb: str, args: list[str]) -> int:
     from jsonargparse import auto_cli
 
     func = _load_verb(PROJECT_VERBS[verb][0])
+    if func.__name__.endswith("_main"):  # verbs with their own argument parsing take argv
+        return int(func(args) or 0)
     result = auto_cli(func, args=args, as_positional=False, prog=f"neonet {verb}")
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 

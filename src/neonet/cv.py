@@ -1,0 +1,178 @@
+"""``neonet cv``: run one stage over the folds, each fold in its own process, then summarise.
+
+Each fold is a fresh ``python -m neonet fit`` process, so no state (model, trainer, W&B run,
+random generators) leaks from one fold into the next, DDP launches its own ranks per fold, and
+folds can also be spread over machines by running ``neonet fit ... --data.fold k`` directly.
+Finished folds are skipped; an interrupted fold resumes from its ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from neonet.config import data_args, import_class, load_config, stage_of
+from neonet.atomic import read_json
+from neonet.errors import NeonetError
+from neonet.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+class StageHooks(Protocol):
+    """What a stage does around its folds in ``neonet cv``."""
+
+    def after_fold(self, ws: Workspace, fold: int, run: "FoldRunner") -> dict[str, Any]:
+        """Post-fit work of one fold (e.g. out-of-fold prediction); returns artifact fields."""
+
+    def after_all(self, ws: Workspace, cfg: dict[str, Any], folds: list[int]) -> None:
+        """Cross-fold summary (tables, plots, W&B summary run)."""
+
+
+#: stage → "module:HooksClass"
+STAGE_HOOKS: dict[str, str] = {
+    "seg": "neonet.seg.evaluate:SegCVHooks",
+}
+
+
+class FoldRunner:
+    """Runs ``python -m neonet <verb>`` for one fold with the cv's configs and overrides."""
+
+    def __init__(self, configs: list[Path], overrides: list[str], fold: int) -> None:
+        self.configs = configs
+        self.overrides = overrides
+        self.fold = fold
+
+    def command(self, verb: str, extra: list[str] | None = None) -> list[str]:
+        """The command line of a verb for this fold."""
+        cmd = [sys.executable, "-m", "neonet", verb]
+        for cfg in self.configs:
+            cmd += ["--config", str(cfg)]
+        cmd += list(self.overrides)
+        cmd += [f"--data.fold={self.fold}"]
+        return cmd + list(extra or [])
+
+    def __call__(self, verb: str, extra: list[str] | None = None) -> None:
+        cmd = self.command(verb, extra)
+        log.info("fold %d: %s", self.fold, " ".join(cmd[2:]))
+        start = time.time()
+        proc = subprocess.run(cmd, check=False)
+        if proc.returncode != 0:
+            raise NeonetError(
+                f"fold {self.fold}: `neonet {verb}` failed with exit code {proc.returncode} (its output is above). "
+                "Fix the cause and run the same `neonet cv` command again: finished folds are skipped and "
+                "this fold resumes from its last checkpoint."
+            )
+        log.info("fold %d: %s done in %.0f s", self.fold, verb, time.time() - start)
+
+
+def load_hooks(stage: str) -> StageHooks | None:
+    """The hooks of a stage, or None."""
+    spec = STAGE_HOOKS.get(stage)
+    if spec is None:
+        return None
+    module, name = spec.split(":")
+    return import_class(f"{module}.{name}")()
+
+
+def cv(
+    config: list[Path],
+    folds: list[int] | None = None,
+    override: list[str] | None = None,
+    force: bool = False,
+) -> int:
+    """Run a stage over the folds of an experiment, each fold in its own process.
+
+    Every fold trains on its training patients only, selects its checkpoint on its inner
+    validation patients and is evaluated on its held-out patients. A fold whose
+    ``artifact.json`` says ``complete`` is skipped; an interrupted fold resumes from
+    ``last.ckpt``. After the folds, the stage's cross-fold summary is written to ``reports/``.
+
+    Args:
+        config: stage config file(s), merged in order (as ``neonet fit --config``).
+        folds: folds to run (default: all folds of the experiment).
+        override: extra ``--key=value`` options passed to every fold, e.g.
+            ``--trainer.max_epochs=5`` or ``--trainer.devices=2``.
+        force: re-run folds that are already complete (their checkpoints are replaced).
+    """
+    configs = [Path(c) for c in config]
+    overrides = list(override or [])
+    cfg = load_config(configs, [o.lstrip("-") for o in overrides])
+    stage = stage_of(cfg)
+    dargs = data_args(cfg)
+    ws = Workspace(dargs.get("runs_dir", "runs"), dargs.get("experiment", "default"))
+    n_folds = int(read_json(ws.splits_path)["folds"]) if ws.splits_path.exists() else int(dargs.get("folds", 5))
+    todo = list(range(n_folds)) if folds is None else [int(k) for k in folds]
+    bad = [k for k in todo if not 0 <= k < n_folds]
+    if bad:
+        raise NeonetError(f"fold(s) {bad} do not exist: the experiment has folds 0..{n_folds - 1}")
+    hooks = load_hooks(stage)
+    log.info("cv: stage %s, experiment %s, folds %s", stage, ws.experiment, todo)
+    for k in todo:
+        run = FoldRunner(configs, overrides, k)
+        if ws.is_complete(stage, k) and not force:
+            log.info("fold %d: %s already complete (%s) — skipped", k, stage, ws.artifact_path(stage, k))
+            continue
+        art = ws.read_artifact(stage, k) or {}
+        if force and ws.stage_dir(stage, k).exists():
+            shutil.rmtree(ws.checkpoint_dir(stage, k), ignore_errors=True)
+            ws.artifact_path(stage, k).unlink(missing_ok=True)
+            art = {}
+        if art.get("status") != "fit-complete":
+            last = ws.last_checkpoint(stage, k)
+            extra = ["--ckpt_path", str(last)] if last.exists() else []
+            if extra:
+                log.info("fold %d: resuming from %s", k, last)
+            run("fit", extra)
+        fields = hooks.after_fold(ws, k, run) if hooks else {}
+        ws.write_artifact(stage, k, status="complete", **fields)
+    if hooks:
+        hooks.after_all(ws, cfg, todo)
+    log.info("cv: %s done — results under %s", stage, ws.root)
+    return 0
+
+
+def cv_main(argv: list[str]) -> int:
+    """Command line of ``neonet cv``: ``--config`` may repeat; options after ``--`` go to every fold."""
+    import argparse
+
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    doc = (cv.__doc__ or "").split("Args:")[0].strip()
+    parser = argparse.ArgumentParser(
+        prog="neonet cv",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Options after `--` are passed to every fold's `neonet fit`, e.g.\n"
+        "  neonet cv --config experiments/demo/seg.yaml --folds 0 1 -- --trainer.max_epochs=5",
+    )
+    parser.add_argument("--config", action="append", required=True, help="stage config file(s), merged in order")
+    parser.add_argument("--folds", type=int, nargs="+", default=None, help="folds to run (default: all)")
+    parser.add_argument("--force", action="store_true", help="re-run folds that are already complete")
+    args = parser.parse_args(argv)
+    overrides = _normalise_overrides(extra)
+    return cv(args.config, folds=args.folds, override=overrides, force=args.force)
+
+
+def _normalise_overrides(extra: list[str]) -> list[str]:
+    """``--a.b value`` and ``--a.b=value`` → ``--a.b=value``."""
+    out: list[str] = []
+    i = 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--"):
+            raise NeonetError(f"unexpected argument {item!r} after `--`: use --key=value")
+        if "=" in item or i + 1 >= len(extra) or extra[i + 1].startswith("--"):
+            out.append(item if "=" in item else f"{item}=true")
+            i += 1
+        else:
+            out.append(f"{item}={extra[i + 1]}")
+            i += 2
+    return out

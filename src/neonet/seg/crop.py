@@ -1,0 +1,354 @@
+"""The ``neonet crop`` verb: TLCR patches for every case of a cohort, plus their manifest.
+
+Output, in the experiment's workspace (see :mod:`neonet.workspace`)::
+
+    <runs_dir>/<experiment>/patches/
+      images/<case>.nii.gz     float32 image patch (canonical RAS grid, target spacing)
+      labels/<case>.nii.gz     uint8 label patch: 0 bg, 1 liver, 2 peritumoral shell, 3 tumour
+      manifest.csv             one row per case (also skipped and failed ones)
+      crop_config.json         the settings the patches were made with
+
+A patch's affine is the canonical (resampled, RAS) volume's affine with its origin moved to the
+crop box start, so every patch voxel has the world coordinate of the volume voxel it came from
+(padding voxels extend the same grid beyond the volume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from neonet.atomic import read_json, sha256_file, write_csv, write_json
+from neonet.data.cases import Case, LabelMap, read_cases
+from neonet.data.nifti import load_nifti, save_nifti
+from neonet.errors import DataError, MissingUpstreamError, NeonetError
+from neonet.seg.tlcr import (
+    NO_TUMOR_POLICIES,
+    STATUS_LIVER_FALLBACK,
+    STATUS_NO_LIVER,
+    STATUS_OK,
+    STATUS_SKIPPED,
+    TLCRResult,
+    patch_affine,
+    tlcr,
+)
+from neonet.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("manual", "predicted")
+CONFIG_NAME = "crop_config.json"
+#: Arguments that change the patches; a different value needs ``--force``.
+SETTINGS_KEYS = ("source", "spacing", "patch_size", "shell_mm", "no_tumor", "liver", "tumor", "other")
+#: Statuses whose rows (and files) a re-run with the same settings and inputs may reuse.
+REUSABLE_STATUSES = (STATUS_OK, STATUS_LIVER_FALLBACK, STATUS_SKIPPED, STATUS_NO_LIVER)
+_AXES = ("x", "y", "z")
+
+MANIFEST_COLUMNS = [
+    "case_id",
+    "patient_id",
+    "pni",
+    "image",
+    "label",
+    "source",
+    "status",
+    "n_tumors",
+    "tumor_volume_ml",
+    "tumor_volume_total_ml",
+    *(f"centroid_{a}" for a in _AXES),
+    *(f"box_start_{a}" for a in _AXES),
+    *(f"box_stop_{a}" for a in _AXES),
+    *(f"pad_before_{a}" for a in _AXES),
+    *(f"pad_after_{a}" for a in _AXES),
+    "fits",
+    *(f"spacing_{a}" for a in _AXES),
+    *(f"patch_{a}" for a in _AXES),
+    "shell_mm",
+    "source_image",
+    "source_mask",
+    "inputs_sha256",
+]
+
+
+def _settings(
+    source: str,
+    spacing: tuple[float, float, float],
+    patch_size: tuple[int, int, int],
+    shell_mm: float,
+    no_tumor: str,
+    liver: list[int],
+    tumor: list[int],
+    other: list[int],
+) -> dict[str, Any]:
+    return {
+        "source": source,
+        "spacing": [float(s) for s in spacing],
+        "patch_size": [int(p) for p in patch_size],
+        "shell_mm": float(shell_mm),
+        "no_tumor": no_tumor,
+        "liver": sorted(int(v) for v in liver),
+        "tumor": sorted(int(v) for v in tumor),
+        "other": sorted(int(v) for v in other),
+    }
+
+
+def _config_differences(path: Path, settings: dict[str, Any]) -> list[str] | None:
+    """Settings that differ from the stored config; None when no config is stored."""
+    if not path.exists():
+        return None
+    try:
+        stored = read_json(path)
+    except (OSError, ValueError):
+        return ["crop_config.json unreadable"]
+    return [
+        f"{key}: {stored.get(key)!r} → {settings[key]!r}" for key in SETTINGS_KEYS if stored.get(key) != settings[key]
+    ]
+
+
+def _inputs_digest(image: Path, mask: Path) -> str:
+    """SHA-256 over the image's and the mask's bytes (to notice changed inputs on a re-run)."""
+    digest = hashlib.sha256()
+    for path in (image, mask):
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
+    if not path.exists():
+        return {}
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        log.warning("ignoring unreadable %s (%s); all cases are cropped again", path, exc)
+        return {}
+    if not set(MANIFEST_COLUMNS) <= set(frame.columns):
+        return {}
+    return {row["case_id"]: row for row in frame[MANIFEST_COLUMNS].to_dict(orient="records")}
+
+
+def _reusable(old: dict[str, str] | None, digest: str, patches_dir: Path) -> bool:
+    if not old or old.get("status") not in REUSABLE_STATUSES or old.get("inputs_sha256") != digest:
+        return False
+    return all((patches_dir / old[key]).is_file() for key in ("image", "label") if old.get(key))
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _result_fields(result: TLCRResult) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "status": result.status,
+        "n_tumors": int(result.n_tumors),
+        "tumor_volume_ml": round(float(result.tumor_volume_ml), 4),
+        "tumor_volume_total_ml": round(float(result.tumor_volume_total_ml), 4),
+        "fits": "" if result.fits is None else bool(result.fits),
+    }
+    for i, axis in enumerate(_AXES):
+        fields[f"centroid_{axis}"] = "" if result.centroid is None else round(float(result.centroid[i]), 3)
+        for key in ("start", "stop", "pad_before", "pad_after"):
+            name = f"box_{key}_{axis}" if key in ("start", "stop") else f"{key}_{axis}"
+            fields[name] = "" if result.box is None else int(result.box[key][i])
+    return fields
+
+
+def _mask_path(case: Case, source: str, workspace: Workspace) -> Path | None:
+    return case.label if source == "manual" else workspace.seg_prediction(case.case_id)
+
+
+def crop(
+    cases: Path,
+    experiment: str = "default",
+    runs_dir: Path = Path("runs"),
+    source: str = "manual",
+    spacing: tuple[float, float, float] = (1.5625, 1.5625, 4.0),
+    patch_size: tuple[int, int, int] = (96, 96, 48),
+    shell_mm: float = 10.0,
+    no_tumor: str = "liver",
+    liver: list[int] = [1],  # noqa: B006 - never mutated; a list reads best in --help
+    tumor: list[int] = [2],  # noqa: B006
+    other: list[int] = [],  # noqa: B006
+    force: bool = False,
+) -> Path:
+    """Tumour-localised ROI crop (TLCR): an image patch and a label patch around each tumour.
+
+    Every case is reoriented to RAS and resampled to ``spacing``; the patch is centred on the
+    centroid of the largest 3D connected tumour component; at volume borders it is padded to
+    ``patch_size`` and the padding is recorded. Label patches hold 0 background, 1 liver,
+    2 peritumoral shell (non-tumour voxels within ``shell_mm`` mm of a tumour), 3 tumour.
+    Writes ``<runs_dir>/<experiment>/patches/{images,labels}/<case>.nii.gz``, ``manifest.csv``
+    (one row per case with status, tumour count and volume, centroid, crop box, padding) and
+    ``crop_config.json``. A re-run skips cases whose patches exist with the same settings and
+    unchanged inputs; a case that fails is recorded as ``error: ...`` and the others continue.
+
+    Args:
+        cases: the case manifest (``cases.csv``).
+        experiment: experiment name (folder below ``runs_dir``).
+        runs_dir: folder holding all experiments.
+        source: ``manual`` uses the masks of the manifest's ``label`` column (mapped with
+            ``liver``/``tumor``/``other``); ``predicted`` uses the experiment's out-of-fold NeoSeg
+            masks (``seg/predictions/<case>.nii.gz``, made by ``neonet cv`` on the seg stage).
+        spacing: target voxel spacing in mm (x, y, z).
+        patch_size: patch size in voxels (x, y, z).
+        shell_mm: width of the peritumoral shell in mm, measured in physical space.
+        no_tumor: without tumour voxels, ``liver`` centres the patch on the liver (status
+            ``no_tumor_liver_fallback``), ``skip`` makes no patch (status ``no_tumor_skipped``).
+        liver: label values meaning liver in manual masks.
+        tumor: label values meaning tumour in manual masks.
+        other: label values to treat as background in manual masks.
+        force: rewrite all patches, also when they were made with other settings.
+
+    Returns:
+        The path of ``manifest.csv``.
+    """
+    if source not in SOURCES:
+        raise NeonetError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if no_tumor not in NO_TUMOR_POLICIES:
+        raise NeonetError(f"--no_tumor must be one of {', '.join(NO_TUMOR_POLICIES)}, got {no_tumor!r}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise NeonetError(f"--spacing needs three positive values in mm, got {spacing}")
+    if len(patch_size) != 3 or min(patch_size) < 1:
+        raise NeonetError(f"--patch_size needs three positive voxel counts, got {patch_size}")
+    try:
+        label_map = LabelMap(liver=tuple(liver), tumor=tuple(tumor), other=tuple(other))
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+    mask_map = label_map if source == "manual" else LabelMap()
+
+    workspace = Workspace(runs_dir, experiment)
+    patches_dir = workspace.patches_dir
+    manifest_path = workspace.patches_manifest
+    config_path = patches_dir / CONFIG_NAME
+    case_list = read_cases(cases)
+    settings = _settings(source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other)
+
+    differences = _config_differences(config_path, settings)
+    if differences and not force:
+        raise NeonetError(
+            f"{patches_dir}: patches were made with other settings ({'; '.join(differences)}). "
+            "Pass --force to rewrite them (or use another --experiment)."
+        )
+
+    if source == "predicted":
+        missing = [c.case_id for c in case_list if not workspace.seg_prediction(c.case_id).is_file()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise MissingUpstreamError(
+                f"NeoSeg out-of-fold prediction(s) of {len(missing)} case(s) ({shown})",
+                workspace.seg_predictions_dir,
+                f"neonet cv --config <the NeoSeg config of experiment {experiment!r}, e.g. experiments/demo/seg.yaml>",
+            )
+
+    reuse = differences == [] and not force
+    old_rows = _read_manifest(manifest_path) if reuse else {}
+    if not reuse and manifest_path.exists():
+        # The old manifest describes patches made with other settings; never trust it again.
+        manifest_path.unlink()
+    config = {"cases": str(cases), "experiment": experiment, "runs_dir": str(runs_dir), **settings}
+    if differences != [] or not config_path.exists() or read_json(config_path) != config:
+        write_json(config_path, config)
+
+    rows: list[dict[str, Any]] = []
+    reused = 0
+    for case in tqdm(case_list, desc="crop", unit="case", dynamic_ncols=True):
+        row: dict[str, Any] = dict.fromkeys(MANIFEST_COLUMNS, "")
+        row |= {
+            "case_id": case.case_id,
+            "patient_id": case.patient_id,
+            "pni": "" if case.pni is None else int(case.pni),
+            "source": source,
+            **{f"spacing_{a}": float(s) for a, s in zip(_AXES, spacing)},
+            **{f"patch_{a}": int(p) for a, p in zip(_AXES, patch_size)},
+            "shell_mm": float(shell_mm),
+            "source_image": str(case.image),
+        }
+        image_rel = Path("images") / f"{case.case_id}.nii.gz"
+        label_rel = Path("labels") / f"{case.case_id}.nii.gz"
+        try:
+            mask_path = _mask_path(case, source, workspace)
+            if mask_path is None:
+                raise DataError("no manual label in the case manifest (use --source predicted)")
+            row["source_mask"] = str(mask_path)
+            for path in (case.image, mask_path):
+                if not Path(path).is_file():
+                    raise DataError(f"{path}: file not found")
+            digest = _inputs_digest(case.image, mask_path)
+            row["inputs_sha256"] = digest
+            old = old_rows.get(case.case_id)
+            if old is not None and _reusable(old, digest, patches_dir):
+                # Same settings and inputs: keep the patches; identity columns come from cases.csv.
+                keep = ("case_id", "patient_id", "pni", "source_image", "source_mask", "inputs_sha256")
+                rows.append({**old, **{key: row[key] for key in keep}})
+                reused += 1
+                continue
+            image, mask, affine = load_case(case.image, mask_path, spacing, mask_map, case.case_id)
+            result = tlcr(image, mask, spacing, patch_size=patch_size, shell_mm=shell_mm, no_tumor=no_tumor)
+            row.update(_result_fields(result))
+            if result.has_patch:
+                assert result.box is not None and result.label_patch is not None
+                patch_aff = patch_affine(affine, result.box["start"])
+                save_nifti(patches_dir / image_rel, result.image_patch.astype(np.float32), patch_aff)
+                save_nifti(patches_dir / label_rel, result.label_patch.astype(np.uint8), patch_aff)
+                row["image"], row["label"] = image_rel.as_posix(), label_rel.as_posix()
+            else:
+                for rel in (image_rel, label_rel):
+                    (patches_dir / rel).unlink(missing_ok=True)
+            if result.fits is False:
+                log.warning("case %s: the largest tumour does not fit in a %s patch", case.case_id, patch_size)
+        except Exception as exc:  # one bad case must not stop the cohort; it is recorded instead
+            row["status"] = f"error: {_one_line(exc)}"
+            log.warning("case %s: %s", case.case_id, row["status"])
+        rows.append(row)
+
+    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    text = frame.to_csv(index=False)
+    if not manifest_path.exists() or manifest_path.read_text() != text:
+        write_csv(manifest_path, frame)
+
+    counts = Counter(str(r["status"]).split(":")[0] for r in rows)
+    summary = ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
+    log.info(
+        "crop: %d case(s) (%d unchanged from an earlier run): %s; manifest %s",
+        len(rows),
+        reused,
+        summary or "none",
+        manifest_path,
+    )
+    return manifest_path
+
+
+def load_case(
+    image: str | os.PathLike,
+    mask: str | os.PathLike,
+    spacing: tuple[float, float, float],
+    label_map: LabelMap,
+    case_id: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Load a case in canonical form (RAS, resampled, image in [0, 1]) with its project-convention mask.
+
+    Raises:
+        DataError: a file is missing or unreadable (the message names the file and the cause).
+    """
+    from neonet.data.transforms import load_canonical  # heavy import (MONAI, torchio): only when cropping
+
+    for path in (image, mask):
+        load_nifti(path, case_id)  # header only: a clear error for a file that is not NIfTI
+    try:
+        image_arr, mask_arr, affine = load_canonical(str(image), str(mask), spacing, label_map)
+    except Exception as exc:  # MONAI wraps the reader's error in "applying transform <...>"
+        root: BaseException = exc
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__  # type: ignore[assignment]
+        raise DataError(f"cannot load {image} / {mask}: {type(root).__name__}: {root}") from exc
+    if mask_arr is None or mask_arr.shape != image_arr.shape:
+        raise DataError(f"{mask}: mask grid does not match the image {image} after resampling")
+    return image_arr, mask_arr, affine

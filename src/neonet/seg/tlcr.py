@@ -1,0 +1,291 @@
+"""Tumor-Localized ROI Crop (TLCR): a fixed-size image patch and label patch around the tumour.
+
+Pure numpy/scipy functions on canonical arrays (RAS, resampled to the target spacing); no torch,
+no file io. Conventions (see ``NEONET.md``, "our decisions"):
+
+* input masks are in the project convention: 0 background, 1 liver, 2 tumour;
+* label patches are 0 background, 1 liver, 2 peritumoral shell, 3 tumour (tumour wins over
+  shell, shell over liver); the shell is every non-tumour voxel whose *physical* distance to the
+  tumour is at most ``shell_mm`` (so on anisotropic grids it is thinner in voxels along the coarse
+  axis); it is not restricted to the liver;
+* the patch is centred on the centroid of the **largest** 3D connected tumour component
+  (26-connectivity), rounded half-up to the nearest voxel; for a patch size ``p`` the centre voxel
+  is at index ``p // 2`` of the patch (for even ``p`` the patch reaches one voxel further before
+  the centre than after it). All tumour voxels, of every component, are 3 in the label patch;
+* at volume borders the patch is padded (image with the volume's minimum, label with 0) so it
+  always has exactly ``patch_size`` voxels; the crop box may start below 0 or stop beyond the
+  volume, and the padding per side is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+#: Label patch values.
+PATCH_BACKGROUND, PATCH_LIVER, PATCH_SHELL, PATCH_TUMOR = 0, 1, 2, 3
+
+#: TLCR statuses.
+STATUS_OK = "ok"
+STATUS_LIVER_FALLBACK = "no_tumor_liver_fallback"
+STATUS_SKIPPED = "no_tumor_skipped"
+STATUS_NO_LIVER = "no_liver_no_tumor"
+NO_TUMOR_POLICIES = ("liver", "skip")
+
+_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+def largest_component(mask: np.ndarray, spacing: Sequence[float] | None = None) -> tuple[np.ndarray, int]:
+    """Largest 3D connected component of a boolean mask (26-connectivity).
+
+    Args:
+        mask: boolean (or 0/non-0) 3D array.
+        spacing: voxel spacing in mm; accepted for symmetry with the other functions (on one grid
+            the largest component by voxel count is also the largest by volume).
+
+    Returns:
+        ``(component mask (bool, same shape), number of components)``; an all-False mask and 0
+        when ``mask`` is empty. Ties are broken by the lowest component label (scan order).
+    """
+    del spacing  # voxel count is proportional to volume on a regular grid
+    mask = np.asarray(mask).astype(bool, copy=False)
+    if mask.ndim != 3:
+        raise ValueError(f"largest_component expects a 3D mask, got shape {mask.shape}")
+    labels, n = ndimage.label(mask, structure=_STRUCTURE_26)
+    if n == 0:
+        return np.zeros(mask.shape, dtype=bool), 0
+    counts = np.bincount(labels.ravel())
+    counts[0] = 0
+    return labels == int(np.argmax(counts)), int(n)
+
+
+def peritumoral_shell(tumor: np.ndarray, spacing: Sequence[float], width_mm: float = 10.0) -> np.ndarray:
+    """Voxels outside the tumour within ``width_mm`` (physical distance) of it.
+
+    Args:
+        tumor: boolean 3D tumour mask.
+        spacing: voxel spacing ``(sx, sy, sz)`` in mm.
+        width_mm: shell width in mm (distance measured between voxel centres).
+
+    Returns:
+        Boolean mask of the shell (empty when there is no tumour or ``width_mm <= 0``).
+    """
+    tumor = np.asarray(tumor).astype(bool, copy=False)
+    if not tumor.any() or width_mm <= 0:
+        return np.zeros(tumor.shape, dtype=bool)
+    distance = ndimage.distance_transform_edt(~tumor, sampling=tuple(float(s) for s in spacing))
+    return (distance <= float(width_mm)) & ~tumor
+
+
+def _round_half_up(values: Sequence[float]) -> tuple[int, ...]:
+    return tuple(int(np.floor(float(v) + 0.5)) for v in values)
+
+
+def crop_box(
+    center_vox: Sequence[float], patch_size: Sequence[int], volume_shape: Sequence[int]
+) -> dict[str, tuple[int, ...]]:
+    """Crop box of ``patch_size`` voxels centred on ``center_vox``.
+
+    The centre is rounded half-up to a voxel ``c``; along each axis the box is
+    ``[c - p // 2, c - p // 2 + p)``, so ``c`` lands on patch index ``p // 2``.
+
+    Args:
+        center_vox: centre in (fractional) voxel coordinates of the volume.
+        patch_size: patch size in voxels per axis.
+        volume_shape: shape of the volume.
+
+    Returns:
+        Dict of per-axis tuples: ``center`` (rounded voxel), ``start`` and ``stop`` (volume
+        coordinates; start may be negative and stop beyond the volume), ``pad_before`` and
+        ``pad_after`` (voxels of padding needed on each side).
+    """
+    if not (len(center_vox) == len(patch_size) == len(volume_shape)):
+        raise ValueError("center_vox, patch_size and volume_shape must have the same length")
+    center = _round_half_up(center_vox)
+    start = tuple(c - int(p) // 2 for c, p in zip(center, patch_size))
+    stop = tuple(s + int(p) for s, p in zip(start, patch_size))
+    pad_before = tuple(max(0, -s) for s in start)
+    pad_after = tuple(max(0, e - int(n)) for e, n in zip(stop, volume_shape))
+    return {"center": center, "start": start, "stop": stop, "pad_before": pad_before, "pad_after": pad_after}
+
+
+def extract_patch(array: np.ndarray, box: dict[str, Sequence[int]], pad_value: float = 0) -> np.ndarray:
+    """The part of ``array`` inside ``box``, padded with ``pad_value`` outside the volume.
+
+    Args:
+        array: 3D volume.
+        box: a :func:`crop_box` result (``start`` and ``stop`` are used).
+        pad_value: value outside the volume (image: 0 or its minimum; label: 0).
+
+    Returns:
+        Array of shape ``stop - start`` with ``array``'s dtype.
+    """
+    start = [int(s) for s in box["start"]]
+    stop = [int(e) for e in box["stop"]]
+    shape = tuple(e - s for s, e in zip(start, stop))
+    out = np.full(shape, pad_value, dtype=array.dtype)
+    src, dst = [], []
+    for s, e, n in zip(start, stop, array.shape):
+        lo, hi = max(s, 0), min(e, n)
+        if hi <= lo:  # box entirely outside the volume along this axis
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def label_patch(liver: np.ndarray, tumor: np.ndarray, shell: np.ndarray) -> np.ndarray:
+    """Combine masks into a label patch: 0 bg, 1 liver, 2 shell, 3 tumour (tumour > shell > liver)."""
+    out = np.zeros(np.shape(liver), dtype=np.uint8)
+    out[np.asarray(liver, dtype=bool)] = PATCH_LIVER
+    out[np.asarray(shell, dtype=bool)] = PATCH_SHELL
+    out[np.asarray(tumor, dtype=bool)] = PATCH_TUMOR
+    return out
+
+
+def patch_affine(affine: np.ndarray, start: Sequence[int]) -> np.ndarray:
+    """Voxel-to-world affine of a patch whose voxel 0 is volume voxel ``start``.
+
+    World coordinates of patch voxels then equal those of the same voxels in the volume.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    out = affine.copy()
+    out[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=np.float64) + affine[:3, 3]
+    return out
+
+
+@dataclass
+class TLCRResult:
+    """Outcome of :func:`tlcr` for one case.
+
+    Attributes:
+        status: ``ok``, ``no_tumor_liver_fallback``, ``no_tumor_skipped`` or ``no_liver_no_tumor``.
+        image_patch: float32 image patch, or None when no patch was made.
+        label_patch: uint8 label patch (0 bg, 1 liver, 2 shell, 3 tumour), or None.
+        n_tumors: number of 26-connected tumour components.
+        tumor_volume_ml: volume of the largest tumour component in ml.
+        tumor_volume_total_ml: volume of all tumour voxels in ml.
+        centroid: centre used for the crop, in fractional voxel coordinates of the volume
+            (largest tumour component, or the liver for the fallback), or None.
+        box: the :func:`crop_box` dict, or None.
+        fits: whether the largest tumour component lies entirely inside the patch (None
+            without tumour).
+        spacing: voxel spacing in mm.
+        patch_size: patch size in voxels.
+        shell_mm: shell width in mm.
+    """
+
+    status: str
+    image_patch: np.ndarray | None = None
+    label_patch: np.ndarray | None = None
+    n_tumors: int = 0
+    tumor_volume_ml: float = 0.0
+    tumor_volume_total_ml: float = 0.0
+    centroid: tuple[float, float, float] | None = None
+    box: dict[str, tuple[int, ...]] | None = None
+    fits: bool | None = None
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    patch_size: tuple[int, int, int] = (96, 96, 48)
+    shell_mm: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_patch(self) -> bool:
+        """True when image and label patches were made."""
+        return self.image_patch is not None
+
+    @property
+    def padding(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """``(pad_before, pad_after)`` per axis, or None without a patch."""
+        if self.box is None:
+            return None
+        return self.box["pad_before"], self.box["pad_after"]
+
+
+def _centroid(mask: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(c) for c in np.argwhere(mask).mean(axis=0))  # type: ignore[return-value]
+
+
+def _inside(mask: np.ndarray, box: dict[str, tuple[int, ...]]) -> bool:
+    coords = np.argwhere(mask)
+    if coords.size == 0:
+        return True
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    return bool(np.all(lo >= np.asarray(box["start"])) and np.all(hi < np.asarray(box["stop"])))
+
+
+def tlcr(
+    image: np.ndarray,
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    patch_size: Sequence[int] = (96, 96, 48),
+    shell_mm: float = 10.0,
+    no_tumor: str = "liver",
+) -> TLCRResult:
+    """Tumour-localised ROI crop of one canonical volume.
+
+    Args:
+        image: 3D image (canonical grid).
+        mask: 3D mask on the same grid, project convention (0 bg, 1 liver, 2 tumour).
+        spacing: voxel spacing ``(sx, sy, sz)`` in mm.
+        patch_size: patch size in voxels.
+        shell_mm: peritumoral shell width in mm.
+        no_tumor: what to do without tumour voxels: ``"liver"`` centres the patch on the
+            liver's largest component (status ``no_tumor_liver_fallback``), ``"skip"`` makes no
+            patch (status ``no_tumor_skipped``). Without tumour and liver no patch is made
+            (status ``no_liver_no_tumor``). A missing tumour never raises.
+
+    Returns:
+        A :class:`TLCRResult`.
+    """
+    if no_tumor not in NO_TUMOR_POLICIES:
+        raise ValueError(f"no_tumor must be one of {NO_TUMOR_POLICIES}, got {no_tumor!r}")
+    image = np.asarray(image)
+    mask = np.asarray(mask)
+    if image.ndim != 3 or image.shape != mask.shape:
+        raise ValueError(f"image and mask must be 3D arrays of one shape, got {image.shape} and {mask.shape}")
+    spacing = tuple(float(s) for s in spacing)
+    patch_size = tuple(int(p) for p in patch_size)
+    if len(spacing) != 3 or len(patch_size) != 3 or min(patch_size) < 1:
+        raise ValueError(f"spacing and patch_size need 3 positive entries, got {spacing} and {patch_size}")
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    liver = mask == 1
+    tumor = mask == 2
+    common = {"spacing": spacing, "patch_size": patch_size, "shell_mm": float(shell_mm)}
+
+    largest, n_tumors = largest_component(tumor)
+    if n_tumors:
+        centroid = _centroid(largest)
+        shell = peritumoral_shell(tumor, spacing, shell_mm)
+        status = STATUS_OK
+    elif no_tumor == "skip":
+        return TLCRResult(status=STATUS_SKIPPED, **common)
+    else:
+        liver_main, n_liver = largest_component(liver)
+        if not n_liver:
+            return TLCRResult(status=STATUS_NO_LIVER, **common)
+        centroid = _centroid(liver_main)
+        shell = np.zeros(mask.shape, dtype=bool)
+        status = STATUS_LIVER_FALLBACK
+
+    box = crop_box(centroid, patch_size, mask.shape)
+    pad_value = image.min() if image.size else 0
+    img_patch = extract_patch(image.astype(np.float32, copy=False), box, float(pad_value))
+    lab_patch = extract_patch(label_patch(liver, tumor, shell), box, 0)
+    return TLCRResult(
+        status=status,
+        image_patch=img_patch,
+        label_patch=lab_patch,
+        n_tumors=n_tumors,
+        tumor_volume_ml=float(largest.sum()) * voxel_ml,
+        tumor_volume_total_ml=float(tumor.sum()) * voxel_ml,
+        centroid=centroid,
+        box=box,
+        fits=_inside(largest, box) if n_tumors else None,
+        **common,
+    )

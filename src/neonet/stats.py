@@ -1,0 +1,294 @@
+"""Statistics for reporting binary classifiers: AUC with confidence intervals, DeLong tests, thresholds.
+
+Conventions: ``y`` holds labels 0/1 (1 = PNI+), ``p`` holds scores where larger means more likely
+positive (probabilities or logits: every function here is invariant to strictly increasing
+transforms of ``p``, except the threshold itself). A case is called positive when ``p >= threshold``.
+
+AUC is the Mann-Whitney statistic computed from midranks, so ties between a positive and a negative
+count one half. The DeLong (1988) variance and paired test use the fast midrank algorithm of
+Sun & Xu (2014): O(n log n) instead of O(m n).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats as sps
+from torchmetrics.functional.classification import (
+    binary_accuracy,
+    binary_average_precision,
+    binary_f1_score,
+    binary_recall,
+    binary_specificity,
+)
+
+__all__ = [
+    "auc",
+    "binary_metrics",
+    "bootstrap_auc_ci",
+    "delong_ci",
+    "delong_test",
+    "delong_variance",
+    "youden_threshold",
+]
+
+ArrayLike = Any
+
+
+def _check(y: ArrayLike, *scores: ArrayLike, need_both: bool = True) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Validate labels and scores; return them as 1-D int and float64 arrays."""
+    y_arr = np.asarray(y).reshape(-1)
+    if y_arr.size == 0:
+        raise ValueError("empty input")
+    if not np.isin(y_arr, (0, 1)).all():
+        raise ValueError(f"labels must be 0/1, got values {np.unique(y_arr)[:10]}")
+    y_arr = y_arr.astype(np.int64)
+    out = []
+    for s in scores:
+        s_arr = np.asarray(s, dtype=np.float64).reshape(-1)
+        if s_arr.shape != y_arr.shape:
+            raise ValueError(f"labels and scores differ in length: {y_arr.size} vs {s_arr.size}")
+        if not np.isfinite(s_arr).all():
+            raise ValueError("scores contain NaN or infinite values")
+        out.append(s_arr)
+    if need_both and (y_arr.sum() == 0 or y_arr.sum() == y_arr.size):
+        raise ValueError("AUC needs both classes; got only one")
+    return y_arr, out
+
+
+def _auc_from_ranks(ranks_pos_sum: np.ndarray, n_pos: np.ndarray | int, n_neg: np.ndarray | int) -> np.ndarray:
+    return (ranks_pos_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def auc(y: ArrayLike, p: ArrayLike) -> float:
+    """Area under the ROC curve (Mann-Whitney U / (m n), ties count 1/2).
+
+    Args:
+        y: labels 0/1.
+        p: scores, higher = more likely positive.
+
+    Raises:
+        ValueError: if only one class is present, lengths differ or scores are not finite.
+    """
+    y_arr, (p_arr,) = _check(y, p)
+    ranks = sps.rankdata(p_arr)
+    n_pos = int(y_arr.sum())
+    return float(_auc_from_ranks(ranks[y_arr == 1].sum(), n_pos, y_arr.size - n_pos))
+
+
+def bootstrap_auc_ci(
+    y: ArrayLike,
+    p: ArrayLike,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    stratified: bool = True,
+) -> tuple[float, float, float]:
+    """AUC with a percentile-bootstrap confidence interval.
+
+    Args:
+        y: labels 0/1.
+        p: scores.
+        n_boot: number of bootstrap resamples.
+        alpha: 1 - confidence level (0.05: 95 % interval).
+        seed: seed of the resampling generator.
+        stratified: resample positives and negatives separately (keeps the class counts);
+            otherwise resample all cases and skip resamples that hold only one class.
+
+    Returns:
+        ``(auc, lo, hi)``: the AUC of the full sample and the ``alpha/2`` and ``1-alpha/2``
+        percentiles of the bootstrap AUCs.
+    """
+    y_arr, (p_arr,) = _check(y, p)
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    if not 0 < alpha < 1:
+        raise ValueError("alpha must be in (0, 1)")
+    rng = np.random.default_rng(seed)
+    estimate = auc(y_arr, p_arr)
+    pos, neg = p_arr[y_arr == 1], p_arr[y_arr == 0]
+    n = y_arr.size
+    chunk = max(1, min(n_boot, 4_000_000 // max(n, 1)))
+    aucs: list[np.ndarray] = []
+    done = 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        if stratified:
+            sp = pos[rng.integers(0, pos.size, size=(b, pos.size))]
+            sn = neg[rng.integers(0, neg.size, size=(b, neg.size))]
+            ranks = sps.rankdata(np.concatenate([sp, sn], axis=1), axis=1)
+            aucs.append(_auc_from_ranks(ranks[:, : pos.size].sum(axis=1), pos.size, neg.size))
+        else:
+            idx = rng.integers(0, n, size=(b, n))
+            yb, pb = y_arr[idx], p_arr[idx]
+            n_pos = yb.sum(axis=1)
+            ok = (n_pos > 0) & (n_pos < n)
+            ranks = sps.rankdata(pb[ok], axis=1)
+            n_pos_ok = n_pos[ok]
+            aucs.append(_auc_from_ranks((ranks * yb[ok]).sum(axis=1), n_pos_ok, n - n_pos_ok))
+        done += b
+    boot = np.concatenate(aucs)
+    if boot.size == 0:
+        raise ValueError("every bootstrap resample held only one class")
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return estimate, float(lo), float(hi)
+
+
+def _structural_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DeLong structural components by midranks (Sun & Xu 2014).
+
+    Args:
+        y: labels 0/1, shape ``(n,)``.
+        scores: shape ``(k, n)``, one row per predictor.
+
+    Returns:
+        ``(aucs (k,), v10 (k, m), v01 (k, n_neg))``: per-predictor AUC, and for each positive the
+        fraction of negatives it beats (V10), for each negative the fraction of positives that
+        beat it (V01); ties count 1/2.
+    """
+    pos, neg = scores[:, y == 1], scores[:, y == 0]
+    m, n = pos.shape[1], neg.shape[1]
+    tx = sps.rankdata(pos, axis=1)  # midranks among positives
+    ty = sps.rankdata(neg, axis=1)  # midranks among negatives
+    tz = sps.rankdata(np.concatenate([pos, neg], axis=1), axis=1)  # midranks among all
+    aucs = tz[:, :m].sum(axis=1) / (m * n) - (m + 1.0) / (2.0 * n)
+    v10 = (tz[:, :m] - tx) / n
+    v01 = 1.0 - (tz[:, m:] - ty) / m
+    return aucs, v10, v01
+
+
+def delong_variance(y: ArrayLike, *scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of one or more paired predictors and their DeLong covariance matrix.
+
+    Args:
+        y: labels 0/1.
+        *scores: one score array per predictor, all on the same cases.
+
+    Returns:
+        ``(aucs (k,), cov (k, k))`` with ``cov = S10 / m + S01 / n`` (sample covariances, ddof 1).
+    """
+    if not scores:
+        raise ValueError("need at least one score array")
+    y_arr, arrs = _check(y, *scores)
+    m = int(y_arr.sum())
+    n = y_arr.size - m
+    if m < 2 or n < 2:
+        raise ValueError(f"DeLong variance needs at least 2 cases per class, got {m} positive and {n} negative")
+    aucs, v10, v01 = _structural_components(y_arr, np.stack(arrs))
+    s10 = np.atleast_2d(np.cov(v10))
+    s01 = np.atleast_2d(np.cov(v01))
+    return aucs, s10 / m + s01 / n
+
+
+def delong_test(y: ArrayLike, p1: ArrayLike, p2: ArrayLike) -> dict[str, float]:
+    """DeLong et al. (1988) test of two correlated AUCs (same cases), two-sided.
+
+    Args:
+        y: labels 0/1.
+        p1: scores of the first predictor.
+        p2: scores of the second predictor.
+
+    Returns:
+        ``auc1``, ``auc2``, ``diff`` (auc1 - auc2), ``se`` (of the difference), ``z`` and ``p_value``.
+        With ``se == 0``: ``z = 0, p = 1`` when the AUCs are equal, else ``z = ±inf, p = 0``.
+    """
+    aucs, cov = delong_variance(y, p1, p2)
+    diff = float(aucs[0] - aucs[1])
+    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
+    se = float(np.sqrt(max(var, 0.0)))
+    if se <= 1e-15:
+        if abs(diff) <= 1e-15:
+            z, p_value = 0.0, 1.0
+        else:
+            z, p_value = float(np.copysign(np.inf, diff)), 0.0
+    else:
+        z = diff / se
+        p_value = float(2.0 * sps.norm.sf(abs(z)))
+    return {"auc1": float(aucs[0]), "auc2": float(aucs[1]), "diff": diff, "se": se, "z": z, "p_value": p_value}
+
+
+def delong_ci(y: ArrayLike, p: ArrayLike, alpha: float = 0.05) -> tuple[float, float, float]:
+    """AUC with a Wald confidence interval from the DeLong variance, clipped to [0, 1].
+
+    Args:
+        y: labels 0/1.
+        p: scores.
+        alpha: 1 - confidence level.
+
+    Returns:
+        ``(auc, lo, hi)``.
+    """
+    aucs, cov = delong_variance(y, p)
+    a = float(aucs[0])
+    half = float(sps.norm.ppf(1 - alpha / 2) * np.sqrt(max(float(cov[0, 0]), 0.0)))
+    return a, max(0.0, a - half), min(1.0, a + half)
+
+
+def youden_threshold(y: ArrayLike, p: ArrayLike) -> float:
+    """Threshold maximising Youden's J = sensitivity + specificity - 1 (rule: positive if ``p >= t``).
+
+    Candidate cuts lie between consecutive distinct scores; the returned threshold is the midpoint
+    between the lowest score called positive and the highest score below it (the lowest score
+    itself when every case is called positive). Ties in J go to the higher threshold.
+
+    Args:
+        y: labels 0/1.
+        p: scores.
+    """
+    y_arr, (p_arr,) = _check(y, p)
+    values = np.unique(p_arr)  # ascending
+    n_pos = y_arr.sum()
+    n_neg = y_arr.size - n_pos
+    # For the cut "p >= values[i]": positives and negatives at or above it.
+    order = np.searchsorted(values, p_arr)
+    pos_at = np.bincount(order, weights=y_arr, minlength=values.size)
+    neg_at = np.bincount(order, weights=1 - y_arr, minlength=values.size)
+    tp = np.cumsum(pos_at[::-1])[::-1]
+    fp = np.cumsum(neg_at[::-1])[::-1]
+    j = tp / n_pos - fp / n_neg
+    best = int(np.flatnonzero(j >= j.max() - 1e-12)[-1])
+    if best == 0:
+        return float(values[0])
+    return float((values[best - 1] + values[best]) / 2.0)
+
+
+def binary_metrics(y: ArrayLike, p: ArrayLike, threshold: float) -> dict[str, float]:
+    """Threshold-free and thresholded metrics of a binary classifier.
+
+    ``auroc`` is :func:`auc` (exact, float64); ``average_precision`` uses torchmetrics on the
+    midranks of ``p`` (order and ties preserved, so logits are not squashed); thresholded metrics
+    use torchmetrics on the hard predictions ``p >= threshold``. With one class only, ``auroc``
+    and ``average_precision`` are NaN.
+
+    Args:
+        y: labels 0/1.
+        p: scores.
+        threshold: decision threshold on ``p``.
+
+    Returns:
+        ``auroc``, ``average_precision``, ``accuracy``, ``sensitivity``, ``specificity``, ``f1``,
+        ``threshold``, ``n``, ``n_pos``.
+    """
+    y_arr, (p_arr,) = _check(y, p, need_both=False)
+    n, n_pos = int(y_arr.size), int(y_arr.sum())
+    target = torch.from_numpy(y_arr)
+    hard = torch.from_numpy((p_arr >= threshold).astype(np.int64))
+    both = 0 < n_pos < n
+    if both:
+        ranks = torch.from_numpy(sps.rankdata(p_arr) / n)  # in (0, 1]: used as-is, no sigmoid
+        ap = float(binary_average_precision(ranks, target))
+    else:
+        ap = float("nan")
+    return {
+        "auroc": auc(y_arr, p_arr) if both else float("nan"),
+        "average_precision": ap,
+        "accuracy": float(binary_accuracy(hard, target)),
+        "sensitivity": float(binary_recall(hard, target)),
+        "specificity": float(binary_specificity(hard, target)),
+        "f1": float(binary_f1_score(hard, target)),
+        "threshold": float(threshold),
+        "n": n,
+        "n_pos": n_pos,
+    }

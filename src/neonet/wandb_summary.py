@@ -1,0 +1,54 @@
+"""A W&B summary run per cross-validation: the fold table, summary numbers and figures."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from neonet.lightning_cli import wandb_mode
+from neonet.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def log_cv_summary(
+    ws: Workspace,
+    stage: str,
+    tables: dict[str, pd.DataFrame],
+    summary: dict[str, float],
+    images: dict[str, Path] | None = None,
+) -> str | None:
+    """Write one W&B run ``<stage>-cv`` (group = experiment) with tables, numbers and images.
+
+    Returns the run's local folder, or None when W&B is disabled (``WANDB_MODE=disabled``).
+    """
+    mode = wandb_mode()
+    if mode == "disabled":
+        return None
+    import wandb
+
+    save_dir = ws.root / stage / "cv"
+    save_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "neonet"),
+        group=ws.experiment,
+        job_type=f"{stage}-cv",
+        name=f"{stage}-cv",
+        dir=str(save_dir),
+        mode="online" if mode == "online" else "offline",
+        reinit="finish_previous",
+    )
+    try:
+        for name, frame in tables.items():
+            run.log({name: wandb.Table(dataframe=frame.reset_index(drop=True))})
+        for name, path in (images or {}).items():
+            run.log({name: wandb.Image(str(path))})
+        for key, value in summary.items():
+            run.summary[key] = value
+        return run.dir
+    finally:
+        run.finish()
