@@ -34,10 +34,6 @@ class StageHooks(Protocol):
         """Cross-fold summary (tables, plots, W&B summary run)."""
 
 
-#: stage → "module:HooksClass"
-STAGE_HOOKS: dict[str, str] = {
-    "seg": "neonet.seg.evaluate:SegCVHooks",
-}
 
 
 class FoldRunner:
@@ -71,10 +67,10 @@ class FoldRunner:
         log.info("fold %d: %s done in %.0f s", self.fold, verb, time.time() - start)
 
 
-def load_hooks(stage: str) -> StageHooks | None:
-    """The hooks of a stage, or None."""
-    spec = STAGE_HOOKS.get(stage)
-    if spec is None:
+def load_hooks(cfg: dict[str, Any]) -> StageHooks | None:
+    """The cv hooks named by the stage module's ``cv_hooks`` attribute (``"module:Class"``), or None."""
+    spec = getattr(import_class(cfg["model"]["class_path"]), "cv_hooks", None)
+    if not spec:
         return None
     module, name = spec.split(":")
     return import_class(f"{module}.{name}")()
@@ -111,7 +107,7 @@ def cv(
     bad = [k for k in todo if not 0 <= k < n_folds]
     if bad:
         raise NeonetError(f"fold(s) {bad} do not exist: the experiment has folds 0..{n_folds - 1}")
-    hooks = load_hooks(stage)
+    hooks = load_hooks(cfg)
     log.info("cv: stage %s, experiment %s, folds %s", stage, ws.experiment, todo)
     for k in todo:
         run = FoldRunner(configs, overrides, k)

@@ -32,10 +32,17 @@ def dice_pair(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     return {"dice_liver": float(dice[0]), "dice_tumor": float(dice[1])}
 
 
-def evaluate_oof(ws: Workspace, cases_csv: str | Path, label_map: LabelMap) -> pd.DataFrame:
-    """Dice per case of the out-of-fold masks in ``seg/predictions`` (original image space)."""
+def evaluate_oof(
+    ws: Workspace, cases_csv: str | Path, label_map: LabelMap, folds: list[int] | None = None
+) -> pd.DataFrame:
+    """Dice per case of the out-of-fold masks in ``seg/predictions`` (original image space).
+
+    Only test cases of ``folds`` (default: all folds) are evaluated.
+    """
     splits = read_json(ws.splits_path)
-    fold_of = {cid: s["fold"] for s in splits["splits"] for cid in s["test"]}
+    fold_of = {
+        cid: s["fold"] for s in splits["splits"] if folds is None or s["fold"] in folds for cid in s["test"]
+    }
     rows: list[dict[str, Any]] = []
     for case in tqdm(read_cases(cases_csv), desc="OOF Dice", unit="case"):
         if case.label is None or case.case_id not in fold_of:
@@ -105,7 +112,9 @@ class SegCVHooks:
         label_map = LabelMap(
             liver=tuple(dargs.get("liver") or [1]), tumor=tuple(dargs.get("tumor") or [2]), other=tuple(dargs.get("other") or [])
         )
-        frame = evaluate_oof(ws, dargs["cases"], label_map)
+        n_folds = int(read_json(ws.splits_path)["folds"])
+        done = [k for k in range(n_folds) if ws.is_complete("seg", k)]  # folds may run in separate calls
+        frame = evaluate_oof(ws, dargs["cases"], label_map, done)
         if frame.empty:
             log.warning("no cases with manual labels to evaluate")
             return

@@ -45,6 +45,7 @@ class SegModule(LightningModule):
     stage = "seg"
     monitor = "val/dice_mean"
     monitor_mode = "max"
+    cv_hooks = "neonet.seg.evaluate:SegCVHooks"
 
     def __init__(
         self,

@@ -1,0 +1,62 @@
+"""TLCR patches of an experiment: reading ``patches/manifest.csv`` and selecting a fold's rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from neonet.errors import DataError, MissingUpstreamError
+from neonet.workspace import Workspace
+
+#: Label-patch values (TLCR output).
+PATCH_BACKGROUND, PATCH_LIVER, PATCH_SHELL, PATCH_TUMOR = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class PatchRecord:
+    """One usable TLCR patch."""
+
+    case_id: str
+    patient_id: str
+    pni: int | None
+    image: Path
+    label: Path
+
+
+def read_patch_manifest(ws: Workspace) -> pd.DataFrame:
+    """The experiment's patch manifest; MissingUpstreamError (naming ``neonet crop``) if absent."""
+    path = ws.patches_manifest
+    if not path.is_file():
+        raise MissingUpstreamError(
+            "TLCR patches", path, f"neonet crop --cases <cases.csv> --experiment {ws.experiment} --runs_dir {ws.runs_dir}"
+        )
+    return pd.read_csv(path, dtype={"case_id": str, "patient_id": str})
+
+
+def patch_records(ws: Workspace, case_ids: list[str] | tuple[str, ...], require_pni: bool = False) -> list[PatchRecord]:
+    """Patches of the given cases (in that order), skipping cases that TLCR could not crop.
+
+    Raises DataError when a requested case is absent from the manifest (patches older than the
+    case manifest: re-run ``neonet crop``) or, with ``require_pni``, has no PNI label.
+    """
+    frame = read_patch_manifest(ws).set_index("case_id")
+    base = ws.patches_manifest.parent
+    missing = [c for c in case_ids if c not in frame.index]
+    if missing:
+        raise DataError(
+            f"{ws.patches_manifest}: no row for case(s) {', '.join(missing[:10])}; "
+            "re-run `neonet crop` for this experiment"
+        )
+    out: list[PatchRecord] = []
+    for cid in case_ids:
+        row = frame.loc[cid]
+        if not isinstance(row.get("image"), str) or not row.get("image"):
+            continue  # skipped or failed crop: its status column says why
+        pni = row.get("pni")
+        pni = None if pd.isna(pni) else int(pni)
+        if require_pni and pni is None:
+            raise DataError(f"{ws.patches_manifest}: case {cid} has no pni label")
+        out.append(PatchRecord(cid, str(row.get("patient_id", cid)), pni, base / row["image"], base / row["label"]))
+    return out

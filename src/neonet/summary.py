@@ -1,0 +1,87 @@
+"""``neonet summary``: where an experiment's results are, with the numbers that matter."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from neonet.atomic import read_json, write_json
+from neonet.workspace import STAGES, Workspace
+
+
+def collect(ws: Workspace) -> dict[str, Any]:
+    """Status of every stage and fold, report files and W&B run folders of an experiment."""
+    info: dict[str, Any] = {"experiment": ws.experiment, "root": str(ws.root), "stages": {}}
+    if ws.splits_path.exists():
+        info["splits"] = str(ws.splits_path)
+        info["folds"] = int(read_json(ws.splits_path)["folds"])
+    stage_names = sorted({p.parent.name for p in ws.root.glob("*/fold*/artifact.json")} | set())
+    for stage in [s for s in STAGES if s in stage_names] + [s for s in stage_names if s not in STAGES]:
+        folds = {}
+        for art_path in sorted(ws.root.glob(f"{stage}/fold*/artifact.json")):
+            art = read_json(art_path)
+            folds[int(art["fold"])] = {
+                "status": art.get("status"),
+                "best_score": art.get("best_score"),
+                "monitor": art.get("monitor"),
+                "checkpoint": (art.get("best_checkpoint") or {}).get("path"),
+            }
+        info["stages"][stage] = folds
+    if ws.patches_manifest.exists():
+        frame = pd.read_csv(ws.patches_manifest)
+        info["patches"] = {"manifest": str(ws.patches_manifest), "status": frame["status"].value_counts().to_dict()}
+    if ws.reports_dir.exists():
+        info["reports"] = sorted(str(p) for p in ws.reports_dir.iterdir() if p.is_file())
+    seg_summary = ws.reports_dir / "seg_summary.json"
+    if seg_summary.exists():
+        info["seg_oof_dice"] = read_json(seg_summary)
+    info["wandb_runs"] = sorted(glob.glob(str(ws.root / "*" / "*" / "wandb" / "offline-run-*")))
+    info["wandb_runs"] += sorted(glob.glob(str(ws.root / "*" / "*" / "wandb" / "run-*")))
+    return info
+
+
+def summary(experiment: str = "demo", runs_dir: Path = Path("runs")) -> int:
+    """Print where an experiment's outputs are and its headline metrics; save them as JSON.
+
+    Writes ``<runs_dir>/<experiment>/reports/summary.json``.
+
+    Args:
+        experiment: experiment name.
+        runs_dir: folder holding all experiments.
+    """
+    ws = Workspace(runs_dir, experiment)
+    if not ws.root.exists():
+        print(f"no experiment at {ws.root}")
+        return 1
+    info = collect(ws)
+    lines = [f"Experiment {experiment}: {ws.root}"]
+    if "splits" in info:
+        lines.append(f"  splits        {info['splits']} ({info['folds']} folds)")
+    for stage, folds in info["stages"].items():
+        done = sum(1 for f in folds.values() if f["status"] == "complete")
+        scores = ", ".join(
+            f"fold{k} {v['best_score']:.3f}" for k, v in sorted(folds.items()) if v["best_score"] is not None
+        )
+        monitor = next((v["monitor"] for v in folds.values() if v["monitor"]), "")
+        lines.append(f"  {stage:<13} {done}/{len(folds)} folds complete; best {monitor}: {scores}")
+    if "seg_oof_dice" in info:
+        d = info["seg_oof_dice"]
+        if d.get("dice_liver") and d.get("dice_tumor"):
+            lines.append(
+                f"  NeoSeg OOF    Dice liver {d['dice_liver']['mean']:.3f} ± {d['dice_liver']['sd']:.3f}, "
+                f"tumour {d['dice_tumor']['mean']:.3f} ± {d['dice_tumor']['sd']:.3f} (n={d['n_cases']})"
+            )
+    if "patches" in info:
+        lines.append(f"  patches       {info['patches']['manifest']}  {json.dumps(info['patches']['status'])}")
+    for path in info.get("reports", []):
+        lines.append(f"  report        {path}")
+    if info["wandb_runs"]:
+        lines.append(f"  W&B runs      {len(info['wandb_runs'])} local run folders under {ws.root}/<stage>/fold<k>/wandb/")
+        lines.append(f"                upload with: wandb sync {ws.root}/*/*/wandb/offline-run-*")
+    print("\n".join(lines))
+    write_json(ws.reports_dir / "summary.json", info)
+    return 0

@@ -1,0 +1,53 @@
+"""The CLI spine: help, every shipped config parses, test configs mirror experiments/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neonet.cli import LIGHTNING_VERBS, PROJECT_VERBS, main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "experiments").rglob("*.yaml")) + sorted((REPO / "tests" / "conf").rglob("*.yaml"))
+
+
+def test_help_lists_every_verb(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for verb in list(LIGHTNING_VERBS) + list(PROJECT_VERBS):
+        assert f"  {verb} " in out
+
+
+@pytest.mark.parametrize("verb", sorted(PROJECT_VERBS))
+def test_each_project_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([verb, "--help"])
+    assert exc.value.code == 0
+    assert f"neonet {verb}" in capsys.readouterr().out
+
+
+def test_unknown_verb_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) == 2
+    assert "unknown verb" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_parses(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--print_config` works for every config: Lightning configs with `fit`, verb configs by file stem."""
+    data = yaml.safe_load(path.read_text())
+    verb = "fit" if "model" in data else path.stem
+    assert verb in LIGHTNING_VERBS or verb in PROJECT_VERBS, f"{path}: no verb named {verb}"
+    with pytest.raises(SystemExit) as exc:
+        main([verb, "--config", str(path), "--print_config"])
+    assert exc.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    if verb == "fit":
+        assert printed["model"]["class_path"] == data["model"]["class_path"]
+
+
+def test_test_configs_mirror_experiments() -> None:
+    demo = {p.name for p in (REPO / "experiments" / "demo").glob("*.yaml")}
+    tests = {p.name for p in (REPO / "tests" / "conf").glob("*.yaml")}
+    assert demo <= tests, f"experiments/demo configs without a tests/conf mirror: {sorted(demo - tests)}"

@@ -1,0 +1,80 @@
+"""Patient-level, stratified, seeded, write-once splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from neonet.data.cases import Case
+from neonet.data.splits import ensure_splits, get_fold, make_splits
+from neonet.errors import DataError, SplitMismatchError
+
+
+def cohort(n: int = 30, n_pos: int = 10, two_scans: int = 3) -> list[Case]:
+    cases = []
+    for i in range(n):
+        pni = int(i < n_pos)
+        cases.append(Case(f"c{i:02d}", Path(f"i{i}.nii.gz"), Path(f"l{i}.nii.gz"), pni, f"p{i:02d}"))
+    for j in range(two_scans):  # second scans of some patients
+        first = cases[j * 5]
+        cases.append(Case(f"c{j:02d}b", Path("x.nii.gz"), Path("y.nii.gz"), first.pni, first.patient_id))
+    return cases
+
+
+def test_folds_partition_patients_and_stratify() -> None:
+    cases = cohort()
+    doc = make_splits(cases, folds=5, seed=3)
+    pid = {c.case_id: c.patient_id for c in cases}
+    pni = {c.case_id: c.pni for c in cases}
+    tested: list[str] = []
+    for k in range(5):
+        fold = get_fold(doc, k)
+        tested += fold.test
+        assert not set(fold.test) & set(fold.fit)
+        assert not set(fold.train) & set(fold.val)
+        assert set(fold.test) | set(fold.fit) == set(pid)
+        # patient-level: no patient on both sides, and none split between train and val
+        assert not {pid[c] for c in fold.test} & {pid[c] for c in fold.fit}
+        assert not {pid[c] for c in fold.train} & {pid[c] for c in fold.val}
+        # stratified: 10 PNI+ patients over 5 folds -> 2 per fold
+        assert len({pid[c] for c in fold.test if pni[c] == 1}) == 2
+        assert {pni[c] for c in fold.val} == {0, 1}
+    assert sorted(tested) == sorted(pid)  # every case tested exactly once
+
+
+def test_seeded_and_deterministic() -> None:
+    cases = cohort()
+    assert make_splits(cases, 5, seed=1) == make_splits(cases, 5, seed=1)
+    assert make_splits(cases, 5, seed=1)["splits"] != make_splits(cases, 5, seed=2)["splits"]
+
+
+def test_written_once_and_mismatch_stops(tmp_path: Path) -> None:
+    path = tmp_path / "splits.json"
+    cases = cohort()
+    doc = ensure_splits(path, cases, folds=5, seed=0)
+    mtime = path.stat().st_mtime_ns
+    assert ensure_splits(path, cases, folds=5, seed=99) == doc  # read, not remade
+    assert path.stat().st_mtime_ns == mtime
+    changed = cases[:-1] + [Case("new", Path("a"), Path("b"), 1, "pnew")]
+    with pytest.raises(SplitMismatchError, match="added: new.*removed: c02b"):
+        ensure_splits(path, changed, folds=5)
+    relabelled = [Case(c.case_id, c.image, c.label, 1 - c.pni, c.patient_id) if c.case_id == "c20" else c for c in cases]
+    with pytest.raises(SplitMismatchError, match="pni/patient changed: c20"):
+        ensure_splits(path, relabelled, folds=5)
+    with pytest.raises(SplitMismatchError, match="3 were requested"):
+        ensure_splits(path, cases, folds=3)
+
+
+def test_bad_cohorts() -> None:
+    cases = cohort(n=4, n_pos=2, two_scans=0)
+    with pytest.raises(DataError, match="cannot be split"):
+        make_splits(cases, folds=5)
+    dup = cohort(n=10, n_pos=3, two_scans=0)
+    dup.append(dup[0])
+    with pytest.raises(DataError, match="duplicate"):
+        make_splits(dup, folds=3)
+    inconsistent = cohort(n=10, n_pos=3, two_scans=0)
+    inconsistent.append(Case("c00b", Path("a"), Path("b"), 0, inconsistent[0].patient_id))
+    with pytest.raises(DataError, match="different pni"):
+        make_splits(inconsistent, folds=3)
