@@ -74,10 +74,26 @@ def _setup_logging() -> None:
         )
 
 
+def _underscore_options(args: list[str]) -> list[str]:
+    """Accept ``--pni-fraction`` as well as ``--pni_fraction`` (option names only, not values)."""
+    out = []
+    for arg in args:
+        if arg.startswith("--") and len(arg) > 2:
+            name, sep, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + sep + value
+        out.append(arg)
+    return out
+
+
 def run_project_verb(verb: str, args: list[str]) -> int:
     """Run a project verb with jsonargparse; return its exit code."""
     from jsonargparse import auto_cli
 
+    if "--" in args:  # options after `--` belong to another program (e.g. cv's folds)
+        i = args.index("--")
+        args = _underscore_options(args[:i]) + args[i:]
+    else:
+        args = _underscore_options(args)
     func = _load_verb(PROJECT_VERBS[verb][0])
     if func.__name__.endswith("_main"):  # verbs with their own argument parsing take argv
         return int(func(args) or 0)

@@ -40,6 +40,8 @@ class SegModule(LightningModule):
         lambda_dice: weight of the Dice loss.
         lambda_ce: weight of the cross-entropy loss.
         min_tumor_voxels: tumour components smaller than this are removed at prediction.
+        channels_last: run the network in ``channels_last_3d`` memory format (much faster 3D
+            convolution backward passes on CPU, and usually on GPU with mixed precision).
     """
 
     stage = "seg"
@@ -58,10 +60,12 @@ class SegModule(LightningModule):
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
         min_tumor_voxels: int = 10,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
-        self.net = net
+        self.net = net.to(memory_format=torch.channels_last_3d) if channels_last else net
+        self.channels_last = channels_last
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.roi_size = tuple(roi_size) if roi_size else None
@@ -71,12 +75,15 @@ class SegModule(LightningModule):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (B, 3, X, Y, Z)."""
-        return self.net(image)
+        return self.net(self._format(image))
+
+    def _format(self, image: torch.Tensor) -> torch.Tensor:
+        return image.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else image
 
     def infer(self, image: torch.Tensor) -> torch.Tensor:
         """Sliding-window (or whole-volume) logits."""
         roi = self.roi_size or tuple(image.shape[2:])
-        return sliding_window_inference(image, roi, self.hparams.sw_batch_size, self.net, overlap=self.hparams.overlap)
+        return sliding_window_inference(image, roi, self.hparams.sw_batch_size, self.forward, overlap=self.hparams.overlap)
 
     def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Shared step: (loss, logits)."""
