@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
+from neonet.callbacks import FiniteLossGuard
 from neonet.data.base import FoldDataModule
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class NeonetCLI(LightningCLI):
                     enable_version_counter=False,
                 )
             )
+        if job == "fit" and not any(isinstance(c, FiniteLossGuard) for c in existing):
+            callbacks.append(FiniteLossGuard(stage, fold))
         if job == "fit" and config["logger"] and not any(isinstance(c, LearningRateMonitor) for c in existing):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         return super()._instantiate_trainer(config, callbacks)
