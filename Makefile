@@ -11,6 +11,8 @@ TORCH_SPEC  ?= torch==2.13.0
 EXPERIMENTS ?= experiments/demo
 RUNS        ?= runs
 DEMO_CASES  ?= 24
+# demo phantom: tumours of 20-30 mm radius so a small CPU-trained NeoSeg reaches good Dice quickly
+DEMO_SYNTH  ?= --tumor_radius_mm [20,30]
 export WANDB_MODE ?= offline
 
 .PHONY: help install test test-slow demo synth check-data seg crop summary clean-demo
@@ -36,7 +38,7 @@ test-slow: install ## run only the slow tests
 	$(PY) -m pytest -m slow -q
 
 synth: install ## phantom demo cohort -> $(RUNS)/demo/data/cases.csv
-	$(NEONET) synth --out $(RUNS)/demo/data --cases $(DEMO_CASES) --seed 0
+	$(NEONET) synth --out $(RUNS)/demo/data --cases $(DEMO_CASES) --seed 0 $(DEMO_SYNTH)
 
 check-data: install ## validate the demo cohort (every problem, one run)
 	$(NEONET) check-data --cases $(RUNS)/demo/data/cases.csv

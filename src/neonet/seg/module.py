@@ -39,6 +39,8 @@ class SegModule(LightningModule):
         overlap: sliding-window overlap.
         lambda_dice: weight of the Dice loss.
         lambda_ce: weight of the cross-entropy loss.
+        batch_dice: compute the Dice loss over the whole batch instead of per sample (as nnU-Net
+            does; steadier gradients for small tumours).
         min_tumor_voxels: tumour components smaller than this are removed at prediction.
         channels_last: run the network in ``channels_last_3d`` memory format (much faster 3D
             convolution backward passes on CPU, and usually on GPU with mixed precision).
@@ -59,6 +61,7 @@ class SegModule(LightningModule):
         overlap: float = 0.25,
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
+        batch_dice: bool = True,
         min_tumor_voxels: int = 10,
         channels_last: bool = True,
     ) -> None:
@@ -69,7 +72,9 @@ class SegModule(LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.roi_size = tuple(roi_size) if roi_size else None
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        self.loss = DiceCELoss(
+            to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce, batch=batch_dice
+        )
         self.val_dice = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True)
         self.test_dice = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True)
 
