@@ -37,7 +37,9 @@ test: install ## run the default test suite (excludes tests marked slow)
 test-slow: install ## run only the slow tests
 	$(PY) -m pytest -m slow -q
 
-synth: install ## phantom demo cohort -> $(RUNS)/demo/data/cases.csv
+synth: install $(RUNS)/demo/data/cases.csv ## phantom demo cohort -> $(RUNS)/demo/data/cases.csv (kept if it exists)
+
+$(RUNS)/demo/data/cases.csv:
 	$(NEONET) synth --out $(RUNS)/demo/data --cases $(DEMO_CASES) --seed 0 $(DEMO_SYNTH)
 
 check-data: install ## validate the demo cohort (every problem, one run)

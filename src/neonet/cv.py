@@ -109,6 +109,7 @@ def cv(
         raise NeonetError(f"fold(s) {bad} do not exist: the experiment has folds 0..{n_folds - 1}")
     hooks = load_hooks(cfg)
     log.info("cv: stage %s, experiment %s, folds %s", stage, ws.experiment, todo)
+    ran_any = False
     for k in todo:
         run = FoldRunner(configs, overrides, k)
         if ws.is_complete(stage, k) and not force:
@@ -125,10 +126,14 @@ def cv(
             if extra:
                 log.info("fold %d: resuming from %s", k, last)
             run("fit", extra)
+        ran_any = True
         fields = hooks.after_fold(ws, k, run) if hooks else {}
         ws.write_artifact(stage, k, status="complete", **fields)
-    if hooks:
+    summary = ws.reports_dir / f"{stage}_summary.json"
+    if hooks and (ran_any or not summary.exists()):
         hooks.after_all(ws, cfg, todo)
+    elif hooks:
+        log.info("cv: nothing new to summarise; the report is %s", summary)
     log.info("cv: %s done — results under %s", stage, ws.root)
     return 0
 

@@ -19,7 +19,7 @@ def collect(ws: Workspace) -> dict[str, Any]:
     if ws.splits_path.exists():
         info["splits"] = str(ws.splits_path)
         info["folds"] = int(read_json(ws.splits_path)["folds"])
-    stage_names = sorted({p.parent.name for p in ws.root.glob("*/fold*/artifact.json")} | set())
+    stage_names = sorted({p.parent.parent.name for p in ws.root.glob("*/fold*/artifact.json")})
     for stage in [s for s in STAGES if s in stage_names] + [s for s in stage_names if s not in STAGES]:
         folds = {}
         for art_path in sorted(ws.root.glob(f"{stage}/fold*/artifact.json")):
