@@ -15,7 +15,7 @@ DEMO_CASES  ?= 24
 DEMO_SYNTH  ?= --tumor_radius_mm [20,30]
 export WANDB_MODE ?= offline
 
-.PHONY: help install test test-slow demo synth check-data seg crop summary clean-demo
+.PHONY: help install test test-slow demo synth check-data seg crop autoencoder diffusion controlnet synthesize pattennet baselines report summary clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +50,29 @@ seg: install ## NeoSeg: train all folds, write out-of-fold masks and the Dice re
 
 crop: install ## TLCR: tumour-centred patches from the out-of-fold NeoSeg masks
 	$(NEONET) crop --config $(EXPERIMENTS)/crop.yaml
+
+autoencoder: install ## NeoGen 1a: per-fold KL autoencoder on the patches, then its latent cache
+	$(NEONET) cv --config $(EXPERIMENTS)/autoencoder.yaml
+
+diffusion: install ## NeoGen 1b: per-fold latent DDPM on the cached latents
+	$(NEONET) cv --config $(EXPERIMENTS)/diffusion.yaml
+
+controlnet: install ## NeoGen 2: per-fold mask ControlNet on the frozen diffusion UNet
+	$(NEONET) cv --config $(EXPERIMENTS)/controlnet.yaml
+
+synthesize: install ## NeoGen: synthetic PNI+ patches per fold (1:1) + quality report
+	$(NEONET) synthesize --experiment demo --runs_dir $(RUNS)
+
+pattennet: install ## NeoCls: PattenNet on each fold (frozen fold autoencoder encoder)
+	$(NEONET) cv --config $(EXPERIMENTS)/pattennet.yaml
+
+baselines: install ## NeoCls: 3D ResNet-18, DenseNet-121 and SE-ResNet-50 baselines on the same folds
+	$(NEONET) cv --config $(EXPERIMENTS)/baseline_resnet18.yaml
+	$(NEONET) cv --config $(EXPERIMENTS)/baseline_densenet121.yaml
+	$(NEONET) cv --config $(EXPERIMENTS)/baseline_seresnet50.yaml
+
+report: install ## NeoCls cross-validation report (per fold, pooled AUC + CI, DeLong, ROC) in reports/
+	$(NEONET) report --experiment demo --runs_dir $(RUNS)
 
 summary: install ## print where the demo's results are, with its metrics
 	$(NEONET) summary --experiment demo --runs_dir $(RUNS)

@@ -31,6 +31,8 @@ PROJECT_VERBS: dict[str, tuple[str, str]] = {
     "check-data": ("neonet.data.validate:check_data", "validate a case manifest and all its files; report every problem"),
     "cv": ("neonet.cv:cv_main", "run a stage over the folds (each fold its own process), then its cross-fold summary"),
     "crop": ("neonet.seg.crop:crop", "TLCR: tumour-centred image and label patches + manifest.csv"),
+    "synthesize": ("neonet.gen.synthesize:synthesize", "NeoGen: PNI+ patches from each fold's ControlNet until its training set is balanced"),
+    "report": ("neonet.report:report_main", "NeoCls cross-validation report: per-fold and pooled AUC with CI, DeLong, ROC"),
     "summary": ("neonet.summary:summary", "print and save where an experiment's results are, with its metrics"),
 }
 

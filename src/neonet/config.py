@@ -70,7 +70,14 @@ def import_class(class_path: str) -> type:
 
 
 def stage_of(cfg: dict[str, Any]) -> str:
-    """The stage name of a config's LightningModule (its ``stage`` attribute)."""
+    """The stage name of a config's LightningModule.
+
+    ``model.init_args.stage`` when the module takes its stage folder as an argument (the
+    classifier: ``pattennet``, ``resnet18``, ...), else the class's ``stage`` attribute.
+    """
+    explicit = ((cfg.get("model") or {}).get("init_args") or {}).get("stage")
+    if isinstance(explicit, str) and explicit:
+        return explicit
     class_path = (cfg.get("model") or {}).get("class_path")
     if not class_path:
         raise NeonetError("the config has no model.class_path")

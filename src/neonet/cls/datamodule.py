@@ -1,0 +1,288 @@
+"""``ClsDataModule``: TLCR image patches with their PNI label for NeoCls, per fold.
+
+Training uses the fold's real training patches, plus that fold's synthetic PNI+ patches when
+``use_synthetic`` is on (read only from ``synthetic/fold<k>/manifest.csv``; every synthetic patch
+must derive from one of the fold's *training* cases). Model selection uses the real inner
+validation patients, testing the real held-out patients: synthetic data never enters val/test.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from monai import transforms as mt
+from monai.data import CacheDataset, DataLoader
+
+from neonet.atomic import sha256_file
+from neonet.data.base import FoldDataModule
+from neonet.data.patches import patch_records
+from neonet.data.transforms import TorchioAugmentd, mri_augmentation
+from neonet.errors import DataError, MissingUpstreamError
+from neonet.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+#: Columns the synthetic manifest must have (``pni`` defaults to 1, ``label`` is optional).
+SYNTHETIC_COLUMNS = ("case_id", "source_case", "image")
+
+
+def read_synthetic(ws: Workspace, fold: int, train_cases: Sequence[str], real_cases: Sequence[str]) -> list[dict[str, Any]]:
+    """Items of the fold's synthetic patches, after checking they can only have come from its training cases.
+
+    Args:
+        ws: the workspace.
+        fold: the fold.
+        train_cases: the fold's training cases (the only allowed ``source_case`` values).
+        real_cases: every real case id of the experiment (synthetic ids must differ from them).
+
+    Raises:
+        MissingUpstreamError: when ``synthetic/fold<k>/manifest.csv`` is missing.
+        DataError: on missing columns, files or labels, a ``fold`` column naming another fold, a
+            synthetic id equal to a real case id, or a source case outside the fold's training cases.
+    """
+    folder = ws.synthetic_dir(fold)
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file():
+        raise MissingUpstreamError(
+            f"synthetic patches of fold {fold}", manifest, f"neonet synthesize (NeoGen) for experiment {ws.experiment}, fold {fold}"
+        )
+    frame = pd.read_csv(manifest, dtype={"case_id": str, "source_case": str})
+    missing_cols = [c for c in SYNTHETIC_COLUMNS if c not in frame.columns]
+    if missing_cols:
+        raise DataError(f"{manifest}: missing column(s) {missing_cols}")
+    usable = frame["image"].notna() & (frame["image"].astype(str) != "")
+    if "status" in frame.columns:
+        usable &= frame["status"].fillna("").astype(str).isin(["ok", ""])
+    if (~usable).any():
+        log.warning("fold %d: %d synthetic row(s) without an ok patch are left out (%s)", fold, int((~usable).sum()), manifest)
+    frame = frame[usable]
+    if "fold" in frame.columns and not (frame["fold"].astype(int) == int(fold)).all():
+        raise DataError(f"{manifest}: rows of fold(s) {sorted(set(frame['fold']) - {fold})} in fold {fold}'s folder")
+    train, real = set(train_cases), set(real_cases)
+    bad = frame[~frame["source_case"].isin(train)]
+    if len(bad):
+        what = ["held-out/validation case" if s in real else "unknown case" for s in bad["source_case"]]
+        examples = ", ".join(f"{c} <- {s} ({w})" for c, s, w in list(zip(bad["case_id"], bad["source_case"], what))[:5])
+        raise DataError(
+            f"leakage guard: {len(bad)} synthetic patch(es) in {manifest} derive from cases that are not fold {fold} "
+            f"training cases: {examples}. Synthetic patches must come only from the fold's training patients."
+        )
+    clash = sorted(set(frame["case_id"]) & real)
+    if clash:
+        raise DataError(f"{manifest}: synthetic case ids equal real case ids: {clash[:5]}")
+    dupes = sorted(frame["case_id"][frame["case_id"].duplicated()])
+    if dupes:
+        raise DataError(f"{manifest}: duplicate synthetic case ids {dupes[:5]}")
+    pni = frame["pni"] if "pni" in frame.columns else pd.Series(1, index=frame.index)
+    if pni.isna().any() or not pni.isin([0, 1]).all():
+        raise DataError(f"{manifest}: pni must be 0 or 1 in every row")
+    items: list[dict[str, Any]] = []
+    for (_, row), label in zip(frame.iterrows(), pni):
+        image = folder / str(row["image"])
+        if not image.is_file():
+            raise DataError(f"{manifest}: synthetic patch {row['case_id']}: {image} not found")
+        items.append(
+            {"image": str(image), "label": float(label), "case_id": str(row["case_id"]),
+             "patient_id": f"syn:{row['source_case']}", "synthetic": 1}
+        )
+    return items
+
+
+class ClsDataModule(FoldDataModule):
+    """PNI classification data of one fold (TLCR patches, optionally plus synthetic patches).
+
+    Args:
+        cases: path of the experiment's ``cases.csv``.
+        experiment: experiment name; outputs go to ``<runs_dir>/<experiment>/``.
+        runs_dir: folder holding all experiments.
+        fold: the fold k.
+        folds: number of folds (used only when the split file is first written).
+        split_seed: seed of the split (used only when the split file is first written).
+        val_fraction: fraction of training patients held out for inner validation.
+        liver: raw label values meaning liver (unused here; kept for a shared data config).
+        tumor: raw label values meaning tumour (unused here).
+        other: raw label values mapped to background (unused here).
+        use_synthetic: add the fold's synthetic patches (``synthetic/fold<k>/manifest.csv``) to training.
+        max_synthetic: use at most this many synthetic patches (the first rows); None uses all.
+        batch_size: batch size.
+        num_workers: data loader workers.
+        cache_rate: fraction of loaded patches kept in memory.
+        augment: apply torchio MRI augmentation to training patches.
+        aug_prob: probability of each augmentation.
+        flip_axes: axes flipped with probability 0.5 during training (0 = left-right in RAS).
+        pad_to: zero-pad patches to at least this size (e.g. ``[32, 32, 32]`` for DenseNet-121 on
+            32x32x16 demo patches); None keeps them as they are.
+        predict_split: cases that ``predict`` scores: ``test``, ``val``, ``train`` or ``all``.
+    """
+
+    def __init__(
+        self,
+        cases: str,
+        experiment: str = "default",
+        runs_dir: str = "runs",
+        fold: int = 0,
+        folds: int = 5,
+        split_seed: int = 0,
+        val_fraction: float = 0.2,
+        liver: list[int] | None = None,
+        tumor: list[int] | None = None,
+        other: list[int] | None = None,
+        use_synthetic: bool = False,
+        max_synthetic: int | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        cache_rate: float = 1.0,
+        augment: bool = True,
+        aug_prob: float = 0.3,
+        flip_axes: Sequence[int] = (0,),
+        pad_to: Sequence[int] | None = None,
+        predict_split: str = "test",
+    ) -> None:
+        super().__init__(cases, experiment, runs_dir, fold, folds, split_seed, val_fraction, liver, tumor, other)
+        if predict_split not in ("test", "val", "train", "all"):
+            raise ValueError(f"predict_split must be test, val, train or all, not {predict_split!r}")
+        self.use_synthetic = bool(use_synthetic)
+        self.max_synthetic = max_synthetic
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.cache_rate = float(cache_rate)
+        self.augment = bool(augment)
+        self.aug_prob = float(aug_prob)
+        self.flip_axes = tuple(int(a) for a in flip_axes)
+        self.pad_to = tuple(int(s) for s in pad_to) if pad_to else None
+        self.predict_split = predict_split
+        self.save_hyperparameters()
+        self._items: dict[str, list[dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------------ items
+    def real_items(self, case_ids: Sequence[str], split: str) -> list[dict[str, Any]]:
+        """Items of the real patches of ``case_ids`` (cases without a usable patch are skipped, with a warning)."""
+        records = patch_records(self.workspace, list(case_ids), require_pni=True)
+        skipped = sorted(set(case_ids) - {r.case_id for r in records})
+        if skipped:
+            log.warning("fold %d %s: %d case(s) have no TLCR patch and are left out: %s",
+                        self.fold, split, len(skipped), ", ".join(skipped[:10]))
+        return [
+            {"image": str(r.image), "label": float(r.pni), "case_id": r.case_id, "patient_id": r.patient_id, "synthetic": 0}
+            for r in records
+        ]
+
+    def items(self, split: str) -> list[dict[str, Any]]:
+        """Items of ``train`` (real + synthetic if enabled), ``val``, ``test`` (real only) or ``predict``."""
+        if split not in self._items:
+            s = self.split
+            if split == "train":
+                items = self.real_items(s.train, "train")
+                if self.use_synthetic:
+                    syn = read_synthetic(self.workspace, self.fold, s.train, [c.case_id for c in self.all_cases])
+                    if self.max_synthetic is not None:
+                        syn = syn[: self.max_synthetic]
+                    log.info("fold %d: %d real + %d synthetic training patches", self.fold, len(items), len(syn))
+                    items = items + syn
+            elif split in ("val", "test"):
+                items = self.real_items(getattr(s, split), split)
+            elif split == "predict":
+                ids = {"test": s.test, "val": s.val, "train": s.train, "all": s.train + s.val + s.test}[self.predict_split]
+                items = self.real_items(ids, "predict")
+            else:
+                raise ValueError(f"unknown split {split!r}")
+            if not items:
+                raise DataError(f"fold {self.fold}: no {split} patches (run `neonet crop` for experiment {self.experiment})")
+            self._items[split] = items
+        return self._items[split]
+
+    def class_counts(self) -> tuple[int, int]:
+        """(negatives, positives) among the training items, synthetic included."""
+        labels = [int(i["label"]) for i in self.items("train")]
+        return labels.count(0), labels.count(1)
+
+    def check_shapes(self, items: list[dict[str, Any]]) -> tuple[int, ...]:
+        """The common patch shape of ``items`` (NIfTI headers only); DataError when they differ."""
+        shapes: dict[tuple[int, ...], list[str]] = {}
+        for item in items:
+            shape = tuple(int(d) for d in nib.load(item["image"]).shape[:3])
+            shapes.setdefault(shape, []).append(item["case_id"])
+        if len(shapes) > 1:
+            parts = "; ".join(f"{k}: {len(v)} (e.g. {v[:3]})" for k, v in shapes.items())
+            raise DataError(f"fold {self.fold}: patches differ in shape ({parts}); re-crop or re-synthesise at one size")
+        return next(iter(shapes))
+
+    def upstream(self) -> dict[str, Any]:
+        """Provenance of the fold's inputs (patch manifest, synthetic manifest), for ``artifact.json``."""
+        ws = self.workspace
+        out: dict[str, Any] = {"patches_manifest": ws.checkpoint_record(ws.patches_manifest)}
+        if self.use_synthetic:
+            manifest = ws.synthetic_dir(self.fold) / "manifest.csv"
+            syn = [i for i in self.items("train") if i["synthetic"]]
+            out["synthetic"] = {
+                "manifest": str(manifest),
+                "sha256": sha256_file(manifest),
+                "n_used": len(syn),
+                "source_cases": sorted({i["patient_id"].removeprefix("syn:") for i in syn}),
+            }
+        neg, pos = self.class_counts()
+        out["train_counts"] = {"negative": neg, "positive": pos}
+        return out
+
+    # ------------------------------------------------------------------ transforms
+    def transform(self, train: bool) -> mt.Compose:
+        """Load the patch as (1, X, Y, Z) float32 in its stored intensity range; training adds augmentation."""
+        steps: list[Any] = [
+            mt.LoadImaged(keys=["image"], reader="NibabelReader", image_only=True, dtype=np.float32),
+            mt.EnsureChannelFirstd(keys=["image"], channel_dim="no_channel"),
+        ]
+        if self.pad_to:
+            steps.append(mt.SpatialPadd(keys=["image"], spatial_size=self.pad_to))
+        if train and self.augment:
+            steps.append(TorchioAugmentd(["image"], mri_augmentation(p=self.aug_prob, flip_axes=self.flip_axes)))
+        steps.append(mt.EnsureTyped(keys=["image"], track_meta=False))
+        return mt.Compose(steps).flatten()
+
+    def _dataset(self, split: str, train: bool = False) -> CacheDataset:
+        items = self.items(split)
+        return CacheDataset(items, self.transform(train), cache_rate=self.cache_rate, num_workers=max(self.num_workers, 1), progress=False)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the fold's datasets (the split file is written on first use)."""
+        if stage in (None, "fit"):
+            self.check_shapes(self.items("train") + self.items("val"))
+            self.train_ds = self._dataset("train", train=True)
+        if stage in (None, "fit", "validate"):
+            self.val_ds = self._dataset("val")
+        if stage in (None, "test"):
+            self.test_ds = self._dataset("test")
+        if stage in (None, "predict"):
+            self.predict_ds = self._dataset("predict")
+
+    def _loader(self, ds: CacheDataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training patches; the last incomplete batch is dropped (BatchNorm needs > 1 sample)."""
+        return self._loader(self.train_ds, shuffle=True, drop_last=len(self.train_ds) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        """Real inner-validation patches."""
+        return self._loader(self.val_ds)
+
+    def test_dataloader(self) -> DataLoader:
+        """Real held-out test patches."""
+        return self._loader(self.test_ds)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Patches of ``predict_split``."""
+        return self._loader(self.predict_ds)
+
+
+def labels_of(batch: dict[str, Any]) -> torch.Tensor:
+    """The batch's labels as a float tensor of shape (B,)."""
+    return torch.as_tensor(batch["label"]).float().reshape(-1)

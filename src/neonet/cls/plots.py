@@ -1,0 +1,122 @@
+"""Figures of the classification report: ROC curves (per fold and pooled) and calibration.
+
+All functions take out-of-fold prediction tables (columns ``stage``, ``fold``, ``y_true``, ``prob``)
+and write a PNG atomically. ROC points come from ``torchmetrics``; AUCs in legends from
+:func:`neonet.stats.auc`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from torchmetrics.functional.classification import binary_roc  # noqa: E402
+
+from neonet.atomic import atomic_path  # noqa: E402
+from neonet.stats import auc  # noqa: E402
+
+__all__ = ["calibration_curve", "plot_calibration", "plot_roc_pooled", "plot_roc_stage", "roc_points"]
+
+
+def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rate, true-positive rate) of the ROC curve."""
+    fpr, tpr, _ = binary_roc(torch.tensor(np.array(p, dtype=np.float64)), torch.tensor(np.array(y, dtype=np.int64)))
+    return fpr.numpy(), tpr.numpy()
+
+
+def _both_classes(y: np.ndarray) -> bool:
+    return 0 < int(np.sum(y)) < len(y)
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def _diagonal(ax: plt.Axes) -> None:
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+
+
+def plot_roc_stage(frame: pd.DataFrame, stage: str, path: str | os.PathLike) -> Path:
+    """ROC curve of every fold (thin) and of the pooled out-of-fold predictions (thick) of one stage."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for fold, part in frame.groupby("fold"):
+        y, p = part["y_true"].to_numpy(), part["prob"].to_numpy()
+        if _both_classes(y):
+            fpr, tpr = roc_points(y, p)
+            ax.plot(fpr, tpr, linewidth=1, alpha=0.6, label=f"fold {fold} (AUC {auc(y, p):.2f}, n={len(y)})")
+    y, p = frame["y_true"].to_numpy(), frame["prob"].to_numpy()
+    if _both_classes(y):
+        fpr, tpr = roc_points(y, p)
+        ax.plot(fpr, tpr, linewidth=2.5, color="black", label=f"pooled (AUC {auc(y, p):.3f}, n={len(y)})")
+    _diagonal(ax)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"{stage}: out-of-fold ROC")
+    ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_roc_pooled(frame: pd.DataFrame, path: str | os.PathLike, ci: dict[str, tuple[float, float]] | None = None) -> Path:
+    """Pooled out-of-fold ROC curves of all stages in one figure (legend: AUC and its CI)."""
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    for stage, part in frame.groupby("stage", sort=False):
+        y, p = part["y_true"].to_numpy(), part["prob"].to_numpy()
+        if not _both_classes(y):
+            continue
+        fpr, tpr = roc_points(y, p)
+        label = f"{stage} (AUC {auc(y, p):.3f}"
+        if ci and stage in ci:
+            label += f" [{ci[stage][0]:.2f}, {ci[stage][1]:.2f}]"
+        ax.plot(fpr, tpr, linewidth=1.8, label=label + ")")
+    _diagonal(ax)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("Pooled out-of-fold ROC")
+    ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, path)
+
+
+def calibration_curve(y: np.ndarray, p: np.ndarray, bins: int = 5) -> pd.DataFrame:
+    """Equal-width probability bins: mean predicted probability, observed PNI+ fraction and count per bin."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1], right=False), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            rows.append({"bin": b, "lo": edges[b], "hi": edges[b + 1], "n": int(mask.sum()),
+                         "mean_prob": float(p[mask].mean()), "observed": float(y[mask].mean())})
+    return pd.DataFrame(rows)
+
+
+def plot_calibration(frame: pd.DataFrame, path: str | os.PathLike, bins: int = 5) -> Path:
+    """Reliability diagram of the pooled out-of-fold probabilities of every stage, with a histogram."""
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 7), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    for stage, part in frame.groupby("stage", sort=False):
+        y, p = part["y_true"].to_numpy(dtype=float), part["prob"].to_numpy(dtype=float)
+        curve = calibration_curve(y, p, bins)
+        brier = float(np.mean((p - y) ** 2))
+        ax.plot(curve["mean_prob"], curve["observed"], marker="o", linewidth=1.5, label=f"{stage} (Brier {brier:.3f})")
+        hist.hist(p, bins=np.linspace(0, 1, bins * 4 + 1), histtype="step", linewidth=1.2, label=stage)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("observed PNI+ fraction")
+    ax.set_title("Calibration (pooled out-of-fold)")
+    ax.legend(loc="upper left", fontsize=7)
+    hist.set_xlabel("predicted probability")
+    hist.set_ylabel("cases")
+    return _save(fig, path)

@@ -1,0 +1,128 @@
+"""NeoGen stages in ``neonet cv``: the autoencoder hook builds each fold's latent cache; every stage
+writes a cross-fold table to ``reports/<stage>_summary.{csv,json,md}`` and a W&B summary run."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+import torch
+
+from neonet.atomic import write_csv, write_json, write_text
+from neonet.config import load_config
+from neonet.data.patches import patch_records
+from neonet.gen.latents import build_latent_cache, read_fold
+from neonet.gen.upstream import load_autoencoder, require_checkpoint
+from neonet.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def evaluate_autoencoder(ws: Workspace, fold: int, batch_size: int = 8) -> dict[str, float]:
+    """PSNR, SSIM and MS-SSIM of the fold's best autoencoder on its inner validation patches."""
+    from monai.metrics import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
+
+    from neonet.gen.common import ms_ssim_settings, ssim_window
+    from neonet.gen.patch_data import load_patch
+
+    ae = load_autoencoder(require_checkpoint(ws, "autoencoder", fold))
+    images = [load_patch(r, with_label=False)["image"] for r in patch_records(ws, read_fold(ws, fold).val)]
+    if not images:
+        return {}
+    shape = tuple(images[0].shape[1:])
+    kernel, weights = ms_ssim_settings(shape)
+    metrics = {
+        "psnr": PSNRMetric(max_val=1.0),
+        "ssim": SSIMMetric(spatial_dims=3, data_range=1.0, win_size=ssim_window(shape)),
+        "ms_ssim": MultiScaleSSIMMetric(spatial_dims=3, data_range=1.0, kernel_size=kernel, weights=weights),
+    }
+    for start in range(0, len(images), batch_size):
+        x = torch.stack(images[start : start + batch_size])
+        recon = ae.reconstruct(x).clamp(0.0, 1.0)
+        for metric in metrics.values():
+            metric(recon, x)
+    return {f"val_{k}": float(m.aggregate().item()) for k, m in metrics.items()} | {"n_val_patches": len(images)}
+
+
+class StageSummaryHooks:
+    """Cross-fold summary of a NeoGen stage from its ``artifact.json`` files."""
+
+    stage = ""
+
+    def after_fold(self, ws: Workspace, fold: int, run: Any) -> dict[str, Any]:
+        """Nothing to do after a fold's fit (the artifact already holds its metrics)."""
+        return {}
+
+    def rows(self, ws: Workspace, folds: list[int]) -> pd.DataFrame:
+        """One row per fold: best score and the fold's final metrics."""
+        rows = []
+        for k in folds:
+            art = ws.read_artifact(self.stage, k) or {}
+            row: dict[str, Any] = {"fold": k, "monitor": art.get("monitor"), "best_score": art.get("best_score"),
+                                   "epochs": art.get("epochs"), "global_step": art.get("global_step")}
+            row.update({k2: v for k2, v in (art.get("evaluation") or {}).items()})
+            row.update({f"final/{k2}": v for k2, v in (art.get("final_metrics") or {}).items() if k2.startswith("val/")})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def after_all(self, ws: Workspace, cfg: dict[str, Any], folds: list[int]) -> None:
+        """Write ``reports/<stage>_summary.*`` and a W&B summary run."""
+        frame = self.rows(ws, folds)
+        if frame.empty:
+            return
+        reports = ws.reports_dir
+        write_csv(reports / f"{self.stage}_summary.csv", frame)
+        numeric = frame.drop(columns=["fold"]).select_dtypes("number")
+        summary = {c: {"mean": float(numeric[c].mean()), "sd": float(numeric[c].std(ddof=1)) if len(numeric) > 1 else 0.0}
+                   for c in numeric.columns}
+        write_json(reports / f"{self.stage}_summary.json", {"per_fold": frame.to_dict(orient="records"), "summary": summary})
+        md = frame.to_markdown(index=False) if _has_tabulate() else frame.to_string(index=False)
+        write_text(reports / f"{self.stage}_summary.md", f"# NeoGen {self.stage}: per fold\n\n{md}\n")
+        log.info("%s summary (%s):\n%s", self.stage, reports / f"{self.stage}_summary.csv", frame.to_string(index=False))
+        from neonet.wandb_summary import log_cv_summary
+
+        log_cv_summary(ws, self.stage, {f"{self.stage}_folds": frame}, {f"{k}_mean": v["mean"] for k, v in summary.items()})
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class AutoencoderCVHooks(StageSummaryHooks):
+    """After each fold: evaluate the best autoencoder and build the fold's latent cache."""
+
+    stage = "autoencoder"
+
+    def after_fold(self, ws: Workspace, fold: int, run: Any) -> dict[str, Any]:
+        """Reconstruction metrics of ``best.ckpt`` + the latent cache (settings from the model config)."""
+        margs: dict[str, Any] = {}
+        if run is not None and getattr(run, "configs", None):
+            cfg = load_config(run.configs, [o.lstrip("-") for o in run.overrides])
+            margs = dict(((cfg.get("model") or {}).get("init_args")) or {})
+        evaluation = evaluate_autoencoder(ws, fold)
+        log.info("fold %d: autoencoder best.ckpt on inner validation: %s", fold, evaluation)
+        out = build_latent_cache(
+            ws, fold,
+            samples=int(margs.get("latent_samples", 4)),
+            flip_axes=list(margs.get("latent_flip_axes", [0, 1])),
+            force=False,
+        )
+        return {"evaluation": evaluation, "latent_cache": str(out)}
+
+
+class DiffusionCVHooks(StageSummaryHooks):
+    """Cross-fold summary of the diffusion stage."""
+
+    stage = "diffusion"
+
+
+class ControlNetCVHooks(StageSummaryHooks):
+    """Cross-fold summary of the ControlNet stage."""
+
+    stage = "controlnet"

@@ -1,0 +1,299 @@
+"""Quality of each fold's synthetic patches against the fold's real **training-patient** patches.
+
+Per fold (nothing here reads the fold's test patients):
+
+(a) **distance**: KID (unbiased polynomial-kernel MMD², standardised features) between synthetic and
+    real patches, beside a **real-vs-real** KID of two disjoint real subsets of the same size, both
+    averaged over random subsets. Features come from a network that is not the generator: the fold's
+    NeoSeg network (global mean+sd of its bottleneck) when ``seg/fold<k>/checkpoints/best.ckpt``
+    exists, else a fixed random-init 3D conv extractor (seed 0) — ``feature_net`` says which.
+(b) **diversity**: mean pairwise MS-SSIM among synthetic patches (lower = more diverse), beside the
+    same among real patches.
+(c) **memorisation**: nearest real training patch per synthetic patch by Pearson correlation;
+    ``near_copies`` counts correlations >= ``near_copy_threshold``; the real-vs-real nearest-neighbour
+    correlation is given for scale.
+(d) **mask adherence**: Dice between a tumour segmentation of each synthetic patch and the tumour of
+    its conditioning mask, by the fold's NeoSeg model if available, else by an intensity rule
+    (inside the mask's liver+shell+tumour region, voxels closer to the real tumours' mean intensity
+    than to the real livers'; largest component off the patch border) — ``segmenter`` says which; the same segmenter on
+    the real patches against their own labels gives its ceiling (``dice_real``).
+
+Outputs: ``reports/gen_quality.{csv,json,md}``, ``reports/gen_quality_fold<k>.csv`` (per synthetic
+patch) and ``reports/gen_quality_fold<k>.png`` (real vs synthetic, mid slices with tumour/shell
+contours), plus a W&B summary run ``gen-cv``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+from torch import nn
+
+from neonet.atomic import write_csv, write_json, write_text
+from neonet.data.nifti import load_nifti, read_array
+from neonet.data.patches import PATCH_LIVER, PATCH_TUMOR, patch_records
+from neonet.gen.common import ms_ssim_settings
+from neonet.gen.latents import read_fold
+from neonet.gen.panels import save_grid
+from neonet.gen.patch_data import load_patch
+from neonet.gen.upstream import load_seg_network
+from neonet.workspace import Workspace
+
+log = logging.getLogger(__name__)
+SEG_TUMOR = 2  # NeoSeg output convention: 0 bg, 1 liver, 2 tumour
+
+
+# ----------------------------------------------------------------------------- features
+class RandomConvFeatures(nn.Module):
+    """A fixed random-init 3D conv feature extractor (seed 0): global mean and sd of 3 conv stages."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.body = nn.Sequential(
+                nn.Conv3d(1, 8, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+                nn.Conv3d(8, 16, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+                nn.Conv3d(16, 32, 3, stride=1, padding=1), nn.LeakyReLU(0.2),
+            )
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.body(x)
+        return torch.cat([f.mean(dim=(2, 3, 4)), f.std(dim=(2, 3, 4))], dim=1)
+
+
+def _pad_divisible(x: torch.Tensor, k: int = 16) -> torch.Tensor:
+    """Zero-pad (B, C, X, Y, Z) at the end of each spatial axis to a multiple of ``k``."""
+    pads: list[int] = []
+    for s in reversed(x.shape[2:]):
+        pads += [0, (-int(s)) % k]
+    return torch.nn.functional.pad(x, pads) if any(pads) else x
+
+
+class BottleneckFeatures(nn.Module):
+    """Global mean and sd of a segmentation network's ``bottleneck`` output (forward hook)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self._out: torch.Tensor | None = None
+        net.bottleneck.register_forward_hook(lambda _m, _i, out: setattr(self, "_out", out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.net(_pad_divisible(x))
+        f = self._out
+        assert f is not None
+        return torch.cat([f.mean(dim=(2, 3, 4)), f.std(dim=(2, 3, 4))], dim=1)
+
+
+@torch.no_grad()
+def features(net: nn.Module, images: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Features of images (N, X, Y, Z)."""
+    out = [net(torch.as_tensor(images[i : i + batch], dtype=torch.float32)[:, None]) for i in range(0, len(images), batch)]
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def kid(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD² with the polynomial kernel ``(x·y / d + 1)^3`` (KID) between feature sets."""
+    d = x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+    m, n = len(x), len(y)
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean())
+
+
+def kid_with_baseline(f_syn: np.ndarray, f_real: np.ndarray, repeats: int = 50, seed: int = 0) -> dict[str, float]:
+    """KID(synthetic, real B) and KID(real A, real B) with disjoint real subsets of equal size n."""
+    n = min(len(f_syn), len(f_real) // 2)
+    if n < 2:
+        return {"kid": float("nan"), "kid_sd": float("nan"), "kid_real": float("nan"), "kid_real_sd": float("nan"), "kid_n": n}
+    mu, sd = f_real.mean(0), f_real.std(0) + 1e-8
+    zs, zr = (f_syn - mu) / sd, (f_real - mu) / sd
+    rng = np.random.default_rng(seed)
+    syn_vals, real_vals = [], []
+    for _ in range(repeats):
+        perm = rng.permutation(len(zr))
+        a, b = zr[perm[:n]], zr[perm[n : 2 * n]]
+        syn_vals.append(kid(zs[rng.permutation(len(zs))[:n]], b))
+        real_vals.append(kid(a, b))
+    return {"kid": float(np.mean(syn_vals)), "kid_sd": float(np.std(syn_vals)), "kid_real": float(np.mean(real_vals)),
+            "kid_real_sd": float(np.std(real_vals)), "kid_n": n}
+
+
+# ----------------------------------------------------------------------------- diversity, memorisation
+def mean_pairwise_ms_ssim(images: np.ndarray, max_pairs: int = 300, seed: int = 0) -> float:
+    """Mean MS-SSIM over pairs of distinct images (N, X, Y, Z) in [0, 1] (settings fit the patch size)."""
+    from monai.metrics import MultiScaleSSIMMetric
+
+    pairs = [(i, j) for i in range(len(images)) for j in range(i + 1, len(images))]
+    if not pairs:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    if len(pairs) > max_pairs:
+        pairs = [pairs[k] for k in rng.choice(len(pairs), max_pairs, replace=False)]
+    kernel, weights = ms_ssim_settings(images.shape[1:])
+    metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=1.0, kernel_size=kernel, weights=weights, reduction="none")
+    a = torch.as_tensor(np.stack([images[i] for i, _ in pairs]), dtype=torch.float32)[:, None]
+    b = torch.as_tensor(np.stack([images[j] for _, j in pairs]), dtype=torch.float32)[:, None]
+    return float(metric(a, b).mean())
+
+
+def correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every image in ``a`` with every image in ``b`` → (len(a), len(b))."""
+    fa = a.reshape(len(a), -1).astype(np.float64)
+    fb = b.reshape(len(b), -1).astype(np.float64)
+    fa = (fa - fa.mean(1, keepdims=True)) / (fa.std(1, keepdims=True) + 1e-8)
+    fb = (fb - fb.mean(1, keepdims=True)) / (fb.std(1, keepdims=True) + 1e-8)
+    return fa @ fb.T / fa.shape[1]
+
+
+# ----------------------------------------------------------------------------- mask adherence
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two binary masks (nan when both are empty)."""
+    total = pred.sum() + ref.sum()
+    return float(2.0 * (pred & ref).sum() / total) if total else float("nan")
+
+
+class IntensityTumourRule:
+    """Tumour = voxels of the mask's liver+shell+tumour region closer to the real tumours' mean intensity
+    than to the real livers' (after light smoothing); the largest connected component that does not
+    touch the patch border (TLCR centres patches on the tumour)."""
+
+    name = "intensity rule (no NeoSeg checkpoint for this fold)"
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.mu_tumour = float(images[labels == PATCH_TUMOR].mean())
+        self.mu_liver = float(images[labels == PATCH_LIVER].mean())
+
+    def __call__(self, image: np.ndarray, label: np.ndarray) -> np.ndarray:
+        smooth = ndimage.gaussian_filter(image.astype(np.float64), 0.7)
+        cand = (label >= PATCH_LIVER) & (np.abs(smooth - self.mu_tumour) < np.abs(smooth - self.mu_liver))
+        comps, n = ndimage.label(cand)
+        if n == 0:
+            return cand
+        # TLCR centres the patch on the tumour: components touching the patch border are not it
+        border = np.zeros(cand.shape, bool)
+        for axis in range(cand.ndim):
+            idx = [slice(None)] * cand.ndim
+            idx[axis] = [0, cand.shape[axis] - 1]
+            border[tuple(idx)] = True
+        inner = [c for c in range(1, n + 1) if not (border & (comps == c)).any()]
+        if not inner:
+            return np.zeros_like(cand)
+        sizes = ndimage.sum(cand, comps, index=inner)
+        return comps == inner[int(np.argmax(sizes))]
+
+
+class SegTumour:
+    """Tumour = NeoSeg's argmax tumour class on the patch."""
+
+    name = "fold NeoSeg model"
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, label: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(image, dtype=torch.float32)[None, None]
+        logits = self.net(_pad_divisible(x))[..., : image.shape[0], : image.shape[1], : image.shape[2]]
+        return (logits.argmax(1)[0] == SEG_TUMOR).numpy()
+
+
+# ----------------------------------------------------------------------------- report
+def _load_synthetic(ws: Workspace, fold: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    path = ws.synthetic_dir(fold) / "manifest.csv"
+    frame = pd.read_csv(path, dtype={"case_id": str, "source_case": str}) if path.is_file() else pd.DataFrame()
+    if frame.empty:
+        return frame, np.zeros((0,)), np.zeros((0,))
+    base = path.parent
+    imgs = np.stack([read_array(load_nifti(base / p), base / p) for p in frame["image"]]).astype(np.float32)
+    labs = np.stack([np.rint(read_array(load_nifti(base / p), base / p)) for p in frame["label"]]).astype(np.uint8)
+    return frame, imgs, labs
+
+
+def fold_quality(ws: Workspace, fold: int, near_copy_threshold: float = 0.95) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Quality numbers of one fold (summary row, per-synthetic-patch table)."""
+    split = read_fold(ws, fold)
+    real_items = [load_patch(r) for r in patch_records(ws, split.fit)]
+    r_img = np.stack([it["image"][0].numpy() for it in real_items])
+    r_lab = np.stack([it["label"][0].numpy() for it in real_items])
+    r_ids = [it["case_id"] for it in real_items]
+    frame, s_img, s_lab = _load_synthetic(ws, fold)
+    row: dict[str, Any] = {"fold": fold, "n_real": len(r_img), "n_synthetic": len(frame)}
+    ae_eval = (ws.read_artifact("autoencoder", fold) or {}).get("evaluation") or {}
+    row["ae_val_psnr"] = ae_eval.get("val_psnr")
+    row["ae_val_ms_ssim"] = ae_eval.get("val_ms_ssim")
+    if frame.empty:
+        return row, frame
+    seg = load_seg_network(ws, fold)
+    extractor: nn.Module = BottleneckFeatures(seg) if seg is not None and hasattr(seg, "bottleneck") else RandomConvFeatures()
+    row["feature_net"] = "fold NeoSeg bottleneck" if isinstance(extractor, BottleneckFeatures) else "random-init conv (seed 0)"
+    row.update(kid_with_baseline(features(extractor, s_img), features(extractor, r_img)))
+    row["ms_ssim_synthetic"] = mean_pairwise_ms_ssim(s_img)
+    row["ms_ssim_real"] = mean_pairwise_ms_ssim(r_img)
+    corr = correlations(s_img, r_img)
+    nearest = corr.argmax(1)
+    rr = correlations(r_img, r_img)
+    np.fill_diagonal(rr, -np.inf)
+    row["nn_corr_max"] = float(corr.max())
+    row["nn_corr_real_max"] = float(rr.max())
+    row["near_copies"] = int((corr.max(1) >= near_copy_threshold).sum())
+    row["near_copy_threshold"] = near_copy_threshold
+    segmenter = SegTumour(seg) if seg is not None else IntensityTumourRule(r_img, r_lab)
+    row["segmenter"] = segmenter.name
+    d_syn = [dice(segmenter(s_img[i], s_lab[i]), s_lab[i] == PATCH_TUMOR) for i in range(len(s_img))]
+    d_real = [dice(segmenter(r_img[i], r_lab[i]), r_lab[i] == PATCH_TUMOR) for i in range(len(r_img))]
+    row["dice_synthetic"] = float(np.nanmean(d_syn))
+    row["dice_real"] = float(np.nanmean(d_real))
+    per = pd.DataFrame({
+        "case_id": frame["case_id"], "source_case": frame["source_case"],
+        "nearest_real": [r_ids[j] for j in nearest], "nearest_corr": corr.max(1),
+        "nearest_is_source": [r_ids[j] == s for j, s in zip(nearest, frame["source_case"])],
+        "near_copy": corr.max(1) >= near_copy_threshold, "tumour_dice": d_syn,
+    })
+    n = min(6, len(s_img))
+    pos = [i for i, it in enumerate(real_items) if it["pni"] == 1][:n] or list(range(min(n, len(r_img))))
+    save_grid(
+        ws.reports_dir / f"gen_quality_fold{fold}.png",
+        [[r_img[i] for i in pos], [s_img[i] for i in range(n)]],
+        ["real (train PNI+)", "synthetic"],
+        contours=[[r_lab[i] for i in pos], [s_lab[i] for i in range(n)]],
+        title=f"fold {fold}: real vs synthetic (red tumour, yellow shell of the mask)",
+    )
+    return row, per
+
+
+def quality_report(ws: Workspace, folds: list[int], near_copy_threshold: float = 0.95) -> pd.DataFrame:
+    """Write the quality report of ``folds`` to ``reports/`` and W&B; returns the per-fold table.
+
+    Args:
+        ws: the experiment's workspace.
+        folds: folds to evaluate.
+        near_copy_threshold: correlation at or above which a synthetic patch counts as a near copy.
+    """
+    rows, images = [], {}
+    for k in folds:
+        row, per = fold_quality(ws, k, near_copy_threshold)
+        rows.append(row)
+        if not per.empty:
+            write_csv(ws.reports_dir / f"gen_quality_fold{k}.csv", per)
+            images[f"gen_quality_fold{k}"] = ws.reports_dir / f"gen_quality_fold{k}.png"
+    table = pd.DataFrame(rows)
+    reports = ws.reports_dir
+    write_csv(reports / "gen_quality.csv", table)
+    numeric = table.drop(columns=["fold"]).select_dtypes("number")
+    summary = {c: float(numeric[c].mean()) for c in numeric.columns}
+    write_json(reports / "gen_quality.json", {"per_fold": table.to_dict(orient="records"), "mean": summary})
+    cols = [c for c in ("fold", "n_synthetic", "ae_val_psnr", "kid", "kid_real", "ms_ssim_synthetic", "ms_ssim_real",
+                        "near_copies", "dice_synthetic", "dice_real") if c in table.columns]
+    write_text(reports / "gen_quality.md", "# NeoGen synthetic patch quality\n\n" + table[cols].to_string(index=False) + "\n")
+    log.info("NeoGen quality (%s):\n%s", reports / "gen_quality.csv", table[cols].to_string(index=False))
+    from neonet.wandb_summary import log_cv_summary
+
+    log_cv_summary(ws, "gen", {"gen_quality": table}, {f"gen/{k}": v for k, v in summary.items()}, images)
+    return table

@@ -1,0 +1,315 @@
+"""``neonet report``: the cross-validated comparison of every classification stage of an experiment.
+
+Reads ``<runs>/<experiment>/<stage>/fold<k>/test_predictions.csv`` (written by ``neonet cv`` after
+each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
+
+- ``cls_per_fold.csv``: per stage and fold: AUC, average precision, and accuracy, sensitivity,
+  specificity, F1 at the fold's inner-validation Youden threshold (``_youden``) and at 0.5 (``_05``);
+- ``cls_summary.csv``: per stage: fold AUC mean ± sd, pooled out-of-fold AUC with a stratified
+  bootstrap 95 % CI and a DeLong CI, pooled thresholded metrics, Brier score, calibration error;
+- ``cls_delong.csv``: DeLong tests of the reference model (PattenNet) against each baseline, and of
+  each model with vs without synthetic balancing, on the pooled predictions of the same patients;
+- ``cls_ablation.csv``: {model} x {real only, real + synthetic} pooled AUC [CI];
+- ``cls_oof_predictions.csv``, ``cls_report.json``, ``cls_report.md``, and PNGs: ``roc_<stage>.png``
+  (per fold + pooled), ``roc_pooled.png``, ``calibration.png``;
+- a W&B summary run ``cls-cv`` (group = experiment) with the tables, numbers and figures.
+
+Stage naming: a stage whose name contains ``_syn`` is the real + synthetic variant of the model named
+by the part before it (``pattennet_syn`` -> ``pattennet``); the training module enforces this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from neonet.atomic import read_json, write_csv, write_json, write_text
+from neonet.errors import NeonetError
+from neonet.stats import auc, binary_metrics, bootstrap_auc_ci, delong_ci, delong_test
+from neonet.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_NAME = "test_predictions.csv"
+REAL, SYNTHETIC = "real only", "real + synthetic"
+
+
+def model_of(stage: str) -> str:
+    """The model of a stage: ``pattennet_syn`` -> ``pattennet``."""
+    return re.sub(r"_syn.*$", "", stage)
+
+
+def variant_of(stage: str) -> str:
+    """``real + synthetic`` for stages named with ``_syn``, else ``real only``."""
+    return SYNTHETIC if "_syn" in stage else REAL
+
+
+def discover_stages(ws: Workspace) -> list[str]:
+    """Stages of the experiment with at least one fold's ``test_predictions.csv``."""
+    return sorted({p.parent.parent.name for p in ws.root.glob(f"*/fold*/{PREDICTIONS_NAME}")})
+
+
+def load_predictions(ws: Workspace, stages: list[str]) -> pd.DataFrame:
+    """All test predictions of ``stages`` (column ``stage`` added), checked to be out-of-fold.
+
+    Raises:
+        NeonetError: when a stage has no predictions, a case appears twice in one stage, or a case is
+            not in the test set that ``splits.json`` assigns to its fold (a mix-up or leakage).
+    """
+    test_of: dict[str, int] | None = None
+    if ws.splits_path.exists():
+        test_of = {cid: int(s["fold"]) for s in read_json(ws.splits_path)["splits"] for cid in s["test"]}
+    frames = []
+    for stage in stages:
+        files = sorted(ws.root.glob(f"{stage}/fold*/{PREDICTIONS_NAME}"))
+        if not files:
+            raise NeonetError(f"no {PREDICTIONS_NAME} under {ws.root / stage}: run `neonet cv` for stage {stage} first")
+        part = pd.concat([pd.read_csv(f, dtype={"case_id": str, "patient_id": str}) for f in files], ignore_index=True)
+        dupes = sorted(part["case_id"][part["case_id"].duplicated()])
+        if dupes:
+            raise NeonetError(f"stage {stage}: case(s) predicted in more than one fold: {dupes[:10]}")
+        if test_of is not None:
+            wrong = [(c, f) for c, f in zip(part["case_id"], part["fold"]) if test_of.get(c) != int(f)]
+            if wrong:
+                raise NeonetError(
+                    f"stage {stage}: {len(wrong)} prediction(s) are not out-of-fold per {ws.splits_path} "
+                    f"(case, fold): {wrong[:5]}"
+                )
+        part.insert(0, "stage", stage)
+        frames.append(part)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _thresholded(y: np.ndarray, hard: np.ndarray) -> dict[str, float]:
+    m = binary_metrics(y, hard.astype(float), 0.5)
+    return {k: m[k] for k in ("accuracy", "sensitivity", "specificity", "f1")}
+
+
+def _metrics(part: pd.DataFrame) -> dict[str, Any]:
+    y, p = part["y_true"].to_numpy(int), part["prob"].to_numpy(float)
+    both = 0 < y.sum() < len(y)
+    out: dict[str, Any] = {"n": len(y), "n_pos": int(y.sum())}
+    m = binary_metrics(y, p, 0.5)
+    out["auc"], out["ap"] = m["auroc"], m["average_precision"]
+    youden = _thresholded(y, p >= part["threshold_youden_val"].to_numpy(float))
+    out.update({f"{k}_youden": v for k, v in youden.items()})
+    out.update({f"{k}_05": m[k] for k in ("accuracy", "sensitivity", "specificity", "f1")})
+    out["brier"] = float(np.mean((p - y) ** 2))
+    if not both:
+        out["auc"] = out["ap"] = math.nan
+    return out
+
+
+def per_fold_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Metrics of every (stage, fold)."""
+    rows = []
+    for (stage, fold), part in frame.groupby(["stage", "fold"], sort=False):
+        rows.append({"stage": stage, "model": model_of(stage), "variant": variant_of(stage), "fold": int(fold),
+                     "threshold_youden_val": float(part["threshold_youden_val"].iloc[0]), **_metrics(part)})
+    return pd.DataFrame(rows)
+
+
+def summary_table(frame: pd.DataFrame, folds: pd.DataFrame, n_boot: int, alpha: float, seed: int, n_folds: int | None) -> pd.DataFrame:
+    """Per stage: fold mean ± sd, pooled out-of-fold AUC with bootstrap and DeLong CIs, pooled metrics."""
+    from torchmetrics.functional.classification import binary_calibration_error
+    import torch
+
+    rows = []
+    for stage, part in frame.groupby("stage", sort=False):
+        f = folds[folds["stage"] == stage]
+        y, p = part["y_true"].to_numpy(int), part["prob"].to_numpy(float)
+        pooled = _metrics(part)
+        _, lo, hi = bootstrap_auc_ci(y, p, n_boot=n_boot, alpha=alpha, seed=seed)
+        try:
+            _, dlo, dhi = delong_ci(y, p, alpha=alpha)
+        except ValueError:
+            dlo = dhi = math.nan
+        ece = float(binary_calibration_error(torch.tensor(p), torch.tensor(y), n_bins=10))
+        rows.append({
+            "stage": stage, "model": model_of(stage), "variant": variant_of(stage),
+            "folds": int(f["fold"].nunique()), "folds_expected": n_folds,
+            "n": pooled["n"], "n_pos": pooled["n_pos"],
+            "auc_mean": float(f["auc"].mean()), "auc_sd": float(f["auc"].std(ddof=1)) if len(f) > 1 else math.nan,
+            "auc_pooled": pooled["auc"], "auc_ci_lo": lo, "auc_ci_hi": hi, "auc_delong_lo": dlo, "auc_delong_hi": dhi,
+            "ap_pooled": pooled["ap"],
+            **{k: pooled[k] for k in pooled if k.endswith(("_youden", "_05"))},
+            "brier": pooled["brier"], "ece": ece,
+        })
+    return pd.DataFrame(rows)
+
+
+def delong_table(frame: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Paired DeLong tests on the patients both stages predicted: reference vs baselines, and syn vs real."""
+    stages = list(dict.fromkeys(frame["stage"]))
+    refs = [s for s in stages if model_of(s) == reference]
+    pairs = [(r, b, "reference vs baseline") for r in refs for b in stages if model_of(b) != reference]
+    pairs += [(s, r, "synthetic vs real only") for s in stages for r in stages
+              if variant_of(s) == SYNTHETIC and variant_of(r) == REAL and model_of(s) == model_of(r)]
+    rows = []
+    for a, b, kind in pairs:
+        pa = frame[frame["stage"] == a][["case_id", "y_true", "prob"]]
+        pb = frame[frame["stage"] == b][["case_id", "y_true", "prob"]]
+        both = pa.merge(pb, on="case_id", suffixes=("_a", "_b"))
+        if (both["y_true_a"] != both["y_true_b"]).any():
+            raise NeonetError(f"stages {a} and {b} disagree on the labels of some cases")
+        row: dict[str, Any] = {"comparison": kind, "stage_a": a, "stage_b": b, "n": len(both)}
+        try:
+            row.update(delong_test(both["y_true_a"], both["prob_a"], both["prob_b"]))
+        except ValueError as exc:
+            row["note"] = str(exc)
+        rows.append(row)
+    cols = ["comparison", "stage_a", "stage_b", "n", "auc1", "auc2", "diff", "se", "z", "p_value"]
+    return pd.DataFrame(rows, columns=cols + (["note"] if any("note" in r for r in rows) else []))
+
+
+def ablation_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """{model} x {real only, real + synthetic}: pooled AUC [bootstrap CI] and fold mean ± sd."""
+    rows = []
+    for model, part in summary.groupby("model", sort=False):
+        row: dict[str, Any] = {"model": model}
+        for variant in (REAL, SYNTHETIC):
+            hit = part[part["variant"] == variant]
+            if len(hit):
+                r = hit.iloc[0]
+                row[variant] = f"{r.auc_pooled:.3f} [{r.auc_ci_lo:.3f}, {r.auc_ci_hi:.3f}]; folds {r.auc_mean:.3f} ± {r.auc_sd:.3f}"
+                row[f"auc_pooled ({variant})"] = r.auc_pooled
+            else:
+                row[variant] = "not run"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A DataFrame as a GitHub markdown table."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "—" if math.isnan(v) else format(v, floatfmt)
+        return str(v)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def report(
+    experiment: str,
+    runs_dir: str | Path = "runs",
+    stages: list[str] | None = None,
+    reference: str = "pattennet",
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    calibration_bins: int = 5,
+    log_wandb: bool = True,
+) -> dict[str, Any]:
+    """Write the classification report of an experiment to ``<runs_dir>/<experiment>/reports/``.
+
+    Args:
+        experiment: experiment name.
+        runs_dir: folder holding all experiments.
+        stages: stages to compare (default: every stage with test predictions).
+        reference: the model tested against each baseline with DeLong (stages ``reference`` and
+            ``reference_syn``).
+        n_boot: bootstrap resamples of the pooled AUC's CI.
+        alpha: 1 - confidence level.
+        seed: bootstrap seed.
+        calibration_bins: equal-width bins of the calibration plot.
+        log_wandb: also write a W&B summary run (unless ``WANDB_MODE=disabled``).
+
+    Returns:
+        The report as a dict (also written as ``cls_report.json``).
+    """
+    ws = Workspace(runs_dir, experiment)
+    stages = list(stages) if stages else discover_stages(ws)
+    if not stages:
+        raise NeonetError(f"no test predictions under {ws.root}/<stage>/fold<k>/: run `neonet cv` for a classification stage first")
+    stages = sorted(stages, key=lambda s: (model_of(s) != reference, variant_of(s) != REAL, s))
+    n_folds = int(read_json(ws.splits_path)["folds"]) if ws.splits_path.exists() else None
+    frame = load_predictions(ws, stages)
+    folds = per_fold_table(frame)
+    summary = summary_table(frame, folds, n_boot, alpha, seed, n_folds)
+    delong = delong_table(frame, reference)
+    ablation = ablation_table(summary)
+    for row in summary.itertuples():
+        if n_folds is not None and row.folds < n_folds:
+            log.warning("stage %s has predictions for %d of %d folds: its pooled AUC covers only those", row.stage, row.folds, n_folds)
+
+    out = ws.reports_dir
+    from neonet.cls.plots import plot_calibration, plot_roc_pooled, plot_roc_stage
+
+    images = {f"roc_{s}": plot_roc_stage(frame[frame["stage"] == s], s, out / f"roc_{s}.png") for s in stages}
+    ci = {r.stage: (r.auc_ci_lo, r.auc_ci_hi) for r in summary.itertuples()}
+    images["roc_pooled"] = plot_roc_pooled(frame, out / "roc_pooled.png", ci)
+    images["calibration"] = plot_calibration(frame, out / "calibration.png", calibration_bins)
+    tables = {"cls_summary": summary, "cls_per_fold": folds, "cls_delong": delong, "cls_ablation": ablation,
+              "cls_oof_predictions": frame}
+    for name, table in tables.items():
+        write_csv(out / f"{name}.csv", table)
+    doc = {
+        "experiment": experiment, "stages": stages, "reference": reference, "folds": n_folds,
+        "settings": {"n_boot": n_boot, "alpha": alpha, "seed": seed, "bootstrap": "stratified percentile",
+                     "threshold": "Youden on each fold's inner validation split"},
+        "summary": summary.to_dict("records"), "per_fold": folds.to_dict("records"),
+        "delong": delong.to_dict("records"), "ablation": ablation.to_dict("records"),
+        "figures": {k: str(v) for k, v in images.items()},
+    }
+    write_json(out / "cls_report.json", doc)
+    write_text(out / "cls_report.md", _markdown_report(doc, summary, folds, delong, ablation, alpha))
+    log.info("classification report: %s\n%s", out / "cls_report.md", markdown(summary[["stage", "folds", "n", "auc_mean", "auc_sd", "auc_pooled", "auc_ci_lo", "auc_ci_hi"]]))
+    if log_wandb:
+        from neonet.wandb_summary import log_cv_summary
+
+        numbers = {f"{r.stage}/{k}": float(getattr(r, k)) for r in summary.itertuples()
+                   for k in ("auc_pooled", "auc_ci_lo", "auc_ci_hi", "auc_mean", "auc_sd")}
+        log_cv_summary(ws, "cls", {k: v for k, v in tables.items() if k != "cls_oof_predictions"}, numbers, images)
+    return doc
+
+
+def _markdown_report(doc: dict[str, Any], summary: pd.DataFrame, folds: pd.DataFrame, delong: pd.DataFrame,
+                     ablation: pd.DataFrame, alpha: float) -> str:
+    level = round(100 * (1 - alpha))
+    main_cols = ["stage", "folds", "n", "n_pos", "auc_mean", "auc_sd", "auc_pooled", "auc_ci_lo", "auc_ci_hi",
+                 "sensitivity_youden", "specificity_youden", "brier"]
+    fold_cols = ["stage", "fold", "n", "n_pos", "auc", "ap", "threshold_youden_val", "sensitivity_youden",
+                 "specificity_youden", "accuracy_05", "f1_05"]
+    delong_cols = [c for c in ["comparison", "stage_a", "stage_b", "n", "auc1", "auc2", "diff", "p_value", "note"] if c in delong.columns]
+    parts = [
+        f"# Classification report: {doc['experiment']}\n",
+        f"Out-of-fold predictions of {doc['folds']} folds; every metric is on real held-out patients. "
+        f"Pooled AUC: all folds' test predictions together, with a {level} % stratified percentile bootstrap CI "
+        f"({doc['settings']['n_boot']} resamples). Thresholded metrics use each fold's Youden threshold from its "
+        "inner validation split (`_youden`).\n",
+        "## Summary\n", markdown(summary[main_cols]),
+        "\n## Ablation: real only vs real + synthetic (pooled AUC [CI]; fold mean ± sd)\n",
+        markdown(ablation[[c for c in ablation.columns if not c.startswith("auc_pooled")]]),
+        "\n## DeLong tests (paired, pooled predictions)\n", markdown(delong[delong_cols], ".4f") if len(delong) else "(one stage only)\n",
+        "\n## Per fold\n", markdown(folds[fold_cols]),
+        "\n## Figures\n", "".join(f"- `{Path(p).name}`\n" for p in doc["figures"].values()),
+    ]
+    return "\n".join(parts)
+
+
+def report_main(argv: list[str]) -> int:
+    """Command line of ``neonet report``."""
+    doc = (report.__doc__ or "").split("Args:")[0].strip()
+    parser = argparse.ArgumentParser(prog="neonet report", description=doc)
+    parser.add_argument("--experiment", required=True, help="experiment name")
+    parser.add_argument("--runs_dir", default="runs", help="folder holding all experiments (default: runs)")
+    parser.add_argument("--stages", nargs="+", default=None, help="stages to compare (default: all with test predictions)")
+    parser.add_argument("--reference", default="pattennet", help="model tested against each baseline (default: pattennet)")
+    parser.add_argument("--n_boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (default: 0.05)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--calibration_bins", type=int, default=5, help="bins of the calibration plot (default: 5)")
+    parser.add_argument("--no_wandb", action="store_true", help="do not write the W&B summary run")
+    args = parser.parse_args(argv)
+    report(args.experiment, args.runs_dir, args.stages, args.reference, args.n_boot, args.alpha, args.seed,
+           args.calibration_bins, log_wandb=not args.no_wandb)
+    return 0

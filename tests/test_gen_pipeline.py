@@ -1,0 +1,218 @@
+"""NeoGen end to end on a toy patch cohort through the real CLI (CPU, tiny configs in tests/conf/).
+
+One module-scoped chain for fold 0: autoencoder fit → latent cache → diffusion fit (then resumed)
+→ ControlNet fit → synthesize → quality report. The no-leakage test checks every artifact of the
+chain against the fold's split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from neonet.atomic import read_json, sha256_file, write_json
+from neonet.cli import main
+from neonet.data.patches import patch_records
+from neonet.errors import MissingUpstreamError, NeonetError
+from neonet.gen.latents import build_latent_cache, read_fold
+from neonet.gen.mask_aug import mask_digest
+from neonet.gen.toy import write_toy_cohort
+from neonet.workspace import Workspace
+
+CONF = Path(__file__).resolve().parent / "conf"
+EXP = "toy"
+FOLD = 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny 3D convs are fastest single-threaded (and do not stall when other jobs share the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def fit(stage: str, root: Path, *extra: str) -> int:
+    return main(["fit", "--config", str(CONF / f"{stage}.yaml"), "--data.cases", str(root / "data" / "cases.csv"),
+                 "--data.runs_dir", str(root / "runs"), "--data.fold", str(FOLD), *extra])
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("gen")
+    write_toy_cohort(root, experiment=EXP, cases=12, pni_fraction=0.34, seed=3)
+    ws = Workspace(root / "runs", EXP)
+    assert fit("autoencoder", root) == 0
+    build_latent_cache(ws, FOLD, samples=2)
+    assert fit("diffusion", root, "--trainer.max_epochs=1") == 0
+    first = torch.load(ws.last_checkpoint("diffusion", FOLD), map_location="cpu", weights_only=False)
+    assert fit("diffusion", root, "--trainer.max_epochs=2", "--ckpt_path", str(ws.last_checkpoint("diffusion", FOLD))) == 0
+    assert fit("controlnet", root) == 0
+    return {"root": root, "ws": ws, "diffusion_first": first}
+
+
+def test_autoencoder_fit_through_cli(chain):
+    ws = chain["ws"]
+    art = ws.read_artifact("autoencoder", FOLD)
+    assert art["status"] == "fit-complete" and art["monitor"] == "val/psnr"
+    assert Path(art["best_checkpoint"]["path"]).is_file()
+    for key in ("val/psnr", "val/ssim", "val/ms_ssim"):
+        assert np.isfinite(art["final_metrics"][key])
+    assert "train/adv_d" in art["final_metrics"]  # the discriminator trained after its warm-up epoch
+    assert (ws.stage_dir("autoencoder", FOLD) / "reconstruction.png").stat().st_size > 1000
+
+
+def test_latent_cache_manifest_and_refusals(chain):
+    from neonet.gen.latent_data import LatentDataModule
+
+    ws, root = chain["ws"], chain["root"]
+    split = read_fold(ws, FOLD)
+    meta = read_json(ws.latents_dir(FOLD) / "cache.json")
+    assert meta["autoencoder_checkpoint"]["sha256"] == sha256_file(ws.best_checkpoint("autoencoder", FOLD))
+    manifest = pd.read_csv(ws.latents_dir(FOLD) / "manifest.csv", dtype={"case_id": str})
+    train_rows = manifest[manifest["split"] == "train"]
+    assert set(train_rows["case_id"]) == set(split.train)
+    assert set(manifest.loc[manifest["split"] == "val", "case_id"]) == set(split.val)
+    assert len(train_rows) == len(split.train) * 4 * 2  # 4 flip combinations x 2 posterior samples
+    dm = LatentDataModule(str(root / "data" / "cases.csv"), EXP, str(root / "runs"), FOLD, folds=3)
+    # stale: the cache names another autoencoder checkpoint
+    meta_path = ws.latents_dir(FOLD) / "cache.json"
+    good = read_json(meta_path)
+    write_json(meta_path, {**good, "autoencoder_checkpoint": {"path": "x", "sha256": "0" * 64}})
+    try:
+        with pytest.raises(NeonetError, match="(?s)stale.*python -m neonet.gen.latents"):
+            dm.setup("fit")
+    finally:
+        write_json(meta_path, good)
+    # missing
+    moved = meta_path.with_suffix(".bak")
+    meta_path.rename(moved)
+    try:
+        with pytest.raises(MissingUpstreamError, match="neonet.gen.latents"):
+            LatentDataModule(str(root / "data" / "cases.csv"), EXP, str(root / "runs"), FOLD, folds=3).setup("fit")
+    finally:
+        moved.rename(meta_path)
+
+
+def test_diffusion_scale_factor_survives_reload_and_resume_continues(chain):
+    from neonet.gen.diffusion import DiffusionModule
+
+    ws, first = chain["ws"], chain["diffusion_first"]
+    last = torch.load(ws.last_checkpoint("diffusion", FOLD), map_location="cpu", weights_only=False)
+    scale = float(first["state_dict"]["scale_factor"])
+    assert scale > 0
+    assert first["global_step"] > 0 and last["global_step"] == 2 * first["global_step"]  # resumed, not restarted
+    assert last["epoch"] == first["epoch"] + 1
+    assert float(last["state_dict"]["scale_factor"]) == scale  # restored, not recomputed from a new batch
+    module = DiffusionModule.load_from_checkpoint(str(ws.best_checkpoint("diffusion", FOLD)), map_location="cpu")
+    assert float(module.scale_factor) == scale
+    assert ws.read_artifact("diffusion", FOLD)["scale_factor"] == pytest.approx(scale)
+    ema, raw = module.sampling_unet().state_dict(), module.unet.state_dict()
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw)  # EMA weights are a separate copy
+
+
+def test_controlnet_fit_builds_on_diffusion(chain):
+    from neonet.gen.controlnet import ControlNetModule
+    from neonet.gen.upstream import load_stage_module
+
+    ws = chain["ws"]
+    art = ws.read_artifact("controlnet", FOLD)
+    assert art["status"] == "fit-complete"
+    assert art["upstream"]["diffusion"]["sha256"] == sha256_file(ws.best_checkpoint("diffusion", FOLD))
+    assert art["upstream"]["autoencoder"]["sha256"] == sha256_file(ws.best_checkpoint("autoencoder", FOLD))
+    assert art["scale_factor"] == pytest.approx(ws.read_artifact("diffusion", FOLD)["scale_factor"])
+    module = load_stage_module(ControlNetModule, ws.best_checkpoint("controlnet", FOLD))  # self-contained
+    assert all(not p.requires_grad for p in module.unet.parameters())
+
+
+@pytest.fixture(scope="module")
+def synthesized(chain) -> pd.DataFrame:
+    from neonet.gen.synthesize import synthesize
+
+    ws = chain["ws"]
+    assert synthesize(experiment=EXP, runs_dir=ws.runs_dir, folds=[FOLD], steps=3, device="cpu") == 0
+    return pd.read_csv(ws.synthetic_dir(FOLD) / "manifest.csv", dtype={"case_id": str, "source_case": str})
+
+
+def test_synthesize_balances_the_fold_exactly(chain, synthesized):
+    import nibabel as nib
+
+    ws = chain["ws"]
+    train = patch_records(ws, read_fold(ws, FOLD).train)
+    n_pos, n_neg = sum(r.pni == 1 for r in train), sum(r.pni == 0 for r in train)
+    assert n_neg > n_pos, "the toy cohort must leave fold 0 imbalanced"
+    assert len(synthesized) == n_neg - n_pos  # exactly 1:1 after adding them
+    assert (synthesized["pni"] == 1).all()
+    digests = set()
+    for _, row in synthesized.iterrows():
+        img = np.asarray(nib.load(str(ws.synthetic_dir(FOLD) / row["image"])).dataobj)
+        lab = np.asarray(nib.load(str(ws.synthetic_dir(FOLD) / row["label"])).dataobj).astype(np.uint8)
+        assert img.shape == lab.shape == (16, 16, 8) and 0.0 <= img.min() and img.max() <= 1.0
+        assert (lab == 3).any()
+        digests.add(mask_digest(lab))
+        assert row["sampler"] == "ddim" and row["steps"] == 3 and len(row["controlnet_sha256"]) == 64
+        assert "elastic_seed" in json.loads(row["mask_aug"])
+    assert len(digests) == len(synthesized)  # no two conditioning masks identical
+
+
+def test_synthesize_rerun_skips_and_refuses_other_settings(chain, synthesized):
+    from neonet.gen.synthesize import synthesize
+
+    ws = chain["ws"]
+    first = ws.synthetic_dir(FOLD) / synthesized["image"].iloc[0]
+    stamp = first.stat().st_mtime_ns
+    synthesize(experiment=EXP, runs_dir=ws.runs_dir, folds=[FOLD], steps=3, device="cpu", quality=False)
+    assert first.stat().st_mtime_ns == stamp
+    with pytest.raises(NeonetError, match="--force"):
+        synthesize(experiment=EXP, runs_dir=ws.runs_dir, folds=[FOLD], steps=4, device="cpu", quality=False)
+
+
+def test_no_leakage_into_fold_models_or_synthetic_patches(chain, synthesized):
+    ws = chain["ws"]
+    split = read_fold(ws, FOLD)
+    test, train, fit_cases = set(split.test), set(split.train), set(split.train) | set(split.val)
+    assert not test & fit_cases
+    pni_pos_train = {r.case_id for r in patch_records(ws, split.train) if r.pni == 1}
+    assert set(synthesized["source_case"]) <= pni_pos_train  # only the fold's training PNI+ masks
+    assert not set(synthesized["source_case"]) & test
+    assert (synthesized["fold"] == FOLD).all()
+    for stage in ("autoencoder", "diffusion", "controlnet"):
+        art = ws.read_artifact(stage, FOLD)
+        used = set(art["trained_on_cases"])
+        assert used and used <= fit_cases and not used & test, stage
+        assert set(art["test_cases"]) == test
+    cache = pd.read_csv(ws.latents_dir(FOLD) / "manifest.csv", dtype={"case_id": str})
+    assert set(cache["case_id"]) <= fit_cases and set(cache.loc[cache["split"] == "train", "case_id"]) <= train
+
+
+def test_quality_report_written(chain, synthesized):
+    ws = chain["ws"]
+    table = pd.read_csv(ws.reports_dir / "gen_quality.csv")
+    row = table[table["fold"] == FOLD].iloc[0]
+    assert row["n_synthetic"] == len(synthesized)
+    assert row["feature_net"].startswith("random-init conv")  # no NeoSeg checkpoint in this workspace
+    assert row["segmenter"].startswith("intensity rule")
+    for key in ("kid", "kid_real", "ms_ssim_synthetic", "dice_synthetic", "dice_real", "near_copies"):
+        assert np.isfinite(row[key]), key
+    per = pd.read_csv(ws.reports_dir / f"gen_quality_fold{FOLD}.csv")
+    assert len(per) == len(synthesized)
+    assert (ws.reports_dir / f"gen_quality_fold{FOLD}.png").stat().st_size > 1000
+
+
+def test_missing_upstream_names_the_command(tmp_path):
+    from neonet.gen.synthesize import synthesize
+
+    write_toy_cohort(tmp_path, experiment=EXP, cases=9, pni_fraction=0.34, seed=1)
+    with pytest.raises(MissingUpstreamError, match="neonet cv --config experiments/toy/autoencoder.yaml"):
+        build_latent_cache(Workspace(tmp_path / "runs", EXP), 0)
+    rc = main(["fit", "--config", str(CONF / "controlnet.yaml"), "--data.cases", str(tmp_path / "data" / "cases.csv"),
+               "--data.runs_dir", str(tmp_path / "runs")])
+    assert rc == 2  # MissingUpstreamError is reported as a user error (exit code 2)
+    with pytest.raises(MissingUpstreamError, match="split file"):
+        synthesize(experiment="nothing_yet", runs_dir=tmp_path / "runs", folds=[0], device="cpu")

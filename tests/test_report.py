@@ -1,0 +1,156 @@
+"""``neonet report``: the wiring from per-fold test predictions to tables, statistics, figures and files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from neonet.atomic import write_json
+from neonet.errors import NeonetError
+from neonet.report import report, report_main
+from neonet.workspace import Workspace
+
+FOLDS = 3
+
+
+def brute_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """AUC by counting every (positive, negative) pair; ties count 1/2."""
+    pos, neg = p[y == 1], p[y == 0]
+    return float(np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg]))
+
+
+def brute_delong(y: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> tuple[float, float]:
+    """DeLong et al. (1988) written out from its definition: (z, two-sided p) of AUC1 - AUC2."""
+    def psi(a: float, b: float) -> float:
+        return 1.0 if a > b else 0.5 if a == b else 0.0
+
+    comps = []
+    for p in (p1, p2):
+        pos, neg = p[y == 1], p[y == 0]
+        v10 = np.array([np.mean([psi(a, b) for b in neg]) for a in pos])
+        v01 = np.array([np.mean([psi(a, b) for a in pos]) for b in neg])
+        comps.append((v10, v01))
+    m, n = int(y.sum()), int((1 - y).sum())
+    s10 = np.cov(np.stack([comps[0][0], comps[1][0]]))
+    s01 = np.cov(np.stack([comps[0][1], comps[1][1]]))
+    s = s10 / m + s01 / n
+    diff = comps[0][0].mean() - comps[1][0].mean()
+    z = diff / math.sqrt(s[0, 0] + s[1, 1] - 2 * s[0, 1])
+    return z, 2 * sps.norm.sf(abs(z))
+
+
+def make_experiment(root: Path, n: int = 45, seed: int = 0) -> tuple[Workspace, dict[str, pd.DataFrame]]:
+    """Predictions of three stages on the same out-of-fold patients, plus a matching splits.json."""
+    rng = np.random.default_rng(seed)
+    ws = Workspace(root, "r")
+    y = np.array([1] * (n // 3) + [0] * (n - n // 3))
+    cases = [f"c{i:03d}" for i in range(n)]
+    fold = np.arange(n) % FOLDS
+    probs = {
+        "pattennet": 1 / (1 + np.exp(-(2.0 * y + rng.normal(0, 1, n)))),
+        "resnet18": 1 / (1 + np.exp(-(0.6 * y + rng.normal(0, 1, n)))),
+        "pattennet_syn": 1 / (1 + np.exp(-(1.5 * y + rng.normal(0, 1, n)))),
+    }
+    frames = {}
+    for stage, p in probs.items():
+        frame = pd.DataFrame({"case_id": cases, "patient_id": cases, "fold": fold, "y_true": y, "prob": p,
+                              "logit": np.log(p / (1 - p)), "threshold_youden_val": 0.4 + 0.05 * fold})
+        for k in range(FOLDS):
+            path = ws.stage_dir(stage, k) / "test_predictions.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frame[frame["fold"] == k].to_csv(path, index=False)
+        frames[stage] = frame
+    write_json(ws.splits_path, {"folds": FOLDS, "splits": [
+        {"fold": k, "train": [], "val": [], "test": [c for c, f in zip(cases, fold) if f == k]} for k in range(FOLDS)]})
+    return ws, frames
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict[str, pd.DataFrame], dict]:
+    ws, frames = make_experiment(tmp_path_factory.mktemp("report"))
+    doc = report("r", ws.runs_dir, n_boot=500, log_wandb=False)
+    return ws, frames, doc
+
+
+def test_report_reproduces_known_auc_and_ci_contains_it(reported) -> None:
+    ws, frames, doc = reported
+    summary = pd.read_csv(ws.reports_dir / "cls_summary.csv").set_index("stage")
+    for stage, frame in frames.items():
+        y, p = frame["y_true"].to_numpy(), frame["prob"].to_numpy()
+        row = summary.loc[stage]
+        assert row["auc_pooled"] == pytest.approx(brute_auc(y, p), abs=1e-12)
+        assert row["auc_ci_lo"] <= row["auc_pooled"] <= row["auc_ci_hi"]
+        assert row["auc_ci_hi"] - row["auc_ci_lo"] > 0.02  # 45 patients: a real interval, not a point
+        fold_aucs = [brute_auc(g["y_true"].to_numpy(), g["prob"].to_numpy()) for _, g in frame.groupby("fold")]
+        assert row["auc_mean"] == pytest.approx(np.mean(fold_aucs))
+        assert row["auc_sd"] == pytest.approx(np.std(fold_aucs, ddof=1))
+        assert row["folds"] == FOLDS and row["n"] == len(frame)
+
+
+def test_report_thresholded_metrics_use_each_folds_validation_threshold(reported) -> None:
+    ws, frames, _ = reported
+    folds = pd.read_csv(ws.reports_dir / "cls_per_fold.csv")
+    frame = frames["pattennet"]
+    for k in range(FOLDS):
+        part = frame[frame["fold"] == k]
+        t = 0.4 + 0.05 * k
+        pos = part[part["y_true"] == 1]
+        row = folds[(folds["stage"] == "pattennet") & (folds["fold"] == k)].iloc[0]
+        assert row["threshold_youden_val"] == pytest.approx(t)
+        assert row["sensitivity_youden"] == pytest.approx(np.mean(pos["prob"] >= t))
+        assert row["sensitivity_05"] == pytest.approx(np.mean(pos["prob"] >= 0.5))
+
+
+def test_report_delong_matches_definition(reported) -> None:
+    ws, frames, _ = reported
+    delong = pd.read_csv(ws.reports_dir / "cls_delong.csv")
+    y = frames["pattennet"]["y_true"].to_numpy()
+    for a, b, kind in [("pattennet", "resnet18", "reference vs baseline"),
+                       ("pattennet_syn", "resnet18", "reference vs baseline"),
+                       ("pattennet_syn", "pattennet", "synthetic vs real only")]:
+        row = delong[(delong["stage_a"] == a) & (delong["stage_b"] == b)]
+        assert len(row) == 1 and row["comparison"].iloc[0] == kind
+        z, p = brute_delong(y, frames[a]["prob"].to_numpy(), frames[b]["prob"].to_numpy())
+        assert row["z"].iloc[0] == pytest.approx(z, rel=1e-9)
+        assert row["p_value"].iloc[0] == pytest.approx(p, rel=1e-9)
+    assert len(delong) == 3  # pattennet_syn vs pattennet is the ablation row, not a "baseline" row
+
+
+def test_report_files_and_ablation_table(reported) -> None:
+    ws, _, doc = reported
+    out = ws.reports_dir
+    for name in ("cls_summary.csv", "cls_per_fold.csv", "cls_delong.csv", "cls_ablation.csv", "cls_oof_predictions.csv",
+                 "cls_report.json", "cls_report.md", "roc_pooled.png", "calibration.png", "roc_pattennet.png", "roc_resnet18.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "roc_pooled.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ablation = pd.read_csv(out / "cls_ablation.csv").set_index("model")
+    assert set(ablation.index) == {"pattennet", "resnet18"}
+    assert ablation.loc["resnet18", "real + synthetic"] == "not run"
+    assert ablation.loc["pattennet", "real + synthetic"].startswith(f"{doc['summary'][1]['auc_pooled']:.3f}")
+    assert json.loads((out / "cls_report.json").read_text())["stages"][0] == "pattennet"
+    md = (out / "cls_report.md").read_text()
+    assert "## Ablation" in md and "## DeLong" in md and "| pattennet |" in md
+
+
+def test_report_rejects_predictions_that_are_not_out_of_fold(tmp_path: Path) -> None:
+    ws, frames = make_experiment(tmp_path)
+    path = ws.stage_dir("resnet18", 1) / "test_predictions.csv"
+    part = pd.read_csv(path)
+    part.loc[0, "case_id"] = "c000"  # a fold-0 test case predicted by the fold-1 model
+    part.to_csv(path, index=False)
+    with pytest.raises(NeonetError, match="more than one fold|not out-of-fold"):
+        report("r", ws.runs_dir, n_boot=50, log_wandb=False)
+
+
+def test_report_command_line_selects_stages(tmp_path: Path) -> None:
+    ws, _ = make_experiment(tmp_path)
+    assert report_main(["--experiment", "r", "--runs_dir", str(ws.runs_dir), "--stages", "pattennet", "resnet18",
+                        "--n_boot", "100", "--no_wandb"]) == 0
+    summary = pd.read_csv(ws.reports_dir / "cls_summary.csv")
+    assert list(summary["stage"]) == ["pattennet", "resnet18"]
