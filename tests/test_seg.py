@@ -127,3 +127,15 @@ def test_cv_fold_then_skip_then_crop(phantom_cohort: Path, tmp_path: Path, capsy
     assert "seg" in out and "patches" in out
     assert (ws.reports_dir / "summary.json").is_file()
     shutil.rmtree(runs)
+
+
+def test_test_verb_keeps_fit_log(trained: tuple[Path, Path]) -> None:
+    """`neonet test` logs to <stage>/fold<k>/test/, never over the fit's metrics.csv."""
+    cases, runs = trained
+    ws = Workspace(runs, "test")
+    fit_log = ws.stage_dir("seg", 0) / "metrics.csv"
+    before = fit_log.read_bytes()
+    assert main(["test", *seg_args(cases, runs), "--ckpt_path", str(ws.best_checkpoint("seg", 0))]) == 0
+    assert fit_log.read_bytes() == before
+    test_log = pd.read_csv(ws.stage_dir("seg", 0) / "test" / "metrics.csv")
+    assert {"test/dice_liver", "test/dice_tumor"} <= set(test_log.columns)

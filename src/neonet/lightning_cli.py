@@ -26,7 +26,8 @@ def wandb_mode() -> str:
 
 def make_loggers(stage: str, fold: int, experiment: str, stage_dir: Path, job: str = "fit") -> list[Logger]:
     """CSV log in the stage folder, plus a W&B run unless ``WANDB_MODE=disabled``."""
-    loggers: list[Logger] = [CSVLogger(save_dir=str(stage_dir), name="", version="")]
+    # fit logs to <stage_dir>/metrics.csv; other verbs to <stage_dir>/<verb>/ so they never overwrite it
+    loggers: list[Logger] = [CSVLogger(save_dir=str(stage_dir), name="", version="" if job == "fit" else job)]
     mode = wandb_mode()
     if mode != "disabled":
         (stage_dir / "wandb").mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,7 @@ classification stage of the experiment.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +35,6 @@ def predictions_path(ws: Workspace, stage: str, fold: int) -> Path:
     return ws.stage_dir(stage, fold) / PREDICTIONS_NAME
 
 
-@contextlib.contextmanager
-def keep_fit_log(stage_dir: Path) -> Iterator[None]:
-    """Keep the fit's ``metrics.csv`` when a later verb logs to the same folder.
-
-    Lightning's CSV logger deletes an existing ``metrics.csv`` in its folder; the test run's own
-    CSV log is moved to ``test_metrics.csv`` and the fit's log is put back.
-    """
-    fit_log = stage_dir / "metrics.csv"
-    backup = stage_dir / ".metrics.fit.csv"
-    had = fit_log.is_file()
-    if had:
-        shutil.copy2(fit_log, backup)
-    try:
-        yield
-    finally:
-        if had and backup.is_file():
-            if fit_log.is_file() and fit_log.read_bytes() != backup.read_bytes():
-                fit_log.replace(stage_dir / "test_metrics.csv")
-            backup.replace(fit_log)
-
-
 class ClsCVHooks:
     """What ``neonet cv`` does around each classification fold."""
 
@@ -71,8 +47,7 @@ class ClsCVHooks:
             raise NeonetError(f"{stage} fold {fold}: {best} not found; the fit did not save a best checkpoint")
         out = predictions_path(ws, stage, fold)
         out.unlink(missing_ok=True)
-        with keep_fit_log(ws.stage_dir(stage, fold)):
-            run("test", ["--ckpt_path", str(best), "--trainer.devices=1"])
+        run("test", ["--ckpt_path", str(best), "--trainer.devices=1"])  # logs to <stage>/fold<k>/test/
         if not out.is_file():
             raise NeonetError(f"{stage} fold {fold}: `neonet test` wrote no {out}")
         frame = pd.read_csv(out, dtype={"case_id": str, "patient_id": str})
