@@ -33,6 +33,12 @@ from neonet.gen.sampling import Denoiser, sample_latents
 from neonet.gen.toy import toy_patch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _rel(path: Path) -> str:
+    """A path relative to the repository when inside it (results files name no machine paths)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
 log = logging.getLogger("gen_bench")
 
 
@@ -115,7 +121,7 @@ def bench(args: argparse.Namespace) -> dict:
         "sampling_s_per_patch": timings,
         "guidance_scale": args.guidance,
         "sampling_ratio_ddpm1000_vs_ddim50": timings["ddpm1000"] / timings["ddim50"],
-        "configs": {k: str(getattr(args, k)) for k in ("autoencoder", "diffusion", "controlnet")},
+        "configs": {k: _rel(getattr(args, k)) for k in ("autoencoder", "diffusion", "controlnet")},
         "torch": torch.__version__,
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
