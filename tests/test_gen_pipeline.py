@@ -192,7 +192,11 @@ def test_no_leakage_into_fold_models_or_synthetic_patches(chain, synthesized):
 
 
 def test_quality_report_written(chain, synthesized):
+    from neonet.gen.quality import gen_quality
+
     ws = chain["ws"]
+    (ws.reports_dir / "gen_quality.csv").unlink()
+    assert gen_quality(experiment=EXP, runs_dir=ws.runs_dir) == 0  # the standalone verb rewrites the report
     table = pd.read_csv(ws.reports_dir / "gen_quality.csv")
     row = table[table["fold"] == FOLD].iloc[0]
     assert row["n_synthetic"] == len(synthesized)

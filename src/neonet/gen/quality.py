@@ -26,6 +26,7 @@ contours), plus a W&B summary run ``gen-cv``.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,9 +35,10 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from neonet.atomic import write_csv, write_json, write_text
+from neonet.atomic import read_json, write_csv, write_json, write_text
 from neonet.data.nifti import load_nifti, read_array
 from neonet.data.patches import PATCH_LIVER, PATCH_TUMOR, patch_records
+from neonet.errors import MissingUpstreamError
 from neonet.gen.common import ms_ssim_settings
 from neonet.gen.latents import read_fold
 from neonet.gen.panels import save_grid
@@ -297,3 +299,28 @@ def quality_report(ws: Workspace, folds: list[int], near_copy_threshold: float =
 
     log_cv_summary(ws, "gen", {"gen_quality": table}, {f"gen/{k}": v for k, v in summary.items()}, images)
     return table
+
+
+def gen_quality(
+    experiment: str = "default",
+    runs_dir: Path = Path("runs"),
+    folds: list[int] | None = None,
+    near_copy_threshold: float = 0.95,
+) -> int:
+    """Write the quality report of each fold's synthetic patches (``neonet synthesize`` does this too).
+
+    Args:
+        experiment: experiment name (folder below ``runs_dir``).
+        runs_dir: folder holding all experiments.
+        folds: folds to evaluate (default: every fold with a ``synthetic/fold<k>/manifest.csv``).
+        near_copy_threshold: correlation at or above which a synthetic patch counts as a near copy.
+    """
+    ws = Workspace(runs_dir, experiment)
+    if folds is None:
+        n = int(read_json(ws.splits_path)["folds"]) if ws.splits_path.is_file() else 0
+        folds = [k for k in range(n) if (ws.synthetic_dir(k) / "manifest.csv").is_file()]
+    if not folds:
+        raise MissingUpstreamError("synthetic patches", ws.root / "synthetic",
+                                   f"neonet synthesize --experiment {experiment} --runs_dir {runs_dir}")
+    quality_report(ws, [int(k) for k in folds], near_copy_threshold)
+    return 0
