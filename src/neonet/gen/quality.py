@@ -13,9 +13,10 @@ Per fold (nothing here reads the fold's test patients):
     ``near_copies`` counts correlations >= ``near_copy_threshold``; the real-vs-real nearest-neighbour
     correlation is given for scale.
 (d) **mask adherence**: Dice between a tumour segmentation of each synthetic patch and the tumour of
-    its conditioning mask, by the fold's NeoSeg model if available, else by an intensity rule
+    its conditioning mask, by the fold's NeoSeg model if available and good enough on the real patches
+    (``neoseg_dice_real`` >= ``min_segmenter_dice``; it was trained on whole volumes), else by an intensity rule
     (inside the mask's liver+shell+tumour region, voxels closer to the real tumours' mean intensity
-    than to the real livers'; largest component off the patch border) — ``segmenter`` says which; the same segmenter on
+    than to the real livers'; the component nearest the patch centre) — ``segmenter`` says which; the same segmenter on
     the real patches against their own labels gives its ceiling (``dice_real``).
 
 Outputs: ``reports/gen_quality.{csv,json,md}``, ``reports/gen_quality_fold<k>.csv`` (per synthetic
@@ -163,32 +164,25 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
 
 class IntensityTumourRule:
     """Tumour = voxels of the mask's liver+shell+tumour region closer to the real tumours' mean intensity
-    than to the real livers' (after light smoothing); the largest connected component that does not
-    touch the patch border (TLCR centres patches on the tumour)."""
-
-    name = "intensity rule (no NeoSeg checkpoint for this fold)"
+    than to the real livers' (after light smoothing and a one-voxel opening that cuts thin bridges); of
+    those, the connected component nearest the patch centre (TLCR centres patches on the tumour)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.name = "intensity rule (no NeoSeg checkpoint for this fold)"
         self.mu_tumour = float(images[labels == PATCH_TUMOR].mean())
         self.mu_liver = float(images[labels == PATCH_LIVER].mean())
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> np.ndarray:
         smooth = ndimage.gaussian_filter(image.astype(np.float64), 0.7)
         cand = (label >= PATCH_LIVER) & (np.abs(smooth - self.mu_tumour) < np.abs(smooth - self.mu_liver))
+        cand = ndimage.binary_opening(cand, structure=ndimage.generate_binary_structure(3, 1))
         comps, n = ndimage.label(cand)
         if n == 0:
             return cand
-        # TLCR centres the patch on the tumour: components touching the patch border are not it
-        border = np.zeros(cand.shape, bool)
-        for axis in range(cand.ndim):
-            idx = [slice(None)] * cand.ndim
-            idx[axis] = [0, cand.shape[axis] - 1]
-            border[tuple(idx)] = True
-        inner = [c for c in range(1, n + 1) if not (border & (comps == c)).any()]
-        if not inner:
-            return np.zeros_like(cand)
-        sizes = ndimage.sum(cand, comps, index=inner)
-        return comps == inner[int(np.argmax(sizes))]
+        centre = (np.array(cand.shape) - 1) / 2.0
+        coords = np.argwhere(cand)
+        nearest = np.argmin(((coords - centre) ** 2).sum(1))
+        return comps == comps[tuple(coords[nearest])]
 
 
 class SegTumour:
@@ -218,8 +212,14 @@ def _load_synthetic(ws: Workspace, fold: int) -> tuple[pd.DataFrame, np.ndarray,
     return frame, imgs, labs
 
 
-def fold_quality(ws: Workspace, fold: int, near_copy_threshold: float = 0.95) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Quality numbers of one fold (summary row, per-synthetic-patch table)."""
+def fold_quality(
+    ws: Workspace, fold: int, near_copy_threshold: float = 0.95, min_segmenter_dice: float = 0.5
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Quality numbers of one fold (summary row, per-synthetic-patch table).
+
+    The fold's NeoSeg model segments the synthetic tumours only if it reaches ``min_segmenter_dice``
+    on the fold's real patches (it was trained on whole volumes); otherwise the intensity rule does.
+    """
     split = read_fold(ws, fold)
     real_items = [load_patch(r) for r in patch_records(ws, split.fit)]
     r_img = np.stack([it["image"][0].numpy() for it in real_items])
@@ -246,10 +246,19 @@ def fold_quality(ws: Workspace, fold: int, near_copy_threshold: float = 0.95) ->
     row["nn_corr_real_max"] = float(rr.max())
     row["near_copies"] = int((corr.max(1) >= near_copy_threshold).sum())
     row["near_copy_threshold"] = near_copy_threshold
-    segmenter = SegTumour(seg) if seg is not None else IntensityTumourRule(r_img, r_lab)
+    segmenter: Any = IntensityTumourRule(r_img, r_lab)
+    d_real = [dice(segmenter(r_img[i], r_lab[i]), r_lab[i] == PATCH_TUMOR) for i in range(len(r_img))]
+    if seg is not None:  # the fold's NeoSeg model, if it segments real patches well enough on its own
+        seg_tumour = SegTumour(seg)
+        d_seg = [dice(seg_tumour(r_img[i], r_lab[i]), r_lab[i] == PATCH_TUMOR) for i in range(len(r_img))]
+        row["neoseg_dice_real"] = float(np.nanmean(d_seg))
+        if row["neoseg_dice_real"] >= min_segmenter_dice:
+            segmenter, d_real = seg_tumour, d_seg
+        else:
+            segmenter.name = (f"intensity rule (the fold NeoSeg model reaches only tumour Dice "
+                              f"{row['neoseg_dice_real']:.2f} on real patches without whole-volume context)")
     row["segmenter"] = segmenter.name
     d_syn = [dice(segmenter(s_img[i], s_lab[i]), s_lab[i] == PATCH_TUMOR) for i in range(len(s_img))]
-    d_real = [dice(segmenter(r_img[i], r_lab[i]), r_lab[i] == PATCH_TUMOR) for i in range(len(r_img))]
     row["dice_synthetic"] = float(np.nanmean(d_syn))
     row["dice_real"] = float(np.nanmean(d_real))
     per = pd.DataFrame({
@@ -270,17 +279,20 @@ def fold_quality(ws: Workspace, fold: int, near_copy_threshold: float = 0.95) ->
     return row, per
 
 
-def quality_report(ws: Workspace, folds: list[int], near_copy_threshold: float = 0.95) -> pd.DataFrame:
+def quality_report(
+    ws: Workspace, folds: list[int], near_copy_threshold: float = 0.95, min_segmenter_dice: float = 0.5
+) -> pd.DataFrame:
     """Write the quality report of ``folds`` to ``reports/`` and W&B; returns the per-fold table.
 
     Args:
         ws: the experiment's workspace.
         folds: folds to evaluate.
         near_copy_threshold: correlation at or above which a synthetic patch counts as a near copy.
+        min_segmenter_dice: real-patch tumour Dice the fold's NeoSeg model needs to be used for (d).
     """
     rows, images = [], {}
     for k in folds:
-        row, per = fold_quality(ws, k, near_copy_threshold)
+        row, per = fold_quality(ws, k, near_copy_threshold, min_segmenter_dice)
         rows.append(row)
         if not per.empty:
             write_csv(ws.reports_dir / f"gen_quality_fold{k}.csv", per)
@@ -292,7 +304,7 @@ def quality_report(ws: Workspace, folds: list[int], near_copy_threshold: float =
     summary = {c: float(numeric[c].mean()) for c in numeric.columns}
     write_json(reports / "gen_quality.json", {"per_fold": table.to_dict(orient="records"), "mean": summary})
     cols = [c for c in ("fold", "n_synthetic", "ae_val_psnr", "kid", "kid_real", "ms_ssim_synthetic", "ms_ssim_real",
-                        "near_copies", "dice_synthetic", "dice_real") if c in table.columns]
+                        "near_copies", "dice_synthetic", "dice_real", "neoseg_dice_real") if c in table.columns]
     write_text(reports / "gen_quality.md", "# NeoGen synthetic patch quality\n\n" + table[cols].to_string(index=False) + "\n")
     log.info("NeoGen quality (%s):\n%s", reports / "gen_quality.csv", table[cols].to_string(index=False))
     from neonet.wandb_summary import log_cv_summary
@@ -306,6 +318,7 @@ def gen_quality(
     runs_dir: Path = Path("runs"),
     folds: list[int] | None = None,
     near_copy_threshold: float = 0.95,
+    min_segmenter_dice: float = 0.5,
 ) -> int:
     """Write the quality report of each fold's synthetic patches (``neonet synthesize`` does this too).
 
@@ -314,6 +327,7 @@ def gen_quality(
         runs_dir: folder holding all experiments.
         folds: folds to evaluate (default: every fold with a ``synthetic/fold<k>/manifest.csv``).
         near_copy_threshold: correlation at or above which a synthetic patch counts as a near copy.
+        min_segmenter_dice: real-patch tumour Dice the fold's NeoSeg model needs to be used for mask adherence.
     """
     ws = Workspace(runs_dir, experiment)
     if folds is None:
@@ -322,5 +336,5 @@ def gen_quality(
     if not folds:
         raise MissingUpstreamError("synthetic patches", ws.root / "synthetic",
                                    f"neonet synthesize --experiment {experiment} --runs_dir {runs_dir}")
-    quality_report(ws, [int(k) for k in folds], near_copy_threshold)
+    quality_report(ws, [int(k) for k in folds], near_copy_threshold, min_segmenter_dice)
     return 0
