@@ -34,6 +34,7 @@ PROJECT_VERBS: dict[str, tuple[str, str]] = {
     "synthesize": ("neonet.gen.synthesize:synthesize", "NeoGen: PNI+ patches from each fold's ControlNet until its training set is balanced"),
     "report": ("neonet.report:report_main", "NeoCls cross-validation report: per-fold and pooled AUC with CI, DeLong, ROC"),
     "summary": ("neonet.summary:summary", "print and save where an experiment's results are, with its metrics"),
+    "predict-case": ("neonet.predict_case:predict_case_main", "PNI for one new MRI: NeoSeg -> TLCR -> classifier folds, Grad-CAM, JSON + NIfTI + PNG"),
 }
 
 LIGHTNING_VERBS: dict[str, str] = {

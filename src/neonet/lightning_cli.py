@@ -1,4 +1,18 @@
-"""``NeonetCLI``: LightningCLI that files every run under the experiment's fixed folders."""
+"""``NeonetCLI``: LightningCLI that files every run under the experiment's fixed folders.
+
+Checkpoints (``<stage>/fold<k>/checkpoints/``):
+
+- ``best.ckpt``: best value of the module's ``monitor`` on the inner validation split;
+- ``last.ckpt``: the latest state, for resuming (``neonet cv`` passes it as ``--ckpt_path``). It is
+  written at the end of every epoch (after validation) and, with ``--checkpoint_every_n_steps N`` (a top-level option of
+  ``neonet fit``, also settable in the config file), every N optimizer steps, so a fit killed
+  mid-epoch loses at most N steps. Lightning resumes such a checkpoint mid-epoch (the rest of that
+  epoch runs with a freshly shuffled loader). Default 0: epoch-end checkpoints only.
+
+Every checkpoint is written by :class:`AtomicCheckpointIO` (temp file beside the target, fsync,
+rename), so a process killed while saving leaves the previous checkpoint intact. Only rank zero
+writes checkpoints, ``config.yaml``, the CSV log, the W&B run and ``artifact.json``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
+from neonet.atomic import atomic_path
 from neonet.callbacks import FiniteLossGuard
 from neonet.data.base import FoldDataModule
+from neonet.errors import NeonetError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +62,47 @@ def make_loggers(stage: str, fold: int, experiment: str, stage_dir: Path, job: s
     return loggers
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a temporary file beside the checkpoint, fsync, then rename onto it.
+
+    Lightning's own local save writes to the system temp folder and moves the file into place,
+    which falls back to a plain (non-atomic) copy into the target when ``$TMPDIR`` is on another
+    filesystem (common on clusters: node-local ``$TMPDIR``, shared ``runs/``). Temporary files
+    left by a process killed while saving are removed at the next save of the same checkpoint.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Save ``checkpoint`` atomically at local ``path`` (remote URLs go through Lightning's save)."""
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.tmp*"):  # left by a killed save (one writer: rank 0)
+            stale.unlink(missing_ok=True)
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; keep the usual permissions
+
+
+def _umask() -> int:
+    """The process's file-creation mask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
+    """The trainer's ``plugins`` plus :class:`AtomicCheckpointIO` unless a CheckpointIO is already given."""
+    items = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in items):
+        items.append(AtomicCheckpointIO())
+    return items
+
+
 class NeonetCLI(LightningCLI):
     """LightningCLI in subclass mode, with the experiment/stage/fold folder convention."""
 
@@ -55,6 +113,16 @@ class NeonetCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         super().__init__(LightningModule, FoldDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Options of every neonet Lightning verb beyond the trainer, model and data."""
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int,
+            default=0,
+            help="fit: also save checkpoints/last.ckpt every N optimizer steps (mid-epoch resume point "
+            "after a crash or kill); 0 = only at epoch ends",
+        )
 
     # ------------------------------------------------------------------ trainer wiring
     def _stage_fold(self) -> tuple[str, int, Any]:
@@ -76,6 +144,7 @@ class NeonetCLI(LightningCLI):
             config["logger"] = False
         elif logger is None or logger is True:
             config["logger"] = make_loggers(stage, fold, self.datamodule.experiment, stage_dir, job)
+        config["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
         existing = list(config.get("callbacks") or []) + list(callbacks)
         if not any(isinstance(c, ModelCheckpoint) for c in existing):
             callbacks.append(
@@ -86,6 +155,17 @@ class NeonetCLI(LightningCLI):
                     mode=getattr(self.model, "monitor_mode", "min"),
                     save_last=True,
                     auto_insert_metric_name=False,
+                    enable_version_counter=False,
+                )
+            )
+        every = int(self._get(self.config_init, "checkpoint_every_n_steps", 0) or 0)
+        if job == "fit" and every > 0:  # appended last, so trainer.checkpoint_callback stays the `best` one
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=str(ws.checkpoint_dir(stage, fold)),
+                    save_top_k=0,
+                    save_last=True,
+                    every_n_train_steps=every,
                     enable_version_counter=False,
                 )
             )
@@ -103,8 +183,22 @@ class NeonetCLI(LightningCLI):
             check()
 
     def after_fit(self) -> None:
-        """Write ``artifact.json`` (rank zero) and close the W&B run."""
+        """Write ``artifact.json`` (rank zero) and close the W&B run.
+
+        Raises:
+            NeonetError: the fit ended without a single optimizer step (every rank agrees on this),
+                so nothing may claim the fold is trained.
+        """
         trainer = self.trainer
+        if not trainer.interrupted and trainer.global_step == 0:
+            stage, fold, _ = self._stage_fold()
+            self._finish_wandb()
+            raise NeonetError(
+                f"stage {stage}, fold {fold}: the fit ended after 0 training steps (no training batches on "
+                f"{trainer.world_size} rank(s)?). Check the fold's training data, batch_size (each rank gets "
+                "1/world_size of the data; a loader with drop_last needs at least batch_size samples per rank) "
+                "and trainer.limit_train_batches / max_steps."
+            )
         if trainer.is_global_zero and not trainer.interrupted:
             stage, fold, ws = self._stage_fold()
             ckpt_cb = trainer.checkpoint_callback

@@ -185,7 +185,7 @@ class DiffusionModule(LightningModule):
         loss = self.loss(pred, target, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"stage {self.stage}, step {self.global_step}: loss is {loss.item()} — lower the learning rate")
-        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=z0.shape[0])
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=z0.shape[0], sync_dist=True)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
