@@ -1,0 +1,118 @@
+"""The trained folds of a stage, used together as an ensemble (``neonet predict-case``).
+
+Which folds (every fold of the experiment unless named), whether each finished training
+(``artifact.json`` status ``fit-complete`` or ``complete``, ``config.yaml`` and
+``checkpoints/best.ckpt``), and each fold rebuilt from its own ``config.yaml`` (the LightningCLI
+config of its fit: network, module and DataModule arguments) with ``best.ckpt`` loaded strictly.
+A missing fold is an error that names its folder and the command that trains it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neonet.atomic import read_json
+from neonet.errors import MissingUpstreamError, NeonetError
+from neonet.workspace import Workspace
+
+#: Artifact statuses of a fold whose ``best.ckpt`` may be used.
+USABLE_STATUSES = ("complete", "fit-complete")
+
+
+@dataclass
+class FoldModel:
+    """One trained fold: its LightningModule (eval mode), DataModule (never set up) and files."""
+
+    fold: int
+    module: Any
+    data: Any
+    checkpoint: Path
+    config: Path
+
+
+def train_command(ws: Workspace, stage: str, folds: list[int] | None = None, verb: str = "cv") -> str:
+    """The command that trains ``stage`` (or, for ``crop``, makes the crop settings)."""
+    base, extra = stage, []
+    if stage.endswith("_syn"):
+        base, extra = stage[: -len("_syn")], [f"--model.stage={stage}", "--data.use_synthetic=true"]
+    folder = Path("experiments") / ws.experiment
+    config = next((c for c in (folder / f"{base}.yaml", folder / f"baseline_{base}.yaml") if c.is_file()), None)
+    shown = str(config) if config else f"<the {base} config of experiment {ws.experiment!r}, e.g. experiments/demo/{base}.yaml>"
+    if verb == "crop":
+        return f"neonet crop --config {shown}"
+    if str(ws.runs_dir) != "runs":
+        extra += [f"--data.runs_dir={ws.runs_dir}", f"--data.experiment={ws.experiment}"]
+    cmd = f"neonet cv --config {shown}" + (f" --folds {' '.join(map(str, folds))}" if folds else "")
+    return cmd + (" -- " + " ".join(extra) if extra else "")
+
+
+def trained_folds(ws: Workspace, stage: str, folds: list[int] | None = None, hint: str = "") -> list[int]:
+    """The folds of ``stage`` to ensemble: ``folds``, or every fold of the experiment.
+
+    Raises:
+        MissingUpstreamError: when a fold has no finished fit (``artifact.json`` status
+            ``fit-complete``/``complete``, ``config.yaml`` and ``checkpoints/best.ckpt``); the
+            message names the folders and the command that trains them.
+    """
+    if folds is None:
+        if ws.splits_path.is_file():
+            folds = list(range(int(read_json(ws.splits_path)["folds"])))
+        else:
+            found = sorted(int(p.name[4:]) for p in (ws.root / stage).glob("fold*") if p.name[4:].isdigit())
+            folds = found or [0]
+    if not folds:
+        raise NeonetError("--folds is empty: name at least one fold")
+
+    def usable(k: int) -> bool:
+        art = ws.read_artifact(stage, k) or {}
+        return art.get("status") in USABLE_STATUSES and ws.best_checkpoint(stage, k).is_file() and (
+            ws.stage_dir(stage, k) / "config.yaml"
+        ).is_file()
+
+    missing = [k for k in folds if not usable(k)]
+    if missing:
+        ready = [k for k in folds if k not in missing]
+        if ready:
+            hint += f"\nor ensemble only the finished fold(s): --folds [{','.join(map(str, ready))}]"
+        raise MissingUpstreamError(
+            f"trained {stage} fold(s) {', '.join(map(str, missing))} of experiment {ws.experiment!r} "
+            "(config.yaml, checkpoints/best.ckpt and a finished fit in artifact.json)",
+            ", ".join(str(ws.stage_dir(stage, k)) for k in missing),
+            train_command(ws, stage, missing) + hint,
+        )
+    return list(folds)
+
+
+def load_fold(ws: Workspace, stage: str, fold: int) -> FoldModel:
+    """Rebuild a fold's module and DataModule from its ``config.yaml``; load ``best.ckpt`` strictly."""
+    import yaml
+
+    from neonet.config import import_class
+    from neonet.gen.common import instantiate
+
+    config, ckpt = ws.stage_dir(stage, fold) / "config.yaml", ws.best_checkpoint(stage, fold)
+    cfg = yaml.safe_load(config.read_text()) or {}
+    model, data = cfg.get("model") or {}, cfg.get("data") or {}
+    init = dict(model.get("init_args") or {})
+    net_spec = init.pop("net", None)
+    if "class_path" not in model or not isinstance(net_spec, dict) or "class_path" not in data:
+        raise NeonetError(f"{config}: expected model.class_path, model.init_args.net and data.class_path (a `neonet fit` config)")
+    for key in ("optimizer", "scheduler"):  # training only
+        init.pop(key, None)
+    try:
+        module = import_class(model["class_path"])(net=instantiate(net_spec), **init)
+        datamodule = instantiate(data)
+    except (TypeError, ValueError) as exc:
+        raise NeonetError(f"{config}: cannot rebuild the {stage} fold-{fold} model ({exc})") from exc
+    try:
+        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError, OSError) as exc:
+        raise NeonetError(
+            f"{ckpt}: cannot load into the network of {config} ({str(exc).splitlines()[0][:300]}); re-train the fold"
+        ) from exc
+    return FoldModel(int(fold), module.eval(), datamodule, ckpt, config)

@@ -1,0 +1,366 @@
+"""``neonet predict-case``: PNI prediction for one new MRI with an experiment's trained folds.
+
+NeoSeg (mean softmax of the seg folds, post-processed as ``neonet predict`` does) → mask in the
+input's space → TLCR with the experiment's crop settings on that mask (exactly as
+``neonet crop --source predicted`` crops the out-of-fold masks) → each classifier fold on the patch
+(PNI probability per fold and their mean) → Grad-CAM saliency mapped back into the input's space
+→ an overlay PNG. Output folder (default ``<runs_dir>/<experiment>/predict_case/<image name>/``)::
+
+    prediction.json       probabilities, tumour volume, crop box, provenance (written last)
+    segmentation.nii.gz   uint8 mask (0 background, 1 liver, 2 tumour), input's shape and affine
+    saliency.nii.gz       float32 Grad-CAM in [0, 1], input's shape and affine, 0 outside the crop
+    patch_image.nii.gz    the classifier's input patch, patch_label.nii.gz its label patch
+    overlay.png           slices through the tumour: image, liver/tumour contours, crop box, saliency
+
+Without a tumour the JSON says ``"tumor_found": false`` with the reason, the mask and overlay are
+still written, nothing is classified and the exit code is 0.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from neonet import __version__
+from neonet.atomic import read_json, write_json
+from neonet.data.cases import LIVER, TUMOR, LabelMap
+from neonet.data.nifti import load_nifti, read_array, save_nifti
+from neonet.ensemble import FoldModel, load_fold, train_command, trained_folds
+from neonet.errors import DataError, MissingUpstreamError, NeonetError
+from neonet.workspace import Workspace, git_sha
+
+log = logging.getLogger(__name__)
+
+#: Files of one prediction folder (stale ones are removed before a new run writes its own).
+OUTPUTS = {
+    "json": "prediction.json",
+    "segmentation": "segmentation.nii.gz",
+    "saliency": "saliency.nii.gz",
+    "patch_image": "patch_image.nii.gz",
+    "patch_label": "patch_label.nii.gz",
+    "overlay": "overlay.png",
+}
+#: From this many tumour components on, the JSON warns that the segmentation looks fragmented.
+FRAGMENTED = 5
+
+
+def crop_settings(ws: Workspace) -> dict[str, Any]:
+    """The experiment's TLCR settings (``patches/crop_config.json``, written by ``neonet crop``)."""
+    path = ws.patches_dir / "crop_config.json"
+    if not path.is_file():
+        raise MissingUpstreamError("the experiment's TLCR settings", path, train_command(ws, "crop", verb="crop"))
+    cfg = read_json(path)
+    return {"spacing": tuple(float(s) for s in cfg["spacing"]), "patch_size": tuple(int(p) for p in cfg["patch_size"]),
+            "shell_mm": float(cfg["shell_mm"]), "source": cfg.get("source"), "config": str(path)}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → the first CUDA GPU if there is one, else the CPU; anything else as given to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise NeonetError(f"--device {device!r}: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------- pipeline steps
+def segment(image: Path, models: list[FoldModel], out_dir: Path, device: torch.device) -> Path:
+    """Fold-ensemble NeoSeg mask of ``image`` written in its space (``segmentation.nii.gz``).
+
+    Every fold preprocesses the volume as its ``neonet predict`` does (``SegDataModule``'s predict
+    transform); the folds' softmax maps are averaged, then argmax and NeoSeg's post-processing, and
+    :class:`~neonet.seg.SegMaskWriter` inverts the preprocessing.
+    """
+    from monai.data import list_data_collate
+
+    from neonet.seg import SegMaskWriter
+    from neonet.seg.postprocess import postprocess_labels
+
+    grids = {(tuple(m.data.spacing), int(m.data.divisible)) for m in models}
+    if len(grids) > 1:
+        raise NeonetError(f"the seg folds were trained on different grids (spacing, divisible) {sorted(grids)}; "
+                          "pick folds of one config with --folds")
+    min_voxels = {int(m.module.hparams.min_tumor_voxels) for m in models}
+    if len(min_voxels) > 1:
+        log.warning("seg folds differ in min_tumor_voxels %s; the ensemble uses %d", sorted(min_voxels), max(min_voxels))
+    dm = models[0].data
+    dm.predict_transform = dm.base_transform(with_label=False)
+    name = OUTPUTS["segmentation"].removesuffix(".nii.gz")
+    batch = list_data_collate([dm.predict_transform({"image": str(image), "case_id": name, "source": str(image)})])
+    x = batch["image"].as_tensor().to(device)
+    total = None
+    with torch.inference_mode():
+        for m in models:
+            log.info("NeoSeg fold %d on %s", m.fold, device)
+            prob = torch.softmax(m.module.to(device).infer(x).float(), dim=1)
+            total = prob if total is None else total + prob
+            m.module.cpu()
+        labels = (total / len(models)).argmax(1, keepdim=True).to(torch.uint8).cpu()
+    cleaned = torch.stack([postprocess_labels(lab, max(min_voxels)) for lab in labels])
+    writer = SegMaskWriter(output_dir=str(out_dir))
+    writer.write_on_batch_end(SimpleNamespace(datamodule=dm), models[0].module, {"pred": cleaned}, [0], batch, 0)
+    return out_dir / OUTPUTS["segmentation"]
+
+
+def write_given_mask(mask: Path, reference: nib.Nifti1Image, out_dir: Path) -> Path:
+    """Copy a user's mask (0 background, 1 liver, 2 tumour, nothing else) as the segmentation."""
+    img = load_nifti(mask)
+    if img.shape[:3] != reference.shape[:3] or not np.allclose(img.affine, reference.affine, atol=1e-3):
+        raise DataError(f"{mask}: the mask's grid {img.shape} does not match the image's {reference.shape} (shape and affine must agree)")
+    raw = np.rint(np.asarray(read_array(img, mask), dtype=np.float64))
+    unknown = sorted(set(np.unique(raw).tolist()) - {0.0, float(LIVER), float(TUMOR)})
+    if unknown:
+        raise DataError(f"{mask}: values {unknown[:10]} in the mask; give 0 background, {LIVER} liver, {TUMOR} tumour only")
+    labels = raw.astype(np.uint8)
+    return save_nifti(out_dir / OUTPUTS["segmentation"], labels.reshape(reference.shape[:3]), reference.affine)
+
+
+def classify(
+    patch: Path, models: list[FoldModel], device: torch.device, layer: str | None
+) -> tuple[dict[str, float], dict[str, float], np.ndarray | None, str]:
+    """Each classifier fold on the patch: probabilities, validation thresholds, mean Grad-CAM, its layer.
+
+    The patch is loaded with the fold's ``ClsDataModule`` evaluation transform, as in its test step.
+    When Grad-CAM cannot reach its layer the map is None and the last item says why.
+    """
+    from neonet.cls.saliency import SaliencyUnavailable, grad_cam
+
+    probs, thresholds, maps, used = {}, {}, [], ""
+    shape = nib.load(str(patch)).shape[:3]
+    failed: str | None = None
+    for m in models:
+        x = m.data.transform(train=False)({"image": str(patch)})["image"][None].to(device)
+        module = m.module.to(device)
+        with torch.no_grad():
+            logit = float(module(x).float()[0])
+        probs[str(m.fold)] = 1.0 / (1.0 + math.exp(-logit))
+        thresholds[str(m.fold)] = float(module.val_threshold)
+        log.info("%s fold %d: PNI probability %.3f", getattr(module, "stage", "classifier"), m.fold, probs[str(m.fold)])
+        if failed is None:
+            try:
+                heat, used = grad_cam(module.net, x, layer)
+            except SaliencyUnavailable as exc:
+                log.warning("fold %d: no saliency map: %s", m.fold, exc)
+                failed = str(exc)
+            else:  # undo ClsDataModule's symmetric pad_to padding, if any
+                before = [(h - s) // 2 for h, s in zip(heat.shape, shape)]
+                maps.append(heat[tuple(slice(b, b + s) for b, s in zip(before, shape))])
+        module.cpu()
+    if failed is not None:
+        return probs, thresholds, None, failed
+    return probs, thresholds, np.mean(maps, axis=0).astype(np.float32), used
+
+
+def image_name(path: Path) -> str:
+    """File name without ``.nii.gz`` / ``.nii``."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _volumes_ml(labels: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    return float((labels == LIVER).sum() + (labels == TUMOR).sum()) * voxel_ml, float((labels == TUMOR).sum()) * voxel_ml
+
+
+def _message(result: Any, seg_from: str, liver_ml: float, probs: dict[str, float], classifier: str) -> str:
+    if result.n_tumors == 0:
+        what = "no liver and no tumour" if result.status == "no_liver_no_tumor" else f"no tumour (liver {liver_ml:.0f} ml)"
+        if seg_from.startswith("the given mask"):
+            return f"NO TUMOUR FOUND: {seg_from} has {what}, so no PNI prediction was made."
+        return (f"NO TUMOUR FOUND: {seg_from} found {what} in this scan, so no PNI prediction was made. "
+                "Check that it is a contrast-enhanced liver MRI like the training cohort, or give a mask with --mask.")
+    text = f"tumour found: {result.n_tumors} component(s), largest {result.tumor_volume_ml:.1f} ml"
+    if not probs:
+        return text + f"; no classifier run (--classifier {classifier})"
+    return text + f"; PNI probability {np.mean(list(probs.values())):.3f} (mean of {len(probs)} {classifier} fold(s))"
+
+
+def _warnings(result: Any) -> list[str]:
+    out = []
+    if result.fits is False:
+        out.append(f"the largest tumour does not fit entirely in the {'x'.join(map(str, result.patch_size))} patch")
+    if result.n_tumors >= FRAGMENTED:
+        out.append(f"{result.n_tumors} separate tumour components: the segmentation may be unreliable on this scan "
+                   "(check overlay.png and segmentation.nii.gz)")
+    return out
+
+
+# ----------------------------------------------------------------------------- the verb
+def predict_case(
+    image: Path,
+    experiment: str = "demo",
+    runs_dir: Path = Path("runs"),
+    out: Path | None = None,
+    classifier: str = "pattennet",
+    folds: list[int] | None = None,
+    mask: Path | None = None,
+    saliency_layer: str | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Predict PNI for one new MRI: NeoSeg → TLCR → classifier fold ensemble, with Grad-CAM.
+
+    Usage: ``neonet predict-case IMAGE [options]`` (or ``--image IMAGE``).
+
+    Uses the experiment's trained folds: every NeoSeg fold (mean softmax), the crop settings of
+    ``neonet crop`` and every fold of the classifier (PNI probability per fold and their mean).
+    Writes ``prediction.json``, ``segmentation.nii.gz`` and ``saliency.nii.gz`` (both in the input's
+    shape and affine), the patch and ``overlay.png``; prints the result and the JSON path. Without
+    a tumour it says so (``"tumor_found": false``), writes the mask and overlay and exits with 0.
+
+    Args:
+        image: the MRI volume (3D NIfTI, any orientation and spacing).
+        experiment: experiment whose trained folds are used (folder below ``runs_dir``).
+        runs_dir: folder holding all experiments.
+        out: output folder (default ``<runs_dir>/<experiment>/predict_case/<image name>/``).
+        classifier: classifier stage folder: ``pattennet``, ``pattennet_syn``, ``resnet18``, ...;
+            ``none`` stops after segmentation and TLCR (tumour volume and crop box only).
+        folds: folds to ensemble, for NeoSeg and the classifier (default: all folds of the
+            experiment; each must have finished training).
+        mask: a mask in the image's space (0 background, 1 liver, 2 tumour) to use instead of
+            NeoSeg, e.g. a corrected segmentation.
+        saliency_layer: Grad-CAM layer, a module name of the classifier network (default: the last
+            Dual Attention Block of PattenNet, the last Conv3d of a baseline).
+        device: ``auto`` (a GPU if there is one), ``cpu``, ``cuda``, ``cuda:1``, ...
+
+    Returns:
+        The content of ``prediction.json``.
+    """
+    image = Path(image)
+    src = load_nifti(image)
+    if len(src.shape) != 3:
+        raise DataError(f"{image}: expected a 3D volume, got shape {src.shape}")
+    ws = Workspace(runs_dir, experiment)
+    if not ws.root.is_dir():
+        known = sorted(p.name for p in Path(runs_dir).glob("*") if p.is_dir()) if Path(runs_dir).is_dir() else []
+        raise NeonetError(f"experiment {experiment!r} not found at {ws.root} (experiments in {runs_dir}: {known or 'none'})")
+    seg_folds = None if mask is not None else trained_folds(ws, "seg", folds)
+    crop = crop_settings(ws)
+    cls_folds = None if classifier == "none" else trained_folds(
+        ws, classifier, folds, hint="\nor stop after segmentation and TLCR: --classifier none"
+    )
+    out_dir = Path(out) if out is not None else ws.root / "predict_case" / image_name(image)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS.values():  # never leave files of an earlier run beside this run's
+        (out_dir / name).unlink(missing_ok=True)
+    dev = resolve_device(device)
+    outputs: dict[str, str] = {}
+
+    # 1. segmentation in the input's space
+    if mask is not None:
+        seg_path, seg_from = write_given_mask(Path(mask), src, out_dir), f"the given mask {mask}"
+        seg_record: dict[str, Any] = {"source": "mask", "mask": str(mask)}
+    else:
+        models = [load_fold(ws, "seg", k) for k in seg_folds or []]
+        seg_path = segment(image, models, out_dir, dev)
+        seg_from = f"NeoSeg (fold{'s' if len(models) > 1 else ''} {', '.join(str(m.fold) for m in models)})"
+        seg_record = {"source": "neoseg", "folds": seg_folds, "checkpoints": [ws.checkpoint_record(m.checkpoint) for m in models]}
+        del models
+    outputs["segmentation"] = str(seg_path)
+    labels = np.asarray(nib.load(str(seg_path)).dataobj)
+    liver_ml, tumor_ml = _volumes_ml(labels, src.affine)
+    seg_record |= {"liver_volume_ml": round(liver_ml, 3), "tumor_volume_ml": round(tumor_ml, 3)}
+
+    # 2. TLCR on the canonical grid, as `neonet crop --source predicted` does
+    from neonet.seg.crop import load_case
+    from neonet.seg.tlcr import patch_affine, tlcr
+
+    image_c, mask_c, affine_c = load_case(image, seg_path, crop["spacing"], LabelMap())
+    result = tlcr(image_c, mask_c, crop["spacing"], patch_size=crop["patch_size"], shell_mm=crop["shell_mm"], no_tumor="skip")
+    probs: dict[str, float] = {}
+    thresholds: dict[str, float] = {}
+    saliency_c: np.ndarray | None = None
+    cls_record: dict[str, Any] | None = None
+    saliency_record: dict[str, Any] | None = None
+    box_input = None
+    if result.has_patch:
+        assert result.box is not None and result.image_patch is not None and result.label_patch is not None
+        from neonet.cls.saliency import patch_bounds_in_image, patch_to_image
+
+        p_affine = patch_affine(affine_c, result.box["start"])
+        start, stop = patch_bounds_in_image(result.image_patch.shape, p_affine, src.shape, src.affine)
+        box_input = {"start": list(start), "stop": list(stop)}
+        patch_path = save_nifti(out_dir / OUTPUTS["patch_image"], result.image_patch.astype(np.float32), p_affine)
+        save_nifti(out_dir / OUTPUTS["patch_label"], result.label_patch.astype(np.uint8), p_affine)
+        outputs |= {"patch_image": str(patch_path), "patch_label": str(out_dir / OUTPUTS["patch_label"])}
+        if cls_folds is not None:
+            # 3. classifier folds + Grad-CAM
+            models = [load_fold(ws, classifier, k) for k in cls_folds]
+            probs, thresholds, heat, layer = classify(patch_path, models, dev, saliency_layer)
+            cls_record = {"stage": classifier, "folds": cls_folds,
+                          "checkpoints": [ws.checkpoint_record(m.checkpoint) for m in models]}
+            if heat is None:
+                saliency_record = {"error": layer}
+            else:
+                sal = patch_to_image(heat, p_affine, src.shape, src.affine)
+                outputs["saliency"] = str(save_nifti(out_dir / OUTPUTS["saliency"], sal, src.affine))
+                saliency_c = patch_to_image(heat, p_affine, image_c.shape, affine_c)
+                saliency_record = {"method": "Grad-CAM (monai.visualize.GradCAM) of the PNI+ logit", "layer": layer,
+                                   "scaling": "each fold's map divided by its maximum, then averaged over the folds"}
+            del models
+
+    # 4. overlay, then the JSON (last: its presence means the folder is complete)
+    from neonet.predict_overlay import write_overlay
+
+    message = _message(result, seg_from, liver_ml, probs, classifier)
+    mean = float(np.mean(list(probs.values()))) if probs else None
+    title = f"{image_name(image)}: " + (f"PNI probability {mean:.2f}" if mean is not None else message.split(":")[0])
+    outputs["overlay"] = str(write_overlay(out_dir / OUTPUTS["overlay"], image_c, mask_c, crop["spacing"], result.box,
+                                           saliency_c, title))
+    box = None if result.box is None else {k: [int(v) for v in result.box[k]] for k in ("start", "stop", "pad_before", "pad_after")}
+    record: dict[str, Any] = {
+        "image": str(image.resolve()),
+        "experiment": experiment,
+        "runs_dir": str(runs_dir),
+        "tumor_found": bool(result.n_tumors > 0),
+        "message": message,
+        "pni_probability": mean,
+        "pni_probability_per_fold": probs,
+        "val_threshold_per_fold": thresholds,
+        "n_tumors": int(result.n_tumors),
+        "tumor_volume_ml": round(float(result.tumor_volume_ml), 3),
+        "tumor_volume_total_ml": round(float(result.tumor_volume_total_ml), 3),
+        "crop_box": box,
+        "crop_box_input_voxels": box_input,
+        "warnings": _warnings(result),
+        "crop": {"status": result.status, "grid": "canonical RAS grid at the crop spacing (as neonet crop)",
+                 "grid_affine": affine_c.tolist(), "grid_shape": list(image_c.shape),
+                 "centroid_voxel": None if result.centroid is None else [round(c, 3) for c in result.centroid],
+                 "fits": result.fits, "spacing": list(crop["spacing"]), "patch_size": list(crop["patch_size"]),
+                 "shell_mm": crop["shell_mm"], "settings": crop["config"], "training_patches_from": crop["source"]},
+        "segmentation": seg_record,
+        "classifier": cls_record,
+        "saliency": saliency_record,
+        "outputs": outputs,
+        "neonet_version": __version__,
+        "git_sha": git_sha(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    json_path = write_json(out_dir / OUTPUTS["json"], record)
+    print(message)
+    for warning in record["warnings"]:
+        print(f"warning: {warning}")
+    print(f"wrote {json_path}")
+    return record
+
+
+def predict_case_main(argv: list[str]) -> int:
+    """Command line of ``neonet predict-case``: ``IMAGE`` may come first, without ``--image``."""
+    from jsonargparse import auto_cli
+
+    args = list(argv)
+    if args and not args[0].startswith("-"):
+        args = ["--image", args[0], *args[1:]]
+    auto_cli(predict_case, args=args, as_positional=False, prog="neonet predict-case")
+    return 0
