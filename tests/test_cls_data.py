@@ -104,3 +104,23 @@ def test_pad_to_enlarges_small_patches(cohort: dict) -> None:
     dm = datamodule(cohort, pad_to=[16, 16, 16], augment=False)
     dm.setup("test")
     assert next(iter(dm.test_dataloader()))["image"].shape[2:] == (16, 16, 16)
+
+
+def test_label_channel_appends_the_label_patch_augmented_with_the_image(cohort: dict) -> None:
+    ws = cohort["ws"]
+    rng = np.random.default_rng(0)
+    for path in sorted((ws.patches_dir / "labels").glob("*.nii.gz")):
+        label = rng.integers(0, 4, size=(16, 16, 8)).astype(np.uint8)
+        save_nifti(path, label)
+        save_nifti(ws.patches_dir / "images" / path.name, label.astype(np.float32) / 3.0)
+    plain = datamodule(cohort, label_channel=True, augment=False)
+    plain.setup("fit")
+    batch = next(iter(plain.val_dataloader()))
+    assert batch["image"].shape[1] == 2
+    torch.testing.assert_close(batch["image"][:, 0] * 3.0, batch["image"][:, 1])
+    flipped = datamodule(cohort, label_channel=True, augment=True, aug_prob=0.0, flip_axes=[0, 1])
+    flipped.setup("fit")
+    x = next(iter(flipped.train_dataloader()))["image"]
+    assert set(torch.unique(x[:, 1]).tolist()) <= {0.0, 1.0, 2.0, 3.0}  # nearest-neighbour for the label
+    agree = ((x[:, 0] * 3.0).round() == x[:, 1]).float().mean()
+    assert agree > 0.8, agree  # same flips/affine for image and label (interpolation blurs only edges)

@@ -215,3 +215,48 @@ def test_load_backbone_weights_strict_outside_head(tmp_path) -> None:
         load_backbone_weights(dst.net, path, head_prefixes=("fc.",))
     with pytest.raises(FileNotFoundError):
         load_backbone_weights(src.net, tmp_path / "absent.pth")
+
+
+# ---------------------------------------------------------------- region pooling
+
+
+class PoolEncoder(nn.Module):
+    """Halves each spatial size by average pooling and copies the image into 2 channels."""
+
+    out_channels = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.avg_pool3d(x, 2)
+        return torch.cat([y, -y], dim=1)
+
+
+def test_region_pooling_covers_only_the_labelled_cells() -> None:
+    net = PattenNet(PoolEncoder(), num_blocks=0, pool="avgmax", region_labels=[2], hidden=4)
+    feats = torch.arange(2 * 2 * 4 * 4 * 2, dtype=torch.float32).reshape(2, 2, 4, 4, 2)
+    label = torch.zeros(2, 1, 8, 8, 4)
+    label[0, 0, :2, :2, :2] = 2  # sample 0: exactly feature cell (0, 0, 0)
+    label[0, 0, 4:6, 4:5, 2:4] = 2  # and half of cell (2, 2, 1)
+    label[1, 0] = 3  # sample 1: no shell at all -> global pooling
+    pooled = net.pool(feats, label)
+    f0 = feats[0]
+    avg0 = (f0[:, 0, 0, 0] * 1.0 + f0[:, 2, 2, 1] * 0.5) / 1.5
+    max0 = torch.maximum(f0[:, 0, 0, 0], f0[:, 2, 2, 1])
+    torch.testing.assert_close(pooled[0], torch.cat([avg0, max0]))
+    torch.testing.assert_close(pooled[1], torch.cat([feats[1].mean((1, 2, 3)), feats[1].amax((1, 2, 3))]))
+
+
+def test_region_pattennet_reads_the_label_channel_and_ignores_image_outside_region() -> None:
+    net = PattenNet(PoolEncoder(), num_blocks=0, pool="avg", region_labels=[2], hidden=4, head_norm=True).eval()
+    image = torch.rand(2, 1, 8, 8, 4)
+    label = torch.zeros(2, 1, 8, 8, 4)
+    label[:, :, :4, :4, :] = 2
+    out = net(torch.cat([image, label], dim=1))
+    assert out.shape == (2,)
+    changed = image.clone()
+    changed[:, :, 4:, 4:, :] += 5.0  # far from the shell: not in any pooled cell
+    torch.testing.assert_close(net(torch.cat([changed, label], dim=1)), out)
+    changed[:, :, :2, :2, :2] += 5.0  # inside the shell
+    assert not torch.allclose(net(torch.cat([changed, label], dim=1)), out)
+    with pytest.raises(ValueError, match="label_channel"):
+        net(image)
+    assert isinstance(net.head[0], nn.BatchNorm1d)

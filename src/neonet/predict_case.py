@@ -125,9 +125,11 @@ def write_given_mask(mask: Path, reference: nib.Nifti1Image, out_dir: Path) -> P
 
 
 def classify(
-    patch: Path, models: list[FoldModel], device: torch.device, layer: str | None
+    patch: Path, models: list[FoldModel], device: torch.device, layer: str | None, label: Path | None = None
 ) -> tuple[dict[str, float], dict[str, float], np.ndarray | None, str]:
     """Each classifier fold on the patch: probabilities, validation thresholds, mean Grad-CAM, its layer.
+
+    ``label`` is the patch's TLCR label patch, read by folds trained with ``label_channel``.
 
     The patch is loaded with the fold's ``ClsDataModule`` evaluation transform, as in its test step.
     When Grad-CAM cannot reach its layer the map is None and the last item says why.
@@ -138,7 +140,7 @@ def classify(
     shape = nib.load(str(patch)).shape[:3]
     failed: str | None = None
     for m in models:
-        x = m.data.transform(train=False)({"image": str(patch)})["image"][None].to(device)
+        x = m.data.transform(train=False)({"image": str(patch), "region": str(label)})["image"][None].to(device)
         module = m.module.to(device)
         with torch.no_grad():
             logit = float(module(x).float()[0])
@@ -297,7 +299,8 @@ def predict_case(
         if cls_folds is not None:
             # 3. classifier folds + Grad-CAM
             models = [load_fold(ws, classifier, k) for k in cls_folds]
-            probs, thresholds, heat, layer = classify(patch_path, models, dev, saliency_layer)
+            probs, thresholds, heat, layer = classify(patch_path, models, dev, saliency_layer,
+                                                      label=out_dir / OUTPUTS["patch_label"])
             cls_record = {"stage": classifier, "folds": cls_folds,
                           "checkpoints": [ws.checkpoint_record(m.checkpoint) for m in models]}
             if heat is None:

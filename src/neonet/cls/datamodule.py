@@ -87,10 +87,12 @@ def read_synthetic(ws: Workspace, fold: int, train_cases: Sequence[str], real_ca
         image = folder / str(row["image"])
         if not image.is_file():
             raise DataError(f"{manifest}: synthetic patch {row['case_id']}: {image} not found")
-        items.append(
-            {"image": str(image), "label": float(label), "case_id": str(row["case_id"]),
-             "patient_id": f"syn:{row['source_case']}", "synthetic": 1}
-        )
+        item = {"image": str(image), "label": float(label), "case_id": str(row["case_id"]),
+                "patient_id": f"syn:{row['source_case']}", "synthetic": 1}
+        mask = row.get("label")
+        if isinstance(mask, str) and mask:
+            item["region"] = str(folder / mask)
+        items.append(item)
     return items
 
 
@@ -119,6 +121,11 @@ class ClsDataModule(FoldDataModule):
         pad_to: zero-pad patches to at least this size (e.g. ``[32, 32, 32]`` for DenseNet-121 on
             32x32x16 demo patches); None keeps them as they are.
         predict_split: cases that ``predict`` scores: ``test``, ``val``, ``train`` or ``all``.
+        label_channel: append each patch's TLCR label patch (0 background, 1 liver, 2 peritumoral
+            shell, 3 tumour) as a second input channel, spatially augmented with the image. PattenNet
+            with ``region_labels`` uses it to pool over the peritumoral region; a baseline given
+            ``in_channels: 2`` sees it as input. Synthetic patches need their conditioning mask
+            (the ``label`` column of the synthetic manifest).
     """
 
     def __init__(
@@ -143,6 +150,7 @@ class ClsDataModule(FoldDataModule):
         flip_axes: Sequence[int] = (0,),
         pad_to: Sequence[int] | None = None,
         predict_split: str = "test",
+        label_channel: bool = False,
     ) -> None:
         super().__init__(cases, experiment, runs_dir, fold, folds, split_seed, val_fraction, liver, tumor, other)
         if predict_split not in ("test", "val", "train", "all"):
@@ -157,6 +165,7 @@ class ClsDataModule(FoldDataModule):
         self.flip_axes = tuple(int(a) for a in flip_axes)
         self.pad_to = tuple(int(s) for s in pad_to) if pad_to else None
         self.predict_split = predict_split
+        self.label_channel = bool(label_channel)
         self.save_hyperparameters()
         self._items: dict[str, list[dict[str, Any]]] = {}
 
@@ -169,7 +178,8 @@ class ClsDataModule(FoldDataModule):
             log.warning("fold %d %s: %d case(s) have no TLCR patch and are left out: %s",
                         self.fold, split, len(skipped), ", ".join(skipped[:10]))
         return [
-            {"image": str(r.image), "label": float(r.pni), "case_id": r.case_id, "patient_id": r.patient_id, "synthetic": 0}
+            {"image": str(r.image), "region": str(r.label), "label": float(r.pni), "case_id": r.case_id,
+             "patient_id": r.patient_id, "synthetic": 0}
             for r in records
         ]
 
@@ -184,6 +194,12 @@ class ClsDataModule(FoldDataModule):
                     if self.max_synthetic is not None:
                         syn = syn[: self.max_synthetic]
                     log.info("fold %d: %d real + %d synthetic training patches", self.fold, len(items), len(syn))
+                    if self.label_channel and any("region" not in i for i in syn):
+                        raise DataError(
+                            f"fold {self.fold}: label_channel needs each synthetic patch's label patch, but "
+                            f"{self.workspace.synthetic_dir(self.fold) / 'manifest.csv'} has rows without a `label` "
+                            "path; re-run `neonet synthesize --force` or set --data.label_channel=false"
+                        )
                     items = items + syn
             elif split in ("val", "test"):
                 items = self.real_items(getattr(s, split), split)
@@ -233,14 +249,17 @@ class ClsDataModule(FoldDataModule):
     # ------------------------------------------------------------------ transforms
     def transform(self, train: bool) -> mt.Compose:
         """Load the patch as (1, X, Y, Z) float32 in its stored intensity range; training adds augmentation."""
+        keys = ["image", "region"] if self.label_channel else ["image"]
         steps: list[Any] = [
-            mt.LoadImaged(keys=["image"], reader="NibabelReader", image_only=True, dtype=np.float32),
-            mt.EnsureChannelFirstd(keys=["image"], channel_dim="no_channel"),
+            mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True, dtype=np.float32),
+            mt.EnsureChannelFirstd(keys=keys, channel_dim="no_channel"),
         ]
         if self.pad_to:
-            steps.append(mt.SpatialPadd(keys=["image"], spatial_size=self.pad_to))
-        if train and self.augment:
-            steps.append(TorchioAugmentd(["image"], mri_augmentation(p=self.aug_prob, flip_axes=self.flip_axes)))
+            steps.append(mt.SpatialPadd(keys=keys, spatial_size=self.pad_to))
+        if train and self.augment:  # intensity augmentations touch the image only, spatial ones both
+            steps.append(TorchioAugmentd(keys, mri_augmentation(p=self.aug_prob, flip_axes=self.flip_axes)))
+        if self.label_channel:
+            steps += [mt.ConcatItemsd(keys=keys, name="image"), mt.DeleteItemsd(keys=["region"])]
         steps.append(mt.EnsureTyped(keys=["image"], track_meta=False))
         return mt.Compose(steps).flatten()
 

@@ -1,14 +1,18 @@
 """PattenNet (NeoCls) and the adapter that turns a MONAI ``AutoencoderKL`` into its frozen encoder.
 
 PattenNet = frozen encoder of the latent diffusion model's autoencoder -> two 3D Dual Attention
-Blocks -> global average pooling -> MLP -> one PNI logit per patch.
+Blocks -> pooling -> MLP -> one PNI logit per patch. Pooling is global by default; with
+``region_labels`` it covers only the TLCR label patch's region (e.g. the peritumoral shell), which
+the input then carries as its last channel.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import AutoencoderKL
 from torch import nn
 
@@ -100,6 +104,16 @@ class PattenNet(nn.Module):
         dropout: dropout probability before the last linear layer.
         freeze_encoder: freeze the encoder (NeoNet: frozen).
         residual: use the identity shortcut in each Dual Attention Block.
+        pool: how the attended feature map becomes one vector: ``avg``, ``max`` or ``avgmax``
+            (both, concatenated).
+        region_labels: None pools over the whole patch (the input is the image alone). Otherwise the
+            input's last channel is the TLCR label patch (0 background, 1 liver, 2 peritumoral shell,
+            3 tumour; ``ClsDataModule(label_channel=True)``), the encoder sees the other channels,
+            and pooling covers only the feature-grid cells overlapping these labels (e.g. ``[2]``:
+            the peritumoral shell, where PNI spreads); a patch without such voxels falls back to
+            global pooling.
+        head_norm: batch-normalise the pooled descriptor before the MLP (the frozen encoder's
+            features are not standardised: channel means far exceed their spread).
     """
 
     def __init__(
@@ -113,6 +127,9 @@ class PattenNet(nn.Module):
         dropout: float = 0.2,
         freeze_encoder: bool = True,
         residual: bool = True,
+        pool: Literal["avg", "max", "avgmax"] = "avg",
+        region_labels: Sequence[int] | None = None,
+        head_norm: bool = False,
     ) -> None:
         super().__init__()
         if encoder_channels is None:
@@ -130,10 +147,14 @@ class PattenNet(nn.Module):
                 for _ in range(num_blocks)
             ]
         )
-        self.pool = nn.AdaptiveAvgPool3d(1)
+        if pool not in ("avg", "max", "avgmax"):
+            raise ValueError(f"pool must be 'avg', 'max' or 'avgmax', got {pool!r}")
+        self.pool_mode = pool
+        self.region_labels = None if region_labels is None else [int(v) for v in region_labels]
+        pooled = encoder_channels * (2 if pool == "avgmax" else 1)
         self.head = nn.Sequential(
-            nn.Flatten(1),
-            nn.Linear(encoder_channels, hidden),
+            nn.BatchNorm1d(pooled) if head_norm else nn.Identity(),
+            nn.Linear(pooled, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden, 1),
@@ -156,10 +177,42 @@ class PattenNet(nn.Module):
                 return self.encoder(x)
         return self.encoder(x)
 
+    def split_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(image channels, label patch or None) of an input batch."""
+        if self.region_labels is None:
+            return x, None
+        if x.shape[1] < 2:
+            raise ValueError(
+                f"PattenNet with region_labels={self.region_labels} expects the label patch as the last input channel "
+                f"(got {x.shape[1]} channel): set the data's label_channel: true"
+            )
+        return x[:, :-1], x[:, -1:]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Attended feature map ``(B, encoder_channels, d, h, w)`` before pooling."""
-        return self.attention(self.encode(x))
+        """Attended feature map ``(B, encoder_channels, d, h, w)`` before pooling (image channels only)."""
+        return self.attention(self.encode(self.split_input(x)[0]))
+
+    def region_weights(self, label: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        """Fraction of each feature-grid cell inside the region, ``(B, 1, d, h, w)``; all ones where a patch has none."""
+        inside = torch.zeros_like(label, dtype=torch.float32)
+        for value in self.region_labels or []:
+            inside = inside + (label.round() == value).float()
+        weights = F.adaptive_avg_pool3d(inside, tuple(grid))
+        empty = weights.flatten(1).sum(1) <= 0
+        return torch.where(empty.view(-1, 1, 1, 1, 1), torch.ones_like(weights), weights)
+
+    def pool(self, feats: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
+        """``(B, C')`` descriptor of the attended features, over the region when a label patch is given."""
+        if label is None:
+            avg, mx = feats.mean(dim=(2, 3, 4)), feats.amax(dim=(2, 3, 4))
+        else:
+            w = self.region_weights(label, feats.shape[2:]).to(feats.dtype)
+            avg = (feats * w).sum(dim=(2, 3, 4)) / w.sum(dim=(2, 3, 4)).clamp_min(1e-6)
+            mx = feats.masked_fill(w <= 0, torch.finfo(feats.dtype).min).amax(dim=(2, 3, 4))
+        return {"avg": avg, "max": mx, "avgmax": torch.cat([avg, mx], dim=1)}[self.pool_mode]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map patches ``(B, C_in, D, H, W)`` to PNI logits of shape ``(B,)``."""
-        return self.head(self.pool(self.features(x))).squeeze(-1)
+        image, label = self.split_input(x)
+        feats = self.attention(self.encode(image))
+        return self.head(self.pool(feats, label)).squeeze(-1)
