@@ -139,3 +139,25 @@ def test_cv_runs_every_fold_then_reports(tmp_path: Path) -> None:
     summary = pd.read_csv(ws.reports_dir / "cls_summary.csv")
     assert list(summary["stage"]) == ["pattennet"] and summary["n"].iloc[0] == 15
     assert json.loads((ws.reports_dir / "cls_report.json").read_text())["folds"] == 3
+
+
+def test_cv_jobs_runs_folds_concurrently_with_logs_then_one_report(tmp_path: Path) -> None:
+    cohort = write_patch_cohort(tmp_path, n=12)
+    ws = cohort["ws"]
+    for k in range(3):
+        dm = FoldDataModule(cohort["cases"], experiment=cohort["experiment"], runs_dir=cohort["runs_dir"], fold=k, folds=3)
+        write_fake_autoencoder(ws, k, seed=k, train_cases=list(dm.split.train))
+    cmd = [sys.executable, "-m", "neonet", "cv", "--config", str(CONF / "pattennet.yaml"), "--folds", "0", "2", "--jobs", "2",
+           "--", f"--data.cases={cohort['cases']}", f"--data.runs_dir={cohort['runs_dir']}",
+           f"--data.experiment={cohort['experiment']}", "--trainer.max_epochs=1"]
+    env = {"WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for k in (0, 2):
+        assert ws.read_artifact("pattennet", k)["status"] == "complete"
+        assert f"fold {k}: neonet fit" in (ws.stage_dir("pattennet", k) / "cv.log").read_text()
+    assert ws.read_artifact("pattennet", 1) is None
+    summary = pd.read_csv(ws.reports_dir / "cls_per_fold.csv")
+    assert sorted(summary["fold"]) == [0, 2]
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "skipped" in again.stderr
