@@ -10,12 +10,17 @@ NEONET      := $(PY) -m neonet
 TORCH_SPEC  ?= torch==2.13.0
 EXPERIMENTS ?= experiments/demo
 RUNS        ?= runs
-DEMO_CASES  ?= 24
-# demo phantom: tumours of 20-30 mm radius so a small CPU-trained NeoSeg reaches good Dice quickly
-DEMO_SYNTH  ?= --tumor_radius_mm [20,30]
+DEMO_CASES  ?= 72
+# demo phantom: tumours of 20-30 mm radius so a small CPU-trained NeoSeg reaches good Dice quickly, and a
+# PNI signal (infiltrated nerve length) at twice the default so ~40 training cases per fold can learn it
+DEMO_SYNTH  ?= --tumor_radius_mm [20,30] --strength 2
+# folds trained at once by `neonet cv --jobs` (each with cores/JOBS threads); the demo uses 3 for the small models
+JOBS        ?= 1
+CV          := $(NEONET) cv --jobs $(JOBS)
+CLASSIFIER  ?= pattennet
 export WANDB_MODE ?= offline
 
-.PHONY: help install test test-slow demo synth check-data seg crop autoencoder diffusion controlnet synthesize pattennet baselines report summary clean-demo
+.PHONY: help install test test-slow demo synth check-data seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case null clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -46,30 +51,36 @@ check-data: install ## validate the demo cohort (every problem, one run)
 	$(NEONET) check-data --cases $(RUNS)/demo/data/cases.csv
 
 seg: install ## NeoSeg: train all folds, write out-of-fold masks and the Dice report
-	$(NEONET) cv --config $(EXPERIMENTS)/seg.yaml
+	$(CV) --config $(EXPERIMENTS)/seg.yaml
 
 crop: install ## TLCR: tumour-centred patches from the out-of-fold NeoSeg masks
 	$(NEONET) crop --config $(EXPERIMENTS)/crop.yaml
 
 autoencoder: install ## NeoGen 1a: per-fold KL autoencoder on the patches, then its latent cache
-	$(NEONET) cv --config $(EXPERIMENTS)/autoencoder.yaml
+	$(CV) --config $(EXPERIMENTS)/autoencoder.yaml
 
 diffusion: install ## NeoGen 1b: per-fold latent DDPM on the cached latents
-	$(NEONET) cv --config $(EXPERIMENTS)/diffusion.yaml
+	$(CV) --config $(EXPERIMENTS)/diffusion.yaml
 
 controlnet: install ## NeoGen 2: per-fold mask ControlNet on the frozen diffusion UNet
-	$(NEONET) cv --config $(EXPERIMENTS)/controlnet.yaml
+	$(CV) --config $(EXPERIMENTS)/controlnet.yaml
 
 synthesize: install ## NeoGen: synthetic PNI+ patches per fold (1:1) + quality report
-	$(NEONET) synthesize --experiment demo --runs_dir $(RUNS)
+	$(NEONET) synthesize --config $(EXPERIMENTS)/synthesize.yaml --runs_dir $(RUNS)
 
 pattennet: install ## NeoCls: PattenNet on each fold (frozen fold autoencoder encoder)
-	$(NEONET) cv --config $(EXPERIMENTS)/pattennet.yaml
+	$(CV) --config $(EXPERIMENTS)/pattennet.yaml
+
+pattennet-syn: install ## NeoCls: PattenNet on real + synthetic training patches (stage pattennet_syn)
+	$(CV) --config $(EXPERIMENTS)/pattennet.yaml -- --model.stage=pattennet_syn --data.use_synthetic=true
+
+baseline: install ## NeoCls: the 3D ResNet-18 baseline only (what the demo runs)
+	$(CV) --config $(EXPERIMENTS)/baseline_resnet18.yaml
 
 baselines: install ## NeoCls: 3D ResNet-18, DenseNet-121 and SE-ResNet-50 baselines on the same folds
-	$(NEONET) cv --config $(EXPERIMENTS)/baseline_resnet18.yaml
-	$(NEONET) cv --config $(EXPERIMENTS)/baseline_densenet121.yaml
-	$(NEONET) cv --config $(EXPERIMENTS)/baseline_seresnet50.yaml
+	$(CV) --config $(EXPERIMENTS)/baseline_resnet18.yaml
+	$(CV) --config $(EXPERIMENTS)/baseline_densenet121.yaml
+	$(CV) --config $(EXPERIMENTS)/baseline_seresnet50.yaml
 
 report: install ## NeoCls cross-validation report (per fold, pooled AUC + CI, DeLong, ROC) in reports/
 	$(NEONET) report --experiment demo --runs_dir $(RUNS)
@@ -77,11 +88,26 @@ report: install ## NeoCls cross-validation report (per fold, pooled AUC + CI, De
 summary: install ## print where the demo's results are, with its metrics
 	$(NEONET) summary --experiment demo --runs_dir $(RUNS)
 
-demo: ## the whole demo on the phantom: synth -> NeoSeg folds -> TLCR -> summary
+predict-case: install ## PNI for one new MRI: make predict-case IMAGE=scan.nii.gz [CLASSIFIER=pattennet|resnet18|none]
+	@test -n "$(IMAGE)" || { echo "usage: make predict-case IMAGE=path/to/scan.nii.gz [CLASSIFIER=pattennet|resnet18|none]"; exit 2; }
+	$(NEONET) predict-case $(IMAGE) --experiment demo --runs_dir $(RUNS) --classifier $(CLASSIFIER)
+
+demo: ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, synthesize, PattenNet (+syn), ResNet-18, report
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory synth seg crop EXPERIMENTS=experiments/demo && \
-	$(MAKE) --no-print-directory summary && \
+	$(MAKE) --no-print-directory autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline \
+		EXPERIMENTS=experiments/demo JOBS=3 && \
+	$(MAKE) --no-print-directory report summary && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s"
+
+null: install ## null control: the chain on a --strength 0 phantom (experiment demo-null); pooled AUC should be ~0.5
+	test -f $(RUNS)/demo-null/data/cases.csv || $(NEONET) synth --out $(RUNS)/demo-null/data --cases $(DEMO_CASES) --seed 0 --tumor_radius_mm [20,30] --strength 0
+	$(NEONET) cv --config experiments/demo/seg.yaml --config experiments/demo/null/null.yaml
+	$(NEONET) crop --config experiments/demo/null/crop.yaml
+	$(NEONET) cv --jobs 3 --config experiments/demo/autoencoder.yaml --config experiments/demo/null/null.yaml
+	$(NEONET) cv --jobs 3 --config experiments/demo/pattennet.yaml --config experiments/demo/null/null.yaml
+	$(NEONET) cv --jobs 3 --config experiments/demo/baseline_resnet18.yaml --config experiments/demo/null/null.yaml
+	$(NEONET) report --experiment demo-null --runs_dir $(RUNS)
 
 clean-demo: ## delete the demo experiment ($(RUNS)/demo)
 	rm -rf $(RUNS)/demo
