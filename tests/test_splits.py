@@ -78,3 +78,15 @@ def test_bad_cohorts() -> None:
     inconsistent.append(Case("c00b", Path("a"), Path("b"), 0, inconsistent[0].patient_id))
     with pytest.raises(DataError, match="different pni"):
         make_splits(inconsistent, folds=3)
+
+
+def test_drop_last_counts_each_ranks_share(phantom_cohort) -> None:
+    from types import SimpleNamespace
+
+    from neonet.data.base import FoldDataModule
+
+    dm = FoldDataModule(str(phantom_cohort), experiment="t", runs_dir="unused", folds=3)
+    assert dm.drop_last(24, 16) is True  # one process: 24 samples hold a full batch of 16
+    dm.trainer = SimpleNamespace(world_size=2)
+    assert dm.drop_last(24, 16) is False  # two ranks of 12: dropping would leave each without a batch
+    assert dm.drop_last(40, 16) is True

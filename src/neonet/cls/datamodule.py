@@ -287,7 +287,7 @@ class ClsDataModule(FoldDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training patches; the last incomplete batch is dropped (BatchNorm needs > 1 sample)."""
-        return self._loader(self.train_ds, shuffle=True, drop_last=len(self.train_ds) > self.batch_size)
+        return self._loader(self.train_ds, shuffle=True, drop_last=self.drop_last(len(self.train_ds), self.batch_size))
 
     def val_dataloader(self) -> DataLoader:
         """Real inner-validation patches."""

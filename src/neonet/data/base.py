@@ -89,3 +89,13 @@ class FoldDataModule(LightningDataModule):
     def split_record(self) -> dict[str, list[str]]:
         """Case ids per split, for ``artifact.json`` (what this fold was trained and tested on)."""
         return {"train_cases": list(self.split.train), "val_cases": list(self.split.val), "test_cases": list(self.split.test)}
+
+    def drop_last(self, n_train: int, batch_size: int) -> bool:
+        """Drop the last incomplete training batch only when each rank still gets a full one.
+
+        Under DDP every rank sees ``n_train / world_size`` samples; deciding on the whole set would
+        leave ranks of a small set without a single batch.
+        """
+        trainer = self.trainer
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        return n_train // world > batch_size

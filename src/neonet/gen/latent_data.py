@@ -118,7 +118,7 @@ class LatentDataModule(FoldDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled training latents."""
         assert self.train_ds is not None
-        drop = len(self.train_ds) > self.batch_size
+        drop = self.drop_last(len(self.train_ds), self.batch_size)
         return DataLoader(self.train_ds, batch_size=self.batch_size, shuffle=True, drop_last=drop, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

@@ -164,7 +164,7 @@ class PatchDataModule(FoldDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented training patches (the last incomplete batch is dropped when possible)."""
         assert self.train_ds is not None
-        drop = len(self.train_ds) > self.batch_size
+        drop = self.drop_last(len(self.train_ds), self.batch_size)
         return DataLoader(
             self.train_ds, batch_size=self.batch_size, shuffle=True, drop_last=drop, num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
