@@ -14,9 +14,9 @@ DEMO_CASES  ?= 72
 # demo phantom: tumours of 20-30 mm radius so a small CPU-trained NeoSeg reaches good Dice quickly, and a
 # PNI signal (infiltrated nerve length) at twice the default so ~40 training cases per fold can learn it
 DEMO_SYNTH  ?= --tumor_radius_mm [20,30] --strength 2
-# folds trained at once by `neonet cv --jobs` (each with cores/JOBS threads); the demo uses 3 for the small models
-# and one CPU thread per process after NeoSeg (small 3D convolutions gain little from a second thread, and
-# two-thread processes slow down badly when they share 2 cores)
+# folds trained at once by `neonet cv --jobs` (each with cores/JOBS threads); the demo trains its 3 folds at once
+# with one CPU thread per process: small 3D models gain little from a second thread, and two-thread processes
+# slow down badly when anything else shares the 2 cores
 JOBS        ?= 1
 CV          := $(NEONET) cv --jobs $(JOBS)
 CLASSIFIER  ?= pattennet
@@ -96,9 +96,8 @@ predict-case: install ## PNI for one new MRI: make predict-case IMAGE=scan.nii.g
 
 demo: ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, synthesize, PattenNet (+syn), ResNet-18, report
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory synth seg crop EXPERIMENTS=experiments/demo && \
-	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory autoencoder diffusion controlnet synthesize pattennet pattennet-syn \
-		baseline EXPERIMENTS=experiments/demo JOBS=3 && \
+	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory synth seg crop autoencoder diffusion controlnet synthesize \
+		pattennet pattennet-syn baseline EXPERIMENTS=experiments/demo JOBS=3 && \
 	$(MAKE) --no-print-directory report summary && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s"
 
