@@ -120,13 +120,18 @@ def test_pattennet_encoder_matches_the_autoencoder_config(folder: Path) -> None:
     assert autoencoder_kl_args(folder / "pattennet.yaml") == autoencoder_kl_args(folder / "autoencoder.yaml")
 
 
+def fake_fold_autoencoders(cohort: dict, folds: int = 3) -> None:
+    """A fake autoencoder checkpoint per fold, recorded as trained on that fold's training cases."""
+    for k in range(folds):
+        dm = FoldDataModule(cohort["cases"], experiment=cohort["experiment"], runs_dir=cohort["runs_dir"], fold=k, folds=folds)
+        write_fake_autoencoder(cohort["ws"], k, seed=k, train_cases=list(dm.split.train))
+
+
 @pytest.mark.slow
 def test_cv_runs_every_fold_then_reports(tmp_path: Path) -> None:
     cohort = write_patch_cohort(tmp_path, n=15)
     ws = cohort["ws"]
-    for k in range(3):
-        dm = FoldDataModule(cohort["cases"], experiment=cohort["experiment"], runs_dir=cohort["runs_dir"], fold=k, folds=3)
-        write_fake_autoencoder(ws, k, seed=k, train_cases=list(dm.split.train))
+    fake_fold_autoencoders(cohort)
     cmd = [sys.executable, "-m", "neonet", "cv", "--config", str(CONF / "pattennet.yaml"), "--",
            f"--data.cases={cohort['cases']}", f"--data.runs_dir={cohort['runs_dir']}", f"--data.experiment={cohort['experiment']}"]
     env = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
@@ -144,9 +149,7 @@ def test_cv_runs_every_fold_then_reports(tmp_path: Path) -> None:
 def test_cv_jobs_runs_folds_concurrently_with_logs_then_one_report(tmp_path: Path) -> None:
     cohort = write_patch_cohort(tmp_path, n=12)
     ws = cohort["ws"]
-    for k in range(3):
-        dm = FoldDataModule(cohort["cases"], experiment=cohort["experiment"], runs_dir=cohort["runs_dir"], fold=k, folds=3)
-        write_fake_autoencoder(ws, k, seed=k, train_cases=list(dm.split.train))
+    fake_fold_autoencoders(cohort)
     cmd = [sys.executable, "-m", "neonet", "cv", "--config", str(CONF / "pattennet.yaml"), "--folds", "0", "2", "--jobs", "2",
            "--", f"--data.cases={cohort['cases']}", f"--data.runs_dir={cohort['runs_dir']}",
            f"--data.experiment={cohort['experiment']}", "--trainer.max_epochs=1"]
