@@ -20,6 +20,8 @@ DEMO_SYNTH  ?= --tumor_radius_mm [20,30] --strength 2
 JOBS        ?= 1
 CV          := $(NEONET) cv --jobs $(JOBS)
 CLASSIFIER  ?= pattennet
+# written when every demo stage has finished; `make demo` then only prints the summary
+DEMO_DONE   := $(RUNS)/demo/reports/demo_complete.txt
 export WANDB_MODE ?= offline
 
 .PHONY: help install test test-slow demo synth check-data seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case null clean-demo
@@ -94,11 +96,16 @@ predict-case: install ## PNI for one new MRI: make predict-case IMAGE=scan.nii.g
 	@test -n "$(IMAGE)" || { echo "usage: make predict-case IMAGE=path/to/scan.nii.gz [CLASSIFIER=pattennet|resnet18|none]"; exit 2; }
 	$(NEONET) predict-case $(IMAGE) --experiment demo --runs_dir $(RUNS) --classifier $(CLASSIFIER)
 
-demo: ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, synthesize, PattenNet (+syn), ResNet-18, report
+demo: install ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, synthesize, PattenNet (+syn), ResNet-18, report
 	@start=$$(date +%s); \
-	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory synth seg crop autoencoder diffusion controlnet synthesize \
-		pattennet pattennet-syn baseline EXPERIMENTS=experiments/demo JOBS=3 && \
-	$(MAKE) --no-print-directory report summary && \
+	if [ -f $(DEMO_DONE) ] && [ -z "$$(find experiments/demo Makefile -newer $(DEMO_DONE) -type f)" ]; then \
+		echo "demo already complete ($(DEMO_DONE) is newer than every demo config); delete it to re-check each stage"; \
+	else \
+		OMP_NUM_THREADS=1 $(MAKE) --no-print-directory synth seg crop autoencoder diffusion controlnet synthesize \
+			pattennet pattennet-syn baseline report EXPERIMENTS=experiments/demo JOBS=3 && \
+		date -u +%Y-%m-%dT%H:%M:%SZ > $(DEMO_DONE) || exit 1; \
+	fi; \
+	$(MAKE) --no-print-directory summary && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s"
 
 null: install ## null control: the chain on a --strength 0 phantom (experiment demo-null); pooled AUC should be ~0.5

@@ -39,6 +39,12 @@ def collect(ws: Workspace) -> dict[str, Any]:
     seg_summary = ws.reports_dir / "seg_summary.json"
     if seg_summary.exists():
         info["seg_oof_dice"] = read_json(seg_summary)
+    gen = ws.reports_dir / "gen_quality.csv"
+    if gen.exists():
+        info["gen_quality"] = pd.read_csv(gen).to_dict(orient="records")
+    cls = ws.reports_dir / "cls_summary.csv"
+    if cls.exists():
+        info["cls_summary"] = pd.read_csv(cls).to_dict(orient="records")
     info["wandb_runs"] = sorted(glob.glob(str(ws.root / "*" / "*" / "wandb" / "offline-run-*")))
     info["wandb_runs"] += sorted(glob.glob(str(ws.root / "*" / "*" / "wandb" / "run-*")))
     return info
@@ -77,6 +83,19 @@ def summary(experiment: str = "demo", runs_dir: Path = Path("runs")) -> int:
             )
     if "patches" in info:
         lines.append(f"  patches       {info['patches']['manifest']}  {json.dumps(info['patches']['status'])}")
+    for row in info.get("gen_quality", []):
+        lines.append(
+            f"  NeoGen fold{row['fold']}  {row['n_synthetic']} synthetic; PSNR {row['ae_val_psnr']:.1f}; KID {row['kid']:.2f} "
+            f"(real-real {row['kid_real']:.2f}); MS-SSIM {row['ms_ssim_synthetic']:.2f} (real {row['ms_ssim_real']:.2f}); "
+            f"near copies {row['near_copies']}; mask Dice {row['dice_synthetic']:.2f}"
+        )
+    if info.get("cls_summary"):
+        lines.append("  results       stage            variant           pooled AUC [95% CI]    fold AUC mean ± sd")
+        for row in info["cls_summary"]:
+            lines.append(
+                f"                {row['stage']:<16} {row['variant']:<17} {row['auc_pooled']:.3f} [{row['auc_ci_lo']:.3f}, "
+                f"{row['auc_ci_hi']:.3f}]   {row['auc_mean']:.3f} ± {row['auc_sd']:.3f}"
+            )
     for path in info.get("reports", []):
         lines.append(f"  report        {path}")
     if info["wandb_runs"]:
