@@ -1,0 +1,58 @@
+"""Tests of the torchio augmentation wrapper used by the NeoSeg and NeoCls DataModules."""
+
+from __future__ import annotations
+
+import torch
+import torchio as tio
+from monai.data import MetaTensor
+
+from neonet.data.transforms import TorchioAugmentd, mri_augmentation
+
+
+def _sample() -> dict[str, MetaTensor]:
+    generator = torch.Generator().manual_seed(0)
+    image = MetaTensor(torch.rand(1, 24, 20, 12, generator=generator))
+    label = MetaTensor(torch.randint(0, 4, (1, 24, 20, 12), generator=generator).float())
+    return {"image": image, "label": label}
+
+
+def test_augmentation_never_touches_its_input() -> None:
+    """With ``copy=False`` in torchio, the wrapper's own copy must keep the caller's tensors intact."""
+    data = _sample()
+    before = {key: value.clone() for key, value in data.items()}
+    augment = TorchioAugmentd(["image", "label"], mri_augmentation(p=1.0, flip_axes=(0, 1, 2)))
+    changed = 0
+    for seed in range(8):
+        torch.manual_seed(seed)
+        out = augment(data)
+        changed += int(not torch.equal(out["image"], before["image"]))
+        assert out["image"].shape == before["image"].shape
+    assert changed >= 6  # with p=1 nearly every call changes the image
+    for key in data:
+        assert torch.equal(data[key], before[key]), f"{key} was modified in place"
+
+
+def test_spatial_augmentation_moves_image_and_label_together() -> None:
+    """A flip applies to both keys; intensity transforms leave label values in their set."""
+    data = _sample()
+    flip = TorchioAugmentd(["image", "label"], tio.Compose([tio.RandomFlip(axes=(0,), flip_probability=1.0, copy=False)]))
+    out = flip(data)
+    assert torch.equal(torch.as_tensor(out["image"]), torch.flip(torch.as_tensor(data["image"]), dims=(1,)))
+    assert torch.equal(torch.as_tensor(out["label"]), torch.flip(torch.as_tensor(data["label"]), dims=(1,)))
+    torch.manual_seed(1)
+    full = TorchioAugmentd(["image", "label"], mri_augmentation(p=1.0))(data)
+    assert set(torch.unique(torch.as_tensor(full["label"])).tolist()) <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_every_torchio_transform_skips_the_deep_copy() -> None:
+    def walk(transform: tio.Transform):
+        yield transform
+        for child in getattr(transform, "transforms", []) or []:
+            yield from walk(child)
+        if isinstance(getattr(transform, "transforms_dict", None), dict):
+            for child in transform.transforms_dict:
+                yield from walk(child)
+
+    transforms = list(walk(mri_augmentation()))
+    assert len(transforms) >= 8
+    assert all(t.copy is False for t in transforms)
