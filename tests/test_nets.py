@@ -191,6 +191,17 @@ def test_baselines_give_one_logit_per_sample(name: str) -> None:
     assert torch.isfinite(out).all()
 
 
+def test_resnet18_widen_factor_scales_channels() -> None:
+    full, half = build_baseline("resnet18"), build_baseline("resnet18", widen_factor=0.5)
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert 3.5 < count(full) / count(half) < 4.5  # conv weights scale with the square of the width
+    half.eval()
+    with torch.no_grad():
+        assert half(torch.randn(2, 1, 32, 32, 16)).shape == (2,)
+    with pytest.raises(ValueError, match="widen_factor"):
+        build_baseline("resnet18", widen_factor=0.0)
+
+
 def test_build_baseline_unknown_name() -> None:
     with pytest.raises(ValueError, match="unknown baseline"):
         build_baseline("alexnet")

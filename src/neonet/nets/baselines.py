@@ -108,6 +108,8 @@ class ResNet18Classifier(SqueezeLogit):
         num_classes: outputs of the head (1 for a binary logit).
         shortcut_type: residual shortcut type, ``"A"`` or ``"B"`` (MedicalNet ResNet-18 uses ``"A"``).
         bias_downsample: bias in the downsampling shortcut convolutions.
+        widen_factor: channel multiplier of every stage (1.0 is the standard 64-128-256-512; the CPU
+            demo uses 0.5). Pretrained weights need 1.0.
         pretrained_path: optional local backbone state dict (the ``fc`` head is not loaded).
     """
 
@@ -117,8 +119,11 @@ class ResNet18Classifier(SqueezeLogit):
         num_classes: int = 1,
         shortcut_type: str = "B",
         bias_downsample: bool = True,
+        widen_factor: float = 1.0,
         pretrained_path: str | None = None,
     ) -> None:
+        if widen_factor <= 0:
+            raise ValueError(f"widen_factor must be > 0, got {widen_factor}")
         net = resnet18(
             pretrained=False,
             spatial_dims=3,
@@ -126,6 +131,7 @@ class ResNet18Classifier(SqueezeLogit):
             num_classes=num_classes,
             shortcut_type=shortcut_type,
             bias_downsample=bias_downsample,
+            widen_factor=widen_factor,
         )
         if pretrained_path:
             load_backbone_weights(net, pretrained_path, head_prefixes=("fc.",))
