@@ -58,3 +58,23 @@ def test_test_configs_mirror_experiments() -> None:
     demo = {"baseline.yaml" if p.name.startswith("baseline_") else p.name for p in (REPO / "experiments" / "demo").glob("*.yaml")}
     tests = {p.name for p in (REPO / "tests" / "conf").glob("*.yaml")}
     assert demo <= tests, f"experiments/demo configs without a tests/conf mirror: {sorted(demo - tests)}"
+
+
+def test_bare_boolean_flag_means_true() -> None:
+    """`neonet crop ... --force` works as the error message and README say (jsonargparse wants a value)."""
+    from neonet.cli import _bare_bool_flags
+    from neonet.seg.crop import crop
+
+    assert _bare_bool_flags(crop, ["--cases", "c.csv", "--force"]) == ["--cases", "c.csv", "--force=true"]
+    assert _bare_bool_flags(crop, ["--force", "--cases", "c.csv"]) == ["--force=true", "--cases", "c.csv"]
+    assert _bare_bool_flags(crop, ["--force", "false"]) == ["--force", "false"]
+    assert _bare_bool_flags(crop, ["--force=false"]) == ["--force=false"]
+    assert _bare_bool_flags(crop, ["--source", "--force"]) == ["--source", "--force=true"]  # --source is not bool
+
+
+def test_crop_accepts_a_bare_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the parse succeeds, then the missing manifest is a clear error (exit code, not a usage error)
+    assert main(["crop", "--cases", str(tmp_path / "missing.csv"), "--force"]) != 0
+    err = capsys.readouterr().err
+    assert "expected one argument" not in err
+    assert "missing.csv" in err

@@ -18,6 +18,7 @@ import importlib
 import logging
 import os
 import sys
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -88,6 +89,20 @@ def _underscore_options(args: list[str]) -> list[str]:
     return out
 
 
+def _bare_bool_flags(func: Any, args: list[str]) -> list[str]:
+    """Let a bare ``--force`` mean ``--force=true`` for the verb's boolean parameters."""
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # unresolvable annotations: leave the arguments alone
+        return args
+    flags = {f"--{name}" for name, hint in hints.items() if hint is bool}
+    out = []
+    for i, arg in enumerate(args):
+        bare = arg in flags and (i + 1 == len(args) or args[i + 1].startswith("--"))
+        out.append(f"{arg}=true" if bare else arg)
+    return out
+
+
 def run_project_verb(verb: str, args: list[str]) -> int:
     """Run a project verb with jsonargparse; return its exit code."""
     from jsonargparse import auto_cli
@@ -100,7 +115,7 @@ def run_project_verb(verb: str, args: list[str]) -> int:
     func = _load_verb(PROJECT_VERBS[verb][0])
     if func.__name__.endswith("_main"):  # verbs with their own argument parsing take argv
         return int(func(args) or 0)
-    result = auto_cli(func, args=args, as_positional=False, prog=f"neonet {verb}")
+    result = auto_cli(func, args=_bare_bool_flags(func, args), as_positional=False, prog=f"neonet {verb}")
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
