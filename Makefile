@@ -110,11 +110,12 @@ demo: install ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, syn
 
 null: install ## null control: the chain on a --strength 0 phantom (experiment demo-null); pooled AUC should be ~0.5
 	test -f $(RUNS)/demo-null/data/cases.csv || $(NEONET) synth --out $(RUNS)/demo-null/data --cases $(DEMO_CASES) --seed 0 --tumor_radius_mm [20,30] --strength 0
-	$(NEONET) cv --config experiments/demo/seg.yaml --config experiments/demo/null/null.yaml
-	$(NEONET) crop --config experiments/demo/null/crop.yaml
-	$(NEONET) cv --jobs 3 --config experiments/demo/autoencoder.yaml --config experiments/demo/null/null.yaml
-	$(NEONET) cv --jobs 3 --config experiments/demo/pattennet.yaml --config experiments/demo/null/null.yaml
-	$(NEONET) cv --jobs 3 --config experiments/demo/baseline_resnet18.yaml --config experiments/demo/null/null.yaml
+	export OMP_NUM_THREADS=1; \
+	$(NEONET) cv --jobs 3 --config experiments/demo/seg.yaml --config experiments/demo/null/null.yaml && \
+	$(NEONET) crop --config experiments/demo/null/crop.yaml && \
+	$(NEONET) cv --jobs 3 --config experiments/demo/autoencoder.yaml --config experiments/demo/null/null.yaml && \
+	$(NEONET) cv --jobs 3 --config experiments/demo/pattennet.yaml --config experiments/demo/null/null.yaml && \
+	$(NEONET) cv --jobs 3 --config experiments/demo/baseline_resnet18.yaml --config experiments/demo/null/null.yaml && \
 	$(NEONET) report --experiment demo-null --runs_dir $(RUNS)
 
 clean-demo: ## delete the demo experiment ($(RUNS)/demo)
