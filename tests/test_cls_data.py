@@ -124,3 +124,16 @@ def test_label_channel_appends_the_label_patch_augmented_with_the_image(cohort: 
     assert set(torch.unique(x[:, 1]).tolist()) <= {0.0, 1.0, 2.0, 3.0}  # nearest-neighbour for the label
     agree = ((x[:, 0] * 3.0).round() == x[:, 1]).float().mean()
     assert agree > 0.8, agree  # same flips/affine for image and label (interpolation blurs only edges)
+
+
+def test_training_epochs_leave_the_cache_intact(cohort: dict) -> None:
+    """The cache is not copied per sample (copy_cache=False), so augmentation must never write into it."""
+    dm = datamodule(cohort, label_channel=True, augment=True, aug_prob=1.0, flip_axes=[0, 1, 2])
+    dm.setup("fit")
+    cached = [{k: v.clone() for k, v in item.items() if isinstance(v, torch.Tensor)} for item in dm.train_ds._cache]
+    assert cached and all(item for item in cached)
+    batches = [b["image"] for _ in range(3) for b in dm.train_dataloader()]
+    assert len(batches) >= 3
+    for before, item in zip(cached, dm.train_ds._cache):
+        for key, value in before.items():
+            assert torch.equal(item[key], value), key

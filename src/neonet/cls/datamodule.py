@@ -265,7 +265,13 @@ class ClsDataModule(FoldDataModule):
 
     def _dataset(self, split: str, train: bool = False) -> CacheDataset:
         items = self.items(split)
-        return CacheDataset(items, self.transform(train), cache_rate=self.cache_rate, num_workers=max(self.num_workers, 1), progress=False)
+        # copy_cache=False: no transform after the cache boundary changes its input in place (the torchio
+        # wrapper works on its own copy; the MONAI dict transforms return new dicts), and deep-copying
+        # each cached MetaTensor with its metadata was the largest per-sample cost on small patches.
+        return CacheDataset(
+            items, self.transform(train), cache_rate=self.cache_rate, num_workers=max(self.num_workers, 1),
+            progress=False, copy_cache=False,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Build the fold's datasets (the split file is written on first use)."""

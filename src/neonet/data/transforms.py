@@ -17,6 +17,7 @@ import torch
 import torchio as tio
 from monai import transforms as mt
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 
 from neonet.data.cases import LabelMap
 
@@ -45,10 +46,15 @@ class MapLabeld(mt.MapTransform):
 
 
 def _like(ref: torch.Tensor, array: np.ndarray) -> torch.Tensor:
-    """Tensor with ``array``'s values and ``ref``'s metadata (MetaTensor-preserving)."""
-    out = ref.clone()
-    out.copy_(torch.as_tensor(array, dtype=ref.dtype))
-    return out
+    """Tensor with ``array``'s values and ``ref``'s metadata (MetaTensor-preserving).
+
+    The metadata dict and the list of applied operations are copied shallowly: a deep copy of the
+    metadata (what ``MetaTensor.clone`` does) costs more than the augmentation of a small patch.
+    """
+    values = torch.as_tensor(array, dtype=ref.dtype)
+    if isinstance(ref, MetaTensor):
+        return MetaTensor(values, meta=dict(ref.meta), applied_operations=list(ref.applied_operations))
+    return values.clone() if values.data_ptr() == ref.data_ptr() else values
 
 
 class TorchioAugmentd(mt.RandomizableTransform, mt.MapTransform):
