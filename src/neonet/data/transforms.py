@@ -54,7 +54,7 @@ def _like(ref: torch.Tensor, array: np.ndarray) -> torch.Tensor:
     values = torch.as_tensor(array, dtype=ref.dtype)
     if isinstance(ref, MetaTensor):
         return MetaTensor(values, meta=dict(ref.meta), applied_operations=list(ref.applied_operations))
-    return values.clone() if values.data_ptr() == ref.data_ptr() else values
+    return values  # torchio worked on the wrapper's own copy, so ``values`` never aliases ``ref``
 
 
 class TorchioAugmentd(mt.RandomizableTransform, mt.MapTransform):
