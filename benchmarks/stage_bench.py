@@ -215,10 +215,20 @@ def _plain_optimizers(stage: str, module: Any) -> list[Any]:
     return [module.optimizer_factory([p for p in module.parameters() if p.requires_grad])]
 
 
-def _gan_step(module: Any, opt_g: Any, opt_d: Any, image: Any, autocast: Any) -> None:
-    """The autoencoder's manual-optimisation ``training_step``, as a plain loop writes it."""
+def _clipped_step(loss: Any, optimizer: Any, net: Any, grad_clip: float, name: str) -> None:
+    """One optimiser step with gradient-norm clipping; a non-finite loss stops the benchmark."""
     import torch
 
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{name} loss is not finite")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    optimizer.step()
+
+
+def _gan_step(module: Any, opt_g: Any, opt_d: Any, image: Any, autocast: Any) -> None:
+    """The autoencoder's manual-optimisation ``training_step``, as a plain loop writes it."""
     ae, disc, hp = module.autoencoder, module.discriminator, module.hparams
     disc.requires_grad_(False)
     with autocast():
@@ -226,24 +236,14 @@ def _gan_step(module: Any, opt_g: Any, opt_d: Any, image: Any, autocast: Any) ->
         terms = module.generator_loss(image, recon, mu, sigma)
         adv_g = module.adv_loss(disc(recon.contiguous().float())[-1], target_is_real=True, for_discriminator=False)
         loss_g = terms["loss"] + hp.adv_weight * adv_g
-    if not torch.isfinite(loss_g):
-        raise FloatingPointError("autoencoder loss is not finite")
-    opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    torch.nn.utils.clip_grad_norm_(ae.parameters(), hp.grad_clip)
-    opt_g.step()
+    _clipped_step(loss_g, opt_g, ae, hp.grad_clip, "autoencoder")
     disc.requires_grad_(True)
     ae.requires_grad_(False)
     with autocast():
         fake = module.adv_loss(disc(recon.detach().contiguous().float())[-1], target_is_real=False, for_discriminator=True)
         real = module.adv_loss(disc(image.contiguous().float())[-1], target_is_real=True, for_discriminator=True)
         loss_d = hp.adv_weight * 0.5 * (fake + real)
-    if not torch.isfinite(loss_d):
-        raise FloatingPointError("discriminator loss is not finite")
-    opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    torch.nn.utils.clip_grad_norm_(disc.parameters(), hp.grad_clip)
-    opt_d.step()
+    _clipped_step(loss_d, opt_d, disc, hp.grad_clip, "discriminator")
     ae.requires_grad_(True)
 
 
