@@ -3,11 +3,11 @@
 Each case is an abdomen (fat-suppressed subcutaneous fat, soft tissue, spine, aorta, spleen), a
 bright liver with dark vessels and bright bile ducts, one dark textured tumour inside the liver
 and a thin nerve that hugs the tumour surface 3-7 mm outside it. In PNI+ cases the nerve segment
-next to the tumour is infiltrated: it becomes several mm thick and darkens from the nerve's
-intensity halfway to the tumour's (a perineural cuff, ``INFIL_TUMOUR_SHARE``) over a length that
-grows with ``strength``. The cuff is darker than liver but visibly brighter than the tumour, so
-where the tumour label ends can be learned from the image (a cuff with the tumour's own intensity
-and texture would make the label boundary invisible). The infiltration is *not* labelled, and
+next to the tumour is infiltrated: it becomes several mm thick with an intensity halfway between the
+tumour's and the liver's (a perineural cuff, ``CUFF_LEVEL``) over a length that grows with
+``strength``. The cuff is darker than liver and clearly brighter than the tumour, so where the
+tumour label ends can be learned from the image (a cuff with the tumour's own intensity and
+texture would make the label boundary invisible). The infiltration is *not* labelled, and
 inside the tumour label the image does not depend on PNI, so tumour volume and mean tumour
 intensity carry no label information. All random draws are made in the same order whatever the
 PNI status, so with ``strength=0`` a PNI+ case is byte-identical to the PNI- case with the same
@@ -44,10 +44,11 @@ Seed = int | np.random.SeedSequence | np.random.Generator
 FAT, SOFT_TISSUE, BONE, AORTA, SPLEEN = 0.18, 0.38, 0.28, 0.12, 0.55
 #: Ranges (mm) of the infiltrated nerve's radius and length at strength 1 (PNI+ cases).
 INFIL_RADIUS_MM, INFIL_LENGTH_MM = (6.0, 8.0), (60.0, 90.0)
-#: Share of the tumour's intensity (and texture) in the infiltrated nerve; the rest is the nerve's.
-#: At 1 the cuff cannot be told from tumour in the image, and a segmentation model has no way to
-#: keep it out of the tumour label.
-INFIL_TUMOUR_SHARE = 0.2
+#: Where the infiltrated nerve's intensity lies between the tumour's (0, texture included) and the
+#: liver's (1). At 0 the cuff cannot be told from tumour in the image, and a segmentation model has
+#: no way to keep it out of the tumour label; near the nerve's own level (0.55-0.70 of liver, i.e.
+#: ~0.2-0.4 here) a CPU-sized NeoSeg still labels a third to a half of it as tumour.
+CUFF_LEVEL = 0.5
 
 
 def _rng(seed: Seed) -> np.random.Generator:
@@ -323,8 +324,10 @@ def make_case(
     w = np.clip((infil_len / 2 - np.abs(s)) / 4.0, 0.0, 1.0)
     radius = r_nerve + w * (r_infil - r_nerve) * min(1.0, float(strength))
     flat, soft, near = _tube(nerve, radius, shape, sp, origin, width)
-    wv = INFIL_TUMOUR_SHARE * w[near].astype(np.float32)
-    nerve_val = (1 - wv) * nerve_int + wv * tumour_img.reshape(-1)[flat]
+    wv = w[near].astype(np.float32)
+    near_tumour = tumour_img.reshape(-1)[flat]
+    cuff_val = near_tumour + CUFF_LEVEL * (liver_int - near_tumour)
+    nerve_val = (1 - wv) * nerve_int + wv * cuff_val
     in_label = (d_tumour <= 0).reshape(-1)
     below = img[flat].copy()
     nerve_mixed = _lerp(below, nerve_val, soft * _ramp(d_body, width).reshape(-1)[flat])
@@ -415,7 +418,7 @@ def synth(
 
     Each case has an abdomen, a bright liver with dark vessels and bright ducts, a dark textured
     tumour and a nerve running just outside the tumour. In PNI+ cases the nerve next to the tumour
-    is thickened into a dark perineural cuff (not labelled; see ``INFIL_TUMOUR_SHARE``). Tumour size and intensity are drawn independently
+    is thickened into a perineural cuff, halfway between tumour and liver in intensity (not labelled; see ``CUFF_LEVEL``). Tumour size and intensity are drawn independently
     of PNI. Writes OUT/cases.csv, OUT/images/<case>.nii.gz (float32), OUT/labels/<case>.nii.gz
     (uint8: 0 background, 1 liver, 2 tumour) and OUT/phantom_info.csv (debug only: its
     nerve_infiltration_mm column is 0 exactly for PNI- cases, so never feed it to a model).
