@@ -1,0 +1,108 @@
+"""How much of the phantom's PNI signal survives NeoSeg and TLCR (prints and writes JSON; never asserts).
+
+A diagnostic for the phantom cohort, independent of any classifier:
+
+1. **Cuff absorption**: each PNI+ case's PNI- twin is regenerated from the same seed (the phantom
+   draws every random number whatever the PNI status), so the perineural cuff is exactly the set of
+   voxels the PNI+ image is darker than its twin by more than ``--cuff_drop`` of the liver
+   intensity. Reported: the share of those voxels the out-of-fold NeoSeg mask labels tumour (a cuff
+   labelled tumour moves the peritumoral shell past it).
+2. **Hand-made score on the TLCR patches**: the fraction of voxels in a region of the label patch
+   (shell; shell + tumour) whose intensity, relative to the median liver voxel of the same patch,
+   lies in ``--band`` (the cuff sits halfway between tumour and liver). Its AUC over all patches is
+   an upper bound of sorts for what a classifier can read from these patches with this much data;
+   a classifier far below it is the bottleneck, not the masks. Also reported in absolute intensity.
+
+Usage (after ``make demo``, or after ``neonet crop`` in an experiment with a phantom cohort)::
+
+    python benchmarks/pni_signal_probe.py --experiment demo --cases 72 --strength 2 --tumor_radius_mm 20 30
+
+The cohort arguments must be the ones ``neonet synth`` was given (see ``DEMO_SYNTH`` in the Makefile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from torchmetrics.functional.classification import binary_auroc
+
+from neonet.data.cases import LIVER, TUMOR
+from neonet.data.phantom import cohort_plan, make_case
+from neonet.seg.tlcr import PATCH_LIVER, PATCH_SHELL, PATCH_TUMOR
+
+
+def absorption(runs: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Share of each PNI+ case's cuff voxels that the out-of-fold NeoSeg mask calls tumour."""
+    shares = []
+    for case_id, pni, seed in cohort_plan(args.cases, args.seed, args.pni_fraction):
+        pred_path = runs / "seg" / "predictions" / f"{case_id}.nii.gz"
+        if not pni or not pred_path.exists():
+            continue
+        common = dict(strength=args.strength, tumor_radius_mm=tuple(args.tumor_radius_mm))
+        image_pos, label, _, _ = make_case(seed, 1, **common)
+        image_neg, _, _, _ = make_case(seed, 0, **common)
+        cuff = (image_neg - image_pos) > args.cuff_drop * np.median(image_neg[label == LIVER])
+        pred = np.asarray(nib.load(pred_path).dataobj)
+        if pred.shape != cuff.shape:
+            raise SystemExit(f"{pred_path}: shape {pred.shape} is not the phantom's {cuff.shape}; pass the synth arguments")
+        shares.append(float((pred[cuff] == TUMOR).mean()) if cuff.any() else 0.0)
+    if not shares:
+        return {}
+    return {"cases": len(shares), "cuff_absorbed_mean": float(np.mean(shares)), "cuff_absorbed_median": float(np.median(shares))}
+
+
+def band_scores(patches: Path, band: tuple[float, float]) -> dict[str, float]:
+    """AUC of the in-band voxel fraction per region (liver-relative and absolute intensity)."""
+    manifest = pd.read_csv(patches / "manifest.csv")
+    manifest = manifest[manifest["status"] == "ok"]
+    regions = {"shell": (PATCH_SHELL,), "shell+tumour": (PATCH_SHELL, PATCH_TUMOR)}
+    scores: dict[str, list[float]] = {f"{name} {kind}": [] for name in regions for kind in ("relative", "absolute")}
+    for row in manifest.itertuples():
+        image = np.asarray(nib.load(patches / row.image).dataobj, np.float32)
+        label = np.asarray(nib.load(patches / row.label).dataobj).round()
+        liver = image[label == PATCH_LIVER]
+        ref = float(np.median(liver)) if liver.size else float(np.median(image[label > 0]))
+        for name, values in regions.items():
+            inside = image[np.isin(label, values)]
+            for kind, scale in (("relative", ref), ("absolute", 1.0)):
+                v = inside / scale
+                scores[f"{name} {kind}"].append(float(((v > band[0]) & (v < band[1])).mean()) if v.size else 0.0)
+    y = torch.tensor(manifest["pni"].tolist(), dtype=torch.long)
+    out = {"patches": int(len(y)), "source": str(manifest["source"].iloc[0]) if len(manifest) else ""}
+    for key, values in scores.items():
+        out[f"auc {key}"] = float(binary_auroc(torch.as_tensor(values), y))
+    return out
+
+
+def main() -> None:
+    """Parse the arguments, measure, print and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", default="demo")
+    parser.add_argument("--runs_dir", type=Path, default=Path("runs"))
+    parser.add_argument("--cases", type=int, default=72, help="the cohort's `neonet synth --cases`")
+    parser.add_argument("--seed", type=int, default=0, help="the cohort's `neonet synth --seed`")
+    parser.add_argument("--pni_fraction", type=float, default=0.35)
+    parser.add_argument("--strength", type=float, default=2.0)
+    parser.add_argument("--tumor_radius_mm", type=float, nargs=2, default=(20.0, 30.0))
+    parser.add_argument("--cuff_drop", type=float, default=0.15, help="cuff = PNI- twin minus PNI+ image above this share of liver")
+    parser.add_argument("--band", type=float, nargs=2, default=(0.6, 0.8), help="intensity band, relative to liver")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: <runs>/<experiment>/reports/pni_signal_probe.json)")
+    args = parser.parse_args()
+    runs = args.runs_dir / args.experiment
+    result = {"absorption": absorption(runs, args), "band": list(args.band), "scores": band_scores(runs / "patches", tuple(args.band))}
+    for key, value in {**result["absorption"], **result["scores"]}.items():
+        print(f"{key:>28}: {value:.3f}" if isinstance(value, float) else f"{key:>28}: {value}")
+    out = args.out or runs / "reports" / "pni_signal_probe.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
