@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
@@ -33,6 +40,10 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600; give the result the permissions a plain open() would (0666 minus the
+        # umask), so that results stay readable by the group on a shared cluster
+        if tmp_path.exists():
+            tmp_path.chmod(0o666 & ~_umask())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
