@@ -26,10 +26,11 @@ from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 
 from neonet.atomic import atomic_path
 from neonet.callbacks import FiniteLossGuard
+from neonet.csv_log import ResumableCSVLogger
 from neonet.data.base import FoldDataModule
 from neonet.errors import NeonetError
 
@@ -44,7 +45,7 @@ def wandb_mode() -> str:
 def make_loggers(stage: str, fold: int, experiment: str, stage_dir: Path, job: str = "fit") -> list[Logger]:
     """CSV log in the stage folder, plus a W&B run unless ``WANDB_MODE=disabled``."""
     # fit logs to <stage_dir>/metrics.csv; other verbs to <stage_dir>/<verb>/ so they never overwrite it
-    loggers: list[Logger] = [CSVLogger(save_dir=str(stage_dir), name="", version="" if job == "fit" else job)]
+    loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(stage_dir), name="", version="" if job == "fit" else job)]
     mode = wandb_mode()
     if mode != "disabled":
         (stage_dir / "wandb").mkdir(parents=True, exist_ok=True)
@@ -85,14 +86,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; keep the usual permissions
-
-
-def _umask() -> int:
-    """The process's file-creation mask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
