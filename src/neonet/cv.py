@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from neonet.config import data_args, import_class, load_config, stage_of
 from neonet.atomic import read_json
 from neonet.errors import NeonetError
+from neonet.fold_lock import fold_lock
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,11 @@ class StageHooks(Protocol):
 class FoldRunner:
     """Runs ``python -m neonet <verb>`` for one fold with the cv's configs and overrides."""
 
-    def __init__(self, configs: list[Path], overrides: list[str], fold: int) -> None:
+    def __init__(self, configs: list[Path], overrides: list[str], fold: int, pass_fds: tuple[int, ...] = ()) -> None:
         self.configs = configs
         self.overrides = overrides
         self.fold = fold
+        self.pass_fds = pass_fds  # the fold lock, so that it is held while the child runs
 
     def command(self, verb: str, extra: list[str] | None = None) -> list[str]:
         """The command line of a verb for this fold."""
@@ -58,7 +60,7 @@ class FoldRunner:
         cmd = self.command(verb, extra)
         log.info("fold %d: %s", self.fold, " ".join(cmd[2:]))
         start = time.time()
-        proc = subprocess.run(cmd, check=False)
+        proc = subprocess.run(cmd, check=False, pass_fds=self.pass_fds)
         if proc.returncode != 0:
             raise NeonetError(
                 f"fold {self.fold}: `neonet {verb}` failed with exit code {proc.returncode} (its output is above). "
@@ -170,24 +172,28 @@ def cv(
     else:
         todo_serial = todo
     for k in todo_serial:
-        run = FoldRunner(configs, overrides, k)
         if ws.is_complete(stage, k) and not force:
             log.info("fold %d: %s already complete (%s) — skipped", k, stage, ws.artifact_path(stage, k))
             continue
-        art = ws.read_artifact(stage, k) or {}
-        if force and ws.stage_dir(stage, k).exists():
-            shutil.rmtree(ws.checkpoint_dir(stage, k), ignore_errors=True)
-            ws.artifact_path(stage, k).unlink(missing_ok=True)
-            art = {}
-        if art.get("status") != "fit-complete":
-            last = ws.last_checkpoint(stage, k)
-            extra = ["--ckpt_path", str(last)] if last.exists() else []
-            if extra:
-                log.info("fold %d: resuming from %s", k, last)
-            run("fit", extra)
-        ran_any = True
-        fields = hooks.after_fold(ws, k, run) if hooks else {}
-        ws.write_artifact(stage, k, status="complete", **fields)
+        with fold_lock(ws.stage_dir(stage, k) / ".cv.lock", stage, k) as lock_fd:
+            if ws.is_complete(stage, k) and not force:  # finished by another process while we waited
+                log.info("fold %d: %s already complete (%s) — skipped", k, stage, ws.artifact_path(stage, k))
+                continue
+            run = FoldRunner(configs, overrides, k, pass_fds=() if lock_fd is None else (lock_fd,))
+            art = ws.read_artifact(stage, k) or {}
+            if force and ws.stage_dir(stage, k).exists():
+                shutil.rmtree(ws.checkpoint_dir(stage, k), ignore_errors=True)
+                ws.artifact_path(stage, k).unlink(missing_ok=True)
+                art = {}
+            if art.get("status") != "fit-complete":
+                last = ws.last_checkpoint(stage, k)
+                extra = ["--ckpt_path", str(last)] if last.exists() else []
+                if extra:
+                    log.info("fold %d: resuming from %s", k, last)
+                run("fit", extra)
+            ran_any = True
+            fields = hooks.after_fold(ws, k, run) if hooks else {}
+            ws.write_artifact(stage, k, status="complete", **fields)
     summary_path = ws.reports_dir / f"{stage}_summary.json"
     if hooks and summary and (ran_any or not summary_path.exists()):
         hooks.after_all(ws, cfg, todo)
