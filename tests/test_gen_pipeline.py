@@ -173,6 +173,28 @@ def test_synthesize_rerun_skips_and_refuses_other_settings(chain, synthesized):
         synthesize(experiment=EXP, runs_dir=ws.runs_dir, folds=[FOLD], steps=4, device="cpu", quality=False)
 
 
+def test_synthesize_rerun_keeps_a_current_quality_report(chain, synthesized, caplog):
+    from neonet.gen.quality import quality_is_current
+    from neonet.gen.synthesize import synthesize
+
+    ws = chain["ws"]
+    report = ws.reports_dir / "gen_quality.json"
+    stamp = report.stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="neonet.gen.synthesize"):
+        synthesize(experiment=EXP, runs_dir=ws.runs_dir, folds=[FOLD], steps=3, device="cpu")
+    assert report.stat().st_mtime_ns == stamp  # not recomputed
+    assert "is up to date" in caplog.text
+    assert not quality_is_current(ws, [FOLD], near_copy_threshold=0.9)  # other settings: stale
+    manifest = ws.synthetic_dir(FOLD) / "manifest.csv"
+    original = manifest.read_bytes()
+    try:
+        manifest.write_bytes(original + b"\n")
+        assert not quality_is_current(ws, [FOLD])  # other synthetic patches: stale
+    finally:
+        manifest.write_bytes(original)
+    assert quality_is_current(ws, [FOLD])
+
+
 def test_no_leakage_into_fold_models_or_synthetic_patches(chain, synthesized):
     ws = chain["ws"]
     split = read_fold(ws, FOLD)

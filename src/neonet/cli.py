@@ -33,6 +33,7 @@ PROJECT_VERBS: dict[str, tuple[str, str]] = {
     "cv": ("neonet.cv:cv_main", "run a stage over the folds (each fold its own process), then its cross-fold summary"),
     "crop": ("neonet.seg.crop:crop", "TLCR: tumour-centred image and label patches + manifest.csv"),
     "synthesize": ("neonet.gen.synthesize:synthesize", "NeoGen: PNI+ patches from each fold's ControlNet until its training set is balanced"),
+    "gen-quality": ("neonet.gen.quality:gen_quality", "NeoGen: recompute the synthetic-patch quality report (synthesize writes it too)"),
     "report": ("neonet.report:report_main", "NeoCls cross-validation report: per-fold and pooled AUC with CI, DeLong, ROC"),
     "summary": ("neonet.summary:summary", "print and save where an experiment's results are, with its metrics"),
     "predict-case": ("neonet.predict_case:predict_case_main", "PNI for one new MRI: NeoSeg -> TLCR -> classifier folds, Grad-CAM, JSON + NIfTI + PNG"),

@@ -36,7 +36,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from neonet.atomic import read_json, write_csv, write_json, write_text
+from neonet.atomic import read_json, sha256_file, write_csv, write_json, write_text
 from neonet.data.nifti import load_nifti, read_array
 from neonet.data.patches import PATCH_LIVER, PATCH_TUMOR, patch_records
 from neonet.errors import MissingUpstreamError
@@ -279,6 +279,32 @@ def fold_quality(
     return row, per
 
 
+def quality_inputs(ws: Workspace, folds: list[int], near_copy_threshold: float, min_segmenter_dice: float) -> dict[str, Any]:
+    """SHA-256 of every file the report of ``folds`` depends on, plus its settings (for :func:`quality_is_current`)."""
+    files = {"splits": ws.splits_path, "patches": ws.patches_manifest}
+    for k in folds:
+        files[f"synthetic_fold{k}"] = ws.synthetic_dir(k) / "manifest.csv"
+        files[f"synthetic_config_fold{k}"] = ws.synthetic_dir(k) / "synth_config.json"
+        files[f"autoencoder_fold{k}"] = ws.artifact_path("autoencoder", k)
+        files[f"seg_fold{k}"] = ws.artifact_path("seg", k)
+    digests = {name: sha256_file(path) if path.is_file() else None for name, path in files.items()}
+    return {"folds": [int(k) for k in folds], "near_copy_threshold": near_copy_threshold,
+            "min_segmenter_dice": min_segmenter_dice, "sha256": digests}
+
+
+def quality_is_current(ws: Workspace, folds: list[int], near_copy_threshold: float = 0.95,
+                       min_segmenter_dice: float = 0.5) -> bool:
+    """True when ``reports/gen_quality.json`` was made from exactly the current inputs of ``folds``."""
+    path = ws.reports_dir / "gen_quality.json"
+    if not path.is_file():
+        return False
+    try:
+        old = read_json(path).get("inputs")
+    except (ValueError, AttributeError):
+        return False
+    return old == quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice)
+
+
 def quality_report(
     ws: Workspace, folds: list[int], near_copy_threshold: float = 0.95, min_segmenter_dice: float = 0.5
 ) -> pd.DataFrame:
@@ -302,7 +328,8 @@ def quality_report(
     write_csv(reports / "gen_quality.csv", table)
     numeric = table.drop(columns=["fold"]).select_dtypes("number")
     summary = {c: float(numeric[c].mean()) for c in numeric.columns}
-    write_json(reports / "gen_quality.json", {"per_fold": table.to_dict(orient="records"), "mean": summary})
+    write_json(reports / "gen_quality.json", {"per_fold": table.to_dict(orient="records"), "mean": summary,
+                                              "inputs": quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice)})
     cols = [c for c in ("fold", "n_synthetic", "ae_val_psnr", "kid", "kid_real", "ms_ssim_synthetic", "ms_ssim_real",
                         "near_copies", "dice_synthetic", "dice_real", "neoseg_dice_real") if c in table.columns]
     write_text(reports / "gen_quality.md", "# NeoGen synthetic patch quality\n\n" + table[cols].to_string(index=False) + "\n")

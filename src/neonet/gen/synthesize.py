@@ -261,7 +261,11 @@ def synthesize(
     for k in folds:
         synthesize_fold(ws, int(k), settings, aug, dev, force=force)
     if quality:
-        from neonet.gen.quality import quality_report
+        from neonet.gen.quality import quality_is_current, quality_report
 
-        quality_report(ws, [int(k) for k in folds])
+        if quality_is_current(ws, [int(k) for k in folds]):
+            log.info("quality report %s is up to date with these synthetic patches; `neonet gen-quality` recomputes it",
+                     ws.reports_dir / "gen_quality.json")
+        else:
+            quality_report(ws, [int(k) for k in folds])
     return 0
