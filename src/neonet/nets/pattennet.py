@@ -17,6 +17,7 @@ from monai.networks.nets import AutoencoderKL
 from torch import nn
 
 from neonet.nets.attention import DualAttentionBlock3d
+from neonet.nets.histogram import SoftHistogramPool3d
 
 __all__ = ["AutoencoderKLEncoder", "PattenNet"]
 
@@ -86,6 +87,10 @@ class AutoencoderKLEncoder(nn.Module):
         return x
 
 
+#: Pooling modes of :class:`PattenNet`.
+POOLS = ("avg", "max", "avgmax", "hist", "avgmaxhist")
+
+
 class PattenNet(nn.Module):
     """PNI-Attention Network: encoder -> Dual Attention Blocks -> global average pooling -> MLP -> logit.
 
@@ -104,8 +109,11 @@ class PattenNet(nn.Module):
         dropout: dropout probability before the last linear layer.
         freeze_encoder: freeze the encoder (NeoNet: frozen).
         residual: use the identity shortcut in each Dual Attention Block.
-        pool: how the attended feature map becomes one vector: ``avg``, ``max`` or ``avgmax``
-            (both, concatenated).
+        pool: how the attended feature map becomes one vector: ``avg``, ``max``, ``avgmax`` (both,
+            concatenated), ``hist`` (a learnable soft histogram of each channel,
+            :class:`~neonet.nets.histogram.SoftHistogramPool3d`: the share of the region in each of
+            ``hist_bins`` bins) or ``avgmaxhist`` (all three, concatenated).
+        hist_bins: histogram bins per channel for the ``hist`` pools.
         region_labels: None pools over the whole patch (the input is the image alone). Otherwise the
             input's last channel is the TLCR label patch (0 background, 1 liver, 2 peritumoral shell,
             3 tumour; ``ClsDataModule(label_channel=True)``), the encoder sees the other channels,
@@ -127,7 +135,8 @@ class PattenNet(nn.Module):
         dropout: float = 0.2,
         freeze_encoder: bool = True,
         residual: bool = True,
-        pool: Literal["avg", "max", "avgmax"] = "avg",
+        pool: Literal["avg", "max", "avgmax", "hist", "avgmaxhist"] = "avg",
+        hist_bins: int = 8,
         region_labels: Sequence[int] | None = None,
         head_norm: bool = False,
     ) -> None:
@@ -147,11 +156,13 @@ class PattenNet(nn.Module):
                 for _ in range(num_blocks)
             ]
         )
-        if pool not in ("avg", "max", "avgmax"):
-            raise ValueError(f"pool must be 'avg', 'max' or 'avgmax', got {pool!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         self.pool_mode = pool
         self.region_labels = None if region_labels is None else [int(v) for v in region_labels]
-        pooled = encoder_channels * (2 if pool == "avgmax" else 1)
+        self.histogram = SoftHistogramPool3d(encoder_channels, hist_bins) if "hist" in pool else None
+        pooled = encoder_channels * {"avg": 1, "max": 1, "avgmax": 2, "hist": 0, "avgmaxhist": 2}[pool]
+        pooled += self.histogram.out_features if self.histogram is not None else 0
         self.head = nn.Sequential(
             nn.BatchNorm1d(pooled) if head_norm else nn.Identity(),
             nn.Linear(pooled, hidden),
@@ -203,13 +214,17 @@ class PattenNet(nn.Module):
 
     def pool(self, feats: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
         """``(B, C')`` descriptor of the attended features, over the region when a label patch is given."""
-        if label is None:
-            avg, mx = feats.mean(dim=(2, 3, 4)), feats.amax(dim=(2, 3, 4))
-        else:
-            w = self.region_weights(label, feats.shape[2:]).to(feats.dtype)
-            avg = (feats * w).sum(dim=(2, 3, 4)) / w.sum(dim=(2, 3, 4)).clamp_min(1e-6)
-            mx = feats.masked_fill(w <= 0, torch.finfo(feats.dtype).min).amax(dim=(2, 3, 4))
-        return {"avg": avg, "max": mx, "avgmax": torch.cat([avg, mx], dim=1)}[self.pool_mode]
+        w = None if label is None else self.region_weights(label, feats.shape[2:]).to(feats.dtype)
+        parts = []
+        if self.pool_mode in ("avg", "avgmax", "avgmaxhist"):
+            parts.append(feats.mean(dim=(2, 3, 4)) if w is None
+                         else (feats * w).sum(dim=(2, 3, 4)) / w.sum(dim=(2, 3, 4)).clamp_min(1e-6))
+        if self.pool_mode in ("max", "avgmax", "avgmaxhist"):
+            parts.append(feats.amax(dim=(2, 3, 4)) if w is None
+                         else feats.masked_fill(w <= 0, torch.finfo(feats.dtype).min).amax(dim=(2, 3, 4)))
+        if self.histogram is not None:
+            parts.append(self.histogram(feats, w))
+        return torch.cat(parts, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map patches ``(B, C_in, D, H, W)`` to PNI logits of shape ``(B,)``."""
