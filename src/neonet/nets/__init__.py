@@ -11,6 +11,7 @@ from neonet.nets.baselines import (
     build_baseline,
     load_backbone_weights,
 )
+from neonet.nets.histogram import SoftHistogramPool3d
 from neonet.nets.pattennet import AutoencoderKLEncoder, PattenNet
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "PattenNet",
     "ResNet18Classifier",
     "SEResNet50Classifier",
+    "SoftHistogramPool3d",
     "SpatialAttention3d",
     "SqueezeLogit",
     "ViTClassifier",
