@@ -88,6 +88,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(handle.fileno())
 
 
+def checkpoint_callbacks(dirpath: Path, monitor: str | None, mode: str = "min", every_n_steps: int = 0) -> list[ModelCheckpoint]:
+    """``best.ckpt`` (best ``monitor``), ``last.ckpt`` after every epoch and, optionally, every N steps.
+
+    The ``best`` callback comes first, so it is ``trainer.checkpoint_callback``. ``last.ckpt`` has
+    its own callback: with ``save_last=True`` on the ``best`` one, Lightning rewrites ``last.ckpt``
+    only in epochs where ``best`` improves, and a resumed fit would go back to that epoch.
+    """
+    common = {"dirpath": str(dirpath), "auto_insert_metric_name": False, "enable_version_counter": False}
+    out = [
+        ModelCheckpoint(filename="best", monitor=monitor, mode=mode, **common),
+        ModelCheckpoint(filename="last", monitor=None, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True,
+                        **common),
+    ]
+    if every_n_steps > 0:  # mid-epoch resume points, also written to last.ckpt
+        out.append(ModelCheckpoint(save_top_k=0, save_last=True, every_n_train_steps=every_n_steps, **common))
+    return out
+
+
 def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
     """The trainer's ``plugins`` plus :class:`AtomicCheckpointIO` unless a CheckpointIO is already given."""
     items = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
@@ -140,28 +158,9 @@ class NeonetCLI(LightningCLI):
         config["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
         existing = list(config.get("callbacks") or []) + list(callbacks)
         if not any(isinstance(c, ModelCheckpoint) for c in existing):
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=str(ws.checkpoint_dir(stage, fold)),
-                    filename="best",
-                    monitor=getattr(self.model, "monitor", None),
-                    mode=getattr(self.model, "monitor_mode", "min"),
-                    save_last=True,
-                    auto_insert_metric_name=False,
-                    enable_version_counter=False,
-                )
-            )
-        every = int(self._get(self.config_init, "checkpoint_every_n_steps", 0) or 0)
-        if job == "fit" and every > 0:  # appended last, so trainer.checkpoint_callback stays the `best` one
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=str(ws.checkpoint_dir(stage, fold)),
-                    save_top_k=0,
-                    save_last=True,
-                    every_n_train_steps=every,
-                    enable_version_counter=False,
-                )
-            )
+            every = int(self._get(self.config_init, "checkpoint_every_n_steps", 0) or 0) if job == "fit" else 0
+            callbacks += checkpoint_callbacks(ws.checkpoint_dir(stage, fold), getattr(self.model, "monitor", None),
+                                              getattr(self.model, "monitor_mode", "min"), every)
         if job == "fit" and not any(isinstance(c, FiniteLossGuard) for c in existing):
             callbacks.append(FiniteLossGuard(stage, fold))
         if job == "fit" and config["logger"] and not any(isinstance(c, LearningRateMonitor) for c in existing):
