@@ -48,6 +48,18 @@ def test_baseline_trains_and_tests_through_the_cli(cohort: dict) -> None:
     assert frame["threshold_youden_val"].eq(threshold).all()
 
 
+def test_select_from_epoch_keeps_early_epochs_out_of_best(cohort: dict) -> None:
+    ws = cohort["ws"]
+    args = ["fit", "--config", str(CONF / "baseline.yaml"), *data_args(cohort), "--model.stage=resnet18_late",
+            "--model.select_from_epoch=1"]
+    assert main(args) == 0
+    log = pd.read_csv(ws.stage_dir("resnet18_late", 0) / "metrics.csv").dropna(subset=["val/selection"])
+    assert log["epoch"].tolist() == [0, 1]
+    assert log["val/selection"].iloc[0] == -1.0 and log["val/selection"].iloc[1] > -1.0
+    best = torch.load(ws.best_checkpoint("resnet18_late", 0), map_location="cpu", weights_only=False)
+    assert best["epoch"] == 1
+
+
 def test_pattennet_fits_through_the_cli_with_the_folds_autoencoder(cohort: dict) -> None:
     ws = cohort["ws"]
     dm = FoldDataModule(cohort["cases"], experiment=cohort["experiment"], runs_dir=cohort["runs_dir"], fold=1, folds=3)

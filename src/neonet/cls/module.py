@@ -73,6 +73,11 @@ class PattenNetModule(LightningModule):
             a shift below any AUC step of validation sets up to ~1000 positive-negative pairs; small
             validation sets give many AUC ties, and the first tied epoch is usually undertrained);
             ``val/auc`` (max) or ``val/loss`` (min) select on one metric alone.
+        select_from_epoch: epochs before this one do not compete for ``best.ckpt``: their
+            ``val/selection`` is logged as -1, below any AUC. A small inner validation split (the
+            demo's has 9 patients) often gives an undertrained epoch 0 or 1 the highest AUC by
+            chance; this makes the selected model one that has trained for a while. 0 keeps every
+            epoch in the running. Applies to the ``val/selection`` monitor.
     """
 
     stage = "pattennet"
@@ -98,6 +103,7 @@ class PattenNetModule(LightningModule):
         encoder_config: str = "experiments/demo/autoencoder.yaml",
         write_predictions: bool = True,
         monitor: Literal["val/selection", "val/auc", "val/loss"] = "val/selection",
+        select_from_epoch: int = 0,
     ) -> None:
         super().__init__()
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", stage or ""):
@@ -111,6 +117,9 @@ class PattenNetModule(LightningModule):
         self.stage = stage  # instance attribute: NeonetCLI files the run under <stage>/fold<k>
         self.monitor = monitor  # instance attributes: NeonetCLI's best.ckpt criterion
         self.monitor_mode = "min" if monitor == "val/loss" else "max"
+        if select_from_epoch < 0:
+            raise ValueError(f"select_from_epoch must be >= 0, got {select_from_epoch}")
+        self.select_from_epoch = int(select_from_epoch)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.focal = FocalLoss(gamma=focal_gamma, alpha=focal_alpha, use_softmax=False) if loss == "focal" else None
@@ -249,7 +258,8 @@ class PattenNetModule(LightningModule):
         metrics = self._log_split("val", threshold)
         if metrics is not None:
             loss = float(self.compute_loss(logits.to(self.device), labels.float().to(self.device)))  # whole split
-            self.log("val/selection", metrics["auc"] - 1e-4 * min(loss, 9.99) if math.isfinite(loss) else metrics["auc"])
+            selection = metrics["auc"] - 1e-4 * min(loss, 9.99) if math.isfinite(loss) else metrics["auc"]
+            self.log("val/selection", selection if self.current_epoch >= self.select_from_epoch else -1.0)
         if not self.trainer.sanity_checking:
             self.val_threshold.fill_(threshold)
 
