@@ -18,6 +18,12 @@ A diagnostic for the phantom cohort, independent of any classifier:
    ``splits.json`` folds as PattenNet), pooled out-of-fold AUC. Unlike the hand-made band it learns
    which intensities matter from the fold's own training cases, so it shows what a small model can
    learn from these patches with this much data.
+4. **Chance associations of the cohort**: the AUC of each nuisance parameter the phantom drew
+   independently of PNI (tumour volume and intensity, liver volume, nerve gap; from
+   ``phantom_info.csv``) against the labels. In a finite cohort some of them differ between the
+   classes by chance, and a classifier that learns such a difference in the training folds carries
+   it to the test folds of the *same* cohort. On a ``--strength 0`` cohort this, not leakage, is
+   what moves a cross-validated AUC away from 0.5: read a null AUC next to these.
 
 Usage (after ``make demo``, or after ``neonet crop`` in an experiment with a phantom cohort)::
 
@@ -128,6 +134,25 @@ def histogram_cv(patches: Path, splits_path: Path, bins: int = 14, top: float = 
     return out
 
 
+NUISANCE = ("tumour_volume_ml", "tumour_intensity", "tumour_mean_image", "liver_volume_ml", "nerve_gap_mm")
+
+
+def nuisance_aucs(data_dir: Path) -> dict[str, float]:
+    """AUC against PNI of each nuisance parameter in ``phantom_info.csv`` (ranks, so any scale works)."""
+    info_path, cases_path = data_dir / "phantom_info.csv", data_dir / "cases.csv"
+    if not info_path.is_file() or not cases_path.is_file():
+        return {}
+    frame = pd.read_csv(info_path, dtype={"case_id": str}).merge(
+        pd.read_csv(cases_path, dtype={"case_id": str})[["case_id", "pni"]], on="case_id")
+    y = torch.tensor(frame["pni"].tolist(), dtype=torch.long)
+    out = {}
+    for column in NUISANCE:
+        if column in frame:
+            ranks = torch.tensor(frame[column].astype(float).rank().to_numpy() / len(frame), dtype=torch.float32)
+            out[f"auc {column}"] = float(binary_auroc(ranks, y))
+    return out
+
+
 def main() -> None:
     """Parse the arguments, measure, print and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -146,7 +171,8 @@ def main() -> None:
     result = {"absorption": absorption(runs, args), "band": list(args.band), "scores": band_scores(runs / "patches", tuple(args.band))}
     if (runs / "splits.json").is_file():
         result["learned"] = histogram_cv(runs / "patches", runs / "splits.json")
-    for key, value in {**result["absorption"], **result["scores"], **result.get("learned", {})}.items():
+    result["nuisance"] = nuisance_aucs(runs / "data")
+    for key, value in {**result["absorption"], **result["scores"], **result.get("learned", {}), **result["nuisance"]}.items():
         print(f"{key:>28}: {value:.3f}" if isinstance(value, float) else f"{key:>28}: {value}")
     out = args.out or runs / "reports" / "pni_signal_probe.json"
     out.parent.mkdir(parents=True, exist_ok=True)
