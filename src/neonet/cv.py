@@ -176,7 +176,7 @@ def cv(
             log.info("fold %d: %s already complete (%s) — skipped", k, stage, ws.artifact_path(stage, k))
             continue
         with fold_lock(ws.stage_dir(stage, k) / ".cv.lock", stage, k) as lock_fd:
-            if ws.is_complete(stage, k) and not force:  # finished by another process while we waited
+            if ws.is_complete(stage, k) and not force:  # finished by another process since the check above
                 log.info("fold %d: %s already complete (%s) — skipped", k, stage, ws.artifact_path(stage, k))
                 continue
             run = FoldRunner(configs, overrides, k, pass_fds=() if lock_fd is None else (lock_fd,))

@@ -92,7 +92,7 @@ POOLS = ("avg", "max", "avgmax", "hist", "avgmaxhist")
 
 
 class PattenNet(nn.Module):
-    """PNI-Attention Network: encoder -> Dual Attention Blocks -> global average pooling -> MLP -> logit.
+    """PNI-Attention Network: encoder -> Dual Attention Blocks -> pooling (global or over a region) -> MLP -> logit.
 
     With ``freeze_encoder`` the encoder's parameters get ``requires_grad=False``, its forward runs
     under ``torch.no_grad()``, and it stays in eval mode (norm statistics, dropout) even when
