@@ -69,17 +69,25 @@ def absorption(runs: Path, args: argparse.Namespace) -> dict[str, float]:
     return {"cases": len(shares), "cuff_absorbed_mean": float(np.mean(shares)), "cuff_absorbed_median": float(np.median(shares))}
 
 
-def band_scores(patches: Path, band: tuple[float, float]) -> dict[str, float]:
-    """AUC of the in-band voxel fraction per region (liver-relative and absolute intensity)."""
-    manifest = pd.read_csv(patches / "manifest.csv")
-    manifest = manifest[manifest["status"] == "ok"]
-    regions = {"shell": (PATCH_SHELL,), "shell+tumour": (PATCH_SHELL, PATCH_TUMOR)}
-    scores: dict[str, list[float]] = {f"{name} {kind}": [] for name in regions for kind in ("relative", "absolute")}
+def load_patches(patches: Path) -> tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray, float]]]:
+    """The ``ok`` rows of the patch manifest and, per row, (image, label, median liver intensity)."""
+    manifest = pd.read_csv(patches / "manifest.csv", dtype={"case_id": str})
+    manifest = manifest[manifest["status"] == "ok"].reset_index(drop=True)
+    items = []
     for row in manifest.itertuples():
         image = np.asarray(nib.load(patches / row.image).dataobj, np.float32)
         label = np.asarray(nib.load(patches / row.label).dataobj).round()
         liver = image[label == PATCH_LIVER]
-        ref = float(np.median(liver)) if liver.size else float(np.median(image[label > 0]))
+        items.append((image, label, float(np.median(liver)) if liver.size else float(np.median(image[label > 0]))))
+    return manifest, items
+
+
+def band_scores(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray, float]],
+                band: tuple[float, float]) -> dict[str, float]:
+    """AUC of the in-band voxel fraction per region (liver-relative and absolute intensity)."""
+    regions = {"shell": (PATCH_SHELL,), "shell+tumour": (PATCH_SHELL, PATCH_TUMOR)}
+    scores: dict[str, list[float]] = {f"{name} {kind}": [] for name in regions for kind in ("relative", "absolute")}
+    for image, label, ref in items:
         for name, values in regions.items():
             inside = image[np.isin(label, values)]
             for kind, scale in (("relative", ref), ("absolute", 1.0)):
@@ -92,17 +100,12 @@ def band_scores(patches: Path, band: tuple[float, float]) -> dict[str, float]:
     return out
 
 
-def histogram_cv(patches: Path, splits_path: Path, bins: int = 14, top: float = 1.4, l2: float = 0.1) -> dict[str, float]:
+def histogram_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray, float]], splits_path: Path,
+                 bins: int = 14, top: float = 1.4, l2: float = 0.1) -> dict[str, float]:
     """Pooled out-of-fold AUC of a logistic regression on shell + tumour intensity histograms."""
-    manifest = pd.read_csv(patches / "manifest.csv", dtype={"case_id": str})
-    manifest = manifest[manifest["status"] == "ok"].reset_index(drop=True)
     feats: dict[str, list[torch.Tensor]] = {"relative": [], "absolute": []}
-    for row in manifest.itertuples():
-        image = torch.from_numpy(np.asarray(nib.load(patches / row.image).dataobj, np.float32))
-        label = torch.from_numpy(np.asarray(nib.load(patches / row.label).dataobj).round())
-        liver = image[label == PATCH_LIVER]
-        ref = float(liver.median()) if liver.numel() else float(image[label > 0].median())
-        inside = image[(label == PATCH_SHELL) | (label == PATCH_TUMOR)]
+    for image, label, ref in items:
+        inside = torch.from_numpy(image[np.isin(label, (PATCH_SHELL, PATCH_TUMOR))])
         for kind, scale in (("relative", ref), ("absolute", 1.0)):
             v = (inside / scale).clamp(0, top)
             feats[kind].append(torch.histc(v, bins, 0, top) / max(v.numel(), 1))
@@ -168,9 +171,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: <runs>/<experiment>/reports/pni_signal_probe.json)")
     args = parser.parse_args()
     runs = args.runs_dir / args.experiment
-    result = {"absorption": absorption(runs, args), "band": list(args.band), "scores": band_scores(runs / "patches", tuple(args.band))}
+    manifest, items = load_patches(runs / "patches")
+    result = {"absorption": absorption(runs, args), "band": list(args.band), "scores": band_scores(manifest, items, tuple(args.band))}
     if (runs / "splits.json").is_file():
-        result["learned"] = histogram_cv(runs / "patches", runs / "splits.json")
+        result["learned"] = histogram_cv(manifest, items, runs / "splits.json")
     result["nuisance"] = nuisance_aucs(runs / "data")
     for key, value in {**result["absorption"], **result["scores"], **result.get("learned", {}), **result["nuisance"]}.items():
         print(f"{key:>28}: {value:.3f}" if isinstance(value, float) else f"{key:>28}: {value}")
