@@ -11,7 +11,6 @@ checkpoint are on disk when a later crash sends the fit back to that checkpoint.
 from __future__ import annotations
 
 import csv
-import os
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
@@ -80,7 +79,6 @@ class ResumableCSVLogger(CSVLogger):
         """The writer of ``metrics.csv`` and ``hparams.yaml``."""
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            os.makedirs(self.log_dir, exist_ok=True)
             self._experiment = KeepingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
 
