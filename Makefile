@@ -18,6 +18,9 @@ DEMO_SYNTH  ?= --tumor_radius_mm [20,30] --strength 2
 # with one CPU thread per process: small 3D models gain little from a second thread, and two-thread processes
 # slow down badly when anything else shares the 2 cores
 JOBS        ?= 1
+# null control cohort: matched sets of 3 (one anatomy, own noise, one PNI+ each, kept in one fold), so no
+# anatomical parameter is associated with PNI by chance; NULL_SYNTH= gives independent cases instead
+NULL_SYNTH  ?= --matched 3
 CV          := $(NEONET) cv --jobs $(JOBS)
 CLASSIFIER  ?= pattennet
 # written when every demo stage has finished; `make demo` then only prints the summary
@@ -108,8 +111,8 @@ demo: install ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, syn
 	$(MAKE) --no-print-directory summary && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s"
 
-null: install ## null control: the chain on a --strength 0 phantom (experiment demo-null); pooled AUC should be ~0.5
-	test -f $(RUNS)/demo-null/data/cases.csv || $(NEONET) synth --out $(RUNS)/demo-null/data --cases $(DEMO_CASES) --seed 0 --tumor_radius_mm [20,30] --strength 0
+null: install ## null control: the chain on a matched --strength 0 phantom (experiment demo-null); pooled AUC ~0.5
+	test -f $(RUNS)/demo-null/data/cases.csv || $(NEONET) synth --out $(RUNS)/demo-null/data --cases $(DEMO_CASES) --seed 0 --tumor_radius_mm [20,30] --strength 0 $(NULL_SYNTH)
 	export OMP_NUM_THREADS=1; \
 	$(NEONET) cv --jobs 3 --config experiments/demo/seg.yaml --config experiments/demo/null/null.yaml && \
 	$(NEONET) crop --config experiments/demo/null/crop.yaml && \

@@ -52,13 +52,13 @@ from neonet.seg.tlcr import PATCH_LIVER, PATCH_SHELL, PATCH_TUMOR
 def absorption(runs: Path, args: argparse.Namespace) -> dict[str, float]:
     """Share of each PNI+ case's cuff voxels that the out-of-fold NeoSeg mask calls tumour."""
     shares = []
-    for case_id, pni, seed in cohort_plan(args.cases, args.seed, args.pni_fraction):
-        pred_path = runs / "seg" / "predictions" / f"{case_id}.nii.gz"
-        if not pni or not pred_path.exists():
+    for item in cohort_plan(args.cases, args.seed, args.pni_fraction, args.matched):
+        pred_path = runs / "seg" / "predictions" / f"{item.case_id}.nii.gz"
+        if not item.pni or not pred_path.exists():
             continue
-        common = dict(strength=args.strength, tumor_radius_mm=tuple(args.tumor_radius_mm))
-        image_pos, label, _, _ = make_case(seed, 1, **common)
-        image_neg, _, _, _ = make_case(seed, 0, **common)
+        common = dict(strength=args.strength, tumor_radius_mm=tuple(args.tumor_radius_mm), noise_rng=item.noise_seed)
+        image_pos, label, _, _ = make_case(item.seed, 1, **common)
+        image_neg, _, _, _ = make_case(item.seed, 0, **common)
         cuff = (image_neg - image_pos) > args.cuff_drop * np.median(image_neg[label == LIVER])
         pred = np.asarray(nib.load(pred_path).dataobj)
         if pred.shape != cuff.shape:
@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the cohort's `neonet synth --seed`")
     parser.add_argument("--pni_fraction", type=float, default=0.35)
     parser.add_argument("--strength", type=float, default=2.0)
+    parser.add_argument("--matched", type=int, default=0, help="the cohort's `neonet synth --matched`")
     parser.add_argument("--tumor_radius_mm", type=float, nargs=2, default=(20.0, 30.0))
     parser.add_argument("--cuff_drop", type=float, default=0.15, help="cuff = PNI- twin minus PNI+ image above this share of liver")
     parser.add_argument("--band", type=float, nargs=2, default=(0.6, 0.8), help="intensity band, relative to liver")

@@ -90,8 +90,8 @@ def test_format(small_cohort):
 def test_pni_count_and_plan():
     for n, frac in [(24, 0.35), (10, 0.25), (7, 0.0), (7, 1.0), (61, 0.35)]:
         plan = cohort_plan(n, seed=3, pni_fraction=frac)
-        assert sum(p for _, p, _ in plan) == round(n * frac)
-    orders = {tuple(p for _, p, _ in cohort_plan(24, seed=s)) for s in range(5)}
+        assert sum(p.pni for p in plan) == round(n * frac)
+    orders = {tuple(p.pni for p in cohort_plan(24, seed=s)) for s in range(5)}
     assert len(orders) > 1  # shuffled with the seed
     with pytest.raises(ValueError):
         cohort_plan(10, pni_fraction=1.5)
@@ -181,3 +181,38 @@ def test_rejects_bad_arguments(tmp_path):
         make_case(0, 1, orientation="RAX", **SMALL)
     with pytest.raises(ValueError):
         synth(tmp_path, cases=2, strength=-1.0, **SMALL)
+
+
+def test_matched_sets_share_anatomy_not_noise(tmp_path):
+    plan = cohort_plan(12, seed=0, pni_fraction=0.35, matched=3)
+    assert [p.group for p in plan] == [f"set_{j:03d}" for j in range(4) for _ in range(3)]
+    assert [sum(p.pni for p in plan[j:j + 3]) for j in range(0, 12, 3)] == [1, 1, 1, 1]
+    assert len({tuple(p.pni for p in plan[j:j + 3]) for j in range(0, 12, 3)}) > 1  # PNI+ place shuffled
+    cases = {cid: (pni, image, label, info) for cid, pni, image, label, _, info in
+             iter_cohort(6, seed=0, matched=3, strength=0.0, **SMALL)}
+    first, second = list(cases.values())[:3], list(cases.values())[3:]
+    for members in (first, second):
+        labels = {m[2].tobytes() for m in members}
+        assert len(labels) == 1  # one anatomy per set
+        assert len({m[3]["tumour_volume_ml"] for m in members}) == 1
+        a, b = members[0][1], members[1][1]
+        assert a.tobytes() != b.tobytes()  # own noise
+        liver = members[0][2] == 1
+        assert np.abs(a - b)[liver].mean() < 0.1 * np.median(a[liver])  # ... and nothing more at strength 0
+    assert first[0][2].tobytes() != second[0][2].tobytes()  # sets differ in anatomy
+    # written as groups, which the splits keep in one fold
+    csv_path = synth(tmp_path / "m", cases=6, seed=0, pni_fraction=0.35, matched=3, strength=0.0, **SMALL)
+    assert [c.group for c in read_cases(csv_path)] == ["set_000"] * 3 + ["set_001"] * 3
+    for bad in (4, 5, 1):  # 6 % 4, 6 % 5 != 0; a set of 1 cannot hold both classes
+        with pytest.raises(ValueError, match="matched sets need"):
+            cohort_plan(6, matched=bad)
+    with pytest.raises(ValueError, match="holds both classes"):
+        cohort_plan(6, pni_fraction=0.1, matched=3)
+
+
+def test_matched_null_has_no_chance_association_with_anatomy():
+    """Unmatched null cohorts carry chance anatomy-label associations; matched sets carry none."""
+    rows = [(pni, info["tumour_volume_ml"]) for _, pni, _, _, _, info in
+            iter_cohort(12, seed=0, matched=3, strength=0.0, **SMALL)]
+    pni, volume = np.array(rows).T
+    assert auc(volume, pni) == 0.5  # every volume is held by one PNI+ and two PNI- cases

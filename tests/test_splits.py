@@ -60,7 +60,7 @@ def test_written_once_and_mismatch_stops(tmp_path: Path) -> None:
     with pytest.raises(SplitMismatchError, match="added: new.*removed: c02b"):
         ensure_splits(path, changed, folds=5)
     relabelled = [Case(c.case_id, c.image, c.label, 1 - c.pni, c.patient_id) if c.case_id == "c20" else c for c in cases]
-    with pytest.raises(SplitMismatchError, match="pni/patient changed: c20"):
+    with pytest.raises(SplitMismatchError, match="pni/patient/group changed: c20"):
         ensure_splits(path, relabelled, folds=5)
     with pytest.raises(SplitMismatchError, match="3 were requested"):
         ensure_splits(path, cases, folds=3)
@@ -90,3 +90,49 @@ def test_drop_last_counts_each_ranks_share(phantom_cohort) -> None:
     dm.trainer = SimpleNamespace(world_size=2)
     assert dm.drop_last(24, 16) is False  # two ranks of 12: dropping would leave each without a batch
     assert dm.drop_last(40, 16) is True
+
+
+def matched_cohort(sets: int = 12, size: int = 3) -> list[Case]:
+    """Matched sets of ``size`` patients (one PNI+ each), as written by ``neonet synth --matched``."""
+    cases = []
+    for j in range(sets):
+        for m in range(size):
+            i = j * size + m
+            cases.append(Case(f"c{i:02d}", Path(f"i{i}.nii.gz"), None, int(m == j % size), f"p{i:02d}", group=f"set{j:02d}"))
+    return cases
+
+
+def test_groups_share_a_fold_and_the_train_val_side() -> None:
+    cases = matched_cohort()
+    group = {c.case_id: c.group for c in cases}
+    doc = make_splits(cases, folds=3, seed=0)
+    for k in range(3):
+        fold = get_fold(doc, k)
+        test_g, train_g, val_g = ({group[c] for c in part} for part in (fold.test, fold.train, fold.val))
+        assert not test_g & (train_g | val_g) and not train_g & val_g
+        assert len(test_g) == 4 and len(val_g) == 2  # 12 sets dealt evenly; 20 % of the 8 training sets
+        assert len(fold.test) == 12  # whole sets: 4 x 3 cases, 4 of them PNI+
+        assert sum(c.pni for c in cases if c.case_id in fold.test) == 4
+    assert doc["cases"]["c00"]["group"] == "set00"
+
+
+def test_groups_recorded_in_fingerprint_only_when_used(tmp_path: Path) -> None:
+    plain = cohort()
+    # without groups the fingerprint (and so every existing splits.json) is unchanged by the group column
+    assert "group" not in make_splits(plain, 5)["cases"]["c00"]
+    path = tmp_path / "splits.json"
+    cases = matched_cohort()
+    ensure_splits(path, cases, folds=3)
+    regrouped = [Case(c.case_id, c.image, c.label, c.pni, c.patient_id, group="set99") if c.case_id == "c05" else c
+                 for c in cases]
+    with pytest.raises(SplitMismatchError, match="group changed: c05"):
+        ensure_splits(path, regrouped, folds=3)
+
+
+def test_group_errors() -> None:
+    cases = matched_cohort(sets=2)
+    with pytest.raises(DataError, match="2 patient groups cannot be split into 3 folds"):
+        make_splits(cases, folds=3)
+    split_patient = cases + [Case("c00b", Path("x"), None, cases[0].pni, "p00", group="set01")]
+    with pytest.raises(DataError, match="patient p00: case c00b is in group 'set01'"):
+        make_splits(split_patient, folds=2)

@@ -1,6 +1,7 @@
 """The case manifest (``cases.csv``) and the label map.
 
-``cases.csv`` columns: ``case_id``, ``image``, ``label``, ``pni`` and optionally ``patient_id``.
+``cases.csv`` columns: ``case_id``, ``image``, ``label``, ``pni`` and optionally ``patient_id`` and
+``group`` (patients that must share a fold, e.g. the matched sets of a matched phantom cohort).
 Paths are relative to the CSV's folder (absolute paths are accepted). ``label`` may be empty for
 a case without a manual mask; ``pni`` may be empty only for cases used for segmentation alone.
 """
@@ -17,7 +18,7 @@ import numpy as np
 from neonet.errors import DataError
 
 REQUIRED_COLUMNS = ("case_id", "image", "label", "pni")
-OPTIONAL_COLUMNS = ("patient_id",)
+OPTIONAL_COLUMNS = ("patient_id", "group")
 
 #: Project label convention for segmentation masks (NeoSeg output and training targets).
 BACKGROUND, LIVER, TUMOR = 0, 1, 2
@@ -78,6 +79,8 @@ class Case:
         pni: 1 for PNI+, 0 for PNI-, None when unknown.
         patient_id: patient identifier (defaults to ``case_id``); splits are made per patient.
         row: 1-based row number in the CSV (header is row 1), for error messages.
+        group: patients with the same non-empty group are always put in the same fold (empty: the
+            patient is a group of its own).
     """
 
     case_id: str
@@ -86,6 +89,7 @@ class Case:
     pni: int | None
     patient_id: str
     row: int = 0
+    group: str = ""
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -120,7 +124,7 @@ def read_cases_raw(csv_path: str | os.PathLike) -> tuple[list[str], list[dict[st
     if missing:
         raise DataError(
             f"{csv_path}: missing column(s) {', '.join(missing)}; "
-            f"expected {', '.join(REQUIRED_COLUMNS)} (+ optional patient_id)"
+            f"expected {', '.join(REQUIRED_COLUMNS)} (+ optional patient_id, group)"
         )
     return header, rows
 
@@ -151,6 +155,7 @@ def read_cases(csv_path: str | os.PathLike) -> list[Case]:
                 pni=pni,
                 patient_id=row.get("patient_id") or cid,
                 row=i,
+                group=row.get("group", ""),
                 extra={k: v for k, v in row.items() if k not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS},
             )
         )
@@ -183,6 +188,7 @@ def write_cases(csv_path: str | os.PathLike, cases: list[Case]) -> Path:
                 "pni": "" if c.pni is None else int(c.pni),
                 "patient_id": c.patient_id,
             }
+            | ({"group": c.group} if any(o.group for o in cases) else {})
             for c in cases
         ]
     )

@@ -13,6 +13,14 @@ intensity carry no label information. All random draws are made in the same orde
 PNI status, so with ``strength=0`` a PNI+ case is byte-identical to the PNI- case with the same
 seed (a null cohort: a pipeline scoring well above AUC 0.5 on it is leaking).
 
+A *matched* cohort (``synth --matched K``) comes in sets of K cases that share every anatomical
+draw and differ only in their image noise (Rician noise and the fine parenchymal texture) and,
+for the set's PNI+ members, the infiltration. Each set has the same number of PNI+ cases and is a
+``group`` in ``cases.csv``, so it is never split over folds: no anatomical parameter (tumour size,
+intensity, ...) can be associated with PNI by chance, in the cohort or in any fold. With
+``strength=0`` that makes the null exact by design, while a pipeline that lets test patients into
+training can still memorise their noise.
+
 Everything is computed in physical millimetres (anisotropic spacing), with soft masks from signed
 distances for partial volume, a multiplicative bias field and Rician noise. The output follows
 ``neonet.data.cases``: ``cases.csv`` + ``images/<case>.nii.gz`` (float32) + ``labels/<case>.nii.gz``
@@ -27,7 +35,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -213,6 +221,7 @@ def make_case(
     tumor_radius_mm: tuple[float, float] = (14.0, 24.0),
     noise: float = 0.03,
     orientation: str = "RAS",
+    noise_rng: Seed | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Generate one phantom case in memory.
 
@@ -227,12 +236,16 @@ def make_case(
         tumor_radius_mm: (min, max) of the uniformly drawn mean tumour radius in mm.
         noise: Rician noise level relative to the liver intensity.
         orientation: axis code of the stored arrays (RAS or e.g. LPS); the affine matches.
+        noise_rng: separate seed for the image noise (Rician noise and fine parenchymal texture);
+            None draws it from ``rng``. Cases with the same ``rng`` and different ``noise_rng`` have
+            the same anatomy (matched cohorts).
 
     Returns:
         (image float32, label uint8, affine 4x4, info dict).
     """
     code = _check_orientation(orientation)
     rng = _rng(rng)
+    nrng = rng if noise_rng is None else _rng(noise_rng)
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
     sp = np.asarray(spacing, dtype=float)
     origin = -(np.asarray(shape) - 1) / 2 * sp
@@ -274,7 +287,7 @@ def make_case(
     d_liver = np.maximum(d_liver + 5.0 * smooth_noise(rng, shape, sp, 40.0), d_body + fat_mm + 4.0)
     m_liver = _ramp(d_liver, width)
     liver_int = rng.uniform(0.9, 1.1)
-    fine = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), 2.5 / sp)
+    fine = ndimage.gaussian_filter(nrng.normal(size=shape).astype(np.float32), 2.5 / sp)
     fine /= fine.std() + 1e-8
     image = _lerp(image, liver_int * (1 + 0.03 * fine), m_liver)
 
@@ -337,7 +350,7 @@ def make_case(
     image = _lerp(image, tumour_img, m_tumour)
     image *= np.exp(0.12 * smooth_noise(rng, shape, sp, 120.0))
     sigma = noise * liver_int
-    n1, n2 = rng.normal(size=(2, *shape)).astype(np.float32)
+    n1, n2 = nrng.normal(size=(2, *shape)).astype(np.float32)
     image = np.sqrt((image + sigma * n1) ** 2 + (sigma * n2) ** 2).astype(np.float32)
 
     label = np.full(shape, BACKGROUND, np.uint8)
@@ -364,10 +377,23 @@ def make_case(
     return image, label, affine, info
 
 
-def cohort_plan(cases: int, seed: int = 0, pni_fraction: float = 0.35) -> list[tuple[str, int, np.random.SeedSequence]]:
-    """Case ids, PNI labels (exactly round(cases * pni_fraction) positives, shuffled) and per-case seeds.
+class PlannedCase(NamedTuple):
+    """One case of a phantom cohort plan."""
 
-    Case ``i``'s seed depends only on (seed, i), so its anatomy does not change with ``cases``.
+    case_id: str
+    pni: int
+    seed: np.random.SeedSequence
+    noise_seed: np.random.SeedSequence | None
+    group: str
+
+
+def cohort_plan(cases: int, seed: int = 0, pni_fraction: float = 0.35, matched: int = 0) -> list[PlannedCase]:
+    """Case ids, PNI labels, per-case seeds and groups.
+
+    Unmatched (``matched=0``): exactly round(cases * pni_fraction) positives, shuffled; case ``i``'s
+    seed depends only on (seed, i), so its anatomy does not change with ``cases``.
+    Matched (``matched=K >= 2``): cases in consecutive sets of K sharing one anatomy seed, each with
+    round(K * pni_fraction) positives at shuffled places and its own noise seed; group ``set_<j>``.
     """
     if cases < 1:
         raise ValueError(f"cases must be >= 1, got {cases}")
@@ -375,30 +401,44 @@ def cohort_plan(cases: int, seed: int = 0, pni_fraction: float = 0.35) -> list[t
         raise ValueError(f"pni_fraction must be in [0, 1], got {pni_fraction}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    positives = round(cases * pni_fraction)
-    labels = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,))).permutation(
-        np.array([1] * positives + [0] * (cases - positives)))
     width = max(3, len(str(cases - 1)))
-    return [(f"phantom_{i:0{width}d}", int(labels[i]), np.random.SeedSequence(seed, spawn_key=(0, i)))
-            for i in range(cases)]
+    label_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+    if matched == 0:
+        positives = round(cases * pni_fraction)
+        labels = label_rng.permutation(np.array([1] * positives + [0] * (cases - positives)))
+        return [PlannedCase(f"phantom_{i:0{width}d}", int(labels[i]), np.random.SeedSequence(seed, spawn_key=(0, i)), None, "")
+                for i in range(cases)]
+    positives = round(matched * pni_fraction)
+    if matched < 2 or cases % matched or not 0 < positives < matched:
+        raise ValueError(
+            f"matched sets need a size K >= 2 that divides cases ({cases}) and holds both classes "
+            f"(round(K * pni_fraction) = {positives} PNI+ of K = {matched}); e.g. --matched 3 with pni_fraction 0.35")
+    width_set = max(3, len(str(cases // matched - 1)))
+    plan = []
+    for j in range(cases // matched):
+        labels = label_rng.permutation(np.array([1] * positives + [0] * (matched - positives)))
+        for m in range(matched):
+            i = j * matched + m
+            plan.append(PlannedCase(f"phantom_{i:0{width}d}", int(labels[m]), np.random.SeedSequence(seed, spawn_key=(0, j)),
+                                    np.random.SeedSequence(seed, spawn_key=(2, i)), f"set_{j:0{width_set}d}"))
+    return plan
 
 
-def iter_cohort(cases: int = 24, seed: int = 0, pni_fraction: float = 0.35, **params: Any
+def iter_cohort(cases: int = 24, seed: int = 0, pni_fraction: float = 0.35, matched: int = 0, **params: Any
                 ) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]]:
     """Yield (case_id, pni, image, label, affine, info) in memory; ``params`` go to ``make_case``."""
-    for case_id, pni, case_seed in cohort_plan(cases, seed, pni_fraction):
-        image, label, affine, info = make_case(case_seed, pni, **params)
-        yield case_id, pni, image, label, affine, info
+    for item in cohort_plan(cases, seed, pni_fraction, matched):
+        image, label, affine, info = make_case(item.seed, item.pni, noise_rng=item.noise_seed, **params)
+        yield item.case_id, item.pni, image, label, affine, info
 
 
-def _write_case(item: tuple[str, int, np.random.SeedSequence], out: Path, params: dict[str, Any]) -> dict[str, Any]:
+def _write_case(item: PlannedCase, out: Path, params: dict[str, Any]) -> dict[str, Any]:
     from neonet.data.nifti import save_nifti
 
-    case_id, pni, case_seed = item
-    image, label, affine, info = make_case(case_seed, pni, **params)
-    save_nifti(out / "images" / f"{case_id}.nii.gz", image, affine)
-    save_nifti(out / "labels" / f"{case_id}.nii.gz", label, affine)
-    return {"case_id": case_id, **info}
+    image, label, affine, info = make_case(item.seed, item.pni, noise_rng=item.noise_seed, **params)
+    save_nifti(out / "images" / f"{item.case_id}.nii.gz", image, affine)
+    save_nifti(out / "labels" / f"{item.case_id}.nii.gz", label, affine)
+    return {"case_id": item.case_id, **({"group": item.group} if item.group else {}), **info}
 
 
 def synth(
@@ -412,6 +452,7 @@ def synth(
     orientation: str = "RAS",
     tumor_radius_mm: tuple[float, float] = (14.0, 24.0),
     noise: float = 0.03,
+    matched: int = 0,
     workers: int = 1,
 ) -> Path:
     """Write a synthetic T1 hepatobiliary-phase MRI cohort with a known PNI signal (phantom).
@@ -438,6 +479,9 @@ def synth(
             loaders must reorient.
         tumor_radius_mm: (min, max) of the mean tumour radius in mm, drawn uniformly.
         noise: Rician noise level relative to the liver intensity.
+        matched: 0 for independent cases; K >= 2 for matched sets of K cases with one anatomy and
+            their own noise, round(K * pni_fraction) of them PNI+, written as one ``group`` each
+            (kept in one fold). With strength 0 this is the exact null control.
         workers: number of processes (1 = in this process).
 
     Returns:
@@ -453,7 +497,7 @@ def synth(
         raise ValueError(f"shape must be 3 sizes >= 8 and spacing 3 positive sizes, got {shape}, {spacing}")
     if not 0 < tumor_radius_mm[0] <= tumor_radius_mm[1]:
         raise ValueError(f"tumor_radius_mm must be (min, max) with 0 < min <= max, got {tumor_radius_mm}")
-    plan = cohort_plan(cases, seed, pni_fraction)
+    plan = cohort_plan(cases, seed, pni_fraction, matched)
     params = {"strength": strength, "shape": tuple(shape), "spacing": tuple(spacing), "orientation": orientation,
               "tumor_radius_mm": tuple(tumor_radius_mm), "noise": noise}
     task = partial(_write_case, out=out, params=params)
@@ -472,8 +516,8 @@ def synth(
     import pandas as pd
 
     write_csv(out / "phantom_info.csv", pd.DataFrame(infos))
-    rows = [Case(case_id=cid, image=out / "images" / f"{cid}.nii.gz", label=out / "labels" / f"{cid}.nii.gz",
-                 pni=pni, patient_id=cid) for cid, pni, _ in plan]
+    rows = [Case(case_id=p.case_id, image=out / "images" / f"{p.case_id}.nii.gz", label=out / "labels" / f"{p.case_id}.nii.gz",
+                 pni=p.pni, patient_id=p.case_id, group=p.group) for p in plan]
     csv_path = write_cases(out / "cases.csv", rows)
-    log.info("phantom: wrote %d cases (%d PNI+, strength %g) to %s", len(rows), sum(p for _, p, _ in plan), strength, out)
+    log.info("phantom: wrote %d cases (%d PNI+, strength %g) to %s", len(rows), sum(p.pni for p in plan), strength, out)
     return csv_path

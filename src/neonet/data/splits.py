@@ -1,5 +1,8 @@
 """Patient-level, PNI-stratified, seeded k-fold splits, written once per experiment.
 
+Patients that share a ``group`` in ``cases.csv`` always land in the same fold (and on the same side
+of the inner validation split); groups are stratified by their make-up of PNI labels.
+
 ``splits.json`` holds for every fold the test patients' cases, the training cases and an inner
 validation split taken from the training patients (used for model selection, never the test fold).
 Once written it is only read: if the case manifest changes, the run stops instead of re-splitting.
@@ -38,9 +41,12 @@ class Fold:
 def _patient_table(cases: list[Case]) -> dict[str, dict[str, Any]]:
     patients: dict[str, dict[str, Any]] = {}
     for case in cases:
-        entry = patients.setdefault(case.patient_id, {"cases": [], "pni": set()})
+        entry = patients.setdefault(case.patient_id, {"cases": [], "pni": set(), "group": case.group})
         entry["cases"].append(case.case_id)
         entry["pni"].add(case.pni)
+        if case.group != entry["group"]:
+            raise DataError(f"patient {case.patient_id}: case {case.case_id} is in group {case.group!r} but the patient's "
+                            f"other cases are in group {entry['group']!r}; give all cases of a patient the same group")
     for pid, entry in patients.items():
         labels = entry["pni"] - {None}
         if len(labels) > 1:
@@ -49,19 +55,41 @@ def _patient_table(cases: list[Case]) -> dict[str, dict[str, Any]]:
     return patients
 
 
-def _deal(ids: list[str], n: int, rng: np.random.Generator, offset: int = 0) -> list[list[str]]:
+def _unit_table(patients: dict[str, dict[str, Any]]) -> dict[tuple[int, str], dict[str, Any]]:
+    """The units that are dealt into folds: a patient of its own, or all patients of one ``group``.
+
+    A unit's stratum is the sorted tuple of its patients' labels, so a patient without a group is
+    stratified by its own label and matched sets of equal make-up are dealt
+    evenly over the folds.
+    """
+    units: dict[tuple[int, str], dict[str, Any]] = {}
+    for pid in sorted(patients):
+        group = patients[pid]["group"]
+        key = (1, group) if group else (0, pid)
+        units.setdefault(key, {"patients": []})["patients"].append(pid)
+    for unit in units.values():
+        unit["stratum"] = tuple(sorted(patients[p]["pni"] for p in unit["patients"]))
+    return units
+
+
+def _deal(ids: list[Any], n: int, rng: np.random.Generator, offset: int = 0) -> list[list[Any]]:
     """Shuffle ``ids`` and deal them round-robin into ``n`` bins, starting at bin ``offset``."""
     order = list(rng.permutation(len(ids)))
-    bins: list[list[str]] = [[] for _ in range(n)]
+    bins: list[list[Any]] = [[] for _ in range(n)]
     for j, idx in enumerate(order):
         bins[(j + offset) % n].append(ids[idx])
     return bins
 
 
 def manifest_fingerprint(cases: list[Case]) -> str:
-    """Hash of (case_id, patient_id, pni) of all cases; paths may move without changing it."""
-    rows = sorted((c.case_id, c.patient_id, c.pni) for c in cases)
+    """Hash of (case_id, patient_id, pni[, group]) of all cases; paths may move without changing it."""
+    grouped = any(c.group for c in cases)
+    rows = sorted((c.case_id, c.patient_id, c.pni, *((c.group,) if grouped else ())) for c in cases)
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def _record(case: Case) -> dict[str, Any]:
+    return {"patient_id": case.patient_id, "pni": case.pni, **({"group": case.group} if case.group else {})}
 
 
 def make_splits(cases: list[Case], folds: int = 5, seed: int = 0, val_fraction: float = 0.2) -> dict[str, Any]:
@@ -80,41 +108,43 @@ def make_splits(cases: list[Case], folds: int = 5, seed: int = 0, val_fraction: 
     if dupes:
         raise DataError(f"duplicate case ids in the manifest: {', '.join(dupes)}")
     patients = _patient_table(cases)
-    if len(patients) < folds:
-        raise DataError(f"{len(patients)} patients cannot be split into {folds} folds")
+    units = _unit_table(patients)
+    if len(units) < folds:
+        what = "patient groups" if any(c.group for c in cases) else "patients"
+        raise DataError(f"{len(units)} {what} cannot be split into {folds} folds")
     rng = np.random.default_rng(seed)
-    by_class: dict[int, list[str]] = {}
-    for pid in sorted(patients):
-        by_class.setdefault(patients[pid]["pni"], []).append(pid)
-    test_bins: list[list[str]] = [[] for _ in range(folds)]
+    by_stratum: dict[tuple[int, ...], list[tuple[int, str]]] = {}
+    for key in sorted(units):
+        by_stratum.setdefault(units[key]["stratum"], []).append(key)
+    test_bins: list[list[tuple[int, str]]] = [[] for _ in range(folds)]
     offset = 0
-    for label in sorted(by_class):
-        for k, bin_ in enumerate(_deal(by_class[label], folds, rng, offset)):
+    for stratum in sorted(by_stratum):
+        for k, bin_ in enumerate(_deal(by_stratum[stratum], folds, rng, offset)):
             test_bins[k].extend(bin_)
-        offset += len(by_class[label])  # keep fold sizes balanced across classes
+        offset += len(by_stratum[stratum])  # keep fold sizes balanced across strata
     doc_folds = []
     for k in range(folds):
-        test_p = set(test_bins[k])
-        train_p = [p for p in sorted(patients) if p not in test_p]
-        val_p: list[str] = []
+        test_u = set(test_bins[k])
+        train_u = [u for u in sorted(units) if u not in test_u]
+        val_u: list[tuple[int, str]] = []
         fold_rng = np.random.default_rng([seed, k])
-        for label in sorted(by_class):
-            cls = [p for p in train_p if patients[p]["pni"] == label]
+        for stratum in sorted(by_stratum):
+            cls = [u for u in train_u if units[u]["stratum"] == stratum]
             n_val = int(round(val_fraction * len(cls)))
             if val_fraction > 0 and len(cls) >= 2:
                 n_val = max(1, n_val)
-            val_p += [cls[i] for i in sorted(fold_rng.permutation(len(cls))[:n_val])]
-        val_set = set(val_p)
+            val_u += [cls[i] for i in sorted(fold_rng.permutation(len(cls))[:n_val])]
+        val_set = set(val_u)
 
-        def cases_of(pids: set[str] | list[str]) -> list[str]:
-            return sorted(cid for p in pids for cid in patients[p]["cases"])
+        def cases_of(keys: set[tuple[int, str]] | list[tuple[int, str]]) -> list[str]:
+            return sorted(cid for u in keys for p in units[u]["patients"] for cid in patients[p]["cases"])
 
         doc_folds.append(
             {
                 "fold": k,
-                "train": cases_of([p for p in train_p if p not in val_set]),
+                "train": cases_of([u for u in train_u if u not in val_set]),
                 "val": cases_of(val_set),
-                "test": cases_of(test_p),
+                "test": cases_of(test_u),
             }
         )
     return {
@@ -122,7 +152,7 @@ def make_splits(cases: list[Case], folds: int = 5, seed: int = 0, val_fraction: 
         "seed": seed,
         "val_fraction": val_fraction,
         "fingerprint": manifest_fingerprint(cases),
-        "cases": {c.case_id: {"patient_id": c.patient_id, "pni": c.pni} for c in sorted(cases, key=lambda c: c.case_id)},
+        "cases": {c.case_id: _record(c) for c in sorted(cases, key=lambda c: c.case_id)},
         "splits": doc_folds,
     }
 
@@ -132,7 +162,7 @@ def check_splits_match(doc: dict[str, Any], cases: list[Case], path: Path) -> No
     if doc.get("fingerprint") == manifest_fingerprint(cases):
         return
     recorded = doc.get("cases", {})
-    now = {c.case_id: {"patient_id": c.patient_id, "pni": c.pni} for c in cases}
+    now = {c.case_id: _record(c) for c in cases}
     added = sorted(set(now) - set(recorded))
     removed = sorted(set(recorded) - set(now))
     changed = sorted(cid for cid in set(now) & set(recorded) if now[cid] != recorded[cid])
@@ -142,7 +172,7 @@ def check_splits_match(doc: dict[str, Any], cases: list[Case], path: Path) -> No
     if removed:
         parts.append(f"removed: {', '.join(removed[:10])}{' ...' if len(removed) > 10 else ''}")
     if changed:
-        parts.append(f"pni/patient changed: {', '.join(changed[:10])}{' ...' if len(changed) > 10 else ''}")
+        parts.append(f"pni/patient/group changed: {', '.join(changed[:10])}{' ...' if len(changed) > 10 else ''}")
     raise SplitMismatchError(
         f"the case manifest no longer matches {path} ({'; '.join(parts) or 'contents differ'}). "
         "Splits are never silently remade, because results of earlier folds would become invalid. "
