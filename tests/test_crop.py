@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -189,3 +190,22 @@ def test_predicted_source(cohort, tmp_path):
     assert set(frame["source"]) == {"predicted"}
     assert frame.loc["c1", "status"] == "ok" and frame.loc["c4", "status"] == "ok"
     assert frame.loc["c5", "status"].startswith("error: ")
+
+
+def test_liver_level_normalises_each_case_and_is_a_setting(cohort, tmp_path):
+    cases, _ = cohort
+    runs = tmp_path / "runs"
+    frame = _manifest(_crop(cases, runs, liver_level=0.5))
+    patches = runs / "t" / "patches"
+    for cid in ("c1", "c3", "c4"):
+        image = np.asarray(nib.load(patches / frame.loc[cid, "image"]).dataobj)
+        label = np.asarray(nib.load(patches / frame.loc[cid, "label"]).dataobj)
+        assert float(frame.loc[cid, "intensity_scale"]) != 1.0
+        assert 0.4 < np.median(image[label == 1]) < 0.6 and image.max() <= 1.0
+    assert frame.loc["c5", "status"].startswith("error")
+    assert json.loads((patches / "crop_config.json").read_text())["liver_level"] == 0.5
+    with pytest.raises(NeonetError, match="liver_level"):
+        _crop(cases, runs)  # back to the volume scaling: a changed setting needs --force
+    assert _manifest(_crop(cases, runs, force=True)).loc["c1", "intensity_scale"] == "1.0"
+    with pytest.raises(NeonetError, match=r"--liver_level must be in \(0, 1\]"):
+        _crop(cases, runs, liver_level=1.5, force=True)

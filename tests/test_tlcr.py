@@ -10,6 +10,7 @@ from neonet.seg.tlcr import (
     extract_patch,
     label_patch,
     largest_component,
+    liver_reference_scale,
     patch_affine,
     peritumoral_shell,
     tlcr,
@@ -170,3 +171,24 @@ def test_no_tumour_liver_fallback_and_skip():
 
     with pytest.raises(ValueError):
         tlcr(image, mask, (1.0, 1.0, 1.0), no_tumor="bogus")
+
+
+def test_liver_level_puts_the_liver_median_at_the_level():
+    image, mask = case()
+    bright = image * 0.5 + 0.2  # the same anatomy scanned with another scaling
+    patches = [tlcr(img, mask, (1.5, 1.5, 3.0), patch_size=(24, 24, 12), liver_level=0.6) for img in (image, bright)]
+    for img, result in zip((image, bright), patches):
+        assert result.intensity_scale == pytest.approx(0.6 / np.median(img[mask == 1]))
+        liver_patch = result.image_patch[result.label_patch == 1]
+        assert np.median(liver_patch) == pytest.approx(0.6, abs=0.05)  # the patch holds part of the liver
+        assert result.image_patch.min() >= 0.0 and result.image_patch.max() <= 1.0  # clipped
+    plain = tlcr(image, mask, (1.5, 1.5, 3.0), patch_size=(24, 24, 12))
+    assert plain.intensity_scale == 1.0
+    unclipped = plain.image_patch * patches[0].intensity_scale < 1.0
+    np.testing.assert_allclose(patches[0].image_patch[unclipped], (plain.image_patch * patches[0].intensity_scale)[unclipped],
+                               rtol=1e-6)
+    no_liver = np.where(mask == 1, 0, mask).astype(np.uint8)
+    with pytest.raises(ValueError, match="no liver voxels|none"):
+        tlcr(image, no_liver, (1.5, 1.5, 3.0), patch_size=(24, 24, 12), liver_level=0.6)
+    with pytest.raises(ValueError, match="liver_level must be > 0"):
+        liver_reference_scale(image, mask == 1, 0.0)

@@ -59,7 +59,8 @@ def crop_settings(ws: Workspace) -> dict[str, Any]:
         raise MissingUpstreamError("the experiment's TLCR settings", path, train_command(ws, "crop", verb="crop"))
     cfg = read_json(path)
     return {"spacing": tuple(float(s) for s in cfg["spacing"]), "patch_size": tuple(int(p) for p in cfg["patch_size"]),
-            "shell_mm": float(cfg["shell_mm"]), "source": cfg.get("source"), "config": str(path)}
+            "shell_mm": float(cfg["shell_mm"]), "source": cfg.get("source"), "config": str(path),
+            "liver_level": None if cfg.get("liver_level") is None else float(cfg["liver_level"])}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -279,7 +280,8 @@ def predict_case(
     from neonet.seg.tlcr import patch_affine, tlcr
 
     image_c, mask_c, affine_c = load_case(image, seg_path, crop["spacing"], LabelMap())
-    result = tlcr(image_c, mask_c, crop["spacing"], patch_size=crop["patch_size"], shell_mm=crop["shell_mm"], no_tumor="skip")
+    result = tlcr(image_c, mask_c, crop["spacing"], patch_size=crop["patch_size"], shell_mm=crop["shell_mm"], no_tumor="skip",
+                  liver_level=crop["liver_level"])
     probs: dict[str, float] = {}
     thresholds: dict[str, float] = {}
     saliency_c: np.ndarray | None = None
@@ -341,7 +343,7 @@ def predict_case(
                  "grid_affine": affine_c.tolist(), "grid_shape": list(image_c.shape),
                  "centroid_voxel": None if result.centroid is None else [round(c, 3) for c in result.centroid],
                  "fits": result.fits, "spacing": list(crop["spacing"]), "patch_size": list(crop["patch_size"]),
-                 "shell_mm": crop["shell_mm"], "settings": crop["config"], "training_patches_from": crop["source"]},
+                 "shell_mm": crop["shell_mm"], "liver_level": crop["liver_level"], "settings": crop["config"], "training_patches_from": crop["source"]},
         "segmentation": seg_record,
         "classifier": cls_record,
         "saliency": saliency_record,

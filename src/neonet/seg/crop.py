@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 SOURCES = ("manual", "predicted")
 CONFIG_NAME = "crop_config.json"
 #: Arguments that change the patches; a different value needs ``--force``.
-SETTINGS_KEYS = ("source", "spacing", "patch_size", "shell_mm", "no_tumor", "liver", "tumor", "other")
+SETTINGS_KEYS = ("source", "spacing", "patch_size", "shell_mm", "no_tumor", "liver", "tumor", "other", "liver_level")
 #: Statuses whose rows (and files) a re-run with the same settings and inputs may reuse.
 REUSABLE_STATUSES = (STATUS_OK, STATUS_LIVER_FALLBACK, STATUS_SKIPPED, STATUS_NO_LIVER)
 _AXES = ("x", "y", "z")
@@ -72,6 +72,7 @@ MANIFEST_COLUMNS = [
     *(f"spacing_{a}" for a in _AXES),
     *(f"patch_{a}" for a in _AXES),
     "shell_mm",
+    "intensity_scale",
     "source_image",
     "source_mask",
     "inputs_sha256",
@@ -87,6 +88,7 @@ def _settings(
     liver: list[int],
     tumor: list[int],
     other: list[int],
+    liver_level: float | None = None,
 ) -> dict[str, Any]:
     return {
         "source": source,
@@ -97,6 +99,7 @@ def _settings(
         "liver": sorted(int(v) for v in liver),
         "tumor": sorted(int(v) for v in tumor),
         "other": sorted(int(v) for v in other),
+        "liver_level": None if liver_level is None else float(liver_level),
     }
 
 
@@ -129,8 +132,10 @@ def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         log.warning("ignoring unreadable %s (%s); all cases are cropped again", path, exc)
         return {}
-    if not set(MANIFEST_COLUMNS) <= set(frame.columns):
+    if not set(MANIFEST_COLUMNS) - {"intensity_scale"} <= set(frame.columns):
         return {}
+    if "intensity_scale" not in frame:  # manifests written before patches could be liver-normalised
+        frame["intensity_scale"] = "1.0"
     return {row["case_id"]: row for row in frame[MANIFEST_COLUMNS].to_dict(orient="records")}
 
 
@@ -177,13 +182,15 @@ def crop(
     liver: list[int] = [1],  # noqa: B006 - never mutated; a list reads best in --help
     tumor: list[int] = [2],  # noqa: B006
     other: list[int] = [],  # noqa: B006
+    liver_level: float | None = None,
     force: bool = False,
 ) -> Path:
     """Tumour-localised ROI crop (TLCR): an image patch and a label patch around each tumour.
 
     Every case is reoriented to RAS and resampled to ``spacing``; the patch is centred on the
     centroid of the largest 3D connected tumour component; at volume borders it is padded to
-    ``patch_size`` and the padding is recorded. Label patches hold 0 background, 1 liver,
+    ``patch_size`` and the padding is recorded. With ``liver_level`` the image patch is put on a
+    liver-relative scale (reference-tissue normalisation). Label patches hold 0 background, 1 liver,
     2 peritumoral shell (non-tumour voxels within ``shell_mm`` mm of a tumour), 3 tumour.
     Writes ``<runs_dir>/<experiment>/patches/{images,labels}/<case>.nii.gz``, ``manifest.csv``
     (one row per case with status, tumour count and volume, centroid, crop box, padding) and
@@ -205,6 +212,11 @@ def crop(
         liver: label values meaning liver in manual masks.
         tumor: label values meaning tumour in manual masks.
         other: label values to treat as background in manual masks.
+        liver_level: None keeps each volume's percentile scaling; a value in (0, 1] multiplies
+            each case's image so that the median of its liver voxels (whole volume, tumour
+            excluded, from the mask the patch is cut with) becomes this value, clipped to [0, 1],
+            so patches read as ratios to the liver whatever the scan's scaling. The factor is
+            the manifest's ``intensity_scale``; a case whose mask has no liver is an error row.
         force: rewrite all patches, also when they were made with other settings.
 
     Returns:
@@ -218,6 +230,8 @@ def crop(
         raise NeonetError(f"--spacing needs three positive values in mm, got {spacing}")
     if len(patch_size) != 3 or min(patch_size) < 1:
         raise NeonetError(f"--patch_size needs three positive voxel counts, got {patch_size}")
+    if liver_level is not None and not 0 < liver_level <= 1:
+        raise NeonetError(f"--liver_level must be in (0, 1] (or null), got {liver_level}")
     try:
         label_map = LabelMap(liver=tuple(liver), tumor=tuple(tumor), other=tuple(other))
     except ValueError as exc:
@@ -229,7 +243,7 @@ def crop(
     manifest_path = workspace.patches_manifest
     config_path = patches_dir / CONFIG_NAME
     case_list = read_cases(cases)
-    settings = _settings(source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other)
+    settings = _settings(source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other, liver_level)
 
     differences = _config_differences(config_path, settings)
     if differences and not force:
@@ -291,8 +305,10 @@ def crop(
                 reused += 1
                 continue
             image, mask, affine = load_case(case.image, mask_path, spacing, mask_map, case.case_id)
-            result = tlcr(image, mask, spacing, patch_size=patch_size, shell_mm=shell_mm, no_tumor=no_tumor)
+            result = tlcr(image, mask, spacing, patch_size=patch_size, shell_mm=shell_mm, no_tumor=no_tumor,
+                          liver_level=liver_level)
             row.update(_result_fields(result))
+            row["intensity_scale"] = round(float(result.intensity_scale), 6)
             if result.has_patch:
                 assert result.box is not None and result.label_patch is not None
                 patch_aff = patch_affine(affine, result.box["start"])

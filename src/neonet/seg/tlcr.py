@@ -178,6 +178,8 @@ class TLCRResult:
         spacing: voxel spacing in mm.
         patch_size: patch size in voxels.
         shell_mm: shell width in mm.
+        intensity_scale: factor the image patch was multiplied by (``liver_level`` / median liver
+            intensity; 1.0 without ``liver_level``).
     """
 
     status: str
@@ -192,6 +194,7 @@ class TLCRResult:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     patch_size: tuple[int, int, int] = (96, 96, 48)
     shell_mm: float = 10.0
+    intensity_scale: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -205,6 +208,30 @@ class TLCRResult:
         if self.box is None:
             return None
         return self.box["pad_before"], self.box["pad_after"]
+
+
+def liver_reference_scale(image: np.ndarray, liver: np.ndarray, level: float) -> float:
+    """Factor that puts the median intensity of the liver voxels at ``level``.
+
+    Reference-tissue normalisation: after it, an image reads as a ratio to the liver (the lesion-to-
+    liver ratio of hepatobiliary-phase reading) whatever the scan's scaling, coil and bias.
+
+    Args:
+        image: 3D image.
+        liver: boolean liver mask on the same grid (tumour excluded).
+        level: where the liver median goes (> 0).
+
+    Raises:
+        ValueError: without liver voxels, or when their median is not positive.
+    """
+    if not level > 0:
+        raise ValueError(f"liver_level must be > 0, got {level}")
+    if not liver.any():
+        raise ValueError("liver_level needs liver voxels in the mask to normalise to; this mask has none")
+    median = float(np.median(image[liver]))
+    if not median > 0:
+        raise ValueError(f"the median liver intensity is {median:g}; cannot normalise to it (is the image scaled to [0, 1]?)")
+    return level / median
 
 
 def _centroid(mask: np.ndarray) -> tuple[float, float, float]:
@@ -226,6 +253,7 @@ def tlcr(
     patch_size: Sequence[int] = (96, 96, 48),
     shell_mm: float = 10.0,
     no_tumor: str = "liver",
+    liver_level: float | None = None,
 ) -> TLCRResult:
     """Tumour-localised ROI crop of one canonical volume.
 
@@ -239,6 +267,9 @@ def tlcr(
             liver's largest component (status ``no_tumor_liver_fallback``), ``"skip"`` makes no
             patch (status ``no_tumor_skipped``). Without tumour and liver no patch is made
             (status ``no_liver_no_tumor``). A missing tumour never raises.
+        liver_level: None keeps the image's intensities; a value multiplies the image patch by
+            :func:`liver_reference_scale` (median liver voxel of the whole volume → this value)
+            and clips it to [0, 1]. Raises ValueError when the mask has no liver voxels.
 
     Returns:
         A :class:`TLCRResult`.
@@ -273,9 +304,12 @@ def tlcr(
         shell = np.zeros(mask.shape, dtype=bool)
         status = STATUS_LIVER_FALLBACK
 
+    scale = 1.0 if liver_level is None else liver_reference_scale(image, liver, liver_level)
     box = crop_box(centroid, patch_size, mask.shape)
     pad_value = image.min() if image.size else 0
     img_patch = extract_patch(image.astype(np.float32, copy=False), box, float(pad_value))
+    if liver_level is not None:
+        img_patch = np.clip(img_patch * np.float32(scale), 0.0, 1.0, dtype=np.float32)
     lab_patch = extract_patch(label_patch(liver, tumor, shell), box, 0)
     return TLCRResult(
         status=status,
@@ -287,5 +321,6 @@ def tlcr(
         centroid=centroid,
         box=box,
         fits=_inside(largest, box) if n_tumors else None,
+        intensity_scale=scale,
         **common,
     )
