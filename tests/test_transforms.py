@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchio as tio
 from monai.data import MetaTensor
@@ -56,3 +57,19 @@ def test_every_torchio_transform_skips_the_deep_copy() -> None:
     transforms = list(walk(mri_augmentation()))
     assert len(transforms) >= 8
     assert all(t.copy is False for t in transforms)
+
+
+def test_intensity_false_drops_only_the_ratio_changing_augmentations() -> None:
+    """Bias field and gamma change tissue-intensity ratios; ``intensity=False`` switches off exactly those."""
+    data = {"image": MetaTensor(torch.full((1, 16, 16, 8), 0.75)), "label": MetaTensor(torch.zeros(1, 16, 16, 8))}
+    data["image"][:, :8] = 0.3
+    ratios = []
+    for intensity in (True, False):
+        augment = TorchioAugmentd(["image", "label"], tio.Compose([
+            t for t in mri_augmentation(p=1.0, flip_axes=(), intensity=intensity).transforms
+            if isinstance(t, (tio.RandomBiasField, tio.RandomGamma))], copy=False))
+        torch.manual_seed(0)
+        out = torch.as_tensor(augment(data)["image"])
+        ratios.append(float(out[:, 8:].mean() / out[:, :8].mean()))
+    assert abs(ratios[0] - 2.5) > 0.05  # with them, the 0.75 : 0.3 ratio moves
+    assert ratios[1] == pytest.approx(2.5, abs=1e-5)

@@ -117,6 +117,8 @@ class ClsDataModule(FoldDataModule):
         cache_rate: fraction of loaded patches kept in memory.
         augment: apply torchio MRI augmentation to training patches.
         aug_prob: probability of each augmentation.
+        intensity_aug: include bias-field and gamma augmentation (they change intensity ratios
+            between tissues; off for liver-normalised patches, see ``neonet crop --liver_level``).
         flip_axes: axes flipped with probability 0.5 during training (0 = left-right in RAS).
         pad_to: zero-pad patches to at least this size (e.g. ``[32, 32, 32]`` for DenseNet-121 on
             32x32x16 demo patches); None keeps them as they are.
@@ -147,6 +149,7 @@ class ClsDataModule(FoldDataModule):
         cache_rate: float = 1.0,
         augment: bool = True,
         aug_prob: float = 0.3,
+        intensity_aug: bool = True,
         flip_axes: Sequence[int] = (0,),
         pad_to: Sequence[int] | None = None,
         predict_split: str = "test",
@@ -162,6 +165,7 @@ class ClsDataModule(FoldDataModule):
         self.cache_rate = float(cache_rate)
         self.augment = bool(augment)
         self.aug_prob = float(aug_prob)
+        self.intensity_aug = bool(intensity_aug)
         self.flip_axes = tuple(int(a) for a in flip_axes)
         self.pad_to = tuple(int(s) for s in pad_to) if pad_to else None
         self.predict_split = predict_split
@@ -257,7 +261,8 @@ class ClsDataModule(FoldDataModule):
         if self.pad_to:
             steps.append(mt.SpatialPadd(keys=keys, spatial_size=self.pad_to))
         if train and self.augment:  # intensity augmentations touch the image only, spatial ones both
-            steps.append(TorchioAugmentd(keys, mri_augmentation(p=self.aug_prob, flip_axes=self.flip_axes)))
+            steps.append(TorchioAugmentd(keys, mri_augmentation(p=self.aug_prob, flip_axes=self.flip_axes,
+                                                                     intensity=self.intensity_aug)))
         if self.label_channel:
             steps += [mt.ConcatItemsd(keys=keys, name="image"), mt.DeleteItemsd(keys=["region"])]
         steps.append(mt.EnsureTyped(keys=["image"], track_meta=False))

@@ -101,6 +101,7 @@ def mri_augmentation(
     flip_axes: Sequence[int] = (0,),
     affine_degrees: float = 10.0,
     affine_scales: float = 0.1,
+    intensity: bool = True,
 ) -> tio.Compose:
     """MRI-specific training augmentation with torchio.
 
@@ -109,6 +110,10 @@ def mri_augmentation(
         flip_axes: axes along which to flip with probability 0.5 (0 = left-right in RAS).
         affine_degrees: maximum rotation in degrees.
         affine_scales: maximum relative scaling.
+        intensity: include the augmentations that change the intensity ratios between tissues
+            (bias field and gamma). Turn them off when the cue is such a ratio, e.g. on patches
+            normalised to the liver (``neonet crop --liver_level``); flips, affine, motion or
+            ghosting and noise stay.
 
     Every transform is built with ``copy=False``: torchio otherwise deep-copies the subject in each
     transform (about a third of the per-sample time on small patches). Feed it a subject that owns
@@ -119,11 +124,11 @@ def mri_augmentation(
         [
             tio.RandomFlip(axes=tuple(flip_axes), flip_probability=0.5, **nc) if flip_axes else tio.Lambda(lambda x: x, **nc),
             tio.RandomAffine(scales=affine_scales, degrees=affine_degrees, default_pad_value="minimum", p=p, **nc),
-            tio.RandomBiasField(coefficients=0.3, p=p, **nc),
+            tio.RandomBiasField(coefficients=0.3, p=p if intensity else 0.0, **nc),
             tio.OneOf(
                 {tio.RandomMotion(num_transforms=1, **nc): 0.5, tio.RandomGhosting(num_ghosts=(2, 4), **nc): 0.5}, p=p / 2, **nc
             ),
-            tio.RandomGamma(log_gamma=(-0.3, 0.3), p=p, **nc),
+            tio.RandomGamma(log_gamma=(-0.3, 0.3), p=p if intensity else 0.0, **nc),
             tio.RandomNoise(std=(0, 0.03), p=p, **nc),
         ],
         **nc,
