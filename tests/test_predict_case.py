@@ -83,6 +83,8 @@ def test_phantom_case_with_its_mask_matches_crop_and_ensembles_the_folds(experim
     assert result["crop_box"]["stop"] == [int(row[f"box_stop_{a}"]) for a in "xyz"]
     ours, crops = nib.load(tmp_path / "patch_image.nii.gz"), nib.load(experiment["ws"].patches_dir / row["image"])
     np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(crops.dataobj))
+    assert result["crop"]["liver_level"] == 0.75  # normalised to the liver as the training patches were
+    assert result["crop"]["intensity_scale"] == pytest.approx(float(row["intensity_scale"]), rel=1e-5)
     np.testing.assert_allclose(ours.affine, crops.affine, atol=1e-6)
 
     seg = assert_input_space(tmp_path / "segmentation.nii.gz", image)
