@@ -154,3 +154,14 @@ def test_report_command_line_selects_stages(tmp_path: Path) -> None:
                         "--n_boot", "100", "--no_wandb"]) == 0
     summary = pd.read_csv(ws.reports_dir / "cls_summary.csv")
     assert list(summary["stage"]) == ["pattennet", "resnet18"]
+
+
+def test_clusters_follow_groups_and_patients_only_when_needed() -> None:
+    from neonet.report import clusters_of
+
+    single = {"cases": {"a": {"patient_id": "a", "pni": 1}, "b": {"patient_id": "b", "pni": 0}}}
+    assert clusters_of(single) is None  # one case per patient: the stratified bootstrap stays
+    matched = {"cases": {"a": {"patient_id": "a", "pni": 1, "group": "s0"}, "b": {"patient_id": "b", "pni": 0, "group": "s0"},
+                         "c": {"patient_id": "c", "pni": 0}, "c2": {"patient_id": "c", "pni": 0}}}
+    assert clusters_of(matched) == {"a": "group:s0", "b": "group:s0", "c": "patient:c", "c2": "patient:c"}
+    assert clusters_of({}) is None

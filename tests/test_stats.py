@@ -122,6 +122,22 @@ def test_bootstrap_unstratified_skips_single_class_resamples() -> None:
     assert a == pytest.approx(0.8) and 0.0 <= lo <= hi <= 1.0
 
 
+def test_cluster_bootstrap_counts_copies_of_a_case_once() -> None:
+    """Three copies of each case are no new evidence: the cluster CI keeps the width of the original data."""
+    y, p = synthetic(120, 1.0, seed=5)
+    _, lo, hi = bootstrap_auc_ci(y, p, n_boot=1000, seed=0, clusters=np.arange(y.size))
+    _, lo_d, hi_d = delong_ci(y, p)
+    assert lo == pytest.approx(lo_d, abs=0.03) and hi == pytest.approx(hi_d, abs=0.03)  # singletons: plain bootstrap
+    y3, p3, ids = np.repeat(y, 3), np.repeat(p, 3), np.repeat(np.arange(y.size), 3)
+    a3, lo_c, hi_c = bootstrap_auc_ci(y3, p3, n_boot=1000, seed=0, clusters=ids)
+    _, lo_n, hi_n = bootstrap_auc_ci(y3, p3, n_boot=1000, seed=0)
+    assert a3 == pytest.approx(auc(y, p))
+    assert (hi_c - lo_c) == pytest.approx(hi - lo, rel=0.15)
+    assert (hi_n - lo_n) < 0.75 * (hi - lo)  # the naive bootstrap believes it has 3x the patients
+    with pytest.raises(ValueError, match="one id per case"):
+        bootstrap_auc_ci(y, p, clusters=np.arange(3))
+
+
 # ---------------------------------------------------------------- DeLong
 
 

@@ -6,7 +6,8 @@ each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
 - ``cls_per_fold.csv``: per stage and fold: AUC, average precision, and accuracy, sensitivity,
   specificity, F1 at the fold's inner-validation Youden threshold (``_youden``) and at 0.5 (``_05``);
 - ``cls_summary.csv``: per stage: fold AUC mean ± sd, pooled out-of-fold AUC with a stratified
-  bootstrap 95 % CI and a DeLong CI, pooled thresholded metrics, Brier score, calibration error;
+  bootstrap 95 % CI (a cluster bootstrap over patients and ``group``s when a patient or group has
+  several cases, e.g. matched sets) and a DeLong CI, pooled thresholded metrics, Brier score, calibration error;
 - ``cls_delong.csv``: DeLong tests of the reference model (PattenNet) against each baseline, and of
   each model with vs without synthetic balancing, on the pooled predictions of the same patients;
 - ``cls_ablation.csv``: {model} x {real only, real + synthetic} pooled AUC [CI];
@@ -116,8 +117,20 @@ def per_fold_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_table(frame: pd.DataFrame, folds: pd.DataFrame, n_boot: int, alpha: float, seed: int, n_folds: int | None) -> pd.DataFrame:
-    """Per stage: fold mean ± sd, pooled out-of-fold AUC with bootstrap and DeLong CIs, pooled metrics."""
+def clusters_of(splits: dict[str, Any]) -> dict[str, str] | None:
+    """case_id -> resampling cluster (its ``group``, else its patient), or None when every cluster is one case."""
+    records = splits.get("cases", {})
+    clusters = {cid: f"group:{r['group']}" if r.get("group") else f"patient:{r.get('patient_id', cid)}"
+                for cid, r in records.items()}
+    return clusters if len(set(clusters.values())) < len(clusters) else None
+
+
+def summary_table(frame: pd.DataFrame, folds: pd.DataFrame, n_boot: int, alpha: float, seed: int, n_folds: int | None,
+                  clusters: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per stage: fold mean ± sd, pooled out-of-fold AUC with bootstrap and DeLong CIs, pooled metrics.
+
+    ``clusters`` (case_id -> cluster) switches the bootstrap to resampling whole clusters.
+    """
     from torchmetrics.functional.classification import binary_calibration_error
     import torch
 
@@ -126,7 +139,8 @@ def summary_table(frame: pd.DataFrame, folds: pd.DataFrame, n_boot: int, alpha: 
         f = folds[folds["stage"] == stage]
         y, p = part["y_true"].to_numpy(int), part["prob"].to_numpy(float)
         pooled = _metrics(part)
-        _, lo, hi = bootstrap_auc_ci(y, p, n_boot=n_boot, alpha=alpha, seed=seed)
+        groups = None if clusters is None else part["case_id"].map(lambda c: clusters.get(c, f"case:{c}")).to_numpy()
+        _, lo, hi = bootstrap_auc_ci(y, p, n_boot=n_boot, alpha=alpha, seed=seed, clusters=groups)
         try:
             _, dlo, dhi = delong_ci(y, p, alpha=alpha)
         except ValueError:
@@ -231,10 +245,13 @@ def report(
     if not stages:
         raise NeonetError(f"no test predictions under {ws.root}/<stage>/fold<k>/: run `neonet cv` for a classification stage first")
     stages = sorted(stages, key=lambda s: (model_of(s) != reference, variant_of(s) != REAL, s))
-    n_folds = int(read_json(ws.splits_path)["folds"]) if ws.splits_path.exists() else None
+    splits = read_json(ws.splits_path) if ws.splits_path.exists() else {}
+    n_folds = int(splits["folds"]) if splits else None
+    clusters = clusters_of(splits)
+    bootstrap = "stratified percentile" if clusters is None else "cluster percentile (whole patients / groups)"
     frame = load_predictions(ws, stages)
     folds = per_fold_table(frame)
-    summary = summary_table(frame, folds, n_boot, alpha, seed, n_folds)
+    summary = summary_table(frame, folds, n_boot, alpha, seed, n_folds, clusters)
     delong = delong_table(frame, reference)
     ablation = ablation_table(summary)
     for row in summary.itertuples():
@@ -254,7 +271,7 @@ def report(
         write_csv(out / f"{name}.csv", table)
     doc = {
         "experiment": experiment, "stages": stages, "reference": reference, "folds": n_folds,
-        "settings": {"n_boot": n_boot, "alpha": alpha, "seed": seed, "bootstrap": "stratified percentile",
+        "settings": {"n_boot": n_boot, "alpha": alpha, "seed": seed, "bootstrap": bootstrap,
                      "threshold": "Youden on each fold's inner validation split"},
         "summary": summary.to_dict("records"), "per_fold": folds.to_dict("records"),
         "delong": delong.to_dict("records"), "ablation": ablation.to_dict("records"),
@@ -283,7 +300,7 @@ def _markdown_report(doc: dict[str, Any], summary: pd.DataFrame, folds: pd.DataF
     parts = [
         f"# Classification report: {doc['experiment']}\n",
         f"Out-of-fold predictions of {doc['folds']} folds; every metric is on real held-out patients. "
-        f"Pooled AUC: all folds' test predictions together, with a {level} % stratified percentile bootstrap CI "
+        f"Pooled AUC: all folds' test predictions together, with a {level} % {doc['settings']['bootstrap']} bootstrap CI "
         f"({doc['settings']['n_boot']} resamples). Thresholded metrics use each fold's Youden threshold from its "
         "inner validation split (`_youden`).\n",
         "## Summary\n", markdown(summary[main_cols]),

@@ -85,6 +85,7 @@ def bootstrap_auc_ci(
     alpha: float = 0.05,
     seed: int = 0,
     stratified: bool = True,
+    clusters: ArrayLike | None = None,
 ) -> tuple[float, float, float]:
     """AUC with a percentile-bootstrap confidence interval.
 
@@ -96,6 +97,9 @@ def bootstrap_auc_ci(
         seed: seed of the resampling generator.
         stratified: resample positives and negatives separately (keeps the class counts);
             otherwise resample all cases and skip resamples that hold only one class.
+        clusters: one id per case; when given, whole clusters are resampled (cluster bootstrap:
+            cases of one patient or one matched set are not independent), resamples holding one
+            class only are skipped, and ``stratified`` is ignored.
 
     Returns:
         ``(auc, lo, hi)``: the AUC of the full sample and the ``alpha/2`` and ``1-alpha/2``
@@ -108,6 +112,10 @@ def bootstrap_auc_ci(
         raise ValueError("alpha must be in (0, 1)")
     rng = np.random.default_rng(seed)
     estimate = auc(y_arr, p_arr)
+    if clusters is not None:
+        boot = _cluster_bootstrap(y_arr, p_arr, np.asarray(clusters), n_boot, rng)
+        lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+        return estimate, float(lo), float(hi)
     pos, neg = p_arr[y_arr == 1], p_arr[y_arr == 0]
     n = y_arr.size
     chunk = max(1, min(n_boot, 4_000_000 // max(n, 1)))
@@ -134,6 +142,26 @@ def bootstrap_auc_ci(
         raise ValueError("every bootstrap resample held only one class")
     lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
     return estimate, float(lo), float(hi)
+
+
+def _cluster_bootstrap(y: np.ndarray, p: np.ndarray, clusters: np.ndarray, n_boot: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """AUCs of ``n_boot`` resamples of whole clusters (with replacement)."""
+    if clusters.shape != y.shape:
+        raise ValueError(f"clusters must give one id per case: {clusters.shape} vs {y.shape}")
+    _, index = np.unique(clusters, return_inverse=True)
+    members = [np.flatnonzero(index == g) for g in range(index.max() + 1)]
+    aucs = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
+        yb = y[idx]
+        n_pos = int(yb.sum())
+        if 0 < n_pos < yb.size:
+            ranks = sps.rankdata(p[idx])
+            aucs.append(float(_auc_from_ranks(ranks[yb == 1].sum(), n_pos, yb.size - n_pos)))
+    if not aucs:
+        raise ValueError("every bootstrap resample held only one class")
+    return np.asarray(aucs)
 
 
 def _structural_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
