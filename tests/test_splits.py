@@ -136,3 +136,12 @@ def test_group_errors() -> None:
     split_patient = cases + [Case("c00b", Path("x"), None, cases[0].pni, "p00", group="set01")]
     with pytest.raises(DataError, match="patient p00: case c00b is in group 'set01'"):
         make_splits(split_patient, folds=2)
+
+
+def test_a_hand_edited_split_that_trains_on_test_cases_stops() -> None:
+    doc = make_splits(cohort(), folds=5, seed=0)
+    leaked = doc["splits"][2]["test"][:2]
+    doc["splits"][2]["train"] = doc["splits"][2]["train"] + leaked
+    get_fold(doc, 1)  # other folds are untouched
+    with pytest.raises(SplitMismatchError, match=f"fold 2 .* 2 case\\(s\\) in both test and train \\({leaked[0]}"):
+        get_fold(doc, 2)

@@ -206,4 +206,13 @@ def get_fold(doc: dict[str, Any], fold: int) -> Fold:
     if not 0 <= int(fold) < n:
         raise ValueError(f"fold {fold} does not exist: the split file has folds 0..{n - 1}")
     entry = doc["splits"][int(fold)]
-    return Fold(int(fold), tuple(entry["train"]), tuple(entry["val"]), tuple(entry["test"]))
+    fold_ = Fold(int(fold), tuple(entry["train"]), tuple(entry["val"]), tuple(entry["test"]))
+    for name, part in (("train", fold_.train), ("val", fold_.val)):
+        shared = sorted(set(part) & set(fold_.test))
+        if shared:
+            raise SplitMismatchError(
+                f"fold {fold} of the split file lists {len(shared)} case(s) in both test and {name} "
+                f"({', '.join(shared[:5])}{' ...' if len(shared) > 5 else ''}): that would train on test patients. "
+                "Restore the split file neonet wrote, or delete it (and the experiment's results) to re-split."
+            )
+    return fold_
