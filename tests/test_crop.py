@@ -200,10 +200,11 @@ def test_liver_level_normalises_each_case_and_is_a_setting(cohort, tmp_path):
     for cid in ("c1", "c3", "c4"):
         image = np.asarray(nib.load(patches / frame.loc[cid, "image"]).dataobj)
         label = np.asarray(nib.load(patches / frame.loc[cid, "label"]).dataobj)
-        assert float(frame.loc[cid, "intensity_scale"]) != 1.0
+        assert float(frame.loc[cid, "intensity_scale"]) != 1.0 and frame.loc[cid, "intensity_reference"] == "patch"
         assert 0.4 < np.median(image[label == 1]) < 0.6 and image.max() <= 1.0
     assert frame.loc["c5", "status"].startswith("error")
-    assert json.loads((patches / "crop_config.json").read_text())["liver_level"] == 0.5
+    config = json.loads((patches / "crop_config.json").read_text())
+    assert config["liver_level"] == 0.5 and config["liver_region"] == "patch"
     with pytest.raises(NeonetError, match="liver_level"):
         _crop(cases, runs)  # back to the volume scaling: a changed setting needs --force
     assert _manifest(_crop(cases, runs, force=True)).loc["c1", "intensity_scale"] == "1.0"

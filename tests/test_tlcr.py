@@ -176,19 +176,41 @@ def test_no_tumour_liver_fallback_and_skip():
 def test_liver_level_puts_the_liver_median_at_the_level():
     image, mask = case()
     bright = image * 0.5 + 0.2  # the same anatomy scanned with another scaling
-    patches = [tlcr(img, mask, (1.5, 1.5, 3.0), patch_size=(24, 24, 12), liver_level=0.6) for img in (image, bright)]
-    for img, result in zip((image, bright), patches):
-        assert result.intensity_scale == pytest.approx(0.6 / np.median(img[mask == 1]))
-        liver_patch = result.image_patch[result.label_patch == 1]
-        assert np.median(liver_patch) == pytest.approx(0.6, abs=0.05)  # the patch holds part of the liver
-        assert result.image_patch.min() >= 0.0 and result.image_patch.max() <= 1.0  # clipped
+    kw = {"patch_size": (24, 24, 12), "liver_level": 0.6}
+    for img in (image, bright):
+        whole = tlcr(img, mask, (1.5, 1.5, 3.0), liver_region="volume", **kw)
+        assert whole.intensity_reference == "volume"
+        assert whole.intensity_scale == pytest.approx(0.6 / np.median(img[mask == 1]))
+        local = tlcr(img, mask, (1.5, 1.5, 3.0), **kw)  # default: the patch's own liver outside the shell
+        assert local.intensity_reference == "patch"
+        assert np.median(local.image_patch[local.label_patch == 1]) == pytest.approx(0.6, abs=1e-6)
+        for result in (whole, local):
+            assert result.image_patch.min() >= 0.0 and result.image_patch.max() <= 1.0  # clipped
     plain = tlcr(image, mask, (1.5, 1.5, 3.0), patch_size=(24, 24, 12))
-    assert plain.intensity_scale == 1.0
-    unclipped = plain.image_patch * patches[0].intensity_scale < 1.0
-    np.testing.assert_allclose(patches[0].image_patch[unclipped], (plain.image_patch * patches[0].intensity_scale)[unclipped],
-                               rtol=1e-6)
+    assert plain.intensity_scale == 1.0 and plain.intensity_reference == "none"
+    whole = tlcr(image, mask, (1.5, 1.5, 3.0), liver_region="volume", **kw)
+    unclipped = plain.image_patch * whole.intensity_scale < 1.0
+    np.testing.assert_allclose(whole.image_patch[unclipped], (plain.image_patch * whole.intensity_scale)[unclipped], rtol=1e-6)
     no_liver = np.where(mask == 1, 0, mask).astype(np.uint8)
     with pytest.raises(ValueError, match="no liver voxels|none"):
-        tlcr(image, no_liver, (1.5, 1.5, 3.0), patch_size=(24, 24, 12), liver_level=0.6)
+        tlcr(image, no_liver, (1.5, 1.5, 3.0), **kw)
     with pytest.raises(ValueError, match="liver_level must be > 0"):
         liver_reference_scale(image, mask == 1, 0.0)
+    with pytest.raises(ValueError, match="liver_region"):
+        tlcr(image, mask, (1.5, 1.5, 3.0), liver_region="lobe", **kw)
+
+
+def test_patch_liver_reference_follows_a_bias_field_and_falls_back_to_the_volume():
+    image, mask = case()
+    image = np.where(mask == 1, 0.8, 0.2).astype(np.float32)
+    bias = np.linspace(0.6, 1.4, SHAPE[0], dtype=np.float32)[:, None, None]  # a smooth field across x
+    biased = image * bias
+    kw = {"patch_size": (16, 16, 8), "liver_level": 0.5}
+    local = tlcr(biased, mask, (1.5, 1.5, 3.0), **kw)
+    whole = tlcr(biased, mask, (1.5, 1.5, 3.0), liver_region="volume", **kw)
+    liver_local = local.image_patch[local.label_patch == 1]
+    assert abs(np.median(liver_local) - 0.5) < 1e-6
+    assert abs(np.median(whole.image_patch[whole.label_patch == 1]) - 0.5) > 0.01  # the field shifts it
+    # a patch with almost no liver outside the shell uses the whole volume's liver
+    thin = tlcr(biased, mask, (1.5, 1.5, 3.0), shell_mm=30.0, **kw)
+    assert int((thin.label_patch == 1).sum()) < 50 and thin.intensity_reference == "volume"

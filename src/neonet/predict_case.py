@@ -60,7 +60,8 @@ def crop_settings(ws: Workspace) -> dict[str, Any]:
     cfg = read_json(path)
     return {"spacing": tuple(float(s) for s in cfg["spacing"]), "patch_size": tuple(int(p) for p in cfg["patch_size"]),
             "shell_mm": float(cfg["shell_mm"]), "source": cfg.get("source"), "config": str(path),
-            "liver_level": None if cfg.get("liver_level") is None else float(cfg["liver_level"])}
+            "liver_level": None if cfg.get("liver_level") is None else float(cfg["liver_level"]),
+            "liver_region": cfg.get("liver_region") or "volume"}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -281,7 +282,7 @@ def predict_case(
 
     image_c, mask_c, affine_c = load_case(image, seg_path, crop["spacing"], LabelMap())
     result = tlcr(image_c, mask_c, crop["spacing"], patch_size=crop["patch_size"], shell_mm=crop["shell_mm"], no_tumor="skip",
-                  liver_level=crop["liver_level"])
+                  liver_level=crop["liver_level"], liver_region=crop["liver_region"])
     probs: dict[str, float] = {}
     thresholds: dict[str, float] = {}
     saliency_c: np.ndarray | None = None
@@ -344,7 +345,8 @@ def predict_case(
                  "centroid_voxel": None if result.centroid is None else [round(c, 3) for c in result.centroid],
                  "fits": result.fits, "spacing": list(crop["spacing"]), "patch_size": list(crop["patch_size"]),
                  "shell_mm": crop["shell_mm"], "liver_level": crop["liver_level"],
-                 "intensity_scale": round(float(result.intensity_scale), 6), "settings": crop["config"], "training_patches_from": crop["source"]},
+                 "intensity_scale": round(float(result.intensity_scale), 6),
+                 "intensity_reference": result.intensity_reference, "settings": crop["config"], "training_patches_from": crop["source"]},
         "segmentation": seg_record,
         "classifier": cls_record,
         "saliency": saliency_record,

@@ -31,6 +31,7 @@ from neonet.data.cases import Case, LabelMap, read_cases
 from neonet.data.nifti import load_nifti, save_nifti
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
 from neonet.seg.tlcr import (
+    LIVER_REGIONS,
     NO_TUMOR_POLICIES,
     STATUS_LIVER_FALLBACK,
     STATUS_NO_LIVER,
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 SOURCES = ("manual", "predicted")
 CONFIG_NAME = "crop_config.json"
 #: Arguments that change the patches; a different value needs ``--force``.
-SETTINGS_KEYS = ("source", "spacing", "patch_size", "shell_mm", "no_tumor", "liver", "tumor", "other", "liver_level")
+SETTINGS_KEYS = ("source", "spacing", "patch_size", "shell_mm", "no_tumor", "liver", "tumor", "other", "liver_level",
+                 "liver_region")
 #: Statuses whose rows (and files) a re-run with the same settings and inputs may reuse.
 REUSABLE_STATUSES = (STATUS_OK, STATUS_LIVER_FALLBACK, STATUS_SKIPPED, STATUS_NO_LIVER)
 _AXES = ("x", "y", "z")
@@ -73,6 +75,7 @@ MANIFEST_COLUMNS = [
     *(f"patch_{a}" for a in _AXES),
     "shell_mm",
     "intensity_scale",
+    "intensity_reference",
     "source_image",
     "source_mask",
     "inputs_sha256",
@@ -89,6 +92,7 @@ def _settings(
     tumor: list[int],
     other: list[int],
     liver_level: float | None = None,
+    liver_region: str = "patch",
 ) -> dict[str, Any]:
     return {
         "source": source,
@@ -100,6 +104,7 @@ def _settings(
         "tumor": sorted(int(v) for v in tumor),
         "other": sorted(int(v) for v in other),
         "liver_level": None if liver_level is None else float(liver_level),
+        "liver_region": None if liver_level is None else liver_region,
     }
 
 
@@ -132,10 +137,11 @@ def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         log.warning("ignoring unreadable %s (%s); all cases are cropped again", path, exc)
         return {}
-    if not set(MANIFEST_COLUMNS) - {"intensity_scale"} <= set(frame.columns):
+    if not set(MANIFEST_COLUMNS) - {"intensity_scale", "intensity_reference"} <= set(frame.columns):
         return {}
-    if "intensity_scale" not in frame:  # manifests written before patches could be liver-normalised
-        frame["intensity_scale"] = "1.0"
+    for column, value in (("intensity_scale", "1.0"), ("intensity_reference", "none")):
+        if column not in frame:  # manifests written before patches could be liver-normalised
+            frame[column] = value
     return {row["case_id"]: row for row in frame[MANIFEST_COLUMNS].to_dict(orient="records")}
 
 
@@ -183,6 +189,7 @@ def crop(
     tumor: list[int] = [2],  # noqa: B006
     other: list[int] = [],  # noqa: B006
     liver_level: float | None = None,
+    liver_region: str = "patch",
     force: bool = False,
 ) -> Path:
     """Tumour-localised ROI crop (TLCR): an image patch and a label patch around each tumour.
@@ -213,10 +220,14 @@ def crop(
         tumor: label values meaning tumour in manual masks.
         other: label values to treat as background in manual masks.
         liver_level: None keeps each volume's percentile scaling; a value in (0, 1] multiplies
-            each case's image so that the median of its liver voxels (whole volume, tumour
-            excluded, from the mask the patch is cut with) becomes this value, clipped to [0, 1],
-            so patches read as ratios to the liver whatever the scan's scaling. The factor is
-            the manifest's ``intensity_scale``; a case whose mask has no liver is an error row.
+            each case's image patch so that the median of its reference liver voxels (from the
+            mask the patch is cut with) becomes this value, clipped to [0, 1], so patches read as
+            ratios to the liver whatever the scan's scaling. The factor is the manifest's
+            ``intensity_scale``; a case whose mask has no liver is an error row.
+        liver_region: the reference liver voxels: ``patch`` (the patch's liver outside the
+            peritumoral shell, so a bias field across the volume does not shift it; the whole
+            volume's liver when the patch holds fewer than 50) or ``volume`` (the whole volume's
+            liver, tumour excluded). The manifest's ``intensity_reference`` says which was used.
         force: rewrite all patches, also when they were made with other settings.
 
     Returns:
@@ -232,6 +243,8 @@ def crop(
         raise NeonetError(f"--patch_size needs three positive voxel counts, got {patch_size}")
     if liver_level is not None and not 0 < liver_level <= 1:
         raise NeonetError(f"--liver_level must be in (0, 1] (or null), got {liver_level}")
+    if liver_region not in LIVER_REGIONS:
+        raise NeonetError(f"--liver_region must be one of {', '.join(LIVER_REGIONS)}, got {liver_region!r}")
     try:
         label_map = LabelMap(liver=tuple(liver), tumor=tuple(tumor), other=tuple(other))
     except ValueError as exc:
@@ -243,7 +256,7 @@ def crop(
     manifest_path = workspace.patches_manifest
     config_path = patches_dir / CONFIG_NAME
     case_list = read_cases(cases)
-    settings = _settings(source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other, liver_level)
+    settings = _settings(source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other, liver_level, liver_region)
 
     differences = _config_differences(config_path, settings)
     if differences and not force:
@@ -306,9 +319,10 @@ def crop(
                 continue
             image, mask, affine = load_case(case.image, mask_path, spacing, mask_map, case.case_id)
             result = tlcr(image, mask, spacing, patch_size=patch_size, shell_mm=shell_mm, no_tumor=no_tumor,
-                          liver_level=liver_level)
+                          liver_level=liver_level, liver_region=liver_region)
             row.update(_result_fields(result))
             row["intensity_scale"] = round(float(result.intensity_scale), 6)
+            row["intensity_reference"] = result.intensity_reference
             if result.has_patch:
                 assert result.box is not None and result.label_patch is not None
                 patch_aff = patch_affine(affine, result.box["start"])

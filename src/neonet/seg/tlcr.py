@@ -180,6 +180,7 @@ class TLCRResult:
         shell_mm: shell width in mm.
         intensity_scale: factor the image patch was multiplied by (``liver_level`` / median liver
             intensity; 1.0 without ``liver_level``).
+        intensity_reference: whose liver voxels set the scale: ``patch``, ``volume`` or ``none``.
     """
 
     status: str
@@ -195,6 +196,7 @@ class TLCRResult:
     patch_size: tuple[int, int, int] = (96, 96, 48)
     shell_mm: float = 10.0
     intensity_scale: float = 1.0
+    intensity_reference: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -208,6 +210,12 @@ class TLCRResult:
         if self.box is None:
             return None
         return self.box["pad_before"], self.box["pad_after"]
+
+
+#: Where ``tlcr(liver_level=...)`` takes its liver reference from.
+LIVER_REGIONS = ("patch", "volume")
+#: Fewer liver voxels than this in a patch (outside the shell) make the reference the whole volume's liver.
+MIN_PATCH_LIVER_VOXELS = 50
 
 
 def liver_reference_scale(image: np.ndarray, liver: np.ndarray, level: float) -> float:
@@ -254,6 +262,7 @@ def tlcr(
     shell_mm: float = 10.0,
     no_tumor: str = "liver",
     liver_level: float | None = None,
+    liver_region: str = "patch",
 ) -> TLCRResult:
     """Tumour-localised ROI crop of one canonical volume.
 
@@ -268,8 +277,11 @@ def tlcr(
             patch (status ``no_tumor_skipped``). Without tumour and liver no patch is made
             (status ``no_liver_no_tumor``). A missing tumour never raises.
         liver_level: None keeps the image's intensities; a value multiplies the image patch by
-            :func:`liver_reference_scale` (median liver voxel of the whole volume → this value)
-            and clips it to [0, 1]. Raises ValueError when the mask has no liver voxels.
+            :func:`liver_reference_scale` (median liver voxel → this value) and clips it to [0, 1].
+            Raises ValueError when the mask has no liver voxels.
+        liver_region: ``patch``: the liver voxels of the patch outside the peritumoral shell (the
+            local reference follows a bias field; with fewer than ``MIN_PATCH_LIVER_VOXELS`` the
+            whole volume's liver is used instead); ``volume``: the whole volume's liver.
 
     Returns:
         A :class:`TLCRResult`.
@@ -304,13 +316,20 @@ def tlcr(
         shell = np.zeros(mask.shape, dtype=bool)
         status = STATUS_LIVER_FALLBACK
 
-    scale = 1.0 if liver_level is None else liver_reference_scale(image, liver, liver_level)
     box = crop_box(centroid, patch_size, mask.shape)
     pad_value = image.min() if image.size else 0
     img_patch = extract_patch(image.astype(np.float32, copy=False), box, float(pad_value))
-    if liver_level is not None:
-        img_patch = np.clip(img_patch * np.float32(scale), 0.0, 1.0, dtype=np.float32)
     lab_patch = extract_patch(label_patch(liver, tumor, shell), box, 0)
+    scale, reference = 1.0, "none"
+    if liver_level is not None:
+        if liver_region not in LIVER_REGIONS:
+            raise ValueError(f"liver_region must be one of {LIVER_REGIONS}, got {liver_region!r}")
+        local = lab_patch == 1  # liver outside the shell: the reference never includes peritumoral tissue
+        if liver_region == "patch" and int(local.sum()) >= MIN_PATCH_LIVER_VOXELS:
+            scale, reference = liver_reference_scale(img_patch, local, liver_level), "patch"
+        else:
+            scale, reference = liver_reference_scale(image, liver, liver_level), "volume"
+        img_patch = np.clip(img_patch * np.float32(scale), 0.0, 1.0, dtype=np.float32)
     return TLCRResult(
         status=status,
         image_patch=img_patch,
@@ -322,5 +341,6 @@ def tlcr(
         box=box,
         fits=_inside(largest, box) if n_tumors else None,
         intensity_scale=scale,
+        intensity_reference=reference,
         **common,
     )
