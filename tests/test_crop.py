@@ -195,7 +195,7 @@ def test_predicted_source(cohort, tmp_path):
 def test_liver_level_normalises_each_case_and_is_a_setting(cohort, tmp_path):
     cases, _ = cohort
     runs = tmp_path / "runs"
-    frame = _manifest(_crop(cases, runs, liver_level=0.5))
+    frame = _manifest(_crop(cases, runs, liver_level=0.5, liver_region="patch"))
     patches = runs / "t" / "patches"
     for cid in ("c1", "c3", "c4"):
         image = np.asarray(nib.load(patches / frame.loc[cid, "image"]).dataobj)

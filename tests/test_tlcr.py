@@ -181,7 +181,7 @@ def test_liver_level_puts_the_liver_median_at_the_level():
         whole = tlcr(img, mask, (1.5, 1.5, 3.0), liver_region="volume", **kw)
         assert whole.intensity_reference == "volume"
         assert whole.intensity_scale == pytest.approx(0.6 / np.median(img[mask == 1]))
-        local = tlcr(img, mask, (1.5, 1.5, 3.0), **kw)  # default: the patch's own liver outside the shell
+        local = tlcr(img, mask, (1.5, 1.5, 3.0), liver_region="patch", **kw)  # the patch's own liver outside the shell
         assert local.intensity_reference == "patch"
         assert np.median(local.image_patch[local.label_patch == 1]) == pytest.approx(0.6, abs=1e-6)
         for result in (whole, local):
@@ -206,11 +206,11 @@ def test_patch_liver_reference_follows_a_bias_field_and_falls_back_to_the_volume
     bias = np.linspace(0.6, 1.4, SHAPE[0], dtype=np.float32)[:, None, None]  # a smooth field across x
     biased = image * bias
     kw = {"patch_size": (16, 16, 8), "liver_level": 0.5}
-    local = tlcr(biased, mask, (1.5, 1.5, 3.0), **kw)
-    whole = tlcr(biased, mask, (1.5, 1.5, 3.0), liver_region="volume", **kw)
+    local = tlcr(biased, mask, (1.5, 1.5, 3.0), liver_region="patch", **kw)
+    whole = tlcr(biased, mask, (1.5, 1.5, 3.0), **kw)  # default: the whole volume's liver
     liver_local = local.image_patch[local.label_patch == 1]
     assert abs(np.median(liver_local) - 0.5) < 1e-6
     assert abs(np.median(whole.image_patch[whole.label_patch == 1]) - 0.5) > 0.01  # the field shifts it
     # a patch with almost no liver outside the shell uses the whole volume's liver
-    thin = tlcr(biased, mask, (1.5, 1.5, 3.0), shell_mm=30.0, **kw)
+    thin = tlcr(biased, mask, (1.5, 1.5, 3.0), shell_mm=30.0, liver_region="patch", **kw)
     assert int((thin.label_patch == 1).sum()) < 50 and thin.intensity_reference == "volume"

@@ -92,7 +92,7 @@ def _settings(
     tumor: list[int],
     other: list[int],
     liver_level: float | None = None,
-    liver_region: str = "patch",
+    liver_region: str = "volume",
 ) -> dict[str, Any]:
     return {
         "source": source,
@@ -189,7 +189,7 @@ def crop(
     tumor: list[int] = [2],  # noqa: B006
     other: list[int] = [],  # noqa: B006
     liver_level: float | None = None,
-    liver_region: str = "patch",
+    liver_region: str = "volume",
     force: bool = False,
 ) -> Path:
     """Tumour-localised ROI crop (TLCR): an image patch and a label patch around each tumour.
@@ -224,10 +224,10 @@ def crop(
             mask the patch is cut with) becomes this value, clipped to [0, 1], so patches read as
             ratios to the liver whatever the scan's scaling. The factor is the manifest's
             ``intensity_scale``; a case whose mask has no liver is an error row.
-        liver_region: the reference liver voxels: ``patch`` (the patch's liver outside the
-            peritumoral shell, so a bias field across the volume does not shift it; the whole
-            volume's liver when the patch holds fewer than 50) or ``volume`` (the whole volume's
-            liver, tumour excluded). The manifest's ``intensity_reference`` says which was used.
+        liver_region: the reference liver voxels: ``volume`` (the whole volume's liver, tumour
+            excluded) or ``patch`` (the patch's liver outside the peritumoral shell, so a bias
+            field across the volume does not shift it; the whole volume's liver when the patch
+            holds fewer than 50). The manifest's ``intensity_reference`` says which was used.
         force: rewrite all patches, also when they were made with other settings.
 
     Returns:

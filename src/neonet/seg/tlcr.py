@@ -262,7 +262,7 @@ def tlcr(
     shell_mm: float = 10.0,
     no_tumor: str = "liver",
     liver_level: float | None = None,
-    liver_region: str = "patch",
+    liver_region: str = "volume",
 ) -> TLCRResult:
     """Tumour-localised ROI crop of one canonical volume.
 
@@ -279,9 +279,9 @@ def tlcr(
         liver_level: None keeps the image's intensities; a value multiplies the image patch by
             :func:`liver_reference_scale` (median liver voxel → this value) and clips it to [0, 1].
             Raises ValueError when the mask has no liver voxels.
-        liver_region: ``patch``: the liver voxels of the patch outside the peritumoral shell (the
-            local reference follows a bias field; with fewer than ``MIN_PATCH_LIVER_VOXELS`` the
-            whole volume's liver is used instead); ``volume``: the whole volume's liver.
+        liver_region: ``volume``: the whole volume's liver; ``patch``: the liver voxels of the
+            patch outside the peritumoral shell (the local reference follows a bias field; with
+            fewer than ``MIN_PATCH_LIVER_VOXELS`` the whole volume's liver is used instead).
 
     Returns:
         A :class:`TLCRResult`.
