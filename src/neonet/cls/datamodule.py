@@ -117,8 +117,9 @@ class ClsDataModule(FoldDataModule):
         cache_rate: fraction of loaded patches kept in memory.
         augment: apply torchio MRI augmentation to training patches.
         aug_prob: probability of each augmentation.
-        intensity_aug: include bias-field and gamma augmentation (they change intensity ratios
-            between tissues; off for liver-normalised patches, see ``neonet crop --liver_level``).
+        intensity_aug: include bias-field and gamma augmentation. They change the intensity
+            ratios between tissues, which liver-normalised patches (``neonet crop --liver_level``)
+            are meant to keep; on the demo's development cohort turning them off did not help.
         flip_axes: axes flipped with probability 0.5 during training (0 = left-right in RAS).
         pad_to: zero-pad patches to at least this size (e.g. ``[32, 32, 32]`` for DenseNet-121 on
             32x32x16 demo patches); None keeps them as they are.

@@ -111,9 +111,8 @@ def mri_augmentation(
         affine_degrees: maximum rotation in degrees.
         affine_scales: maximum relative scaling.
         intensity: include the augmentations that change the intensity ratios between tissues
-            (bias field and gamma). Turn them off when the cue is such a ratio, e.g. on patches
-            normalised to the liver (``neonet crop --liver_level``); flips, affine, motion or
-            ghosting and noise stay.
+            (bias field and gamma); False drops just those (flips, affine, motion or ghosting and
+            noise stay), for data whose cue is such a ratio.
 
     Every transform is built with ``copy=False``: torchio otherwise deep-copies the subject in each
     transform (about a third of the per-sample time on small patches). Feed it a subject that owns
