@@ -163,6 +163,35 @@ def test_autoencoder_encoder_taps(tap: str, channels: int) -> None:
     assert not any(k.startswith("decoder") for k in enc.state_dict())
 
 
+@pytest.mark.parametrize("attention", [False, True])
+def test_autoencoder_encoder_level_taps_are_the_maps_before_each_downsampling(attention: bool) -> None:
+    ae = AutoencoderKL(spatial_dims=3, in_channels=1, out_channels=1, channels=(8, 16, 16), latent_channels=3,
+                       num_res_blocks=1, norm_num_groups=8, attention_levels=(False, False, attention),
+                       with_encoder_nonlocal_attn=attention).eval()
+    blocks = list(ae.encoder.blocks)
+    downs = [b for b in blocks if type(b).__name__.endswith("Downsample")]
+    # the input of each downsampling block, and of the block after the last level's own blocks
+    after_last_level = blocks[blocks.index(downs[-1]) + 1 + (2 if attention else 1)]
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, a, k=k: seen.__setitem__(k, a[0].clone()))
+             for k, m in enumerate([*downs, after_last_level])]
+    x = torch.randn(2, 1, 32, 32, 16)
+    with torch.no_grad():
+        ae.encode(x)
+        for h in hooks:
+            h.remove()
+        for level, (channels, factor) in enumerate([(8, 1), (16, 2), (16, 4)]):
+            enc = AutoencoderKLEncoder(ae, tap=f"level{level}").eval()
+            assert enc.out_channels == channels and enc.downsample_factor == factor
+            out = enc(x)
+            assert out.shape == (2, channels, 32 // factor, 32 // factor, 16 // factor)
+            torch.testing.assert_close(out, seen[level])
+    if not attention:  # without non-local blocks the last level is the "features" tap
+        torch.testing.assert_close(AutoencoderKLEncoder(ae, tap="level2")(x), AutoencoderKLEncoder(ae, tap="features")(x))
+    with pytest.raises(ValueError, match="level0, level1, level2"):
+        AutoencoderKLEncoder(ae, tap="level3")
+
+
 def test_autoencoder_encoder_shares_weights_and_rejects_bad_tap() -> None:
     ae = small_autoencoder()
     enc = AutoencoderKLEncoder(ae, tap="latent")

@@ -30,25 +30,28 @@ class AutoencoderKLEncoder(nn.Module):
     between the final norm and conv. The taps are:
 
     - ``"features"``: output of ``blocks[:-2]``, i.e. the last feature map *before* the final
-      GroupNorm and the conv to latent channels; ``channels[-1]`` channels.
+      GroupNorm and the conv to latent channels; ``channels[-1]`` channels, spatial size
+      ``input / 2**(len(channels) - 1)`` (e.g. 96x96x48 with three levels gives 24x24x12).
     - ``"latent"``: the posterior mean ``z_mu = quant_conv_mu(encoder(x))``; ``latent_channels``
-      channels.
+      channels, same size as ``"features"``.
+    - ``"level<k>"`` (``k`` from 0 to ``len(channels) - 1``): the feature map of resolution level
+      ``k``, after its residual (and attention) blocks and before its downsampling;
+      ``channels[k]`` channels at ``input / 2**k``. ``"level0"`` is full resolution, which keeps
+      structures a voxel or two wide (a perineural cuff) that the coarser maps average away.
+      The last level is ``"features"`` without the non-local blocks, when the encoder has them.
 
-    Both have spatial size ``input / 2**(len(channels) - 1)`` (e.g. 96x96x48 with three levels
-    gives 24x24x12). Only the modules a tap uses are kept (the decoder is dropped), so a
-    PattenNet checkpoint holds no unused weights and fine-tuning under DDP has no unused
-    parameters. The modules are shared with ``autoencoder`` (no copy): load the autoencoder's
-    weights before or after wrapping, both work.
+    Only the modules a tap uses are kept (the decoder is dropped), so a PattenNet checkpoint holds
+    no unused weights and fine-tuning under DDP has no unused parameters. The modules are shared
+    with ``autoencoder`` (no copy): load the autoencoder's weights before or after wrapping, both
+    work.
 
     Args:
         autoencoder: a MONAI ``AutoencoderKL`` (normally with trained weights loaded).
-        tap: which output to return, ``"features"`` or ``"latent"``.
+        tap: which output to return: ``"features"``, ``"latent"`` or ``"level<k>"``.
     """
 
-    def __init__(self, autoencoder: AutoencoderKL, tap: Literal["features", "latent"] = "features") -> None:
+    def __init__(self, autoencoder: AutoencoderKL, tap: str = "features") -> None:
         super().__init__()
-        if tap not in ("features", "latent"):
-            raise ValueError(f"tap must be 'features' or 'latent', got {tap!r}")
         encoder = autoencoder.encoder
         blocks = list(encoder.blocks)
         if len(blocks) < 3 or not isinstance(blocks[-2], nn.GroupNorm):
@@ -56,27 +59,42 @@ class AutoencoderKLEncoder(nn.Module):
                 "unexpected AutoencoderKL encoder layout: expected its blocks to end with GroupNorm and the conv "
                 f"to latent channels, got {[type(b).__name__ for b in blocks[-3:]]}"
             )
+        levels = len(encoder.channels)
+        taps = ("features", "latent", *(f"level{k}" for k in range(levels)))
+        if tap not in taps:
+            raise ValueError(f"tap must be one of {', '.join(taps)} for this {levels}-level autoencoder, got {tap!r}")
         self.tap = tap
-        self._feature_channels = int(encoder.channels[-1])
         self._latent_channels = int(autoencoder.latent_channels)
-        self._num_levels = len(encoder.channels)
         self.spatial_dims = int(encoder.spatial_dims)
-        if tap == "features":
-            self.blocks = nn.ModuleList(blocks[:-2])
-            self.quant_conv_mu: nn.Module | None = None
+        self.quant_conv_mu: nn.Module | None = None
+        if tap.startswith("level"):
+            level = int(tap[len("level"):])
+            downsamples = [i for i, b in enumerate(blocks) if type(b).__name__.endswith("Downsample")]
+            if len(downsamples) != levels - 1:
+                raise TypeError(f"unexpected AutoencoderKL encoder layout: {len(downsamples)} downsampling blocks "
+                                f"for {levels} levels")
+            end = downsamples[level] if level < levels - 1 else len(blocks) - 2
+            if level == levels - 1:  # drop the non-local (mid) blocks: they come after the last level's blocks
+                per_level = encoder.num_res_blocks[level] * (2 if encoder.attention_levels[level] else 1)
+                end = (downsamples[-1] + 1 if downsamples else 1) + per_level
+            self.blocks = nn.ModuleList(blocks[:end])
+            self._channels, self._factor = int(encoder.channels[level]), 2**level
         else:
-            self.blocks = nn.ModuleList(blocks)
-            self.quant_conv_mu = autoencoder.quant_conv_mu
+            self._channels = int(encoder.channels[-1]) if tap == "features" else self._latent_channels
+            self._factor = 2 ** (levels - 1)
+            self.blocks = nn.ModuleList(blocks[:-2] if tap == "features" else blocks)
+            if tap == "latent":
+                self.quant_conv_mu = autoencoder.quant_conv_mu
 
     @property
     def out_channels(self) -> int:
         """Channels of the returned feature map."""
-        return self._feature_channels if self.tap == "features" else self._latent_channels
+        return self._channels
 
     @property
     def downsample_factor(self) -> int:
-        """Spatial reduction factor per axis, ``2**(levels - 1)``."""
-        return 2 ** (self._num_levels - 1)
+        """Spatial reduction factor per axis: ``2**k`` for ``level<k>``, else ``2**(levels - 1)``."""
+        return self._factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode ``x`` of shape ``(B, in_channels, D, H, W)`` into the tapped feature map."""
