@@ -165,3 +165,27 @@ def test_clusters_follow_groups_and_patients_only_when_needed() -> None:
                          "c": {"patient_id": "c", "pni": 0}, "c2": {"patient_id": "c", "pni": 0}}}
     assert clusters_of(matched) == {"a": "group:s0", "b": "group:s0", "c": "patient:c", "c2": "patient:c"}
     assert clusters_of({}) is None
+
+
+def test_report_uses_clustered_delong_when_groups_hold_several_cases(tmp_path: Path) -> None:
+    from neonet.atomic import read_json
+    from neonet.stats import delong_ci, delong_test
+
+    ws, frames = make_experiment(tmp_path)
+    splits = read_json(ws.splits_path)
+    cases = list(frames["pattennet"]["case_id"])
+    groups = {c: f"set_{i // 3}" for i, c in enumerate(cases)}  # matched sets of 3 consecutive cases
+    splits["cases"] = {c: {"patient_id": c, "pni": int(y), "group": groups[c]}
+                       for c, y in zip(cases, frames["pattennet"]["y_true"])}
+    write_json(ws.splits_path, splits)
+    doc = report("r", ws.runs_dir, n_boot=200, log_wandb=False)
+    assert doc["settings"]["delong_variance"].startswith("Obuchowski")
+    ids = np.array([f"group:{groups[c]}" for c in cases])
+    a, b = frames["pattennet"], frames["resnet18"]
+    row = pd.read_csv(ws.reports_dir / "cls_delong.csv").set_index(["stage_a", "stage_b"]).loc[("pattennet", "resnet18")]
+    clustered = delong_test(a["y_true"], a["prob"], b["prob"], clusters=ids)
+    assert row["p_value"] == pytest.approx(clustered["p_value"], rel=1e-9)
+    assert row["p_value"] != pytest.approx(delong_test(a["y_true"], a["prob"], b["prob"])["p_value"], rel=1e-3)
+    summary = pd.read_csv(ws.reports_dir / "cls_summary.csv").set_index("stage").loc["pattennet"]
+    assert summary["auc_delong_lo"] == pytest.approx(delong_ci(a["y_true"], a["prob"], clusters=ids)[1], rel=1e-9)
+    assert "Obuchowski" in (ws.reports_dir / "cls_report.md").read_text()

@@ -190,6 +190,56 @@ def test_delong_detects_a_much_better_predictor() -> None:
     assert delong_test(y, noise, good)["z"] == pytest.approx(-res["z"])
 
 
+def slow_obuchowski(y: np.ndarray, scores: list[np.ndarray], clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Obuchowski (1997) clustered AUC covariance, straight from the definitions (loops over cases)."""
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    ids = sorted(set(clusters.tolist()))
+    big_i, m, n = len(ids), pos.size, neg.size
+    aucs, parts = [], []
+    for p in scores:
+        psi = np.array([[1.0 if p[i] > p[j] else 0.5 if p[i] == p[j] else 0.0 for j in neg] for i in pos])
+        theta = psi.mean()
+        v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+        a = np.array([v10[clusters[pos] == c].sum() - (clusters[pos] == c).sum() * theta for c in ids])
+        b = np.array([v01[clusters[neg] == c].sum() - (clusters[neg] == c).sum() * theta for c in ids])
+        aucs.append(theta)
+        parts.append((a, b))
+    cov = np.zeros((len(scores), len(scores)))
+    for r, (ar, br) in enumerate(parts):
+        for c, (ac, bc) in enumerate(parts):
+            s10 = big_i / ((big_i - 1) * m) * (ar * ac).sum()
+            s01 = big_i / ((big_i - 1) * n) * (br * bc).sum()
+            s11 = big_i / (big_i - 1) * ((ar * bc).sum() + (ac * br).sum()) / 2
+            cov[r, c] = s10 / m + s01 / n + 2 * s11 / (m * n)
+    return np.array(aucs), cov
+
+
+def test_clustered_delong_matches_direct_computation_and_ignores_copies() -> None:
+    y, p1 = synthetic(60, 1.0, seed=21, ties=True)
+    rng = np.random.default_rng(22)
+    p2 = np.round(0.5 * p1 + rng.normal(size=p1.size), 1)
+    clusters = rng.integers(0, 25, size=y.size)  # patients with 1-6 scans, mixed labels
+    aucs, cov = delong_variance(y, p1, p2, clusters=[f"patient{c}" for c in clusters])
+    ref_aucs, ref_cov = slow_obuchowski(y, [p1, p2], clusters)
+    np.testing.assert_allclose(aucs, ref_aucs, atol=1e-10)
+    np.testing.assert_allclose(cov, ref_cov, atol=1e-10)
+    # every case in its own cluster: DeLong up to the I / (I - 1) vs m / (m - 1), n / (n - 1) scaling
+    _, single = delong_variance(y, p1, clusters=np.arange(y.size))
+    _, plain = delong_variance(y, p1)
+    assert single[0, 0] == pytest.approx(plain[0, 0], rel=0.05)
+    # three copies of every patient are no new evidence: the clustered variance is exactly unchanged,
+    # DeLong's treats them as independent and shrinks about threefold
+    y3, p3, q3, ids3 = (np.repeat(v, 3) for v in (y, p1, p2, clusters))
+    np.testing.assert_allclose(delong_variance(y3, p3, q3, clusters=ids3)[1], cov, rtol=1e-10)
+    assert delong_variance(y3, p3)[1][0, 0] < 0.4 * plain[0, 0]
+    res = delong_test(y3, p3, q3, clusters=ids3)
+    assert res["se"] == pytest.approx(math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]))
+    a, lo, hi = delong_ci(y3, p3, clusters=ids3)
+    assert (hi - lo) == pytest.approx(2 * sps.norm.ppf(0.975) * math.sqrt(cov[0, 0]))
+    with pytest.raises(ValueError, match="one id per case"):
+        delong_variance(y, p1, clusters=np.arange(3))
+
+
 def test_delong_ci() -> None:
     y, p = synthetic(200, 1.0, seed=9)
     a, lo, hi = delong_ci(y, p)

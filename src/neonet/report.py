@@ -9,7 +9,8 @@ each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
   bootstrap 95 % CI (a cluster bootstrap over patients and ``group``s when a patient or group has
   several cases, e.g. matched sets) and a DeLong CI, pooled thresholded metrics, Brier score, calibration error;
 - ``cls_delong.csv``: DeLong tests of the reference model (PattenNet) against each baseline, and of
-  each model with vs without synthetic balancing, on the pooled predictions of the same patients;
+  each model with vs without synthetic balancing, on the pooled predictions of the same patients
+  (with Obuchowski's clustered variance, here and in the DeLong CI, when the cluster bootstrap is used);
 - ``cls_ablation.csv``: {model} x {real only, real + synthetic} pooled AUC [CI];
 - ``cls_oof_predictions.csv``, ``cls_report.json``, ``cls_report.md``, and PNGs: ``roc_<stage>.png``
   (per fold + pooled), ``roc_pooled.png``, ``calibration.png``;
@@ -142,7 +143,7 @@ def summary_table(frame: pd.DataFrame, folds: pd.DataFrame, n_boot: int, alpha: 
         groups = None if clusters is None else part["case_id"].map(lambda c: clusters.get(c, f"case:{c}")).to_numpy()
         _, lo, hi = bootstrap_auc_ci(y, p, n_boot=n_boot, alpha=alpha, seed=seed, clusters=groups)
         try:
-            _, dlo, dhi = delong_ci(y, p, alpha=alpha)
+            _, dlo, dhi = delong_ci(y, p, alpha=alpha, clusters=groups)
         except ValueError:
             dlo = dhi = math.nan
         ece = float(binary_calibration_error(torch.tensor(p), torch.tensor(y), n_bins=10))
@@ -159,8 +160,11 @@ def summary_table(frame: pd.DataFrame, folds: pd.DataFrame, n_boot: int, alpha: 
     return pd.DataFrame(rows)
 
 
-def delong_table(frame: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Paired DeLong tests on the patients both stages predicted: reference vs baselines, and syn vs real."""
+def delong_table(frame: pd.DataFrame, reference: str, clusters: dict[str, str] | None = None) -> pd.DataFrame:
+    """Paired DeLong tests on the patients both stages predicted: reference vs baselines, and syn vs real.
+
+    ``clusters`` (case_id -> cluster) switches to Obuchowski's clustered variance.
+    """
     stages = list(dict.fromkeys(frame["stage"]))
     refs = [s for s in stages if model_of(s) == reference]
     pairs = [(r, b, "reference vs baseline") for r in refs for b in stages if model_of(b) != reference]
@@ -175,7 +179,8 @@ def delong_table(frame: pd.DataFrame, reference: str) -> pd.DataFrame:
             raise NeonetError(f"stages {a} and {b} disagree on the labels of some cases")
         row: dict[str, Any] = {"comparison": kind, "stage_a": a, "stage_b": b, "n": len(both)}
         try:
-            row.update(delong_test(both["y_true_a"], both["prob_a"], both["prob_b"]))
+            groups = None if clusters is None else both["case_id"].map(lambda c: clusters.get(c, f"case:{c}")).to_numpy()
+            row.update(delong_test(both["y_true_a"], both["prob_a"], both["prob_b"], clusters=groups))
         except ValueError as exc:
             row["note"] = str(exc)
         rows.append(row)
@@ -249,10 +254,11 @@ def report(
     n_folds = int(splits["folds"]) if splits else None
     clusters = clusters_of(splits)
     bootstrap = "stratified percentile" if clusters is None else "cluster percentile (whole patients / groups)"
+    delong_variance = "DeLong" if clusters is None else "Obuchowski clustered (patients / groups)"
     frame = load_predictions(ws, stages)
     folds = per_fold_table(frame)
     summary = summary_table(frame, folds, n_boot, alpha, seed, n_folds, clusters)
-    delong = delong_table(frame, reference)
+    delong = delong_table(frame, reference, clusters)
     ablation = ablation_table(summary)
     for row in summary.itertuples():
         if n_folds is not None and row.folds < n_folds:
@@ -272,7 +278,7 @@ def report(
     doc = {
         "experiment": experiment, "stages": stages, "reference": reference, "folds": n_folds,
         "settings": {"n_boot": n_boot, "alpha": alpha, "seed": seed, "bootstrap": bootstrap,
-                     "threshold": "Youden on each fold's inner validation split"},
+                     "delong_variance": delong_variance, "threshold": "Youden on each fold's inner validation split"},
         "summary": summary.to_dict("records"), "per_fold": folds.to_dict("records"),
         "delong": delong.to_dict("records"), "ablation": ablation.to_dict("records"),
         "figures": {k: str(v) for k, v in images.items()},
@@ -306,7 +312,7 @@ def _markdown_report(doc: dict[str, Any], summary: pd.DataFrame, folds: pd.DataF
         "## Summary\n", markdown(summary[main_cols]),
         "\n## Ablation: real only vs real + synthetic (pooled AUC [CI]; fold mean ± sd)\n",
         markdown(ablation[[c for c in ablation.columns if not c.startswith("auc_pooled")]]),
-        "\n## DeLong tests (paired, pooled predictions)\n", markdown(delong[delong_cols], ".4f") if len(delong) else "(one stage only)\n",
+        f"\n## DeLong tests (paired, pooled predictions; {doc['settings']['delong_variance']} variance)\n", markdown(delong[delong_cols], ".4f") if len(delong) else "(one stage only)\n",
         "\n## Per fold\n", markdown(folds[fold_cols]),
         "\n## Figures\n", "".join(f"- `{Path(p).name}`\n" for p in doc["figures"].values()),
     ]

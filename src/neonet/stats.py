@@ -6,7 +6,9 @@ transforms of ``p``, except the threshold itself). A case is called positive whe
 
 AUC is the Mann-Whitney statistic computed from midranks, so ties between a positive and a negative
 count one half. The DeLong (1988) variance and paired test use the fast midrank algorithm of
-Sun & Xu (2014): O(n log n) instead of O(m n).
+Sun & Xu (2014): O(n log n) instead of O(m n). With ``clusters`` (several cases per patient or matched
+set) they use Obuchowski's (1997) clustered variance instead, built from the same components summed
+per cluster.
 """
 
 from __future__ import annotations
@@ -187,15 +189,29 @@ def _structural_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     return aucs, v10, v01
 
 
-def delong_variance(y: ArrayLike, *scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def _cluster_ids(clusters: ArrayLike, size: int) -> np.ndarray:
+    """Integer cluster index per case, checked against the number of cases."""
+    ids = np.asarray(clusters)
+    if ids.shape != (size,):
+        raise ValueError(f"clusters must hold one id per case ({size}), got shape {ids.shape}")
+    return np.unique(ids, return_inverse=True)[1].reshape(-1)
+
+
+def delong_variance(y: ArrayLike, *scores: ArrayLike, clusters: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """AUCs of one or more paired predictors and their DeLong covariance matrix.
 
     Args:
         y: labels 0/1.
         *scores: one score array per predictor, all on the same cases.
+        clusters: one id per case (e.g. patient or matched set). None: independent cases, DeLong's
+            ``cov = S10 / m + S01 / n`` (sample covariances, ddof 1). Given: Obuchowski's (1997)
+            clustered covariance, ``S10 / m + S01 / n + (S11 + S11') / (m n)`` with the structural
+            components summed per cluster, centred at ``m_i * auc`` and ``n_i * auc`` (cluster i's
+            positives and negatives) and scaled by ``I / (I - 1)`` over the ``I`` clusters; copying
+            every cluster leaves it unchanged.
 
     Returns:
-        ``(aucs (k,), cov (k, k))`` with ``cov = S10 / m + S01 / n`` (sample covariances, ddof 1).
+        ``(aucs (k,), cov (k, k))``.
     """
     if not scores:
         raise ValueError("need at least one score array")
@@ -205,24 +221,39 @@ def delong_variance(y: ArrayLike, *scores: ArrayLike) -> tuple[np.ndarray, np.nd
     if m < 2 or n < 2:
         raise ValueError(f"DeLong variance needs at least 2 cases per class, got {m} positive and {n} negative")
     aucs, v10, v01 = _structural_components(y_arr, np.stack(arrs))
-    s10 = np.atleast_2d(np.cov(v10))
-    s01 = np.atleast_2d(np.cov(v01))
-    return aucs, s10 / m + s01 / n
+    if clusters is None:
+        s10 = np.atleast_2d(np.cov(v10))
+        s01 = np.atleast_2d(np.cov(v01))
+        return aucs, s10 / m + s01 / n
+    ids = _cluster_ids(clusters, y_arr.size)
+    n_clusters = int(ids.max()) + 1
+    if n_clusters < 2:
+        raise ValueError("the clustered DeLong variance needs at least 2 clusters")
+    pos, neg = ids[y_arr == 1], ids[y_arr == 0]
+    sum10 = np.stack([np.bincount(pos, weights=row, minlength=n_clusters) for row in v10])  # (k, I)
+    sum01 = np.stack([np.bincount(neg, weights=row, minlength=n_clusters) for row in v01])
+    a = sum10 - np.bincount(pos, minlength=n_clusters)[None, :] * aucs[:, None]
+    b = sum01 - np.bincount(neg, minlength=n_clusters)[None, :] * aucs[:, None]
+    scale = n_clusters / (n_clusters - 1.0)
+    s10, s01, s11 = scale * (a @ a.T) / m, scale * (b @ b.T) / n, scale * (a @ b.T)
+    return aucs, s10 / m + s01 / n + (s11 + s11.T) / (m * n)
 
 
-def delong_test(y: ArrayLike, p1: ArrayLike, p2: ArrayLike) -> dict[str, float]:
+def delong_test(y: ArrayLike, p1: ArrayLike, p2: ArrayLike, clusters: ArrayLike | None = None) -> dict[str, float]:
     """DeLong et al. (1988) test of two correlated AUCs (same cases), two-sided.
 
     Args:
         y: labels 0/1.
         p1: scores of the first predictor.
         p2: scores of the second predictor.
+        clusters: one id per case for clustered data (Obuchowski's variance, see
+            :func:`delong_variance`); None for independent cases.
 
     Returns:
         ``auc1``, ``auc2``, ``diff`` (auc1 - auc2), ``se`` (of the difference), ``z`` and ``p_value``.
         With ``se == 0``: ``z = 0, p = 1`` when the AUCs are equal, else ``z = ±inf, p = 0``.
     """
-    aucs, cov = delong_variance(y, p1, p2)
+    aucs, cov = delong_variance(y, p1, p2, clusters=clusters)
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
     se = float(np.sqrt(max(var, 0.0)))
@@ -237,18 +268,21 @@ def delong_test(y: ArrayLike, p1: ArrayLike, p2: ArrayLike) -> dict[str, float]:
     return {"auc1": float(aucs[0]), "auc2": float(aucs[1]), "diff": diff, "se": se, "z": z, "p_value": p_value}
 
 
-def delong_ci(y: ArrayLike, p: ArrayLike, alpha: float = 0.05) -> tuple[float, float, float]:
+def delong_ci(y: ArrayLike, p: ArrayLike, alpha: float = 0.05,
+              clusters: ArrayLike | None = None) -> tuple[float, float, float]:
     """AUC with a Wald confidence interval from the DeLong variance, clipped to [0, 1].
 
     Args:
         y: labels 0/1.
         p: scores.
         alpha: 1 - confidence level.
+        clusters: one id per case for clustered data (Obuchowski's variance); None for
+            independent cases.
 
     Returns:
         ``(auc, lo, hi)``.
     """
-    aucs, cov = delong_variance(y, p)
+    aucs, cov = delong_variance(y, p, clusters=clusters)
     a = float(aucs[0])
     half = float(sps.norm.ppf(1 - alpha / 2) * np.sqrt(max(float(cov[0, 0]), 0.0)))
     return a, max(0.0, a - half), min(1.0, a + half)
