@@ -18,7 +18,12 @@ A diagnostic for the phantom cohort, independent of any classifier:
    ``splits.json`` folds as PattenNet), pooled out-of-fold AUC. Unlike the hand-made band it learns
    which intensities matter from the fold's own training cases, so it shows what a small model can
    learn from these patches with this much data.
-4. **Chance associations of the cohort**: the AUC of each nuisance parameter the phantom drew
+4. **The same model on the frozen autoencoder's features** (when each fold's autoencoder is trained):
+   each fold's ``best.ckpt`` encodes every patch; per channel of a tapped map (``--taps``, e.g.
+   ``features`` and the full-resolution ``level0``), a 14-bin histogram over the shell + tumour
+   cells with bin edges at the fold's training quantiles; L2 logistic regression as in 3. Read
+   against 3: what the frozen features keep of the intensity signal, before any PattenNet training.
+5. **Chance associations of the cohort**: the AUC of each nuisance parameter the phantom drew
    independently of PNI (tumour volume and intensity, liver volume, nerve gap; from
    ``phantom_info.csv``) against the labels. In a finite cohort some of them differ between the
    classes by chance, and a classifier that learns such a difference in the training folds carries
@@ -36,16 +41,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from torchmetrics.functional.classification import binary_auroc
 
+from neonet.cls.encoder import load_encoder_checkpoint
 from neonet.data.cases import LIVER, TUMOR
 from neonet.data.phantom import cohort_plan, make_case
+from neonet.nets import AutoencoderKLEncoder
 from neonet.seg.tlcr import PATCH_LIVER, PATCH_SHELL, PATCH_TUMOR
 
 
@@ -100,6 +109,36 @@ def band_scores(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray
     return out
 
 
+def ridge_oof(x_all: torch.Tensor, y: torch.Tensor, row_of: dict[str, int], folds: list[dict], l2: float,
+              features_of: Callable[[dict, list[int]], torch.Tensor] | None = None) -> float:
+    """Pooled out-of-fold AUC of an L2 logistic regression fitted on each fold's train + val rows.
+
+    ``features_of(split, fit_rows)`` gives the fold's feature matrix (all rows) when the features
+    depend on the fold (its encoder, its bin edges); otherwise ``x_all`` is used for every fold.
+    """
+    scores = torch.zeros(len(y))
+    for split in folds:
+        fit = [row_of[c] for c in split["train"] + split["val"] if c in row_of]
+        test = [row_of[c] for c in split["test"] if c in row_of]
+        feats = x_all if features_of is None else features_of(split, fit)
+        mu, sd = feats[fit].mean(0), feats[fit].std(0) + 1e-6
+        x = (feats - mu) / sd
+        w = torch.zeros(x.shape[1], requires_grad=True)
+        b = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=200)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(x[fit] @ w + b, y[fit]) + l2 * (w**2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            scores[test] = x[test] @ w + b
+    return float(binary_auroc(scores, y.long()))
+
+
 def histogram_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray, float]], splits_path: Path,
                  bins: int = 14, top: float = 1.4, l2: float = 0.1) -> dict[str, float]:
     """Pooled out-of-fold AUC of a logistic regression on shell + tumour intensity histograms."""
@@ -112,28 +151,38 @@ def histogram_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarra
     y = torch.tensor(manifest["pni"].tolist(), dtype=torch.float32)
     row_of = {c: i for i, c in enumerate(manifest["case_id"])}
     folds = json.loads(splits_path.read_text())["splits"]
+    return {f"oof auc histogram-logistic {kind}": ridge_oof(torch.stack(rows), y, row_of, folds, l2)
+            for kind, rows in feats.items()}
+
+
+def encoder_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray, float]], runs: Path,
+               config: Path, taps: list[str], bins: int = 14, l2: float = 0.5) -> dict[str, float]:
+    """Pooled out-of-fold AUC of a logistic regression on quantile histograms of frozen encoder maps."""
+    from monai.networks.nets import AutoencoderKL
+
+    init = yaml.safe_load(config.read_text())["model"]["init_args"]["autoencoder"]["init_args"]
+    images = torch.from_numpy(np.stack([im for im, _, _ in items]))[:, None].float()
+    region = torch.from_numpy(np.stack([np.isin(lb, (PATCH_SHELL, PATCH_TUMOR)) for _, lb, _ in items]))[:, None].float()
+    y = torch.tensor(manifest["pni"].tolist(), dtype=torch.float32)
+    row_of = {c: i for i, c in enumerate(manifest["case_id"])}
+    folds = json.loads((runs / "splits.json").read_text())["splits"]
     out: dict[str, float] = {}
-    for kind, rows in feats.items():
-        x_all, scores = torch.stack(rows), torch.zeros(len(y))
-        for split in folds:
-            fit = [row_of[c] for c in split["train"] + split["val"] if c in row_of]
-            test = [row_of[c] for c in split["test"] if c in row_of]
-            mu, sd = x_all[fit].mean(0), x_all[fit].std(0) + 1e-6
-            x = (x_all - mu) / sd
-            w = torch.zeros(bins, requires_grad=True)
-            b = torch.zeros(1, requires_grad=True)
-            opt = torch.optim.LBFGS([w, b], max_iter=200)
-
-            def closure() -> torch.Tensor:
-                opt.zero_grad()
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(x[fit] @ w + b, y[fit]) + l2 * (w**2).sum()
-                loss.backward()
-                return loss
-
-            opt.step(closure)
+    for tap in taps:
+        def features_of(split: dict, fit: list[int], tap: str = tap) -> torch.Tensor:
+            encoder = AutoencoderKLEncoder(AutoencoderKL(**init), tap=tap).eval()
+            load_encoder_checkpoint(encoder, runs / "autoencoder" / f"fold{split['fold']}" / "checkpoints" / "best.ckpt")
             with torch.no_grad():
-                scores[test] = x[test] @ w + b
-        out[f"oof auc histogram-logistic {kind}"] = float(binary_auroc(scores, y.long()))
+                maps = torch.cat([encoder(images[i:i + 8]) for i in range(0, len(images), 8)])
+            cells = torch.nn.functional.adaptive_max_pool3d(region, maps.shape[2:]) > 0  # cells touching the region
+            values = [m[:, c[0]] for m, c in zip(maps, cells)]  # (C, cells) per patch
+            fitted = torch.cat([values[i] for i in fit], dim=1)
+            gen = torch.Generator().manual_seed(0)
+            sample = fitted[:, torch.randperm(fitted.shape[1], generator=gen)[:100_000]]
+            edges = torch.quantile(sample, torch.linspace(0, 1, bins + 1)[1:-1], dim=1).T.contiguous()  # (C, bins - 1)
+            return torch.stack([torch.stack([torch.bincount(torch.bucketize(v[ch], edges[ch]), minlength=bins).float() / max(v.shape[1], 1)
+                                             for ch in range(v.shape[0])]).flatten() for v in values])
+
+        out[f"oof auc encoder-histogram-logistic {tap}"] = ridge_oof(torch.zeros(len(y), 1), y, row_of, folds, l2, features_of)
     return out
 
 
@@ -169,6 +218,10 @@ def main() -> None:
     parser.add_argument("--tumor_radius_mm", type=float, nargs=2, default=(20.0, 30.0))
     parser.add_argument("--cuff_drop", type=float, default=0.15, help="cuff = PNI- twin minus PNI+ image above this share of liver")
     parser.add_argument("--band", type=float, nargs=2, default=(0.6, 0.8), help="intensity band, relative to liver")
+    parser.add_argument("--taps", nargs="*", default=["features", "level0"],
+                        help="encoder maps for the frozen-feature probe (none: skip it)")
+    parser.add_argument("--autoencoder_config", type=Path, default=None,
+                        help="the autoencoder stage's config (default: experiments/<experiment>/autoencoder.yaml)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: <runs>/<experiment>/reports/pni_signal_probe.json)")
     args = parser.parse_args()
     runs = args.runs_dir / args.experiment
@@ -176,6 +229,9 @@ def main() -> None:
     result = {"absorption": absorption(runs, args), "band": list(args.band), "scores": band_scores(manifest, items, tuple(args.band))}
     if (runs / "splits.json").is_file():
         result["learned"] = histogram_cv(manifest, items, runs / "splits.json")
+        config = args.autoencoder_config or Path("experiments") / args.experiment / "autoencoder.yaml"
+        if args.taps and (runs / "autoencoder" / "fold0" / "checkpoints" / "best.ckpt").is_file() and config.is_file():
+            result["learned"].update(encoder_cv(manifest, items, runs, config, args.taps))
     result["nuisance"] = nuisance_aucs(runs / "data")
     for key, value in {**result["absorption"], **result["scores"], **result.get("learned", {}), **result["nuisance"]}.items():
         print(f"{key:>28}: {value:.3f}" if isinstance(value, float) else f"{key:>28}: {value}")
