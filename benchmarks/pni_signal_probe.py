@@ -109,18 +109,18 @@ def band_scores(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray
     return out
 
 
-def ridge_oof(x_all: torch.Tensor, y: torch.Tensor, row_of: dict[str, int], folds: list[dict], l2: float,
-              features_of: Callable[[dict, list[int]], torch.Tensor] | None = None) -> float:
+def ridge_oof(features_of: Callable[[dict, list[int]], torch.Tensor], y: torch.Tensor, row_of: dict[str, int],
+              folds: list[dict], l2: float) -> float:
     """Pooled out-of-fold AUC of an L2 logistic regression fitted on each fold's train + val rows.
 
-    ``features_of(split, fit_rows)`` gives the fold's feature matrix (all rows) when the features
-    depend on the fold (its encoder, its bin edges); otherwise ``x_all`` is used for every fold.
+    ``features_of(split, fit_rows)`` gives the fold's feature matrix, one row per case (it may
+    depend on the fold: its encoder, its bin edges).
     """
     scores = torch.zeros(len(y))
     for split in folds:
         fit = [row_of[c] for c in split["train"] + split["val"] if c in row_of]
         test = [row_of[c] for c in split["test"] if c in row_of]
-        feats = x_all if features_of is None else features_of(split, fit)
+        feats = features_of(split, fit)
         mu, sd = feats[fit].mean(0), feats[fit].std(0) + 1e-6
         x = (feats - mu) / sd
         w = torch.zeros(x.shape[1], requires_grad=True)
@@ -151,7 +151,7 @@ def histogram_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarra
     y = torch.tensor(manifest["pni"].tolist(), dtype=torch.float32)
     row_of = {c: i for i, c in enumerate(manifest["case_id"])}
     folds = json.loads(splits_path.read_text())["splits"]
-    return {f"oof auc histogram-logistic {kind}": ridge_oof(torch.stack(rows), y, row_of, folds, l2)
+    return {f"oof auc histogram-logistic {kind}": ridge_oof(lambda _split, _fit, x=torch.stack(rows): x, y, row_of, folds, l2)
             for kind, rows in feats.items()}
 
 
@@ -182,7 +182,7 @@ def encoder_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray,
             return torch.stack([torch.stack([torch.bincount(torch.bucketize(v[ch], edges[ch]), minlength=bins).float() / max(v.shape[1], 1)
                                              for ch in range(v.shape[0])]).flatten() for v in values])
 
-        out[f"oof auc encoder-histogram-logistic {tap}"] = ridge_oof(torch.zeros(len(y), 1), y, row_of, folds, l2, features_of)
+        out[f"oof auc encoder-histogram-logistic {tap}"] = ridge_oof(features_of, y, row_of, folds, l2)
     return out
 
 

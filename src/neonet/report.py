@@ -126,6 +126,11 @@ def clusters_of(splits: dict[str, Any]) -> dict[str, str] | None:
     return clusters if len(set(clusters.values())) < len(clusters) else None
 
 
+def cluster_array(case_ids: pd.Series, clusters: dict[str, str] | None) -> np.ndarray | None:
+    """The cluster of each case (a case missing from ``clusters`` is its own), or None without clusters."""
+    return None if clusters is None else case_ids.map(lambda c: clusters.get(c, f"case:{c}")).to_numpy()
+
+
 def summary_table(frame: pd.DataFrame, folds: pd.DataFrame, n_boot: int, alpha: float, seed: int, n_folds: int | None,
                   clusters: dict[str, str] | None = None) -> pd.DataFrame:
     """Per stage: fold mean ± sd, pooled out-of-fold AUC with bootstrap and DeLong CIs, pooled metrics.
@@ -140,7 +145,7 @@ def summary_table(frame: pd.DataFrame, folds: pd.DataFrame, n_boot: int, alpha: 
         f = folds[folds["stage"] == stage]
         y, p = part["y_true"].to_numpy(int), part["prob"].to_numpy(float)
         pooled = _metrics(part)
-        groups = None if clusters is None else part["case_id"].map(lambda c: clusters.get(c, f"case:{c}")).to_numpy()
+        groups = cluster_array(part["case_id"], clusters)
         _, lo, hi = bootstrap_auc_ci(y, p, n_boot=n_boot, alpha=alpha, seed=seed, clusters=groups)
         try:
             _, dlo, dhi = delong_ci(y, p, alpha=alpha, clusters=groups)
@@ -179,7 +184,7 @@ def delong_table(frame: pd.DataFrame, reference: str, clusters: dict[str, str] |
             raise NeonetError(f"stages {a} and {b} disagree on the labels of some cases")
         row: dict[str, Any] = {"comparison": kind, "stage_a": a, "stage_b": b, "n": len(both)}
         try:
-            groups = None if clusters is None else both["case_id"].map(lambda c: clusters.get(c, f"case:{c}")).to_numpy()
+            groups = cluster_array(both["case_id"], clusters)
             row.update(delong_test(both["y_true_a"], both["prob_a"], both["prob_b"], clusters=groups))
         except ValueError as exc:
             row["note"] = str(exc)

@@ -146,12 +146,18 @@ def bootstrap_auc_ci(
     return estimate, float(lo), float(hi)
 
 
+def _cluster_ids(clusters: ArrayLike, size: int) -> np.ndarray:
+    """Integer cluster index per case, checked against the number of cases."""
+    ids = np.asarray(clusters)
+    if ids.shape != (size,):
+        raise ValueError(f"clusters must hold one id per case ({size}), got shape {ids.shape}")
+    return np.unique(ids, return_inverse=True)[1].reshape(-1)
+
+
 def _cluster_bootstrap(y: np.ndarray, p: np.ndarray, clusters: np.ndarray, n_boot: int,
                        rng: np.random.Generator) -> np.ndarray:
     """AUCs of ``n_boot`` resamples of whole clusters (with replacement)."""
-    if clusters.shape != y.shape:
-        raise ValueError(f"clusters must give one id per case: {clusters.shape} vs {y.shape}")
-    _, index = np.unique(clusters, return_inverse=True)
+    index = _cluster_ids(clusters, y.size)
     members = [np.flatnonzero(index == g) for g in range(index.max() + 1)]
     aucs = []
     for _ in range(n_boot):
@@ -187,14 +193,6 @@ def _structural_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     v10 = (tz[:, :m] - tx) / n
     v01 = 1.0 - (tz[:, m:] - ty) / m
     return aucs, v10, v01
-
-
-def _cluster_ids(clusters: ArrayLike, size: int) -> np.ndarray:
-    """Integer cluster index per case, checked against the number of cases."""
-    ids = np.asarray(clusters)
-    if ids.shape != (size,):
-        raise ValueError(f"clusters must hold one id per case ({size}), got shape {ids.shape}")
-    return np.unique(ids, return_inverse=True)[1].reshape(-1)
 
 
 def delong_variance(y: ArrayLike, *scores: ArrayLike, clusters: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -73,8 +73,9 @@ class AutoencoderKLEncoder(nn.Module):
             if len(downsamples) != levels - 1:
                 raise TypeError(f"unexpected AutoencoderKL encoder layout: {len(downsamples)} downsampling blocks "
                                 f"for {levels} levels")
-            end = downsamples[level] if level < levels - 1 else len(blocks) - 2
-            if level == levels - 1:  # drop the non-local (mid) blocks: they come after the last level's blocks
+            if level < levels - 1:
+                end = downsamples[level]
+            else:  # the last level's blocks, without the non-local (mid) blocks that follow them
                 per_level = encoder.num_res_blocks[level] * (2 if encoder.attention_levels[level] else 1)
                 end = (downsamples[-1] + 1 if downsamples else 1) + per_level
             self.blocks = nn.ModuleList(blocks[:end])
