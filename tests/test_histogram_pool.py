@@ -41,6 +41,31 @@ def test_shape_gradients_and_bad_arguments() -> None:
         SoftHistogramPool3d(3, bins=1)
 
 
+def test_region_norm_describes_each_patch_alone_and_ignores_the_batch_and_the_mode() -> None:
+    pool = SoftHistogramPool3d(channels=2, bins=5, low=-2.0, high=2.0, norm="region")
+    x = torch.randn(3, 2, 4, 4, 2)
+    weights = (torch.rand(3, 1, 4, 4, 2) > 0.4).float()
+    weights[2] = 0.0
+    weights[2, 0, :2] = 1.0  # a patch whose region is half of it
+    alone = torch.cat([pool(x[i:i + 1], weights[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(pool(x, weights), alone)  # no batch statistics
+    torch.testing.assert_close(pool.eval()(x, weights), alone)  # and none that differ in eval mode
+    # an affine change of a channel (positive scale) leaves its region histogram unchanged
+    moved = x.clone()
+    moved[:, 1] = 3.0 * x[:, 1] - 7.0
+    torch.testing.assert_close(pool(moved, weights), alone, atol=1e-5, rtol=0)
+    # the values outside the region do not matter
+    outside = torch.where(weights > 0, x, torch.full_like(x, 100.0))
+    torch.testing.assert_close(pool(outside, weights), alone, atol=1e-5, rtol=0)
+    # a region of values -1 and +1 in equal shares: standardised they sit on the centres -1 and +1
+    two = torch.full((1, 1, 2, 2, 2), -1.0)
+    two[0, 0, 0] = 1.0
+    one_channel = SoftHistogramPool3d(channels=1, bins=5, norm="region")
+    torch.testing.assert_close(one_channel(two + 5.0), torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]]), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="norm"):
+        SoftHistogramPool3d(2, norm="instance")  # type: ignore[arg-type]
+
+
 class Identity1(nn.Module):
     out_channels = 1
 
@@ -66,10 +91,12 @@ def mixture_task(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y.float()
 
 
-@pytest.mark.parametrize(("pool", "learns"), [("avgmax", False), ("hist", True)])
-def test_histogram_pooling_learns_what_average_and_max_cannot(pool: str, learns: bool) -> None:
+@pytest.mark.parametrize(("pool", "norm", "learns"), [("avgmax", "batch", False), ("hist", "batch", True),
+                                                       ("hist", "region", True)])
+def test_histogram_pooling_learns_what_average_and_max_cannot(pool: str, norm: str, learns: bool) -> None:
     x, y = mixture_task(32)
-    net = PattenNet(Identity1(), num_blocks=0, pool=pool, hist_bins=6, hidden=8, dropout=0.0, freeze_encoder=False)
+    net = PattenNet(Identity1(), num_blocks=0, pool=pool, hist_bins=6, hist_norm=norm, hidden=8, dropout=0.0,
+                    freeze_encoder=False)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(150):
         loss = nn.functional.binary_cross_entropy_with_logits(net(x), y)

@@ -133,6 +133,10 @@ class PattenNet(nn.Module):
             :class:`~neonet.nets.histogram.SoftHistogramPool3d`: the share of the region in each of
             ``hist_bins`` bins) or ``avgmaxhist`` (all three, concatenated).
         hist_bins: histogram bins per channel for the ``hist`` pools.
+        hist_norm: how the ``hist`` pools standardise each channel before binning: ``"batch"``
+            (BatchNorm over whole patches) or ``"region"`` (each patch's own mean and standard
+            deviation over the pooled region, independent of the batch; the histogram then
+            describes the shape of the region's distribution).
         region_labels: None pools over the whole patch (the input is the image alone). Otherwise the
             input's last channel is the TLCR label patch (0 background, 1 liver, 2 peritumoral shell,
             3 tumour; ``ClsDataModule(label_channel=True)``), the encoder sees the other channels,
@@ -156,6 +160,7 @@ class PattenNet(nn.Module):
         residual: bool = True,
         pool: Literal["avg", "max", "avgmax", "hist", "avgmaxhist"] = "avg",
         hist_bins: int = 8,
+        hist_norm: Literal["batch", "region"] = "batch",
         region_labels: Sequence[int] | None = None,
         head_norm: bool = False,
     ) -> None:
@@ -179,7 +184,7 @@ class PattenNet(nn.Module):
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         self.pool_mode = pool
         self.region_labels = None if region_labels is None else [int(v) for v in region_labels]
-        self.histogram = SoftHistogramPool3d(encoder_channels, hist_bins) if "hist" in pool else None
+        self.histogram = SoftHistogramPool3d(encoder_channels, hist_bins, norm=hist_norm) if "hist" in pool else None
         pooled = encoder_channels * {"avg": 1, "max": 1, "avgmax": 2, "hist": 0, "avgmaxhist": 2}[pool]
         pooled += self.histogram.out_features if self.histogram is not None else 0
         self.head = nn.Sequential(
