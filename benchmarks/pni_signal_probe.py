@@ -23,6 +23,8 @@ A diagnostic for the phantom cohort, independent of any classifier:
    ``features`` and the full-resolution ``level0``), a 14-bin histogram over the shell + tumour
    cells with bin edges at the fold's training quantiles; L2 logistic regression as in 3. Read
    against 3: what the frozen features keep of the intensity signal, before any PattenNet training.
+   Second kind (``encoder-region-histogram``): PattenNet's own pooling, untrained (each patch's
+   channels standardised over its own shell + tumour, 14 fixed triangular bins), same regression.
 5. **Chance associations of the cohort**: the AUC of each nuisance parameter the phantom drew
    independently of PNI (tumour volume and intensity, liver volume, nerve gap; from
    ``phantom_info.csv``) against the labels. In a finite cohort some of them differ between the
@@ -54,7 +56,7 @@ from torchmetrics.functional.classification import binary_auroc
 from neonet.cls.encoder import load_encoder_checkpoint
 from neonet.data.cases import LIVER, TUMOR
 from neonet.data.phantom import cohort_plan, make_case
-from neonet.nets import AutoencoderKLEncoder
+from neonet.nets import AutoencoderKLEncoder, SoftHistogramPool3d
 from neonet.seg.tlcr import PATCH_LIVER, PATCH_SHELL, PATCH_TUMOR
 
 
@@ -157,7 +159,7 @@ def histogram_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarra
 
 def encoder_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray, float]], runs: Path,
                config: Path, taps: list[str], bins: int = 14, l2: float = 0.5) -> dict[str, float]:
-    """Pooled out-of-fold AUC of a logistic regression on quantile histograms of frozen encoder maps."""
+    """Pooled out-of-fold AUC of logistic regressions on histograms of frozen encoder maps (two kinds)."""
     from monai.networks.nets import AutoencoderKL
 
     init = yaml.safe_load(config.read_text())["model"]["init_args"]["autoencoder"]["init_args"]
@@ -168,11 +170,18 @@ def encoder_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray,
     folds = json.loads((runs / "splits.json").read_text())["splits"]
     out: dict[str, float] = {}
     for tap in taps:
-        def features_of(split: dict, fit: list[int], tap: str = tap) -> torch.Tensor:
-            encoder = AutoencoderKLEncoder(AutoencoderKL(**init), tap=tap).eval()
-            load_encoder_checkpoint(encoder, runs / "autoencoder" / f"fold{split['fold']}" / "checkpoints" / "best.ckpt")
-            with torch.no_grad():
-                maps = torch.cat([encoder(images[i:i + 8]) for i in range(0, len(images), 8)])
+        maps_of: dict[int, torch.Tensor] = {}
+
+        def encode(fold: int, tap: str = tap) -> torch.Tensor:
+            if fold not in maps_of:
+                encoder = AutoencoderKLEncoder(AutoencoderKL(**init), tap=tap).eval()
+                load_encoder_checkpoint(encoder, runs / "autoencoder" / f"fold{fold}" / "checkpoints" / "best.ckpt")
+                with torch.no_grad():
+                    maps_of[fold] = torch.cat([encoder(images[i:i + 8]) for i in range(0, len(images), 8)])
+            return maps_of[fold]
+
+        def quantile_histograms(split: dict, fit: list[int]) -> torch.Tensor:
+            maps = encode(split["fold"])
             cells = torch.nn.functional.adaptive_max_pool3d(region, maps.shape[2:]) > 0  # cells touching the region
             values = [m[:, c[0]] for m, c in zip(maps, cells)]  # (C, cells) per patch
             fitted = torch.cat([values[i] for i in fit], dim=1)
@@ -182,7 +191,16 @@ def encoder_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray,
             return torch.stack([torch.stack([torch.bincount(torch.bucketize(v[ch], edges[ch]), minlength=bins).float() / max(v.shape[1], 1)
                                              for ch in range(v.shape[0])]).flatten() for v in values])
 
-        out[f"oof auc encoder-histogram-logistic {tap}"] = ridge_oof(features_of, y, row_of, folds, l2)
+        def region_histograms(split: dict, _fit: list[int]) -> torch.Tensor:
+            # PattenNet's pooling (hist_norm="region") with its initial bins, untrained: each patch's
+            # channels standardised over its own region, 14 triangular bins from -2 to +2 sd
+            maps = encode(split["fold"])
+            weights = torch.nn.functional.adaptive_avg_pool3d(region, maps.shape[2:])
+            with torch.no_grad():
+                return SoftHistogramPool3d(maps.shape[1], bins, norm="region")(maps, weights)
+
+        out[f"oof auc encoder-histogram-logistic {tap}"] = ridge_oof(quantile_histograms, y, row_of, folds, l2)
+        out[f"oof auc encoder-region-histogram-logistic {tap}"] = ridge_oof(region_histograms, y, row_of, folds, l2)
     return out
 
 
