@@ -54,6 +54,8 @@ def test_region_norm_describes_each_patch_alone_and_ignores_the_batch_and_the_mo
     moved = x.clone()
     moved[:, 1] = 3.0 * x[:, 1] - 7.0
     torch.testing.assert_close(pool(moved, weights), alone, atol=1e-5, rtol=0)
+    # bf16 features (bf16-mixed training): statistics in float32, shares close to the float32 ones
+    torch.testing.assert_close(pool(x.bfloat16(), weights), alone, atol=0.02, rtol=0)
     # the values outside the region do not matter
     outside = torch.where(weights > 0, x, torch.full_like(x, 100.0))
     torch.testing.assert_close(pool(outside, weights), alone, atol=1e-5, rtol=0)

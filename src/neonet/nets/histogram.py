@@ -66,7 +66,8 @@ class SoftHistogramPool3d(nn.Module):
         """Each channel in standard deviations: of the batch (``batch``) or of the sample's own region (``region``)."""
         if self.norm is not None:
             return self.norm(x)
-        w = torch.ones_like(x[:, :1]) if weights is None else weights.to(x.dtype)
+        x = x.float()  # region statistics in float32, also under bf16/fp16 autocast (as BatchNorm is)
+        w = torch.ones_like(x[:, :1]) if weights is None else weights.float()
         total = w.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1e-6)
         mean = (x * w).sum(dim=(2, 3, 4), keepdim=True) / total
         var = ((x - mean) ** 2 * w).sum(dim=(2, 3, 4), keepdim=True) / total
