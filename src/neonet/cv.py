@@ -3,7 +3,8 @@
 Each fold is a fresh ``python -m neonet fit`` process, so no state (model, trainer, W&B run,
 random generators) leaks from one fold into the next, DDP launches its own ranks per fold, and
 folds can also be spread over machines by running ``neonet fit ... --data.fold k`` directly.
-Finished folds are skipped; an interrupted fold resumes from its ``last.ckpt``.
+Finished folds are skipped; an interrupted fold resumes from its ``last.ckpt`` — both only when
+the fold's saved ``config.yaml`` agrees with the command's settings (``neonet.config_drift``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from neonet.config import data_args, import_class, load_config, stage_of
 from neonet.atomic import read_json
+from neonet.config import data_args, import_class, load_config, stage_of
+from neonet.config_drift import check_fold_configs
 from neonet.errors import NeonetError
 from neonet.fold_lock import fold_lock
 from neonet.workspace import Workspace
@@ -137,7 +139,9 @@ def cv(
     Every fold trains on its training patients only, selects its checkpoint on its inner
     validation patients and is evaluated on its held-out patients. A fold whose
     ``artifact.json`` says ``complete`` is skipped; an interrupted fold resumes from
-    ``last.ckpt``. After the folds, the stage's cross-fold summary is written to ``reports/``.
+    ``last.ckpt``. Neither happens when the fold's saved ``config.yaml`` has other settings than
+    this command (another learning rate, seed, network...): that is an error naming them, and
+    ``--force`` re-trains such folds. After the folds, the stage's cross-fold summary is written to ``reports/``.
 
     Args:
         config: stage config file(s), merged in order (as ``neonet fit --config``).
@@ -162,6 +166,10 @@ def cv(
     if bad:
         raise NeonetError(f"fold(s) {bad} do not exist: the experiment has folds 0..{n_folds - 1}")
     hooks = load_hooks(cfg)
+    if not force:  # a finished fold is skipped and an interrupted one resumed only under the same settings
+        started = [k for k in todo if ws.is_complete(stage, k) or ws.last_checkpoint(stage, k).exists()]
+        explicit_stage = bool(((cfg.get("model") or {}).get("init_args") or {}).get("stage"))
+        check_fold_configs(ws, stage, started, cfg, stage_option=explicit_stage)
     log.info("cv: stage %s, experiment %s, folds %s", stage, ws.experiment, todo)
     ran_any = False
     pending = [k for k in todo if force or not ws.is_complete(stage, k)]

@@ -1,0 +1,177 @@
+"""Has a fold already been trained with other settings than the ones asked for now?
+
+``neonet cv`` skips finished folds and resumes interrupted ones from ``last.ckpt``. Both are right
+only when the fold's saved ``config.yaml`` (LightningCLI's full config of its fit) agrees with the
+config of the new command; otherwise a changed learning rate, seed or pooling would be silently
+ignored (skip) or mixed into a half-trained model (resume). :func:`config_drift` lists every
+setting of the new config that the saved one does not have, and :func:`check_fold_configs` turns
+that into an error naming the fold, the settings and what to do.
+
+Only the settings that the new config states are compared (the saved config also holds every
+default), and settings that do not change what is learned (devices, loggers, progress bars,
+data-loader workers) are left out. The callbacks the new command names must each have been among the
+fit's (a fit may have had more, e.g. a probe added on the command line).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neonet.errors import NeonetError
+from neonet.workspace import Workspace
+
+#: Settings that may differ between a fold's fit and a later command (hardware and bookkeeping).
+RUNTIME_KEYS = (
+    "ckpt_path",
+    "checkpoint_every_n_steps",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.logger",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.default_root_dir",
+    "trainer.profiler",
+    "data.fold",
+    "data.num_workers",
+)
+
+#: Lists of which the new command's items must each be in the fold's (more may have been added to a fit).
+SUBSET_KEYS = ("trainer.callbacks",)
+
+_MISSING = object()
+
+
+def _leaves(node: Any, prefix: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
+    """(path, value) of every non-dict value of a nested dict; a ``class_path`` node's other keys are its arguments."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _leaves(value, (*prefix, str(key)))
+    else:
+        yield prefix, node
+
+
+def _lookup(node: Any, path: tuple[str, ...]) -> Any:
+    """The value at ``path``, descending into ``init_args`` where the path leaves it out (as LightningCLI allows)."""
+    for key in path:
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, dict) and isinstance(node.get("init_args"), dict) and key in node["init_args"]:
+            node = node["init_args"][key]
+        else:
+            return _MISSING
+    return node
+
+
+def _display(path: tuple[str, ...]) -> str:
+    return ".".join(k for k in path if k != "init_args")
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def same_value(stored: Any, requested: Any) -> bool:
+    """Whether two config values mean the same (``1e-3`` and ``0.001``; ``Class`` and ``pkg.mod.Class``)."""
+    if stored == requested:
+        return True
+    if isinstance(stored, (list, tuple)) and isinstance(requested, (list, tuple)):
+        return len(stored) == len(requested) and all(same_value(s, r) for s, r in zip(stored, requested))
+    if isinstance(stored, dict) and isinstance(requested, dict):
+        return all(same_value(_lookup(stored, p), v) for p, v in _leaves(requested))
+    a, b = _as_float(stored), _as_float(requested)
+    if a is not None and b is not None:
+        return a == b
+    if isinstance(stored, str) and isinstance(requested, str):
+        return stored.endswith("." + requested) or requested.endswith("." + stored)
+    return False
+
+
+def config_drift(requested: dict[str, Any], stored: dict[str, Any],
+                 ignore: Iterable[str] = RUNTIME_KEYS) -> list[tuple[str, Any, Any]]:
+    """Settings of ``requested`` that ``stored`` does not have: ``(key, stored value, requested value)``.
+
+    Args:
+        requested: the merged config of the new command (``neonet.config.load_config``).
+        stored: the fold's saved ``config.yaml`` (every setting, defaults included).
+        ignore: dotted keys (``init_args`` left out) that may differ, e.g. ``trainer.devices``.
+
+    Returns:
+        One entry per differing setting, with ``<missing>`` for a setting the fold's config lacks.
+    """
+    skip = set(ignore)
+    out = []
+    for path, value in _leaves(requested):
+        key = _display(path)
+        if not path or key in skip or any(key.startswith(s + ".") for s in skip):
+            continue
+        have = _lookup(stored, path)
+        if have is _MISSING:
+            out.append((key, "<missing>", value))
+        elif key in SUBSET_KEYS and isinstance(have, list) and isinstance(value, list):
+            if not all(any(same_value(h, v) for h in have) for v in value):
+                out.append((key, have, value))
+        elif not same_value(have, value):
+            out.append((key, have, value))
+    return out
+
+
+def check_fold_configs(ws: Workspace, stage: str, folds: Iterable[int], requested: dict[str, Any],
+                       stage_option: bool = False) -> None:
+    """Refuse to skip or resume folds whose saved ``config.yaml`` differs from ``requested``.
+
+    Args:
+        ws: the workspace.
+        stage: the stage folder.
+        folds: the folds about to be skipped (finished) or resumed (interrupted).
+        requested: the merged config of the new command.
+        stage_option: whether the stage folder comes from ``--model.stage`` (the classifiers), so a
+            new setting can be trained beside the old one under another name.
+
+    Raises:
+        NeonetError: naming each fold's ``config.yaml`` and its differing settings, and the commands
+            that either re-train the folds (``--force``) or keep them.
+    """
+    problems = []
+    for k in folds:
+        saved = ws.stage_dir(stage, k) / "config.yaml"
+        if not saved.is_file():
+            continue
+        try:
+            stored = yaml.safe_load(saved.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise NeonetError(f"{saved}: unreadable saved config of {stage} fold {k} ({exc}); re-train it with --force") from exc
+        drift = config_drift(requested, stored)
+        if drift:
+            shown = "; ".join(f"{key}: {old!r} (trained) -> {new!r} (now)" for key, old, new in drift[:6])
+            more = f"; and {len(drift) - 6} more" if len(drift) > 6 else ""
+            problems.append(f"  fold {k} ({_rel(saved)}): {shown}{more}")
+    if not problems:
+        return
+    keep = ("train the new settings beside them under their own stage name, e.g. `-- --model.stage="
+            f"{stage}_v2`" if stage_option else "train the new settings in another experiment (`--data.experiment`) "
+            "or runs folder (`--data.runs_dir`)")
+    raise NeonetError(
+        f"{stage}: fold(s) already trained (or partly trained) with other settings than this command's:\n"
+        + "\n".join(problems)
+        + "\nneonet does not skip or resume a fold under changed settings. Either re-train these folds with "
+        f"`neonet cv ... --force` (their checkpoints are replaced), or {keep}."
+    )
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
