@@ -21,7 +21,10 @@ JOBS        ?= 1
 # null control cohort: matched sets of 3 (one anatomy, own noise, one PNI+ each, kept in one fold), so no
 # anatomical parameter is associated with PNI by chance; NULL_SYNTH= gives independent cases instead
 NULL_SYNTH  ?= --matched 3
-CV          := $(NEONET) cv --jobs $(JOBS)
+# extra `neonet cv` options of every stage target, e.g. CV_FLAGS=--force re-trains finished folds (needed when a
+# config changed after its folds were trained: neonet cv refuses to skip or resume them under other settings)
+CV_FLAGS    ?=
+CV          := $(NEONET) cv --jobs $(JOBS) $(CV_FLAGS)
 CLASSIFIER  ?= pattennet
 # written when every demo stage has finished; `make demo` then only prints the summary
 DEMO_DONE   := $(RUNS)/demo/reports/demo_complete.txt
@@ -114,11 +117,11 @@ demo: install ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, syn
 null: install ## null control: the chain on a matched --strength 0 phantom (experiment demo-null); pooled AUC ~0.5
 	test -f $(RUNS)/demo-null/data/cases.csv || $(NEONET) synth --out $(RUNS)/demo-null/data --cases $(DEMO_CASES) --seed 0 --tumor_radius_mm [20,30] --strength 0 $(NULL_SYNTH)
 	export OMP_NUM_THREADS=1; \
-	$(NEONET) cv --jobs 3 --config experiments/demo/seg.yaml --config experiments/demo/null/null.yaml && \
+	$(NEONET) cv --jobs 3 $(CV_FLAGS) --config experiments/demo/seg.yaml --config experiments/demo/null/null.yaml && \
 	$(NEONET) crop --config experiments/demo/null/crop.yaml && \
-	$(NEONET) cv --jobs 3 --config experiments/demo/autoencoder.yaml --config experiments/demo/null/null.yaml && \
-	$(NEONET) cv --jobs 3 --config experiments/demo/pattennet.yaml --config experiments/demo/null/null.yaml && \
-	$(NEONET) cv --jobs 3 --config experiments/demo/baseline_resnet18.yaml --config experiments/demo/null/null.yaml && \
+	$(NEONET) cv --jobs 3 $(CV_FLAGS) --config experiments/demo/autoencoder.yaml --config experiments/demo/null/null.yaml && \
+	$(NEONET) cv --jobs 3 $(CV_FLAGS) --config experiments/demo/pattennet.yaml --config experiments/demo/null/null.yaml && \
+	$(NEONET) cv --jobs 3 $(CV_FLAGS) --config experiments/demo/baseline_resnet18.yaml --config experiments/demo/null/null.yaml && \
 	$(NEONET) report --experiment demo-null --runs_dir $(RUNS)
 
 clean-demo: ## delete the demo experiment ($(RUNS)/demo)
