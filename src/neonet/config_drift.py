@@ -49,7 +49,7 @@ _MISSING = object()
 
 
 def _leaves(node: Any, prefix: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
-    """(path, value) of every non-dict value of a nested dict; a ``class_path`` node's other keys are its arguments."""
+    """(path, value) of every value of a nested dict that is not itself a non-empty dict."""
     if isinstance(node, dict) and node:
         for key, value in node.items():
             yield from _leaves(value, (*prefix, str(key)))
