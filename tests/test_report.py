@@ -189,3 +189,29 @@ def test_report_uses_clustered_delong_when_groups_hold_several_cases(tmp_path: P
     summary = pd.read_csv(ws.reports_dir / "cls_summary.csv").set_index("stage").loc["pattennet"]
     assert summary["auc_delong_lo"] == pytest.approx(delong_ci(a["y_true"], a["prob"], clusters=ids)[1], rel=1e-9)
     assert "Obuchowski" in (ws.reports_dir / "cls_report.md").read_text()
+
+
+def test_report_shows_folds_that_score_on_different_scales(tmp_path: Path) -> None:
+    """Each fold ranks its cases equally well, but fold k's scores are shifted by 2k log-odds: the pooled AUC
+    drops below the folds' own, and the per-fold medians, the note and the scores figure say why."""
+    ws, frames = make_experiment(tmp_path)
+    shifted = frames["pattennet"].copy()
+    logit = np.log(shifted["prob"] / (1 - shifted["prob"])) + 2.0 * shifted["fold"]
+    shifted["prob"] = 1 / (1 + np.exp(-logit))
+    for k in range(FOLDS):
+        shifted[shifted["fold"] == k].to_csv(ws.stage_dir("pattennet", k) / "test_predictions.csv", index=False)
+    report("r", ws.runs_dir, stages=["pattennet", "resnet18"], n_boot=200, log_wandb=False)
+    folds = pd.read_csv(ws.reports_dir / "cls_per_fold.csv")
+    mine = folds[folds["stage"] == "pattennet"].set_index("fold")
+    for k in range(FOLDS):
+        part = shifted[shifted["fold"] == k]
+        for name, v in (("neg", 0), ("pos", 1)):
+            expected = np.median(np.log(part["prob"] / (1 - part["prob"]))[part["y_true"] == v])
+            assert mine.loc[k, f"logit_median_{name}"] == pytest.approx(expected, abs=1e-6)
+    assert mine.loc[2, "logit_median_neg"] - mine.loc[0, "logit_median_neg"] == pytest.approx(4.0, abs=1.0)
+    summary = pd.read_csv(ws.reports_dir / "cls_summary.csv").set_index("stage")
+    assert summary.loc["pattennet", "auc_mean"] - summary.loc["pattennet", "auc_pooled"] > 0.03
+    md = (ws.reports_dir / "cls_report.md").read_text()
+    assert "pattennet: fold mean" in md and "resnet18: fold mean" not in md  # unshifted resnet18 pools fine
+    png = ws.reports_dir / "scores_pattennet.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

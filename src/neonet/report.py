@@ -4,7 +4,8 @@ Reads ``<runs>/<experiment>/<stage>/fold<k>/test_predictions.csv`` (written by `
 each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
 
 - ``cls_per_fold.csv``: per stage and fold: AUC, average precision, and accuracy, sensitivity,
-  specificity, F1 at the fold's inner-validation Youden threshold (``_youden``) and at 0.5 (``_05``);
+  specificity, F1 at the fold's inner-validation Youden threshold (``_youden``) and at 0.5 (``_05``),
+  and the median log-odds of the fold's PNI− and PNI+ test cases (``logit_median_neg``, ``_pos``);
 - ``cls_summary.csv``: per stage: fold AUC mean ± sd, pooled out-of-fold AUC with a stratified
   bootstrap 95 % CI (a cluster bootstrap over patients and ``group``s when a patient or group has
   several cases, e.g. matched sets) and a DeLong CI, pooled thresholded metrics, Brier score, calibration error;
@@ -13,7 +14,8 @@ each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
   (with Obuchowski's clustered variance, here and in the DeLong CI, when the cluster bootstrap is used);
 - ``cls_ablation.csv``: {model} x {real only, real + synthetic} pooled AUC [CI];
 - ``cls_oof_predictions.csv``, ``cls_report.json``, ``cls_report.md``, and PNGs: ``roc_<stage>.png``
-  (per fold + pooled), ``roc_pooled.png``, ``calibration.png``;
+  (per fold + pooled), ``roc_pooled.png``, ``calibration.png``, ``scores_<stage>.png`` (each fold's
+  test scores by class, on the log-odds scale: whether the fold models score on one scale);
 - a W&B summary run ``cls-cv`` (group = experiment) with the tables, numbers and figures.
 
 Stage naming: a stage whose name contains ``_syn`` is the real + synthetic variant of the model named
@@ -34,7 +36,7 @@ import pandas as pd
 
 from neonet.atomic import read_json, write_csv, write_json, write_text
 from neonet.errors import NeonetError
-from neonet.stats import auc, binary_metrics, bootstrap_auc_ci, delong_ci, delong_test
+from neonet.stats import auc, binary_metrics, bootstrap_auc_ci, delong_ci, delong_test, log_odds
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -110,11 +112,19 @@ def _metrics(part: pd.DataFrame) -> dict[str, Any]:
 
 
 def per_fold_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Metrics of every (stage, fold)."""
+    """Metrics of every (stage, fold), with the median log-odds of its PNI− and PNI+ test cases.
+
+    The medians show whether the folds' models score on one scale: the pooled AUC ranks the cases
+    of one fold against those of the others, so a fold whose PNI− cases all score high lowers it
+    even when every fold ranks its own cases well.
+    """
     rows = []
     for (stage, fold), part in frame.groupby(["stage", "fold"], sort=False):
+        logits, y = log_odds(part["prob"]), part["y_true"].to_numpy(int)
+        medians = {f"logit_median_{name}": float(np.median(logits[y == v])) if (y == v).any() else math.nan
+                   for name, v in (("neg", 0), ("pos", 1))}
         rows.append({"stage": stage, "model": model_of(stage), "variant": variant_of(stage), "fold": int(fold),
-                     "threshold_youden_val": float(part["threshold_youden_val"].iloc[0]), **_metrics(part)})
+                     "threshold_youden_val": float(part["threshold_youden_val"].iloc[0]), **_metrics(part), **medians})
     return pd.DataFrame(rows)
 
 
@@ -270,9 +280,10 @@ def report(
             log.warning("stage %s has predictions for %d of %d folds: its pooled AUC covers only those", row.stage, row.folds, n_folds)
 
     out = ws.reports_dir
-    from neonet.cls.plots import plot_calibration, plot_roc_pooled, plot_roc_stage
+    from neonet.cls.plots import plot_calibration, plot_fold_scores, plot_roc_pooled, plot_roc_stage
 
     images = {f"roc_{s}": plot_roc_stage(frame[frame["stage"] == s], s, out / f"roc_{s}.png") for s in stages}
+    images.update({f"scores_{s}": plot_fold_scores(frame[frame["stage"] == s], s, out / f"scores_{s}.png") for s in stages})
     ci = {r.stage: (r.auc_ci_lo, r.auc_ci_hi) for r in summary.itertuples()}
     images["roc_pooled"] = plot_roc_pooled(frame, out / "roc_pooled.png", ci)
     images["calibration"] = plot_calibration(frame, out / "calibration.png", calibration_bins)
@@ -306,7 +317,7 @@ def _markdown_report(doc: dict[str, Any], summary: pd.DataFrame, folds: pd.DataF
     main_cols = ["stage", "folds", "n", "n_pos", "auc_mean", "auc_sd", "auc_pooled", "auc_ci_lo", "auc_ci_hi",
                  "sensitivity_youden", "specificity_youden", "brier"]
     fold_cols = ["stage", "fold", "n", "n_pos", "auc", "ap", "threshold_youden_val", "sensitivity_youden",
-                 "specificity_youden", "accuracy_05", "f1_05"]
+                 "specificity_youden", "accuracy_05", "f1_05", "logit_median_neg", "logit_median_pos"]
     delong_cols = [c for c in ["comparison", "stage_a", "stage_b", "n", "auc1", "auc2", "diff", "p_value", "note"] if c in delong.columns]
     parts = [
         f"# Classification report: {doc['experiment']}\n",
@@ -318,10 +329,26 @@ def _markdown_report(doc: dict[str, Any], summary: pd.DataFrame, folds: pd.DataF
         "\n## Ablation: real only vs real + synthetic (pooled AUC [CI]; fold mean ± sd)\n",
         markdown(ablation[[c for c in ablation.columns if not c.startswith("auc_pooled")]]),
         f"\n## DeLong tests (paired, pooled predictions; {doc['settings']['delong_variance']} variance)\n", markdown(delong[delong_cols], ".4f") if len(delong) else "(one stage only)\n",
-        "\n## Per fold\n", markdown(folds[fold_cols]),
+        "\n## Per fold\n", markdown(folds[fold_cols]), _scale_note(summary),
         "\n## Figures\n", "".join(f"- `{Path(p).name}`\n" for p in doc["figures"].values()),
     ]
     return "\n".join(parts)
+
+
+#: Pooled AUC this far below the fold mean gets a note in ``cls_report.md``.
+SCALE_GAP = 0.03
+
+
+def _scale_note(summary: pd.DataFrame) -> str:
+    """A paragraph naming the stages whose pooled AUC is well below their fold mean (scores not on one scale)."""
+    gaps = [(r.stage, r.auc_mean, r.auc_pooled) for r in summary.itertuples()
+            if np.isfinite(r.auc_mean) and np.isfinite(r.auc_pooled) and r.auc_mean - r.auc_pooled > SCALE_GAP]
+    if not gaps:
+        return ""
+    listed = "; ".join(f"{s}: fold mean {m:.3f}, pooled {p:.3f}" for s, m, p in gaps)
+    return ("\nPooled AUC more than " f"{SCALE_GAP} below the fold mean ({listed}): the folds rank their own "
+            "patients better than the pooled predictions rank all of them, i.e. the fold models do not score on one "
+            "scale. Compare `logit_median_neg` / `logit_median_pos` across folds above and `scores_<stage>.png`.\n")
 
 
 def report_main(argv: list[str]) -> int:

@@ -64,6 +64,12 @@ def _auc_from_ranks(ranks_pos_sum: np.ndarray, n_pos: np.ndarray | int, n_neg: n
     return (ranks_pos_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
+def log_odds(p: ArrayLike, eps: float = 1e-7) -> np.ndarray:
+    """Log-odds ``log(p / (1 - p))`` of probabilities, clipped to ``eps`` from 0 and 1."""
+    q = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
+    return np.log(q / (1 - q))
+
+
 def auc(y: ArrayLike, p: ArrayLike) -> float:
     """Area under the ROC curve (Mann-Whitney U / (m n), ties count 1/2).
 

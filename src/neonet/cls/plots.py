@@ -1,4 +1,4 @@
-"""Figures of the classification report: ROC curves (per fold and pooled) and calibration.
+"""Figures of the classification report: ROC curves (per fold and pooled), calibration, and each fold's scores.
 
 All functions take out-of-fold prediction tables (columns ``stage``, ``fold``, ``y_true``, ``prob``)
 and write a PNG atomically. ROC points come from ``torchmetrics``; AUCs in legends from
@@ -20,9 +20,9 @@ import torch  # noqa: E402
 from torchmetrics.functional.classification import binary_roc  # noqa: E402
 
 from neonet.atomic import atomic_path  # noqa: E402
-from neonet.stats import auc  # noqa: E402
+from neonet.stats import auc, log_odds  # noqa: E402
 
-__all__ = ["calibration_curve", "plot_calibration", "plot_roc_pooled", "plot_roc_stage", "roc_points"]
+__all__ = ["calibration_curve", "plot_calibration", "plot_fold_scores", "plot_roc_pooled", "plot_roc_stage", "roc_points"]
 
 
 def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,4 +119,38 @@ def plot_calibration(frame: pd.DataFrame, path: str | os.PathLike, bins: int = 5
     ax.legend(loc="upper left", fontsize=7)
     hist.set_xlabel("predicted probability")
     hist.set_ylabel("cases")
+    return _save(fig, path)
+
+
+def plot_fold_scores(frame: pd.DataFrame, stage: str, path: str | os.PathLike) -> Path:
+    """Each fold's test scores (log-odds) of PNI− and PNI+ cases side by side, with the fold's AUC.
+
+    If the folds' PNI− boxes sit at different heights, the fold models do not score on one scale
+    and the pooled AUC is lower than the folds' own.
+    """
+    folds = sorted(frame["fold"].unique())
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(folds), 4.5))
+    rng = np.random.default_rng(0)
+    colours = {0: "tab:blue", 1: "tab:red"}
+    for i, fold in enumerate(folds):
+        part = frame[frame["fold"] == fold]
+        logits, y = log_odds(part["prob"]), part["y_true"].to_numpy(int)
+        for label, offset in ((0, -0.18), (1, 0.18)):
+            values = logits[y == label]
+            if len(values) == 0:
+                continue
+            ax.boxplot(values, positions=[i + offset], widths=0.3, showfliers=False,
+                       medianprops={"color": colours[label]}, boxprops={"color": colours[label]})
+            ax.scatter(i + offset + rng.uniform(-0.08, 0.08, len(values)), values, s=9, alpha=0.6, color=colours[label])
+        fold_auc = auc(y, part["prob"].to_numpy()) if _both_classes(y) else float("nan")
+        ax.text(i, 1.0, f"AUC {fold_auc:.2f}", transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(folds)), [f"fold {f}" for f in folds])
+    ax.set_xlim(-0.6, len(folds) - 0.4)
+    ax.set_ylabel("test score (log-odds)")
+    ax.scatter([], [], color=colours[0], label="PNI−")
+    ax.scatter([], [], color=colours[1], label="PNI+")
+    y_all, p_all = frame["y_true"].to_numpy(int), frame["prob"].to_numpy()
+    pooled = auc(y_all, p_all) if _both_classes(y_all) else float("nan")
+    ax.set_title(f"{stage}: test scores per fold (pooled AUC {pooled:.3f})", fontsize=9, pad=16)
+    ax.legend(loc="lower right", fontsize=7)
     return _save(fig, path)
