@@ -346,7 +346,7 @@ def _scale_note(summary: pd.DataFrame) -> str:
     if not gaps:
         return ""
     listed = "; ".join(f"{s}: fold mean {m:.3f}, pooled {p:.3f}" for s, m, p in gaps)
-    return ("\nPooled AUC more than " f"{SCALE_GAP} below the fold mean ({listed}): the folds rank their own "
+    return (f"\nPooled AUC more than {SCALE_GAP} below the fold mean ({listed}): the folds rank their own "
             "patients better than the pooled predictions rank all of them, i.e. the fold models do not score on one "
             "scale. Compare `logit_median_neg` / `logit_median_pos` across folds above and `scores_<stage>.png`.\n")
 
