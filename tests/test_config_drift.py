@@ -96,3 +96,18 @@ def test_check_fold_configs_names_the_folds_their_settings_and_the_way_out(tmp_p
     assert "--force" in message and "--model.stage=pattennet_v2" in message
     with pytest.raises(NeonetError, match="another experiment"):
         check_fold_configs(ws, "pattennet", [1], requested, stage_option=False)
+
+
+def test_one_file_named_by_two_paths_is_no_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs/demo/data").mkdir(parents=True)
+    (tmp_path / "runs/demo/data/cases.csv").write_text("case_id\n")
+    (tmp_path / "other.csv").write_text("case_id\n")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "runs/demo/data/cases.csv")
+    stored = {"data": {"init_args": {"cases": "runs/demo/data/cases.csv", "runs_dir": "runs"}}}
+    for same in ("./runs/demo/data/cases.csv", "runs/demo/../demo/data/cases.csv",
+                 str(tmp_path / "runs/demo/data/cases.csv"), "link.csv"):
+        assert config_drift({"data": {"cases": same, "runs_dir": "./runs"}}, stored) == [], same
+    assert config_drift({"data": {"cases": "other.csv"}}, stored) == [
+        ("data.cases", "runs/demo/data/cases.csv", "other.csv")]
+    assert config_drift({"data": {"runs_dir": "runs2"}}, stored) == [("data.runs_dir", "runs", "runs2")]

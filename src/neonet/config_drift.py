@@ -15,6 +15,7 @@ fit's (a fit may have had more, e.g. a probe added on the command line).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ def _as_float(value: Any) -> float | None:
 
 
 def same_value(stored: Any, requested: Any) -> bool:
-    """Whether two config values mean the same (``1e-3`` and ``0.001``; ``Class`` and ``pkg.mod.Class``)."""
+    """Whether two config values mean the same (``1e-3`` and ``0.001``; ``Class`` and ``pkg.mod.Class``;
+    ``runs/demo/data/cases.csv`` and ``./runs/demo/../demo/data/cases.csv`` or a symlink to it)."""
     if stored == requested:
         return True
     if isinstance(stored, (list, tuple)) and isinstance(requested, (list, tuple)):
@@ -94,8 +96,26 @@ def same_value(stored: Any, requested: Any) -> bool:
     if a is not None and b is not None:
         return a == b
     if isinstance(stored, str) and isinstance(requested, str):
-        return stored.endswith("." + requested) or requested.endswith("." + stored)
+        if stored.endswith("." + requested) or requested.endswith("." + stored):
+            return True
+        return _same_path(stored, requested)
     return False
+
+
+def _same_path(a: str, b: str) -> bool:
+    """Whether two strings are paths of one file or folder from the current folder (``runs/x``, ``./runs/x``)."""
+    def looks_like_path(p: str) -> bool:
+        return "/" in p or p.startswith((".", "~"))
+
+    def norm(p: str) -> str:
+        return os.path.normpath(os.path.abspath(os.path.expanduser(p)))
+
+    if (looks_like_path(a) or looks_like_path(b)) and norm(a) == norm(b):
+        return True
+    try:
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def config_drift(requested: dict[str, Any], stored: dict[str, Any],
