@@ -87,10 +87,11 @@ pattennet-syn: install ## NeoCls: PattenNet on real + synthetic training patches
 baseline: install ## NeoCls: the 3D ResNet-18 baseline only (what the demo runs)
 	$(CV) --config $(EXPERIMENTS)/baseline_resnet18.yaml
 
-baselines: install ## NeoCls: 3D ResNet-18, DenseNet-121 and SE-ResNet-50 baselines on the same folds
-	$(CV) --config $(EXPERIMENTS)/baseline_resnet18.yaml
-	$(CV) --config $(EXPERIMENTS)/baseline_densenet121.yaml
-	$(CV) --config $(EXPERIMENTS)/baseline_seresnet50.yaml
+baselines: install ## NeoCls: 3D ResNet-18, DenseNet-121, SE-ResNet-50 on the same folds, real and real + synthetic (stages <net>, <net>_syn)
+	set -e; for net in resnet18 densenet121 seresnet50; do \
+		$(CV) --config $(EXPERIMENTS)/baseline_$$net.yaml; \
+		$(CV) --config $(EXPERIMENTS)/baseline_$$net.yaml -- --model.stage=$${net}_syn --data.use_synthetic=true; \
+	done
 
 report: install ## NeoCls cross-validation report (per fold, pooled AUC + CI, DeLong, ROC) in reports/
 	$(NEONET) report --experiment demo --runs_dir $(RUNS)
