@@ -215,3 +215,22 @@ def test_report_shows_folds_that_score_on_different_scales(tmp_path: Path) -> No
     assert "pattennet: fold mean" in md and "resnet18: fold mean" not in md  # unshifted resnet18 pools fine
     png = ws.reports_dir / "scores_pattennet.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_flags_a_stage_that_ranks_against_the_labels(tmp_path: Path) -> None:
+    """A baseline whose scores are the negated PattenNet scores has pooled AUC 1 - AUC(pattennet), its CI wholly
+    below 0.5: the report says so for that stage only (a label mix-up or associations that reverse)."""
+    ws, frames = make_experiment(tmp_path)
+    flipped = frames["pattennet"].copy()
+    flipped["prob"], flipped["logit"] = 1 - flipped["prob"], -flipped["logit"]
+    for k in range(FOLDS):
+        flipped[flipped["fold"] == k].to_csv(ws.stage_dir("resnet18", k) / "test_predictions.csv", index=False)
+    report("r", ws.runs_dir, stages=["pattennet", "resnet18"], n_boot=300, log_wandb=False)
+    summary = pd.read_csv(ws.reports_dir / "cls_summary.csv").set_index("stage")
+    y, p = flipped["y_true"].to_numpy(), flipped["prob"].to_numpy()
+    assert summary.loc["resnet18", "auc_pooled"] == pytest.approx(brute_auc(y, p), abs=1e-12)
+    assert summary.loc["resnet18", "auc_pooled"] == pytest.approx(1 - summary.loc["pattennet", "auc_pooled"], abs=1e-12)
+    assert summary.loc["resnet18", "auc_ci_hi"] < 0.5
+    md = (ws.reports_dir / "cls_report.md").read_text()
+    note = md.split("Pooled AUC below chance", 1)
+    assert len(note) == 2 and "resnet18: 0." in note[1].split("\n")[0] and "pattennet:" not in note[1].split("\n")[0]

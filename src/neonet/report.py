@@ -13,7 +13,8 @@ each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
   each model with vs without synthetic balancing, on the pooled predictions of the same patients
   (with Obuchowski's clustered variance, here and in the DeLong CI, when the cluster bootstrap is used);
 - ``cls_ablation.csv``: {model} x {real only, real + synthetic} pooled AUC [CI];
-- ``cls_oof_predictions.csv``, ``cls_report.json``, ``cls_report.md``, and PNGs: ``roc_<stage>.png``
+- ``cls_oof_predictions.csv``, ``cls_report.json``, ``cls_report.md`` (with a note for stages whose pooled
+  AUC is well below their fold mean, or whose whole CI is below 0.5), and PNGs: ``roc_<stage>.png``
   (per fold + pooled), ``roc_pooled.png``, ``calibration.png``, ``scores_<stage>.png`` (each fold's
   test scores by class, on the log-odds scale: whether the fold models score on one scale);
 - a W&B summary run ``cls-cv`` (group = experiment) with the tables, numbers and figures.
@@ -329,7 +330,7 @@ def _markdown_report(doc: dict[str, Any], summary: pd.DataFrame, folds: pd.DataF
         "\n## Ablation: real only vs real + synthetic (pooled AUC [CI]; fold mean ± sd)\n",
         markdown(ablation[[c for c in ablation.columns if not c.startswith("auc_pooled")]]),
         f"\n## DeLong tests (paired, pooled predictions; {doc['settings']['delong_variance']} variance)\n", markdown(delong[delong_cols], ".4f") if len(delong) else "(one stage only)\n",
-        "\n## Per fold\n", markdown(folds[fold_cols]), _scale_note(summary),
+        "\n## Per fold\n", markdown(folds[fold_cols]), _scale_note(summary), _below_chance_note(summary, level),
         "\n## Figures\n", "".join(f"- `{Path(p).name}`\n" for p in doc["figures"].values()),
     ]
     return "\n".join(parts)
@@ -349,6 +350,20 @@ def _scale_note(summary: pd.DataFrame) -> str:
     return (f"\nPooled AUC more than {SCALE_GAP} below the fold mean ({listed}): the folds rank their own "
             "patients better than the pooled predictions rank all of them, i.e. the fold models do not score on one "
             "scale. Compare `logit_median_neg` / `logit_median_pos` across folds above and `scores_<stage>.png`.\n")
+
+
+def _below_chance_note(summary: pd.DataFrame, level: int) -> str:
+    """A paragraph naming the stages whose pooled AUC CI lies wholly below 0.5 (ranking against the labels)."""
+    low = [(r.stage, r.auc_pooled, r.auc_ci_lo, r.auc_ci_hi) for r in summary.itertuples()
+           if np.isfinite(r.auc_ci_hi) and r.auc_ci_hi < 0.5]
+    if not low:
+        return ""
+    listed = "; ".join(f"{s}: {a:.3f} [{lo:.3f}, {hi:.3f}]" for s, a, lo, hi in low)
+    return (f"\nPooled AUC below chance, the whole {level} % CI under 0.5 ({listed}): the model ranks held-out "
+            "patients against their labels. Training and test labels both come from the `pni` column of `cases.csv`, "
+            "so this is not a label flipped between them: the model learned associations of its training folds "
+            "that reverse in its test folds (likely with few training patients). Other training seeds will not "
+            "average them away, since the cohort, not the seed, holds them; see `scores_<stage>.png`.\n")
 
 
 def report_main(argv: list[str]) -> int:
