@@ -27,6 +27,7 @@ REQUIRED = [
     "box_start_x", "box_start_y", "box_start_z", "box_stop_x", "box_stop_y", "box_stop_z",
     "pad_before_x", "pad_before_y", "pad_before_z", "pad_after_x", "pad_after_y", "pad_after_z",
     "fits", "spacing_x", "spacing_y", "spacing_z", "patch_x", "patch_y", "patch_z", "shell_mm",
+    "shell_region",
 ]  # fmt: skip
 
 
@@ -162,6 +163,19 @@ def test_rerun_is_noop_and_settings_need_force(cohort, tmp_path):
     patch = files[0]
     assert patch.stat().st_mtime_ns != before[patch]
     assert _manifest(manifest_path).loc["c1", "shell_mm"] == "6.0"
+
+    # the shell region is a setting too; a crop config written before it existed reads as shell_region "all"
+    with pytest.raises(NeonetError, match="shell_region: 'all' → 'liver'"):
+        _crop(cases, runs, shell_mm=6.0, shell_region="liver")
+    config = manifest_path.parent / "crop_config.json"
+    stored = json.loads(config.read_text())
+    assert stored.pop("shell_region") == "all"
+    config.write_text(json.dumps(stored))
+    kept = {f: f.stat().st_mtime_ns for f in files if f != config}
+    _crop(cases, runs, shell_mm=6.0)  # no patch rewritten; the config gains the key
+    assert {f: f.stat().st_mtime_ns for f in files if f != config} == kept
+    assert json.loads(config.read_text())["shell_region"] == "all"
+    assert _manifest(manifest_path).loc["c1", "shell_region"] == "all"
 
     # "skip" leaves the tumour-free case without patch files
     _crop(cases, runs, shell_mm=6.0, no_tumor="skip", force=True)

@@ -143,6 +143,33 @@ def test_shell_width_follows_mm_on_anisotropic_spacing():
     assert (res.label_patch == 2).sum() == shell.sum()
 
 
+def test_shell_region_liver_keeps_the_shell_inside_the_liver():
+    """A tumour at the liver's edge: with ``shell_region="liver"`` the shell voxels outside the liver become
+    background, the ones inside stay shell, and the tumour, liver and image patch do not change."""
+    shape = (60, 60, 30)
+    mask = np.zeros(shape, np.uint8)
+    mask[:34] = 1  # liver: x < 34
+    mask[28:36, 26:34, 12:18] = 2  # tumour across the liver's edge
+    image = np.random.default_rng(0).random(shape).astype(np.float32)
+    kw = dict(patch_size=(40, 40, 16), shell_mm=4.0)
+    full = tlcr(image, mask, (1.0, 1.0, 2.0), **kw)
+    inner = tlcr(image, mask, (1.0, 1.0, 2.0), shell_region="liver", **kw)
+    shell = peritumoral_shell(mask == 2, (1.0, 1.0, 2.0), 4.0)
+    s = full.box["start"]
+    in_box = shell[s[0] : s[0] + 40, s[1] : s[1] + 40, s[2] : s[2] + 16]
+    liver_box = (mask == 1)[s[0] : s[0] + 40, s[1] : s[1] + 40, s[2] : s[2] + 16]
+    assert (full.label_patch == 2).sum() == in_box.sum()
+    assert (inner.label_patch == 2).sum() == (in_box & liver_box).sum() > 0
+    assert (in_box & ~liver_box).sum() > 0  # the case has shell outside the liver to drop
+    np.testing.assert_array_equal(inner.label_patch == 2, in_box & liver_box)
+    np.testing.assert_array_equal(inner.label_patch[in_box & ~liver_box], 0)
+    np.testing.assert_array_equal(inner.label_patch == 3, full.label_patch == 3)
+    np.testing.assert_array_equal(inner.label_patch == 1, full.label_patch == 1)
+    np.testing.assert_array_equal(inner.image_patch, full.image_patch)
+    with pytest.raises(ValueError, match="shell_region"):
+        tlcr(image, mask, (1.0, 1.0, 2.0), shell_region="hilum", **kw)
+
+
 def test_two_tumours_centre_on_larger():
     image, mask = case(tumors=(((20, 20, 10), 2), ((44, 44, 20), 4)))
     res = tlcr(image, mask, (1.0, 1.0, 1.0), patch_size=PATCH, shell_mm=2.0)

@@ -61,7 +61,7 @@ def crop_settings(ws: Workspace) -> dict[str, Any]:
     return {"spacing": tuple(float(s) for s in cfg["spacing"]), "patch_size": tuple(int(p) for p in cfg["patch_size"]),
             "shell_mm": float(cfg["shell_mm"]), "source": cfg.get("source"), "config": str(path),
             "liver_level": None if cfg.get("liver_level") is None else float(cfg["liver_level"]),
-            "liver_region": cfg.get("liver_region") or "volume"}
+            "liver_region": cfg.get("liver_region") or "volume", "shell_region": cfg.get("shell_region") or "all"}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -282,7 +282,7 @@ def predict_case(
 
     image_c, mask_c, affine_c = load_case(image, seg_path, crop["spacing"], LabelMap())
     result = tlcr(image_c, mask_c, crop["spacing"], patch_size=crop["patch_size"], shell_mm=crop["shell_mm"], no_tumor="skip",
-                  liver_level=crop["liver_level"], liver_region=crop["liver_region"])
+                  liver_level=crop["liver_level"], liver_region=crop["liver_region"], shell_region=crop["shell_region"])
     probs: dict[str, float] = {}
     thresholds: dict[str, float] = {}
     saliency_c: np.ndarray | None = None

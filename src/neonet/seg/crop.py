@@ -32,6 +32,7 @@ from neonet.data.nifti import load_nifti, save_nifti
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
 from neonet.seg.tlcr import (
     LIVER_REGIONS,
+    SHELL_REGIONS,
     NO_TUMOR_POLICIES,
     STATUS_LIVER_FALLBACK,
     STATUS_NO_LIVER,
@@ -49,7 +50,9 @@ SOURCES = ("manual", "predicted")
 CONFIG_NAME = "crop_config.json"
 #: Arguments that change the patches; a different value needs ``--force``.
 SETTINGS_KEYS = ("source", "spacing", "patch_size", "shell_mm", "no_tumor", "liver", "tumor", "other", "liver_level",
-                 "liver_region")
+                 "liver_region", "shell_region")
+#: Settings that older crop configs lack, with the value those crops were made with.
+SETTINGS_DEFAULTS = {"shell_region": "all"}
 #: Statuses whose rows (and files) a re-run with the same settings and inputs may reuse.
 REUSABLE_STATUSES = (STATUS_OK, STATUS_LIVER_FALLBACK, STATUS_SKIPPED, STATUS_NO_LIVER)
 _AXES = ("x", "y", "z")
@@ -74,6 +77,7 @@ MANIFEST_COLUMNS = [
     *(f"spacing_{a}" for a in _AXES),
     *(f"patch_{a}" for a in _AXES),
     "shell_mm",
+    "shell_region",
     "intensity_scale",
     "intensity_reference",
     "source_image",
@@ -93,6 +97,7 @@ def _settings(
     other: list[int],
     liver_level: float | None = None,
     liver_region: str = "volume",
+    shell_region: str = "all",
 ) -> dict[str, Any]:
     return {
         "source": source,
@@ -105,6 +110,7 @@ def _settings(
         "other": sorted(int(v) for v in other),
         "liver_level": None if liver_level is None else float(liver_level),
         "liver_region": None if liver_level is None else liver_region,
+        "shell_region": shell_region,
     }
 
 
@@ -116,9 +122,10 @@ def _config_differences(path: Path, settings: dict[str, Any]) -> list[str] | Non
         stored = read_json(path)
     except (OSError, ValueError):
         return ["crop_config.json unreadable"]
-    return [
-        f"{key}: {stored.get(key)!r} → {settings[key]!r}" for key in SETTINGS_KEYS if stored.get(key) != settings[key]
-    ]
+    def old(key: str) -> Any:
+        return stored.get(key, SETTINGS_DEFAULTS.get(key))
+
+    return [f"{key}: {old(key)!r} → {settings[key]!r}" for key in SETTINGS_KEYS if old(key) != settings[key]]
 
 
 def _inputs_digest(image: Path, mask: Path) -> str:
@@ -190,6 +197,7 @@ def crop(
     other: list[int] = [],  # noqa: B006
     liver_level: float | None = None,
     liver_region: str = "volume",
+    shell_region: str = "all",
     force: bool = False,
 ) -> Path:
     """Tumour-localised ROI crop (TLCR): an image patch and a label patch around each tumour.
@@ -228,6 +236,10 @@ def crop(
             excluded) or ``patch`` (the patch's liver outside the peritumoral shell, so a bias
             field across the volume does not shift it; the whole volume's liver when the patch
             holds fewer than 50). The manifest's ``intensity_reference`` says which was used.
+        shell_region: ``all``: the shell is every non-tumour voxel within ``shell_mm`` of the
+            tumour; ``liver``: only the liver voxels among them, so tissue outside the liver next
+            to the tumour (fat, bowel, the hilum) stays background in the label patch. Choose
+            ``liver`` only when invasion outside the liver is not what the classifier should see.
         force: rewrite all patches, also when they were made with other settings.
 
     Returns:
@@ -245,6 +257,8 @@ def crop(
         raise NeonetError(f"--liver_level must be in (0, 1] (or null), got {liver_level}")
     if liver_region not in LIVER_REGIONS:
         raise NeonetError(f"--liver_region must be one of {', '.join(LIVER_REGIONS)}, got {liver_region!r}")
+    if shell_region not in SHELL_REGIONS:
+        raise NeonetError(f"--shell_region must be one of {', '.join(SHELL_REGIONS)}, got {shell_region!r}")
     try:
         label_map = LabelMap(liver=tuple(liver), tumor=tuple(tumor), other=tuple(other))
     except ValueError as exc:
@@ -256,7 +270,8 @@ def crop(
     manifest_path = workspace.patches_manifest
     config_path = patches_dir / CONFIG_NAME
     case_list = read_cases(cases)
-    settings = _settings(source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other, liver_level, liver_region)
+    settings = _settings(source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other, liver_level, liver_region,
+                         shell_region)
 
     differences = _config_differences(config_path, settings)
     if differences and not force:
@@ -296,6 +311,7 @@ def crop(
             **{f"spacing_{a}": float(s) for a, s in zip(_AXES, spacing)},
             **{f"patch_{a}": int(p) for a, p in zip(_AXES, patch_size)},
             "shell_mm": float(shell_mm),
+            "shell_region": shell_region,
             "source_image": str(case.image),
         }
         image_rel = Path("images") / f"{case.case_id}.nii.gz"
@@ -319,7 +335,7 @@ def crop(
                 continue
             image, mask, affine = load_case(case.image, mask_path, spacing, mask_map, case.case_id)
             result = tlcr(image, mask, spacing, patch_size=patch_size, shell_mm=shell_mm, no_tumor=no_tumor,
-                          liver_level=liver_level, liver_region=liver_region)
+                          liver_level=liver_level, liver_region=liver_region, shell_region=shell_region)
             row.update(_result_fields(result))
             row["intensity_scale"] = round(float(result.intensity_scale), 6)
             row["intensity_reference"] = result.intensity_reference

@@ -214,6 +214,8 @@ class TLCRResult:
 
 #: Where ``tlcr(liver_level=...)`` takes its liver reference from.
 LIVER_REGIONS = ("patch", "volume")
+#: Where the peritumoral shell may lie: ``all`` non-tumour voxels near the tumour, or only the ``liver`` ones.
+SHELL_REGIONS = ("all", "liver")
 #: Fewer liver voxels than this in a patch (outside the shell) make the reference the whole volume's liver.
 MIN_PATCH_LIVER_VOXELS = 50
 
@@ -263,6 +265,7 @@ def tlcr(
     no_tumor: str = "liver",
     liver_level: float | None = None,
     liver_region: str = "volume",
+    shell_region: str = "all",
 ) -> TLCRResult:
     """Tumour-localised ROI crop of one canonical volume.
 
@@ -282,12 +285,17 @@ def tlcr(
         liver_region: ``volume``: the whole volume's liver; ``patch``: the liver voxels of the
             patch outside the peritumoral shell (the local reference follows a bias field; with
             fewer than ``MIN_PATCH_LIVER_VOXELS`` the whole volume's liver is used instead).
+        shell_region: ``all``: the shell is every non-tumour voxel within ``shell_mm``; ``liver``:
+            only those the mask labels liver, so tissue outside the liver next to the tumour stays
+            background (0) in the label patch.
 
     Returns:
         A :class:`TLCRResult`.
     """
     if no_tumor not in NO_TUMOR_POLICIES:
         raise ValueError(f"no_tumor must be one of {NO_TUMOR_POLICIES}, got {no_tumor!r}")
+    if shell_region not in SHELL_REGIONS:
+        raise ValueError(f"shell_region must be one of {SHELL_REGIONS}, got {shell_region!r}")
     image = np.asarray(image)
     mask = np.asarray(mask)
     if image.ndim != 3 or image.shape != mask.shape:
@@ -305,6 +313,8 @@ def tlcr(
     if n_tumors:
         centroid = _centroid(largest)
         shell = peritumoral_shell(tumor, spacing, shell_mm)
+        if shell_region == "liver":
+            shell &= liver
         status = STATUS_OK
     elif no_tumor == "skip":
         return TLCRResult(status=STATUS_SKIPPED, **common)
