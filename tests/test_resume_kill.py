@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from neonet.atomic import read_json
+from neonet.errors import NeonetError
 from neonet.lightning_cli import AtomicCheckpointIO, _with_atomic_checkpoint_io
 from neonet.workspace import Workspace
 
@@ -125,6 +126,32 @@ def test_checkpoint_save_is_atomic_and_cleans_killed_saves(tmp_path: Path, monke
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_checkpoint_save_on_a_full_disk_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch reports a full disk as "unexpected pos"; the save names the file, the free space and what to do."""
+    import shutil
+
+    import neonet.lightning_cli as lcli
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.zeros(4)}, target)
+
+    def crash(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", crash)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(lcli.shutil, "disk_usage", lambda p: usage._replace(free=10 * 2**20))
+    with pytest.raises(NeonetError, match=r"last\.ckpt.*disk is full \(10 MB free.*run the same command again"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(2**20)}, target)
+    monkeypatch.setattr(lcli.shutil, "disk_usage", lambda p: usage._replace(free=2**40))  # not the disk: as raised
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        io.save_checkpoint({"global_step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=False)["global_step"] == 1
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
 
 
 def test_cli_adds_atomic_checkpoint_io_unless_one_is_given() -> None:

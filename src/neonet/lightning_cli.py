@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,47 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target.parent.mkdir(parents=True, exist_ok=True)
         for stale in target.parent.glob(f".{target.name}.*.tmp*"):  # left by a killed save (one writer: rank 0)
             stale.unlink(missing_ok=True)
-        with atomic_path(target) as tmp:
-            with open(tmp, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
+        try:
+            with atomic_path(target) as tmp:
+                with open(tmp, "wb") as handle:
+                    torch.save(checkpoint, handle)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        except (OSError, RuntimeError) as exc:
+            raise _save_error(exc, target, checkpoint) from exc
+
+
+def _save_error(exc: BaseException, target: Path, checkpoint: dict[str, Any]) -> BaseException:
+    """The error to raise for a failed checkpoint save: a plain "disk full" when the disk is nearly full.
+
+    ``torch.save`` reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc] unexpected
+    pos ...``, which says nothing of the cause; the earlier ``last.ckpt``/``best.ckpt`` are left as they were.
+    """
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        return exc
+    need = sum(t.numel() * t.element_size() for t in _tensors(checkpoint))
+    if free >= max(2 * need, 64 * 2**20):
+        return exc
+    return NeonetError(
+        f"{target}: the checkpoint could not be saved, the disk is full ({free / 2**20:.0f} MB free in "
+        f"{target.parent}, the checkpoint needs about {need / 2**20:.0f} MB; {type(exc).__name__}: {exc}). "
+        "The previous checkpoint is unchanged. Free space (e.g. the checkpoints of stages you no longer need) "
+        "or point --data.runs_dir to a larger disk, then run the same command again: the fold resumes from "
+        "its last.ckpt."
+    )
+
+
+def _tensors(node: Any) -> list[torch.Tensor]:
+    """Every tensor inside a nested checkpoint dict/list."""
+    if isinstance(node, torch.Tensor):
+        return [node]
+    if isinstance(node, dict):
+        return [t for v in node.values() for t in _tensors(v)]
+    if isinstance(node, (list, tuple)):
+        return [t for v in node for t in _tensors(v)]
+    return []
 
 
 def checkpoint_callbacks(dirpath: Path, monitor: str | None, mode: str = "min", every_n_steps: int = 0) -> list[ModelCheckpoint]:
