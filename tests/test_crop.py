@@ -171,9 +171,10 @@ def test_rerun_is_noop_and_settings_need_force(cohort, tmp_path):
     stored = json.loads(config.read_text())
     assert stored.pop("shell_region") == "all"
     config.write_text(json.dumps(stored))
-    kept = {f: f.stat().st_mtime_ns for f in files if f != config}
-    _crop(cases, runs, shell_mm=6.0)  # no patch rewritten; the config gains the key
-    assert {f: f.stat().st_mtime_ns for f in files if f != config} == kept
+    pd.read_csv(manifest_path, dtype=str, keep_default_na=False).drop(columns="shell_region").to_csv(manifest_path, index=False)
+    kept = {f: f.stat().st_mtime_ns for f in files if f not in (config, manifest_path)}
+    _crop(cases, runs, shell_mm=6.0)  # no patch rewritten; the config and the manifest gain the key
+    assert {f: f.stat().st_mtime_ns for f in files if f not in (config, manifest_path)} == kept
     assert json.loads(config.read_text())["shell_region"] == "all"
     assert _manifest(manifest_path).loc["c1", "shell_region"] == "all"
 

@@ -144,10 +144,12 @@ def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         log.warning("ignoring unreadable %s (%s); all cases are cropped again", path, exc)
         return {}
-    if not set(MANIFEST_COLUMNS) - {"intensity_scale", "intensity_reference"} <= set(frame.columns):
+    backfill = {"intensity_scale": "1.0", "intensity_reference": "none",  # before liver normalisation
+                "shell_region": "all"}  # before the shell could be kept inside the liver
+    if not set(MANIFEST_COLUMNS) - set(backfill) <= set(frame.columns):
         return {}
-    for column, value in (("intensity_scale", "1.0"), ("intensity_reference", "none")):
-        if column not in frame:  # manifests written before patches could be liver-normalised
+    for column, value in backfill.items():
+        if column not in frame:
             frame[column] = value
     return {row["case_id"]: row for row in frame[MANIFEST_COLUMNS].to_dict(orient="records")}
 
