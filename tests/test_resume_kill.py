@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import neonet.lightning_cli as lcli
 from neonet.atomic import read_json
 from neonet.errors import NeonetError
 from neonet.lightning_cli import AtomicCheckpointIO, _with_atomic_checkpoint_io
@@ -130,10 +132,6 @@ def test_checkpoint_save_is_atomic_and_cleans_killed_saves(tmp_path: Path, monke
 
 def test_checkpoint_save_on_a_full_disk_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """torch reports a full disk as "unexpected pos"; the save names the file, the free space and what to do."""
-    import shutil
-
-    import neonet.lightning_cli as lcli
-
     io = AtomicCheckpointIO()
     target = tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"global_step": 1, "w": torch.zeros(4)}, target)
