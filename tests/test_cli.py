@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from neonet.cli import LIGHTNING_VERBS, PROJECT_VERBS, main
-from neonet.config import load_config
 from neonet.config_drift import config_drift
+from neonet.lightning_cli import resolve_stage_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "experiments").rglob("*.yaml")) + sorted((REPO / "tests" / "conf").rglob("*.yaml"))
@@ -30,9 +30,44 @@ def test_each_project_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str
     assert f"neonet {verb}" in capsys.readouterr().out
 
 
-def test_unknown_verb_fails(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("verb", sorted(PROJECT_VERBS) + sorted(LIGHTNING_VERBS))
+def test_every_verb_prints_its_config(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--print_config` works the same for every verb: the options it would run with, as YAML."""
+    stage = ["--config", str(REPO / "tests" / "conf" / "seg.yaml")]
+    args = stage if verb in LIGHTNING_VERBS or verb == "cv" else []
+    if verb == "cv":  # cv's --config is its stage configs; --print_config shows them resolved as each fold's fit
+        assert main([verb, *args, "--print_config"]) == 0
+    else:
+        with pytest.raises(SystemExit) as exc:
+            main([verb, *args, "--print_config"])
+        assert exc.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert isinstance(printed, dict) and printed
+    if verb in LIGHTNING_VERBS or verb == "cv":
+        assert printed["model"]["class_path"] == "neonet.seg.SegModule"
+
+
+def test_lightning_verbs_are_named_neonet_in_their_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert "usage: neonet" in capsys.readouterr().out
+
+
+def test_unknown_verb_fails_with_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["frobnicate"]) == 2
     assert "unknown verb" in capsys.readouterr().err
+    assert main(["crops"]) == 2
+    assert "did you mean `neonet crop`" in capsys.readouterr().err
+
+
+def test_list_options_take_several_values_or_repeat() -> None:
+    from neonet.cli import _list_values
+    from neonet.cv import cv
+
+    assert _list_values(cv, ["--config", "a.yaml", "--folds", "0", "2", "--jobs", "2"]) == [
+        "--config", "[a.yaml]", "--folds", "[0,2]", "--jobs", "2"]
+    assert _list_values(cv, ["--config", "a.yaml", "--folds", "[0,1]", "--config", "b.yaml"]) == [
+        "--config", "[a.yaml,b.yaml]", "--folds", "[0,1]"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
@@ -54,7 +89,7 @@ def test_every_shipped_config_parses(path: Path, capsys: pytest.CaptureFixture[s
     if "model" in data:
         assert printed["model"]["class_path"] == data["model"]["class_path"]
     if verb == "fit":  # what a fit saves as config.yaml agrees with the file, so `neonet cv` may skip or resume it
-        assert config_drift(load_config([c for c in configs if c != "--config"]), printed) == []
+        assert config_drift(resolve_stage_config([c for c in configs if c != "--config"]), printed) == []
 
 
 def test_test_configs_mirror_experiments() -> None:

@@ -112,7 +112,7 @@ def test_shipped_configs_parse(config: Path, capsys: pytest.CaptureFixture) -> N
             main(["fit", "--config", str(config), *extra, "--print_config"])
         assert exc.value.code in (0, None)
         printed = capsys.readouterr().out
-        assert "class_path: neonet.cls.PattenNetModule" in printed
+        assert "class_path: neonet.cls.PattenNetModule" in printed or "class_path: neonet.cls.ClassifierModule" in printed
         if extra:
             assert "experiment: demo-null" in printed
 

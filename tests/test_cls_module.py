@@ -1,4 +1,5 @@
-"""``PattenNetModule``: the fold's frozen encoder, losses, thresholds and test predictions (in-process Trainer)."""
+"""``ClassifierModule`` / ``PattenNetModule``: the fold's frozen encoder, losses, thresholds, test predictions and the
+fold's recorded identity (in-process Trainer)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from lightning.pytorch import Trainer, seed_everything
 from monai.networks.nets import AutoencoderKL
 from test_cls_fixtures import one_thread, autoencoder_args, write_fake_autoencoder, write_patch_cohort, write_synthetic  # noqa: F401
 
-from neonet.cls import ClsDataModule, PattenNetModule
+from neonet.cls import ClassifierModule, ClsDataModule, PattenNetModule
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.nets import AutoencoderKLEncoder, PattenNet
 
@@ -86,28 +87,46 @@ def test_missing_or_leaky_or_mismatched_autoencoder_is_refused(cohort: dict, tmp
         trainer().fit(PattenNetModule(pattennet()), datamodule=datamodule(cohort, fold=2))
 
 
-def test_stage_name_must_match_use_synthetic(cohort: dict) -> None:
+class EncoderNet(TinyNet):
+    """A baseline-like network that happens to have an ``encoder`` attribute (and does not declare it takes one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Conv3d(1, 1, 1)
+
+
+def test_identity_is_recorded_from_the_data_and_encoder_weights_go_only_to_declaring_networks(cohort: dict) -> None:
     dm = datamodule(cohort, fold=0, use_synthetic=True)
     write_synthetic(cohort["ws"], 0, [dm.split.train[0]])
-    with pytest.raises(NeonetError, match="_syn"):
-        trainer().fit(PattenNetModule(TinyNet(), stage="resnet18"), datamodule=dm)
-    with pytest.raises(NeonetError, match="_syn"):
-        trainer().fit(PattenNetModule(TinyNet(), stage="resnet18_syn"), datamodule=datamodule(cohort, fold=0))
+    module = ClassifierModule(TinyNet(), stage="resnet18_syn")
+    trainer(steps=1, limit_val_batches=0).fit(module, datamodule=dm)
+    assert module.describe()["classifier"] | {"network": None} == {
+        "model": "resnet18", "variant": "real + synthetic", "use_synthetic": True, "network": None, "module": "ClassifierModule"}
+    named = ClassifierModule(TinyNet(), stage="resnet18_late", model_name="resnet18-late")
+    trainer(steps=1, limit_val_batches=0).fit(named, datamodule=datamodule(cohort, fold=0))
+    assert named.describe()["classifier"]["model"] == "resnet18-late"
+    assert named.describe()["classifier"]["variant"] == "real only"
+    write_fake_autoencoder(cohort["ws"], 0, seed=10)  # a fold-0 autoencoder exists, and must not be loaded
+    plain = ClassifierModule(EncoderNet(), stage="enc")
+    trainer(steps=1, limit_val_batches=0).fit(plain, datamodule=datamodule(cohort, fold=0))
+    assert "encoder_checkpoint" not in plain.upstream()
+    with pytest.raises(NeonetError, match="does not declare that it takes one"):
+        trainer().fit(PattenNetModule(EncoderNet(), stage="enc2"), datamodule=datamodule(cohort, fold=0))
     with pytest.raises(ValueError):
-        PattenNetModule(TinyNet(), stage="../x")
+        ClassifierModule(TinyNet(), stage="../x")
 
 
 def test_losses_and_auto_pos_weight(cohort: dict) -> None:
     logits, labels = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 0.0])
-    bce = PattenNetModule(TinyNet(), stage="resnet18", pos_weight=3.0)
+    bce = ClassifierModule(TinyNet(), stage="resnet18", pos_weight=3.0)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=torch.tensor(3.0))
     assert torch.allclose(bce.compute_loss(logits, labels), expected)
-    focal = PattenNetModule(TinyNet(), stage="resnet18", loss="focal", focal_gamma=0.0)
+    focal = ClassifierModule(TinyNet(), stage="resnet18", loss="focal", focal_gamma=0.0)
     assert torch.allclose(focal.compute_loss(logits, labels), torch.nn.functional.binary_cross_entropy_with_logits(logits, labels))
     with pytest.raises(ValueError):
-        PattenNetModule(TinyNet(), loss="focal", pos_weight=2.0)
+        ClassifierModule(TinyNet(), loss="focal", pos_weight=2.0)
     dm = datamodule(cohort, fold=0)
-    auto = PattenNetModule(TinyNet(), stage="resnet18", pos_weight="auto")
+    auto = ClassifierModule(TinyNet(), stage="resnet18", pos_weight="auto")
     trainer(steps=1, limit_val_batches=0).fit(auto, datamodule=dm)
     neg, pos = dm.class_counts()
     assert auto.pos_weight_value == pytest.approx(neg / pos)
@@ -116,7 +135,7 @@ def test_losses_and_auto_pos_weight(cohort: dict) -> None:
 def test_validation_threshold_is_checkpointed_and_written_with_test_predictions(cohort: dict, tmp_path: Path) -> None:
     seed_everything(0)
     dm = datamodule(cohort, fold=0)
-    module = PattenNetModule(TinyNet(), stage="resnet18")
+    module = ClassifierModule(TinyNet(), stage="resnet18")
     trainer(steps=2).fit(module, datamodule=dm)
     threshold = float(module.val_threshold)
     assert 0.0 < threshold < 1.0 and threshold != 0.5  # set from the validation probabilities

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neonet.config import load_config
 from neonet.config_drift import check_fold_configs, config_drift
 from neonet.errors import NeonetError
 from neonet.workspace import Workspace
@@ -67,12 +66,18 @@ def test_changed_and_unknown_settings_are_listed_with_both_values() -> None:
     }
 
 
-def test_overrides_parsed_by_load_config_compare_against_the_saved_config(tmp_path: Path) -> None:
-    config = tmp_path / "pattennet.yaml"
-    config.write_text(yaml.safe_dump({k: STORED[k] for k in ("seed_everything", "model", "data")}))
-    assert config_drift(load_config([config], ["model.stage=pattennet", "data.num_workers=4"]), STORED) == []
-    drift = config_drift(load_config([config], ["model.net.init_args.dropout=0.5", "data.batch_size=4"]), STORED)
-    assert sorted(drift) == [("data.batch_size", 8, 4), ("model.net.dropout", 0.3, 0.5)]
+def test_overrides_resolved_by_the_fit_parser_compare_against_the_saved_config() -> None:
+    """``neonet cv`` resolves its configs with the parser of ``neonet fit``; overrides then compare as a fit saves them."""
+    from neonet.lightning_cli import resolve_stage_config
+
+    config = Path(__file__).parent / "conf" / "pattennet.yaml"
+    stored = resolve_stage_config([config])  # what the fit of this config saves as config.yaml
+    same = resolve_stage_config([config], ["--model.stage=pattennet", "--data.num_workers=4"])
+    assert config_drift(same, stored) == []
+    changed = resolve_stage_config([config], ["--model.net.init_args.dropout=0.5", "--data.batch_size=3"])
+    old_dropout = stored["model"]["init_args"]["net"]["init_args"]["dropout"]
+    old_batch = stored["data"]["init_args"]["batch_size"]
+    assert sorted(config_drift(changed, stored)) == [("data.batch_size", old_batch, 3), ("model.net.dropout", old_dropout, 0.5)]
 
 
 def _fold_config(ws: Workspace, stage: str, fold: int, config: dict) -> Path:

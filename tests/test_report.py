@@ -13,7 +13,8 @@ from scipy import stats as sps
 
 from neonet.atomic import write_json
 from neonet.errors import NeonetError
-from neonet.report import report, report_main
+from neonet.cli import main
+from neonet.report import report
 from neonet.workspace import Workspace
 
 FOLDS = 3
@@ -150,8 +151,8 @@ def test_report_rejects_predictions_that_are_not_out_of_fold(tmp_path: Path) -> 
 
 def test_report_command_line_selects_stages(tmp_path: Path) -> None:
     ws, _ = make_experiment(tmp_path)
-    assert report_main(["--experiment", "r", "--runs_dir", str(ws.runs_dir), "--stages", "pattennet", "resnet18",
-                        "--n_boot", "100", "--no_wandb"]) == 0
+    assert main(["report", "--experiment", "r", "--runs_dir", str(ws.runs_dir), "--stages", "pattennet", "resnet18",
+                 "--n_boot", "100", "--log_wandb", "false"]) == 0
     summary = pd.read_csv(ws.reports_dir / "cls_summary.csv")
     assert list(summary["stage"]) == ["pattennet", "resnet18"]
 

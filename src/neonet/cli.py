@@ -1,42 +1,73 @@
-"""The ``neonet`` command line.
+"""The ``neonet`` command line: one dispatcher, one parser (jsonargparse) for every verb.
 
-``neonet fit|validate|test|predict --config ...`` is a :class:`lightning.pytorch.cli.LightningCLI`
-in subclass mode (any stage's LightningModule and DataModule come from the config). The project
-verbs (``synth``, ``check-data``, ``crop``, ``cv``, ...) are plain typed functions whose signatures
-and docstrings jsonargparse turns into options and ``--help``.
+``neonet fit|validate|test|predict --config ...`` is :class:`neonet.lightning_cli.NeonetCLI`, a
+LightningCLI in subclass mode (any stage's LightningModule and DataModule come from the config).
+The project verbs (``synth``, ``check-data``, ``cv``, ``crop``, ...) are plain typed functions:
+jsonargparse builds their options and ``--help`` from the signature and docstring, and every verb
+takes ``--config FILE`` (a YAML of its options; for ``cv``, the stage configs) and
+``--print_config``.
 
-Every fit knows its experiment, stage and fold, so the CLI puts its outputs into the fixed folder
-``<runs_dir>/<experiment>/<stage>/fold<k>/`` (see :mod:`neonet.workspace`), adds the checkpoint
-callback (``best.ckpt`` selected on the inner validation split, ``last.ckpt`` for resuming),
-a CSV log and a W&B run (project ``neonet``, group = experiment, job_type = stage,
-name = ``<stage>-fold<k>``), and writes ``artifact.json`` when the fit ends.
+Conveniences, the same for every project verb: ``--pni-fraction`` is ``--pni_fraction``; a bare
+boolean flag (``--force``) is ``--force=true``; a list option takes several values
+(``--folds 0 1`` is ``--folds [0,1]``) or repeats (``--config a.yaml --config b.yaml``); a verb with
+a ``positional`` parameter takes it first without its option name (``neonet predict-case scan.nii.gz``);
+a verb with an ``override`` parameter takes the options after ``--`` (``neonet cv ... -- --trainer.max_epochs=5``).
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import logging
 import os
 import sys
+import types
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from neonet.errors import NeonetError
 
 log = logging.getLogger("neonet")
 
-#: Project verbs: name → ("module:function", one-line help).
-PROJECT_VERBS: dict[str, tuple[str, str]] = {
-    "synth": ("neonet.data.phantom:synth", "write a phantom cohort (cases.csv + NIfTI) for tests and the demo"),
-    "check-data": ("neonet.data.validate:check_data", "validate a case manifest and all its files; report every problem"),
-    "cv": ("neonet.cv:cv_main", "run a stage over the folds (each fold its own process), then its cross-fold summary"),
-    "crop": ("neonet.seg.crop:crop", "TLCR: tumour-centred image and label patches + manifest.csv"),
-    "synthesize": ("neonet.gen.synthesize:synthesize", "NeoGen: PNI+ patches from each fold's ControlNet until its training set is balanced"),
-    "gen-quality": ("neonet.gen.quality:gen_quality", "NeoGen: recompute the synthetic-patch quality report (synthesize writes it too)"),
-    "report": ("neonet.report:report_main", "NeoCls cross-validation report: per-fold and pooled AUC with CI, DeLong, ROC"),
-    "summary": ("neonet.summary:summary", "print and save where an experiment's results are, with its metrics"),
-    "predict-case": ("neonet.predict_case:predict_case_main", "PNI for one new MRI: NeoSeg -> TLCR -> classifier folds, Grad-CAM, JSON + NIfTI + PNG"),
+
+@dataclass(frozen=True)
+class Verb:
+    """A project verb: the function that runs it and its one-line help.
+
+    Attributes:
+        target: ``module:function``; the function's typed signature and Google docstring are the options.
+        help: the line shown by ``neonet --help``.
+        positional: a parameter that may be given first without its option name.
+    """
+
+    target: str
+    help: str
+    positional: str | None = None
+
+    def load(self) -> Callable[..., Any]:
+        """Import the verb's function."""
+        module, func = self.target.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+#: Project verbs, in the order ``neonet --help`` lists them.
+PROJECT_VERBS: dict[str, Verb] = {
+    "synth": Verb("neonet.data.phantom:synth", "write a phantom cohort (cases.csv + NIfTI) for tests and the demo"),
+    "check-data": Verb("neonet.data.validate:check_data", "validate a case manifest and all its files; report every problem"),
+    "cv": Verb("neonet.cv:cv", "run a stage over the folds (each fold its own process), then its cross-fold summary"),
+    "crop": Verb("neonet.seg.crop:crop", "TLCR: tumour-centred image and label patches + manifest.csv"),
+    "synthesize": Verb("neonet.gen.synthesize:synthesize",
+                       "NeoGen: PNI+ patches from each fold's ControlNet until its training set is balanced"),
+    "gen-quality": Verb("neonet.gen.quality:gen_quality",
+                        "NeoGen: recompute the synthetic-patch quality report (synthesize writes it too)"),
+    "report": Verb("neonet.report:report", "NeoCls cross-validation report: per-fold and pooled AUC with CI, DeLong, ROC"),
+    "summary": Verb("neonet.summary:summary", "print and save where an experiment's results are, with its metrics"),
+    "predict-case": Verb("neonet.predict_case:predict_case",
+                         "PNI for one new MRI: NeoSeg -> TLCR -> classifier folds, Grad-CAM, JSON + NIfTI + PNG",
+                         positional="image"),
 }
 
 LIGHTNING_VERBS: dict[str, str] = {
@@ -47,11 +78,6 @@ LIGHTNING_VERBS: dict[str, str] = {
 }
 
 
-def _load_verb(spec: str) -> Callable[..., Any]:
-    module, func = spec.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def _print_help() -> None:
     lines = [
         "usage: neonet <verb> [options]   (neonet <verb> --help for the options of a verb)",
@@ -60,13 +86,10 @@ def _print_help() -> None:
         "",
         "Lightning verbs (one stage, one fold; the stage comes from the config):",
     ]
-    lines += [f"  {name:<11} {text}" for name, text in LIGHTNING_VERBS.items()]
+    lines += [f"  {name:<12} {text}" for name, text in LIGHTNING_VERBS.items()]
     lines += ["", "Project verbs:"]
-    lines += [f"  {name:<11} {text}" for name, (_, text) in PROJECT_VERBS.items()]
-    lines += [
-        "",
-        "Example:  neonet synth --out data/phantom && neonet cv --config experiments/demo/seg.yaml",
-    ]
+    lines += [f"  {name:<12} {verb.help}" for name, verb in PROJECT_VERBS.items()]
+    lines += ["", "Example:  neonet synth --out data/phantom && neonet cv --config experiments/demo/seg.yaml"]
     print("\n".join(lines))
 
 
@@ -79,6 +102,7 @@ def _setup_logging() -> None:
         )
 
 
+# ---------------------------------------------------------------------------- argument conveniences
 def _underscore_options(args: list[str]) -> list[str]:
     """Accept ``--pni-fraction`` as well as ``--pni_fraction`` (option names only, not values)."""
     out = []
@@ -90,13 +114,16 @@ def _underscore_options(args: list[str]) -> list[str]:
     return out
 
 
+def _hints(func: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(func)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no conveniences
+        return {}
+
+
 def _bare_bool_flags(func: Any, args: list[str]) -> list[str]:
     """Let a bare ``--force`` mean ``--force=true`` for the verb's boolean parameters."""
-    try:
-        hints = typing.get_type_hints(func)
-    except Exception:  # unresolvable annotations: leave the arguments alone
-        return args
-    flags = {f"--{name}" for name, hint in hints.items() if hint is bool}
+    flags = {f"--{name}" for name, hint in _hints(func).items() if hint is bool}
     out = []
     for i, arg in enumerate(args):
         bare = arg in flags and (i + 1 == len(args) or args[i + 1].startswith("--"))
@@ -104,27 +131,108 @@ def _bare_bool_flags(func: Any, args: list[str]) -> list[str]:
     return out
 
 
-def run_project_verb(verb: str, args: list[str]) -> int:
-    """Run a project verb with jsonargparse; return its exit code."""
-    from jsonargparse import auto_cli
+def _is_list(hint: Any) -> bool:
+    """Whether an annotation is a list/tuple, or a union with one (``list[int] | None``)."""
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        return True
+    return origin in (typing.Union, types.UnionType) and any(_is_list(h) for h in typing.get_args(hint))
 
-    if "--" in args:  # options after `--` belong to another program (e.g. cv's folds)
+
+def _list_values(func: Any, args: list[str]) -> list[str]:
+    """``--folds 0 1`` → ``--folds [0,1]``; a repeated list option collects every value; ``--folds [0,1]`` stays."""
+    lists = {f"--{name}" for name, hint in _hints(func).items() if _is_list(hint)}
+    values: dict[str, list[str]] = {}
+    order: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, sep, inline = arg.partition("=")
+        if name in lists:
+            given = [inline] if sep else []
+            i += 1
+            while not sep and i < len(args) and not args[i].startswith("--"):
+                given.append(args[i])
+                i += 1
+            if name not in values:
+                order.append(name)
+                rest.append(name)  # placeholder where the option first stood
+            values.setdefault(name, []).extend(given)
+            continue
+        rest.append(arg)
+        i += 1
+    out = []
+    for arg in rest:
+        if arg in values and arg in order:
+            given = values[arg]
+            if len(given) == 1 and given[0].lstrip().startswith(("[", "null", "None")):
+                out += [arg, given[0]]
+            else:
+                out += [arg, "[" + ",".join(given) + "]"]
+            order.remove(arg)
+        else:
+            out.append(arg)
+    return out
+
+
+def verb_parser(verb: str, func: Callable[..., Any]) -> Any:
+    """The jsonargparse parser of a project verb, from its typed signature and docstring."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    doc = inspect.getdoc(func) or ""
+    parser = ArgumentParser(prog=f"neonet {verb}", description=doc.split("\n\nArgs:")[0], default_env=False)
+    if "config" not in inspect.signature(func).parameters:  # cv's --config is its stage configs
+        parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of this verb's options")
+    parser.add_function_arguments(func, as_positional=False, skip={"override"}, fail_untyped=True)
+    return parser
+
+
+def run_project_verb(verb: str, args: list[str]) -> int:
+    """Run a project verb: parse ``args`` with its jsonargparse parser and call it; return its exit code."""
+    spec = PROJECT_VERBS[verb]
+    func = spec.load()
+    params = inspect.signature(func).parameters
+    extra: list[str] | None = None
+    if "--" in args:  # options after `--` belong to the folds' `neonet fit` (cv)
         i = args.index("--")
-        args = _underscore_options(args[:i]) + args[i:]
-    else:
-        args = _underscore_options(args)
-    func = _load_verb(PROJECT_VERBS[verb][0])
-    if func.__name__.endswith("_main"):  # verbs with their own argument parsing take argv
-        return int(func(args) or 0)
-    result = auto_cli(func, args=_bare_bool_flags(func, args), as_positional=False, prog=f"neonet {verb}")
+        args, extra = args[:i], args[i + 1 :]
+        if "override" not in params:
+            raise NeonetError(f"`neonet {verb}` takes no options after `--`")
+    if spec.positional and args and not args[0].startswith("-"):
+        args = [f"--{spec.positional}", args[0], *args[1:]]
+    args = _list_values(func, _bare_bool_flags(func, _underscore_options(args)))
+    parser = verb_parser(verb, func)
+    cfg = parser.parse_args(args)
+    kwargs = {k: v for k, v in parser.instantiate_classes(cfg).as_dict().items() if k in params}
+    if extra is not None:
+        kwargs["override"] = normalise_overrides(extra)
+    result = func(**kwargs)
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def normalise_overrides(extra: list[str]) -> list[str]:
+    """``--a.b value`` and ``--a.b=value`` → ``--a.b=value`` (the form every fold's ``neonet fit`` gets)."""
+    out: list[str] = []
+    i = 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--"):
+            raise NeonetError(f"unexpected argument {item!r} after `--`: use --key=value")
+        if "=" in item or i + 1 >= len(extra) or extra[i + 1].startswith("--"):
+            out.append(item if "=" in item else f"{item}=true")
+            i += 1
+        else:
+            out.append(f"{item}={extra[i + 1]}")
+            i += 2
+    return out
 
 
 def run_lightning(args: list[str]) -> int:
     """Run a Lightning verb through :class:`neonet.lightning_cli.NeonetCLI`."""
     from neonet.lightning_cli import NeonetCLI
 
-    # LightningCLI reads sys.argv itself when we were called from the command line
+    # LightningCLI reads sys.argv itself (and warns about a given list) when we were called from the command line
     NeonetCLI(args=None if args == sys.argv[1:] else args)
     return 0
 
@@ -150,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     except NeonetError as exc:
         print(f"neonet {verb}: error: {exc}", file=sys.stderr)
         return 2
-    print(f"neonet: unknown verb {verb!r}\n", file=sys.stderr)
-    _print_help()
+    close = difflib.get_close_matches(verb, [*LIGHTNING_VERBS, *PROJECT_VERBS], n=1)
+    hint = f" — did you mean `neonet {close[0]}`?" if close else ""
+    print(f"neonet: unknown verb {verb!r}{hint} (`neonet --help` lists the verbs)", file=sys.stderr)
     return 2

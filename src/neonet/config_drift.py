@@ -7,8 +7,8 @@ ignored (skip) or mixed into a half-trained model (resume). :func:`config_drift`
 setting of the new config that the saved one does not have, and :func:`check_fold_configs` turns
 that into an error naming the fold, the settings and what to do.
 
-Only the settings that the new config states are compared (the saved config also holds every
-default), and settings that do not change what is learned (devices, loggers, progress bars,
+Every setting of the new command's resolved config is compared (an option the saved config lacks
+because neonet added it later counts only when it is set to something other than None), and settings that do not change what is learned (devices, loggers, progress bars,
 data-loader workers) are left out. The callbacks the new command names must each have been among the
 fit's (a fit may have had more, e.g. a probe added on the command line).
 """
@@ -123,7 +123,7 @@ def config_drift(requested: dict[str, Any], stored: dict[str, Any],
     """Settings of ``requested`` that ``stored`` does not have: ``(key, stored value, requested value)``.
 
     Args:
-        requested: the merged config of the new command (``neonet.config.load_config``).
+        requested: the resolved config of the new command (``neonet.lightning_cli.resolve_stage_config``).
         stored: the fold's saved ``config.yaml`` (every setting, defaults included).
         ignore: dotted keys (``init_args`` left out) that may differ, e.g. ``trainer.devices``.
 
@@ -138,7 +138,8 @@ def config_drift(requested: dict[str, Any], stored: dict[str, Any],
             continue
         have = _lookup(stored, path)
         if have is _MISSING:
-            out.append((key, "<missing>", value))
+            if value is not None:  # an option added to neonet after the fold was trained, left at None: no change
+                out.append((key, "<missing>", value))
         elif key in SUBSET_KEYS and isinstance(have, list) and isinstance(value, list):
             if not all(any(same_value(h, v) for h in have) for v in value):
                 out.append((key, have, value))
@@ -155,7 +156,7 @@ def check_fold_configs(ws: Workspace, stage: str, folds: Iterable[int], requeste
         ws: the workspace.
         stage: the stage folder.
         folds: the folds about to be skipped (finished) or resumed (interrupted).
-        requested: the merged config of the new command.
+        requested: the resolved config of the new command.
         stage_option: whether the stage folder comes from ``--model.stage`` (the classifiers), so a
             new setting can be trained beside the old one under another name.
 
@@ -165,7 +166,7 @@ def check_fold_configs(ws: Workspace, stage: str, folds: Iterable[int], requeste
     """
     problems = []
     for k in folds:
-        saved = ws.stage_dir(stage, k) / "config.yaml"
+        saved = ws.config_path(stage, k)
         if not saved.is_file():
             continue
         try:

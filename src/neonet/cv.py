@@ -9,6 +9,7 @@ the fold's saved ``config.yaml`` agrees with the command's settings (``neonet.co
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -16,28 +17,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from neonet.atomic import read_json
-from neonet.config import data_args, import_class, load_config, stage_of
 from neonet.config_drift import check_fold_configs
 from neonet.errors import NeonetError
 from neonet.fold_lock import fold_lock
+from neonet.stage import CVContext, FoldContext, StageModule
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-
-class StageHooks(Protocol):
-    """What a stage does around its folds in ``neonet cv``."""
-
-    def after_fold(self, ws: Workspace, fold: int, run: "FoldRunner") -> dict[str, Any]:
-        """Post-fit work of one fold (e.g. out-of-fold prediction); returns artifact fields."""
-
-    def after_all(self, ws: Workspace, cfg: dict[str, Any], folds: list[int]) -> None:
-        """Cross-fold summary (tables, plots, W&B summary run)."""
-
-
 
 
 class FoldRunner:
@@ -72,13 +61,25 @@ class FoldRunner:
         log.info("fold %d: %s done in %.0f s", self.fold, verb, time.time() - start)
 
 
-def load_hooks(cfg: dict[str, Any]) -> StageHooks | None:
-    """The cv hooks named by the stage module's ``cv_hooks`` attribute (``"module:Class"``), or None."""
-    spec = getattr(import_class(cfg["model"]["class_path"]), "cv_hooks", None)
-    if not spec:
-        return None
-    module, name = spec.split(":")
-    return import_class(f"{module}.{name}")()
+def stage_module_of(cfg: dict[str, Any]) -> type[StageModule]:
+    """The :class:`~neonet.stage.StageModule` class of a resolved stage config (``model.class_path``)."""
+    import importlib
+
+    class_path = str((cfg.get("model") or {}).get("class_path") or "")
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise NeonetError(f"model.class_path {class_path!r} cannot be imported ({exc})") from exc
+    if not (isinstance(cls, type) and issubclass(cls, StageModule)):
+        raise NeonetError(f"model.class_path {class_path!r} is not a neonet stage module (neonet.stage.StageModule)")
+    return cls
+
+
+def stage_of(cfg: dict[str, Any]) -> str:
+    """The stage folder of a resolved stage config: ``model.init_args.stage`` when the module takes one, else its class's."""
+    explicit = ((cfg.get("model") or {}).get("init_args") or {}).get("stage")
+    return explicit if isinstance(explicit, str) and explicit else stage_module_of(cfg).stage
 
 
 def fold_env(jobs: int) -> dict[str, str]:
@@ -102,10 +103,10 @@ def run_parallel(configs: list[Path], overrides: list[str], todo: list[int], job
     from concurrent.futures import ThreadPoolExecutor
 
     def one(k: int) -> tuple[int, int, float, Path]:
-        logfile = ws.stage_dir(stage, k) / "cv.log"
+        logfile = ws.cv_log(stage, k)
         logfile.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "neonet", "cv"] + [a for c in configs for a in ("--config", str(c))]
-        cmd += ["--folds", str(k), "--no_summary"] + (["--force"] if force else [])
+        cmd += ["--folds", str(k), "--summary=false"] + (["--force"] if force else [])
         cmd += ["--", *overrides] if overrides else []
         start = time.time()
         log.info("fold %d: started (log: %s)", k, logfile)
@@ -129,10 +130,11 @@ def run_parallel(configs: list[Path], overrides: list[str], todo: list[int], job
 def cv(
     config: list[Path],
     folds: list[int] | None = None,
-    override: list[str] | None = None,
     force: bool = False,
     jobs: int = 1,
     summary: bool = True,
+    print_config: bool = False,
+    override: list[str] | None = None,
 ) -> int:
     """Run a stage over the folds of an experiment, each fold in its own process.
 
@@ -141,35 +143,47 @@ def cv(
     ``artifact.json`` says ``complete`` is skipped; an interrupted fold resumes from
     ``last.ckpt``. Neither happens when the fold's saved ``config.yaml`` has other settings than
     this command (another learning rate, seed, network...): that is an error naming them, and
-    ``--force`` re-trains such folds. After the folds, the stage's cross-fold summary is written to ``reports/``.
+    ``--force`` re-trains such folds. After the folds, the stage's cross-fold summary is written to
+    ``reports/``. Options after ``--`` go to every fold's ``neonet fit``, e.g.
+    ``neonet cv --config experiments/demo/seg.yaml --folds 0 1 -- --trainer.max_epochs=5``.
 
     Args:
         config: stage config file(s), merged in order (as ``neonet fit --config``).
         folds: folds to run (default: all folds of the experiment).
-        override: extra ``--key=value`` options passed to every fold, e.g.
-            ``--trainer.max_epochs=5`` or ``--trainer.devices=2``.
         force: re-run folds that are already complete (their checkpoints are replaced).
         jobs: folds trained at the same time, each its own process with ``cpu_count // jobs`` CPU
             threads (unless ``OMP_NUM_THREADS`` is set) and its output in ``<stage>/fold<k>/cv.log``.
             Small CPU models finish sooner this way; on GPUs give each fold its own devices.
         summary: write the stage's cross-fold summary after the folds (off for the per-fold workers of ``jobs``).
+        print_config: print the stage config as every fold's ``neonet fit`` resolves it (overrides
+            included) and stop.
+        override: extra ``--key=value`` options passed to every fold (the options after ``--``), e.g.
+            ``--trainer.max_epochs=5`` or ``--trainer.devices=2``.
     """
+    from neonet.lightning_cli import resolve_stage_config
+
+    if jobs < 1:
+        raise NeonetError(f"--jobs must be >= 1, got {jobs}")
     configs = [Path(c) for c in config]
     overrides = list(override or [])
-    cfg = load_config(configs, [o.lstrip("-") for o in overrides])
+    cfg = resolve_stage_config(configs, overrides)
+    if print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        return 0
+    module = stage_module_of(cfg)
     stage = stage_of(cfg)
-    dargs = data_args(cfg)
-    ws = Workspace(dargs.get("runs_dir", "runs"), dargs.get("experiment", "default"))
-    n_folds = int(read_json(ws.splits_path)["folds"]) if ws.splits_path.exists() else int(dargs.get("folds", 5))
+    dargs = dict((cfg.get("data") or {}).get("init_args") or {})
+    ws = Workspace(dargs.get("runs_dir") or "runs", dargs.get("experiment") or "default")
+    n_folds = int(read_json(ws.splits_path)["folds"]) if ws.splits_path.exists() else int(dargs.get("folds") or 5)
     todo = list(range(n_folds)) if folds is None else [int(k) for k in folds]
     bad = [k for k in todo if not 0 <= k < n_folds]
     if bad:
         raise NeonetError(f"fold(s) {bad} do not exist: the experiment has folds 0..{n_folds - 1}")
-    hooks = load_hooks(cfg)
     if not force:  # a finished fold is skipped and an interrupted one resumed only under the same settings
         started = [k for k in todo if ws.is_complete(stage, k) or ws.last_checkpoint(stage, k).exists()]
-        explicit_stage = bool(((cfg.get("model") or {}).get("init_args") or {}).get("stage"))
-        check_fold_configs(ws, stage, started, cfg, stage_option=explicit_stage)
+        check_fold_configs(ws, stage, started, cfg, stage_option="stage" in inspect.signature(module).parameters)
     log.info("cv: stage %s, experiment %s, folds %s", stage, ws.experiment, todo)
     ran_any = False
     pending = [k for k in todo if force or not ws.is_complete(stage, k)]
@@ -183,7 +197,7 @@ def cv(
         if ws.is_complete(stage, k) and not force:
             log.info("fold %d: %s already complete (%s) — skipped", k, stage, ws.artifact_path(stage, k))
             continue
-        with fold_lock(ws.stage_dir(stage, k) / ".cv.lock", stage, k) as lock_fd:
+        with fold_lock(ws.fold_lock(stage, k), stage, k) as lock_fd:
             if ws.is_complete(stage, k) and not force:  # finished by another process since the check above
                 log.info("fold %d: %s already complete (%s) — skipped", k, stage, ws.artifact_path(stage, k))
                 continue
@@ -200,60 +214,12 @@ def cv(
                     log.info("fold %d: resuming from %s", k, last)
                 run("fit", extra)
             ran_any = True
-            fields = hooks.after_fold(ws, k, run) if hooks else {}
+            fields = module.after_fold(FoldContext(ws, k, cfg, run))
             ws.write_artifact(stage, k, status="complete", **fields)
     summary_path = ws.reports_dir / f"{stage}_summary.json"
-    if hooks and summary and (ran_any or not summary_path.exists()):
-        hooks.after_all(ws, cfg, todo)
-    elif hooks and summary:
+    if summary and (ran_any or not summary_path.exists()):
+        module.after_folds(CVContext(ws, cfg, todo))
+    elif summary:
         log.info("cv: nothing new to summarise; the report is %s", summary_path)
     log.info("cv: %s done — results under %s", stage, ws.root)
     return 0
-
-
-def cv_main(argv: list[str]) -> int:
-    """Command line of ``neonet cv``: ``--config`` may repeat; options after ``--`` go to every fold."""
-    import argparse
-
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
-    doc = (cv.__doc__ or "").split("Args:")[0].strip()
-    parser = argparse.ArgumentParser(
-        prog="neonet cv",
-        description=doc,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Options after `--` are passed to every fold's `neonet fit`, e.g.\n"
-        "  neonet cv --config experiments/demo/seg.yaml --folds 0 1 -- --trainer.max_epochs=5",
-    )
-    parser.add_argument("--config", action="append", required=True, help="stage config file(s), merged in order")
-    parser.add_argument("--folds", type=int, nargs="+", default=None, help="folds to run (default: all)")
-    parser.add_argument("--force", action="store_true", help="re-run folds that are already complete")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="folds trained at the same time, each with cpu_count/jobs threads and its log in "
-                             "<stage>/fold<k>/cv.log (default 1)")
-    parser.add_argument("--no_summary", action="store_true", help="skip the cross-fold summary after the folds")
-    args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error("--jobs must be >= 1")
-    overrides = _normalise_overrides(extra)
-    return cv(args.config, folds=args.folds, override=overrides, force=args.force, jobs=args.jobs,
-              summary=not args.no_summary)
-
-
-def _normalise_overrides(extra: list[str]) -> list[str]:
-    """``--a.b value`` and ``--a.b=value`` → ``--a.b=value``."""
-    out: list[str] = []
-    i = 0
-    while i < len(extra):
-        item = extra[i]
-        if not item.startswith("--"):
-            raise NeonetError(f"unexpected argument {item!r} after `--`: use --key=value")
-        if "=" in item or i + 1 >= len(extra) or extra[i + 1].startswith("--"):
-            out.append(item if "=" in item else f"{item}=true")
-            i += 1
-        else:
-            out.append(f"{item}={extra[i + 1]}")
-            i += 2
-    return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from neonet.callbacks import FiniteLossGuard
 from neonet.csv_log import ResumableCSVLogger
 from neonet.data.base import FoldDataModule
 from neonet.errors import NeonetError
+from neonet.stage import StageModule
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +161,7 @@ class NeonetCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        kwargs.setdefault("parser_kwargs", {"default_env": False, "prog": "neonet"})
         super().__init__(LightningModule, FoldDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -175,10 +177,12 @@ class NeonetCLI(LightningCLI):
     # ------------------------------------------------------------------ trainer wiring
     def _stage_fold(self) -> tuple[str, int, Any]:
         model, dm = self.model, self.datamodule
-        stage = getattr(model, "stage", None)
-        if stage is None:
-            raise TypeError(f"{type(model).__name__} has no `stage` attribute; neonet modules define one")
-        return stage, int(dm.fold), dm.workspace
+        if not isinstance(model, StageModule):
+            raise NeonetError(f"{type(model).__name__} is not a neonet stage module (neonet.stage.StageModule): "
+                              "`neonet fit` files each run under <experiment>/<stage>/fold<k>")
+        if not isinstance(dm, FoldDataModule):
+            raise NeonetError(f"{type(dm).__name__} is not a neonet FoldDataModule: it must know the experiment and fold")
+        return model.stage, int(dm.fold), dm.workspace
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
         stage, fold, ws = self._stage_fold()
@@ -196,8 +200,7 @@ class NeonetCLI(LightningCLI):
         existing = list(config.get("callbacks") or []) + list(callbacks)
         if not any(isinstance(c, ModelCheckpoint) for c in existing):
             every = int(self._get(self.config_init, "checkpoint_every_n_steps", 0) or 0) if job == "fit" else 0
-            callbacks += checkpoint_callbacks(ws.checkpoint_dir(stage, fold), getattr(self.model, "monitor", None),
-                                              getattr(self.model, "monitor_mode", "min"), every)
+            callbacks += checkpoint_callbacks(ws.checkpoint_dir(stage, fold), self.model.monitor, self.model.monitor_mode, every)
         if job == "fit" and not any(isinstance(c, FiniteLossGuard) for c in existing):
             callbacks.append(FiniteLossGuard(stage, fold))
         if job == "fit" and config["logger"] and not any(isinstance(c, LearningRateMonitor) for c in existing):
@@ -207,9 +210,8 @@ class NeonetCLI(LightningCLI):
     # ------------------------------------------------------------------ after each verb
     def before_fit(self) -> None:
         """Check the fold's data before spending compute."""
-        check = getattr(self.datamodule, "check_inputs", None)
-        if callable(check):
-            check()
+        self._stage_fold()
+        self.datamodule.check_inputs()
 
     def after_fit(self) -> None:
         """Write ``artifact.json`` (rank zero) and close the W&B run.
@@ -239,16 +241,15 @@ class NeonetCLI(LightningCLI):
                 "global_step": trainer.global_step,
                 "best_checkpoint": ws.checkpoint_record(best) if best and best.exists() else None,
                 "best_score": float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None,
-                "monitor": getattr(self.model, "monitor", None),
+                "monitor": self.model.monitor,
                 "final_metrics": metrics,
-                "config": str(ws.stage_dir(stage, fold) / "config.yaml"),
+                "config": str(ws.config_path(stage, fold)),
                 "precision": str(trainer.precision),
                 "world_size": trainer.world_size,
             }
             fields.update(self.datamodule.split_record())
-            upstream = getattr(self.model, "upstream", None)
-            if callable(upstream):
-                fields["upstream"] = upstream()
+            fields.update(self.model.describe())
+            fields["upstream"] = self.model.upstream()
             ws.write_artifact(stage, fold, **fields)
             log.info("%s fold %d finished: %s", stage, fold, ws.stage_dir(stage, fold))
         self._finish_wandb()
@@ -269,3 +270,44 @@ class NeonetCLI(LightningCLI):
 
                 if wandb.run is not None:
                     wandb.finish()
+
+
+class _Parsed(Exception):
+    """Carries the parsed config out of :class:`_StageConfigReader` before anything is instantiated."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__("parsed")
+        self.config = config
+
+
+class _StageConfigReader(NeonetCLI):
+    """``NeonetCLI``'s own parser, stopped after parsing: the config a fit would save, nothing built."""
+
+    def _set_seed(self) -> None:
+        """Reading a config seeds nothing."""
+
+    def before_instantiate_classes(self) -> None:
+        import yaml
+
+        raise _Parsed(yaml.safe_load(self.parser.dump(self.config, skip_none=False)) or {})
+
+
+def resolve_stage_config(configs: list[Any], overrides: list[str] | None = None) -> dict[str, Any]:
+    """A stage config resolved exactly as ``neonet fit --config ... OVERRIDES`` resolves it (as a plain dict).
+
+    The one parser of stage configs: ``neonet cv`` reads the stage, experiment and folds from it, and
+    compares it with each fold's saved ``config.yaml``. Nothing is instantiated.
+
+    Raises:
+        NeonetError: when the configs do not parse (the parser's message names the key and the file).
+    """
+    args = [a for c in configs for a in ("--config", str(c))] + list(overrides or [])
+    try:
+        with warnings.catch_warnings():  # LightningCLI warns about args given while sys.argv has others
+            warnings.simplefilter("ignore")
+            _StageConfigReader(args=args, run=False)
+    except _Parsed as parsed:
+        return parsed.config
+    except SystemExit as exc:  # jsonargparse printed its message (the key and the problem) already
+        raise NeonetError(f"the stage config {' + '.join(map(str, configs))} does not parse (the message is above)") from exc
+    raise NeonetError("internal: the stage config reader did not stop after parsing")

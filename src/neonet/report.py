@@ -19,16 +19,16 @@ each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
   test scores by class, on the log-odds scale: whether the fold models score on one scale);
 - a W&B summary run ``cls-cv`` (group = experiment) with the tables, numbers and figures.
 
-Stage naming: a stage whose name contains ``_syn`` is the real + synthetic variant of the model named
-by the part before it (``pattennet_syn`` -> ``pattennet``); the training module enforces this.
+What each stage is — its model's name and whether it trained on real or real + synthetic patches — is
+read from its folds' ``artifact.json`` (written by :meth:`neonet.cls.module.ClassifierModule.describe`),
+never from the folder name; folds trained before that record existed are read by the old naming rule
+(``<model>_syn`` = real + synthetic), with a note in the log.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -36,29 +36,38 @@ import numpy as np
 import pandas as pd
 
 from neonet.atomic import read_json, write_csv, write_json, write_text
+from neonet.cls.module import REAL, SYNTHETIC
 from neonet.errors import NeonetError
 from neonet.stats import auc, binary_metrics, bootstrap_auc_ci, delong_ci, delong_test, log_odds
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_NAME = "test_predictions.csv"
-REAL, SYNTHETIC = "real only", "real + synthetic"
+def identity_of(ws: Workspace, stage: str) -> tuple[str, str]:
+    """(model name, variant) of a classifier stage, from its folds' ``artifact.json``.
 
-
-def model_of(stage: str) -> str:
-    """The model of a stage: ``pattennet_syn`` -> ``pattennet``."""
-    return re.sub(r"_syn.*$", "", stage)
-
-
-def variant_of(stage: str) -> str:
-    """``real + synthetic`` for stages named with ``_syn``, else ``real only``."""
-    return SYNTHETIC if "_syn" in stage else REAL
+    Raises:
+        NeonetError: when the folds of one stage disagree (they were trained with other settings).
+    """
+    found: set[tuple[str, str]] = set()
+    for fold in ws.stage_folds(stage):
+        record = (ws.read_artifact(stage, fold) or {}).get("classifier")
+        if isinstance(record, dict) and record.get("model") and record.get("variant"):
+            found.add((str(record["model"]), str(record["variant"])))
+    if len(found) > 1:
+        raise NeonetError(f"stage {stage}: its folds record different models or variants {sorted(found)}; "
+                          f"re-train the stage with `neonet cv ... --force`")
+    if found:
+        return found.pop()
+    legacy = (stage.split("_syn")[0], SYNTHETIC if "_syn" in stage else REAL)
+    log.info("stage %s: no classifier record in its artifact.json (trained before neonet recorded it); "
+             "read by its name as model %s, %s", stage, *legacy)
+    return legacy
 
 
 def discover_stages(ws: Workspace) -> list[str]:
-    """Stages of the experiment with at least one fold's ``test_predictions.csv``."""
-    return sorted({p.parent.parent.name for p in ws.root.glob(f"*/fold*/{PREDICTIONS_NAME}")})
+    """Stages of the experiment with at least one fold's test predictions."""
+    return sorted({p.parent.parent.name for p in ws.all_test_predictions()})
 
 
 def load_predictions(ws: Workspace, stages: list[str]) -> pd.DataFrame:
@@ -72,10 +81,16 @@ def load_predictions(ws: Workspace, stages: list[str]) -> pd.DataFrame:
     if ws.splits_path.exists():
         test_of = {cid: int(s["fold"]) for s in read_json(ws.splits_path)["splits"] for cid in s["test"]}
     frames = []
+    seen: dict[tuple[str, str], str] = {}
     for stage in stages:
-        files = sorted(ws.root.glob(f"{stage}/fold*/{PREDICTIONS_NAME}"))
+        model, variant = identity_of(ws, stage)
+        if (model, variant) in seen:
+            raise NeonetError(f"stages {seen[(model, variant)]} and {stage} are both model {model!r}, {variant}: give one "
+                              "of them its own --model.model_name (or compare them in separate reports with --stages)")
+        seen[(model, variant)] = stage
+        files = [ws.test_predictions(stage, k) for k in ws.stage_folds(stage) if ws.test_predictions(stage, k).is_file()]
         if not files:
-            raise NeonetError(f"no {PREDICTIONS_NAME} under {ws.root / stage}: run `neonet cv` for stage {stage} first")
+            raise NeonetError(f"no test predictions under {ws.root / stage}/fold<k>/: run `neonet cv` for stage {stage} first")
         part = pd.concat([pd.read_csv(f, dtype={"case_id": str, "patient_id": str}) for f in files], ignore_index=True)
         dupes = sorted(part["case_id"][part["case_id"].duplicated()])
         if dupes:
@@ -88,6 +103,8 @@ def load_predictions(ws: Workspace, stages: list[str]) -> pd.DataFrame:
                     f"(case, fold): {wrong[:5]}"
                 )
         part.insert(0, "stage", stage)
+        part.insert(1, "model", model)
+        part.insert(2, "variant", variant)
         frames.append(part)
     return pd.concat(frames, ignore_index=True)
 
@@ -124,7 +141,7 @@ def per_fold_table(frame: pd.DataFrame) -> pd.DataFrame:
         logits, y = log_odds(part["prob"]), part["y_true"].to_numpy(int)
         medians = {f"logit_median_{name}": float(np.median(logits[y == v])) if (y == v).any() else math.nan
                    for name, v in (("neg", 0), ("pos", 1))}
-        rows.append({"stage": stage, "model": model_of(stage), "variant": variant_of(stage), "fold": int(fold),
+        rows.append({"stage": stage, "model": part["model"].iloc[0], "variant": part["variant"].iloc[0], "fold": int(fold),
                      "threshold_youden_val": float(part["threshold_youden_val"].iloc[0]), **_metrics(part), **medians})
     return pd.DataFrame(rows)
 
@@ -164,7 +181,7 @@ def summary_table(frame: pd.DataFrame, folds: pd.DataFrame, n_boot: int, alpha: 
             dlo = dhi = math.nan
         ece = float(binary_calibration_error(torch.tensor(p), torch.tensor(y), n_bins=10))
         rows.append({
-            "stage": stage, "model": model_of(stage), "variant": variant_of(stage),
+            "stage": stage, "model": part["model"].iloc[0], "variant": part["variant"].iloc[0],
             "folds": int(f["fold"].nunique()), "folds_expected": n_folds,
             "n": pooled["n"], "n_pos": pooled["n_pos"],
             "auc_mean": float(f["auc"].mean()), "auc_sd": float(f["auc"].std(ddof=1)) if len(f) > 1 else math.nan,
@@ -181,11 +198,13 @@ def delong_table(frame: pd.DataFrame, reference: str, clusters: dict[str, str] |
 
     ``clusters`` (case_id -> cluster) switches to Obuchowski's clustered variance.
     """
-    stages = list(dict.fromkeys(frame["stage"]))
-    refs = [s for s in stages if model_of(s) == reference]
-    pairs = [(r, b, "reference vs baseline") for r in refs for b in stages if model_of(b) != reference]
+    ident = frame.drop_duplicates("stage").set_index("stage")[["model", "variant"]]
+    stages = list(ident.index)
+    model, variant = ident["model"].to_dict(), ident["variant"].to_dict()
+    refs = [s for s in stages if model[s] == reference]
+    pairs = [(r, b, "reference vs baseline") for r in refs for b in stages if model[b] != reference]
     pairs += [(s, r, "synthetic vs real only") for s in stages for r in stages
-              if variant_of(s) == SYNTHETIC and variant_of(r) == REAL and model_of(s) == model_of(r)]
+              if variant[s] == SYNTHETIC and variant[r] == REAL and model[s] == model[r]]
     rows = []
     for a, b, kind in pairs:
         pa = frame[frame["stage"] == a][["case_id", "y_true", "prob"]]
@@ -265,7 +284,8 @@ def report(
     stages = list(stages) if stages else discover_stages(ws)
     if not stages:
         raise NeonetError(f"no test predictions under {ws.root}/<stage>/fold<k>/: run `neonet cv` for a classification stage first")
-    stages = sorted(stages, key=lambda s: (model_of(s) != reference, variant_of(s) != REAL, s))
+    ident = {s: identity_of(ws, s) for s in stages}
+    stages = sorted(stages, key=lambda s: (ident[s][0] != reference, ident[s][1] != REAL, s))
     splits = read_json(ws.splits_path) if ws.splits_path.exists() else {}
     n_folds = int(splits["folds"]) if splits else None
     clusters = clusters_of(splits)
@@ -364,22 +384,3 @@ def _below_chance_note(summary: pd.DataFrame, level: int) -> str:
             "so this is not a label flipped between them: the model learned associations of its training folds "
             "that reverse in its test folds (likely with few training patients). Other training seeds will not "
             "average them away, since the cohort, not the seed, holds them; see `scores_<stage>.png`.\n")
-
-
-def report_main(argv: list[str]) -> int:
-    """Command line of ``neonet report``."""
-    doc = (report.__doc__ or "").split("Args:")[0].strip()
-    parser = argparse.ArgumentParser(prog="neonet report", description=doc)
-    parser.add_argument("--experiment", required=True, help="experiment name")
-    parser.add_argument("--runs_dir", default="runs", help="folder holding all experiments (default: runs)")
-    parser.add_argument("--stages", nargs="+", default=None, help="stages to compare (default: all with test predictions)")
-    parser.add_argument("--reference", default="pattennet", help="model tested against each baseline (default: pattennet)")
-    parser.add_argument("--n_boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (default: 0.05)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    parser.add_argument("--calibration_bins", type=int, default=5, help="bins of the calibration plot (default: 5)")
-    parser.add_argument("--no_wandb", action="store_true", help="do not write the W&B summary run")
-    args = parser.parse_args(argv)
-    report(args.experiment, args.runs_dir, args.stages, args.reference, args.n_boot, args.alpha, args.seed,
-           args.calibration_bins, log_wandb=not args.no_wandb)
-    return 0

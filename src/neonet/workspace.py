@@ -91,6 +91,32 @@ class Workspace:
         """``artifact.json``: what produced a stage folder."""
         return self.stage_dir(stage, fold) / "artifact.json"
 
+    def config_path(self, stage: str, fold: int) -> Path:
+        """``config.yaml``: the full resolved config of the fold's ``neonet fit`` (LightningCLI writes it)."""
+        return self.stage_dir(stage, fold) / "config.yaml"
+
+    def cv_log(self, stage: str, fold: int) -> Path:
+        """The fold's output when ``neonet cv --jobs N`` trains folds side by side."""
+        return self.stage_dir(stage, fold) / "cv.log"
+
+    def fold_lock(self, stage: str, fold: int) -> Path:
+        """The lock held by the process training the fold."""
+        return self.stage_dir(stage, fold) / ".cv.lock"
+
+    def test_predictions(self, stage: str, fold: int) -> Path:
+        """A classifier fold's predictions on its held-out patients (written by ``neonet test``)."""
+        return self.stage_dir(stage, fold) / "test_predictions.csv"
+
+    def all_test_predictions(self) -> list[Path]:
+        """Every classifier fold's test predictions in the experiment."""
+        return sorted(self.root.glob("*/fold*/test_predictions.csv"))
+
+    def stage_folds(self, stage: str) -> list[int]:
+        """The folds of ``stage`` that have a folder, in order."""
+        folder = self.root / stage
+        found = [p.name[4:] for p in folder.glob("fold*") if p.is_dir()] if folder.is_dir() else []
+        return sorted(int(k) for k in found if k.isdigit())
+
     @property
     def seg_predictions_dir(self) -> Path:
         """Out-of-fold NeoSeg masks, one NIfTI per case."""
@@ -117,6 +143,19 @@ class Workspace:
     def synthetic_dir(self, fold: int) -> Path:
         """Synthetic patches of fold ``k``."""
         return self.root / "synthetic" / f"fold{int(fold)}"
+
+    def synthetic_manifest(self, fold: int) -> Path:
+        """Provenance manifest of fold ``k``'s synthetic patches."""
+        return self.synthetic_dir(fold) / "manifest.csv"
+
+    def synthetic_config(self, fold: int) -> Path:
+        """Settings and inputs that fold ``k``'s synthetic patches were made with."""
+        return self.synthetic_dir(fold) / "synth_config.json"
+
+    @property
+    def crop_config(self) -> Path:
+        """Settings and inputs that the TLCR patches were made with."""
+        return self.patches_dir / "crop_config.json"
 
     @property
     def reports_dir(self) -> Path:

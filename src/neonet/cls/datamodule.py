@@ -239,7 +239,7 @@ class ClsDataModule(FoldDataModule):
         ws = self.workspace
         out: dict[str, Any] = {"patches_manifest": ws.checkpoint_record(ws.patches_manifest)}
         if self.use_synthetic:
-            manifest = ws.synthetic_dir(self.fold) / "manifest.csv"
+            manifest = ws.synthetic_manifest(self.fold)
             syn = [i for i in self.items("train") if i["synthetic"]]
             out["synthetic"] = {
                 "manifest": str(manifest),

@@ -1,13 +1,16 @@
-"""``PattenNetModule``: NeoCls training for PattenNet and, with another injected ``net``, the baselines.
+"""NeoCls stages: :class:`ClassifierModule` trains any injected classifier network (the baselines);
+:class:`PattenNetModule` is the PattenNet stage on top of it, the one that takes the frozen encoder.
 
-One LightningModule for every classifier, so PattenNet and the 3D CNN baselines share loss,
-optimiser, metrics, model selection and test-prediction files. The stage folder comes from the
-``stage`` argument (``pattennet``, ``resnet18``, ``pattennet_syn``, ...), so each model of the
-ablation runs in its own ``<runs>/<experiment>/<stage>/fold<k>/``.
+Every classifier shares loss, optimiser, metrics, model selection and test-prediction files. The stage
+folder comes from the ``stage`` argument (``pattennet``, ``resnet18``, ``pattennet_syn``, ...), so each
+model of the ablation runs in its own ``<runs>/<experiment>/<stage>/fold<k>/``; what the fold's model is
+(its name in reports, real only or real + synthetic, the network class) is recorded in its
+``artifact.json`` (:meth:`ClassifierModule.describe`), which the report reads.
 
-For PattenNet (a ``net`` with an ``encoder``), ``setup("fit")`` loads the frozen encoder from
-**the same fold's** autoencoder checkpoint (``encoder_checkpoint: auto``) and refuses one whose
-artifact says it saw the fold's test patients.
+``PattenNetModule.setup("fit")`` loads the frozen encoder from **the same fold's** autoencoder
+checkpoint (``encoder_checkpoint: auto``), refuses one whose artifact says it saw the fold's test
+patients, and gives encoder weights only to a network that declares it takes them
+(``takes_autoencoder_encoder``, e.g. :class:`neonet.nets.PattenNet`).
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.losses import FocalLoss
 from torch import nn
@@ -30,14 +32,16 @@ from neonet.cls.datamodule import labels_of
 from neonet.cls.encoder import check_encoder_fold, find_encoder, load_encoder_checkpoint, resolve_encoder_checkpoint
 from neonet.cls.metrics import ScoreCollector, split_metrics, youden
 from neonet.errors import NeonetError
+from neonet.stage import CVContext, FoldContext, StageModule
 
 log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ["case_id", "patient_id", "fold", "y_true", "prob", "logit", "threshold_youden_val"]
+REAL, SYNTHETIC = "real only", "real + synthetic"
 
 
-class PattenNetModule(LightningModule):
-    """Binary PNI classifier of one fold: PattenNet or a baseline (``net`` returns logits of shape (B,)).
+class ClassifierModule(StageModule):
+    """Binary PNI classifier of one fold with any injected network (``net`` returns logits of shape (B,)).
 
     Logs ``{train,val,test}/loss``, ``/auc``, ``/ap``, and accuracy, sensitivity, specificity, F1 at the
     Youden threshold chosen on the inner validation split (``_youden``) and at 0.5 (``_05``).
@@ -53,20 +57,16 @@ class PattenNetModule(LightningModule):
             ``trainer.max_epochs`` when ``cosine`` is true.
         cosine: with no ``scheduler``, anneal the learning rate with a cosine to ``min_lr_ratio * lr``.
         min_lr_ratio: final learning rate of the cosine schedule relative to the initial one.
-        stage: stage folder name (``pattennet``, ``resnet18``, ...); names containing ``_syn`` must
-            train with ``data.use_synthetic: true`` and the others without, so the ablation table
-            cannot mix them up.
+        stage: stage folder name (``resnet18``, ``resnet18_syn``, ...).
+        model_name: the model's name in reports and the ablation table (a model trained on real patches
+            and the same model trained on real + synthetic ones share it); None uses the stage name
+            without a trailing ``_syn``. Whether the fold trained with synthetic patches is recorded from
+            its data (``data.use_synthetic``), not read from the name.
         loss: ``bce`` (binary cross-entropy with logits) or ``focal`` (MONAI sigmoid focal loss).
         pos_weight: BCE weight of positives: a number, ``auto`` (negatives / positives of the
             fold's training set, synthetic included), or None.
         focal_gamma: focusing parameter of the focal loss.
         focal_alpha: weight of positives in the focal loss (None: unweighted).
-        encoder_checkpoint: ``auto`` loads the net's encoder from the fold's own
-            ``<encoder_stage>/fold<k>/checkpoints/best.ckpt``; a path loads that file; None keeps
-            the encoder's initial weights. Ignored for nets without an ``encoder``.
-        encoder_stage: stage folder of the autoencoder.
-        encoder_prefix: prefix of the AutoencoderKL tensors in that checkpoint's ``state_dict``.
-        encoder_config: the autoencoder's config, named in the error when its checkpoint is missing.
         write_predictions: write ``test_predictions.csv`` at the end of ``neonet test``.
         monitor: what selects ``best.ckpt`` on the inner validation split: ``val/selection`` is
             ``val/auc`` with ties broken by the lower ``val/loss`` (``val/auc - 1e-4 * min(val/loss, 9.99)``,
@@ -80,10 +80,9 @@ class PattenNetModule(LightningModule):
             epoch in the running. Applies to the ``val/selection`` monitor.
     """
 
-    stage = "pattennet"
+    stage = "classifier"
     monitor = "val/selection"
     monitor_mode = "max"
-    cv_hooks = "neonet.cls.evaluate:ClsCVHooks"
 
     def __init__(
         self,
@@ -92,36 +91,33 @@ class PattenNetModule(LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         cosine: bool = True,
         min_lr_ratio: float = 0.01,
-        stage: str = "pattennet",
+        stage: str = "classifier",
+        model_name: str | None = None,
         loss: Literal["bce", "focal"] = "bce",
         pos_weight: float | Literal["auto"] | None = None,
         focal_gamma: float = 2.0,
         focal_alpha: float | None = None,
-        encoder_checkpoint: str | None = "auto",
-        encoder_stage: str = "autoencoder",
-        encoder_prefix: str = "autoencoder.",
-        encoder_config: str = "experiments/demo/autoencoder.yaml",
         write_predictions: bool = True,
         monitor: Literal["val/selection", "val/auc", "val/loss"] = "val/selection",
         select_from_epoch: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", stage or ""):
             raise ValueError(f"stage must be a plain folder name, got {stage!r}")
         if loss not in ("bce", "focal"):
             raise ValueError(f"loss must be 'bce' or 'focal', got {loss!r}")
         if loss == "focal" and pos_weight is not None:
             raise ValueError("pos_weight is for the BCE loss; use focal_alpha to weight positives in the focal loss")
+        if model_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", model_name):
+            raise ValueError(f"model_name must be a plain name (letters, digits, _ . + -), got {model_name!r}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        self.stage = stage  # instance attribute: NeonetCLI files the run under <stage>/fold<k>
-        self.monitor = monitor  # instance attributes: NeonetCLI's best.ckpt criterion
-        self.monitor_mode = "min" if monitor == "val/loss" else "max"
+        self.stage = stage  # type: ignore[misc]  # per instance: NeonetCLI files the run under <stage>/fold<k>
+        self.monitor = monitor  # type: ignore[misc]  # per instance: NeonetCLI's best.ckpt criterion
+        self.monitor_mode = "min" if monitor == "val/loss" else "max"  # type: ignore[misc]
         if select_from_epoch < 0:
             raise ValueError(f"select_from_epoch must be >= 0, got {select_from_epoch}")
         self.select_from_epoch = int(select_from_epoch)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.focal = FocalLoss(gamma=focal_gamma, alpha=focal_alpha, use_softmax=False) if loss == "focal" else None
         self.pos_weight_value: float | None = float(pos_weight) if isinstance(pos_weight, (int, float)) else None
         self.register_buffer("val_threshold", torch.tensor(0.5))
@@ -131,23 +127,15 @@ class PattenNetModule(LightningModule):
 
     # ------------------------------------------------------------------ setup
     def _datamodule(self) -> Any:
-        trainer = self._trainer
-        return getattr(trainer, "datamodule", None) if trainer is not None else None
+        return self.fold_data
 
     def setup(self, stage: str) -> None:
-        """Before fitting: check the stage name against ``use_synthetic``, load the fold's encoder, set pos_weight."""
+        """Before fitting: the fold's pos_weight (``auto``) from its training patches."""
         if stage != "fit":
             return
-        dm = self._datamodule()
+        dm = self.fold_data
         if dm is None:
-            raise NeonetError("PattenNetModule needs a neonet FoldDataModule (it knows the fold and the workspace)")
-        use_syn = bool(getattr(dm, "use_synthetic", False))
-        if ("_syn" in self.stage) != use_syn:
-            raise NeonetError(
-                f"stage {self.stage!r} with data.use_synthetic={use_syn}: stages trained with synthetic patches are "
-                "named with '_syn' (e.g. pattennet_syn) and only those; set --model.stage accordingly"
-            )
-        self._load_fold_encoder(dm)
+            raise NeonetError(f"{type(self).__name__} needs a neonet FoldDataModule (it knows the fold and the workspace)")
         if self.hparams.pos_weight == "auto":
             neg, pos = dm.class_counts()
             if pos == 0:
@@ -155,36 +143,38 @@ class PattenNetModule(LightningModule):
             self.pos_weight_value = neg / pos
             log.info("fold %d: pos_weight = %d / %d = %.3f", dm.fold, neg, pos, self.pos_weight_value)
 
-    def _load_fold_encoder(self, dm: Any) -> None:
-        encoder = find_encoder(self.net)
-        spec = self.hparams.encoder_checkpoint
-        if encoder is None:
-            if spec not in (None, "auto"):
-                raise NeonetError(f"encoder_checkpoint={spec!r} given, but {type(self.net).__name__} has no encoder")
-            return
-        ws, fold = dm.workspace, int(dm.fold)
-        path = resolve_encoder_checkpoint(spec, ws, fold, self.hparams.encoder_stage, self.hparams.encoder_config)
-        if path is None:
-            log.warning("encoder_checkpoint is None: PattenNet's encoder keeps its initial (untrained) weights")
-            return
-        if spec == "auto":
-            check_encoder_fold(ws, self.hparams.encoder_stage, fold, dm.split.test, dm.split.val)
-        else:
-            log.warning("encoder loaded from an explicit path %s: make sure it was trained on fold %d's training cases only", path, fold)
-        load_encoder_checkpoint(encoder, path, self.hparams.encoder_prefix)
-        self._encoder_record = {"stage": self.hparams.encoder_stage, "fold": fold, "prefix": self.hparams.encoder_prefix,
-                                **ws.checkpoint_record(path)}
-
     def upstream(self) -> dict[str, Any]:
         """Upstream inputs of this fit (encoder checkpoint and hash, patch/synthetic manifests), for ``artifact.json``."""
         out: dict[str, Any] = {}
         if self._encoder_record is not None:
             out["encoder_checkpoint"] = self._encoder_record
-        dm = self._datamodule()
-        if dm is not None and callable(getattr(dm, "upstream", None)):
-            out.update(dm.upstream())
+        out.update(super().upstream())
         out["pos_weight"] = self.pos_weight_value
         return out
+
+    def describe(self) -> dict[str, Any]:
+        """The fold's model for ``artifact.json``: its name in reports, variant (real only / + synthetic), network."""
+        dm = self.fold_data
+        synthetic = bool(getattr(dm, "use_synthetic", False))
+        name = self.hparams.model_name or (self.stage[: -len("_syn")] if synthetic and self.stage.endswith("_syn") else self.stage)
+        net = type(self.net)
+        return {"classifier": {"model": name, "variant": SYNTHETIC if synthetic else REAL, "use_synthetic": synthetic,
+                               "network": f"{net.__module__}.{net.__qualname__}", "module": type(self).__name__}}
+
+    # ------------------------------------------------------------------ cv hooks
+    @classmethod
+    def after_fold(cls, ctx: FoldContext) -> dict[str, Any]:
+        """Test the fold's best checkpoint on its held-out patients (``test_predictions.csv``); returns the test metrics."""
+        from neonet.cls.evaluate import test_fold
+
+        return test_fold(ctx)
+
+    @classmethod
+    def after_folds(cls, ctx: CVContext) -> None:
+        """The experiment's classification report over every classifier stage (:func:`neonet.report.report`)."""
+        from neonet.report import report
+
+        report(experiment=ctx.ws.experiment, runs_dir=ctx.ws.runs_dir)
 
     # ------------------------------------------------------------------ steps
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -276,7 +266,7 @@ class PattenNetModule(LightningModule):
         frame = pd.DataFrame(rows).drop_duplicates("case_id")  # DistributedSampler may repeat cases
         frame.insert(2, "fold", int(dm.fold))
         frame["threshold_youden_val"] = float(self.val_threshold)
-        path = dm.workspace.stage_dir(self.stage, dm.fold) / "test_predictions.csv"
+        path = dm.workspace.test_predictions(self.stage, dm.fold)
         write_csv(path, frame[PREDICTION_COLUMNS].sort_values("case_id"))
         log.info("%s fold %d: %d test predictions -> %s", self.stage, dm.fold, len(frame), path)
 
@@ -303,3 +293,73 @@ class PattenNetModule(LightningModule):
         eta_min = [g["lr"] * self.hparams.min_lr_ratio for g in optimizer.param_groups][0]
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=eta_min)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+
+class PattenNetModule(ClassifierModule):
+    """The PattenNet stage: a :class:`ClassifierModule` whose network takes the fold's frozen autoencoder encoder.
+
+    Before fitting, the encoder weights of **the same fold's** autoencoder (``encoder_checkpoint: auto``) are
+    loaded into ``net.encoder``, after checking that the autoencoder never saw the fold's test patients.
+    Only a network that declares ``takes_autoencoder_encoder = True`` (e.g. :class:`neonet.nets.PattenNet`)
+    is accepted.
+
+    Args:
+        net: the PattenNet network (``neonet.nets.PattenNet``).
+        stage: stage folder name (``pattennet``, ``pattennet_syn``, ``pattennet_hist``, ...).
+        encoder_checkpoint: ``auto`` loads the net's encoder from the fold's own
+            ``<encoder_stage>/fold<k>/checkpoints/best.ckpt``; a path loads that file; None keeps
+            the encoder's initial weights.
+        encoder_stage: stage folder of the autoencoder.
+        encoder_prefix: prefix of the AutoencoderKL tensors in that checkpoint's ``state_dict``.
+        encoder_config: the autoencoder's config, named in the error when its checkpoint is missing.
+        **kwargs: every other option of :class:`ClassifierModule` (optimizer, loss, monitor, ...).
+    """
+
+    stage = "pattennet"
+    takes_encoder: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        net: nn.Module,
+        stage: str = "pattennet",
+        encoder_checkpoint: str | None = "auto",
+        encoder_stage: str = "autoencoder",
+        encoder_prefix: str = "autoencoder.",
+        encoder_config: str = "experiments/demo/autoencoder.yaml",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(net, stage=stage, **kwargs)
+        self.save_hyperparameters(ignore=["net"])
+
+    def setup(self, stage: str) -> None:
+        """Before fitting: load the fold's encoder into the network, then the classifier's setup."""
+        if stage == "fit":
+            dm = self.fold_data
+            if dm is None:
+                raise NeonetError("PattenNetModule needs a neonet FoldDataModule (it knows the fold and the workspace)")
+            self._load_fold_encoder(dm)
+        super().setup(stage)
+
+    def _load_fold_encoder(self, dm: Any) -> None:
+        if not getattr(type(self.net), "takes_autoencoder_encoder", False):
+            raise NeonetError(
+                f"PattenNetModule loads the fold's autoencoder encoder into its network, but {type(self.net).__name__} "
+                "does not declare that it takes one (takes_autoencoder_encoder = True). Train other networks with "
+                "model.class_path: neonet.cls.ClassifierModule (see experiments/demo/baseline_resnet18.yaml)."
+            )
+        encoder = find_encoder(self.net)
+        if encoder is None:
+            raise NeonetError(f"{type(self.net).__name__} declares takes_autoencoder_encoder but has no `encoder` module")
+        spec = self.hparams.encoder_checkpoint
+        ws, fold = dm.workspace, int(dm.fold)
+        path = resolve_encoder_checkpoint(spec, ws, fold, self.hparams.encoder_stage, self.hparams.encoder_config)
+        if path is None:
+            log.warning("encoder_checkpoint is None: PattenNet's encoder keeps its initial (untrained) weights")
+            return
+        if spec == "auto":
+            check_encoder_fold(ws, self.hparams.encoder_stage, fold, dm.split.test, dm.split.val)
+        else:
+            log.warning("encoder loaded from an explicit path %s: make sure it was trained on fold %d's training cases only", path, fold)
+        load_encoder_checkpoint(encoder, path, self.hparams.encoder_prefix)
+        self._encoder_record = {"stage": self.hparams.encoder_stage, "fold": fold, "prefix": self.hparams.encoder_prefix,
+                                **ws.checkpoint_record(path)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch import LightningDataModule
 
@@ -99,3 +100,10 @@ class FoldDataModule(LightningDataModule):
         trainer = self.trainer
         world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
         return n_train // world > batch_size
+
+    def check_inputs(self) -> None:
+        """Check the fold's inputs before ``neonet fit`` spends compute (subclasses add their checks)."""
+
+    def upstream(self) -> dict[str, Any]:
+        """Inputs of the fold beyond its cases (manifests, caches with hashes), for ``artifact.json``."""
+        return {}

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.loggers import WandbLogger
 from monai.losses import PatchAdversarialLoss
@@ -30,7 +29,9 @@ from torch import nn
 
 from neonet.errors import NeonetError
 from neonet.gen.common import autoencoder_factor, check_divisible, drop_module_hparams, ms_ssim_settings, ssim_window
+from neonet.gen.hooks import write_stage_summary
 from neonet.gen.panels import reconstruction_panel
+from neonet.stage import CVContext, FoldContext, StageModule
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def build_perceptual_loss(weights: str, network: str = "resnet50") -> nn.Module:
         raise NeonetError(f"the perceptual loss needs torchvision ({exc}); install it or disable the loss") from exc
 
 
-class AutoencoderModule(LightningModule):
+class AutoencoderModule(StageModule):
     """Trains a 3D KL autoencoder (MONAI ``AutoencoderKL``) on a fold's image patches.
 
     Args:
@@ -86,7 +87,6 @@ class AutoencoderModule(LightningModule):
     stage = "autoencoder"
     monitor = "val/psnr"
     monitor_mode = "max"
-    cv_hooks = "neonet.gen.hooks:AutoencoderCVHooks"
 
     def __init__(
         self,
@@ -105,14 +105,13 @@ class AutoencoderModule(LightningModule):
         latent_samples: int = 4,
         latent_flip_axes: list[int] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer)
         with warnings.catch_warnings():  # networks are stored as config under the CLI, dropped otherwise
             warnings.simplefilter("ignore")
             self.save_hyperparameters()
         drop_module_hparams(self)
         self.autoencoder = autoencoder
         self.discriminator = discriminator
-        self.optimizer_factory = optimizer
         self.disc_optimizer_factory = disc_optimizer
         if discriminator is not None:
             self.automatic_optimization = False
@@ -273,7 +272,21 @@ class AutoencoderModule(LightningModule):
                     lg.log_image(key="val/reconstruction", images=[str(path)], step=self.global_step)
 
     # ------------------------------------------------------------------ optimizers
+    # ------------------------------------------------------------------ cv hooks
+    @classmethod
+    def after_fold(cls, ctx: FoldContext) -> dict[str, Any]:
+        """Reconstruction metrics of ``best.ckpt`` on the inner validation patches, then the fold's latent cache."""
+        from neonet.gen.hooks import autoencoder_after_fold
+
+        return autoencoder_after_fold(ctx)
+
+    @classmethod
+    def after_folds(cls, ctx: CVContext) -> None:
+        """Per-fold table of the stage in ``reports/autoencoder_summary.*`` and a W&B summary run."""
+        write_stage_summary(ctx.ws, cls.stage, ctx.folds)
+
     def configure_optimizers(self) -> Any:
+        """Adam for the autoencoder and, with a discriminator, one for it (manual optimisation)."""
         opt_g = self.optimizer_factory(self.autoencoder.parameters())
         if self.discriminator is None:
             return opt_g

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.networks.utils import copy_model_state
 from torch import nn
@@ -36,7 +35,9 @@ from neonet.errors import NeonetError
 from neonet.gen.common import drop_module_hparams, freeze, instantiate, label_onehot, region_weight_map
 from neonet.gen.diffusion import DiffusionModule, check_class_embeds, class_labels
 from neonet.gen.sampling import NoiseSchedule, training_target
+from neonet.gen.hooks import write_stage_summary
 from neonet.gen.upstream import load_stage_module, require_checkpoint
+from neonet.stage import CVContext, FoldContext, StageModule
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def cond_downsampling(controlnet: nn.Module) -> int:
     return 2 ** (len(blocks) // 2) if blocks is not None else 1
 
 
-class ControlNetModule(LightningModule):
+class ControlNetModule(StageModule):
     """Trains a ControlNet that makes the frozen diffusion UNet follow a label patch.
 
     Args:
@@ -86,7 +87,6 @@ class ControlNetModule(LightningModule):
     stage = "controlnet"
     monitor = "val/loss"
     monitor_mode = "min"
-    cv_hooks = "neonet.gen.hooks:ControlNetCVHooks"
 
     def __init__(
         self,
@@ -98,14 +98,12 @@ class ControlNetModule(LightningModule):
         class_dropout: float | None = None,
         val_seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         with warnings.catch_warnings():  # networks are stored as config under the CLI, dropped otherwise
             warnings.simplefilter("ignore")
             self.save_hyperparameters()
         drop_module_hparams(self)
         self.controlnet = controlnet
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.unet: nn.Module | None = None
         self.noise_schedule: NoiseSchedule | None = None
         self.num_classes: int | None = None
@@ -254,8 +252,17 @@ class ControlNetModule(LightningModule):
             "latent_cache": str(dm.workspace.latents_dir(dm.fold)) if dm is not None else None,
         }
 
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.controlnet.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The ControlNet's parameters (the diffusion UNet and the autoencoder stay frozen)."""
+        return list(self.controlnet.parameters())
+
+    # ------------------------------------------------------------------ cv hooks
+    @classmethod
+    def after_fold(cls, ctx: FoldContext) -> dict[str, Any]:
+        """Nothing after the fit (the fold's ``artifact.json`` already holds its metrics)."""
+        return {}
+
+    @classmethod
+    def after_folds(cls, ctx: CVContext) -> None:
+        """Per-fold table of the stage in ``reports/<stage>_summary.*`` and a W&B summary run."""
+        write_stage_summary(ctx.ws, cls.stage, ctx.folds)

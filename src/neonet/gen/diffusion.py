@@ -26,14 +26,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from neonet.errors import NeonetError
 from neonet.gen.common import drop_module_hparams
+from neonet.gen.hooks import write_stage_summary
 from neonet.gen.sampling import NoiseSchedule, training_target
+from neonet.stage import CVContext, FoldContext, StageModule
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def class_labels(pni: torch.Tensor, num_classes: int | None, drop: float = 0.0) 
     return labels
 
 
-class DiffusionModule(LightningModule):
+class DiffusionModule(StageModule):
     """Denoising diffusion model on latents of the fold's autoencoder.
 
     Args:
@@ -84,7 +85,6 @@ class DiffusionModule(LightningModule):
     stage = "diffusion"
     monitor = "val/loss"
     monitor_mode = "min"
-    cv_hooks = "neonet.gen.hooks:DiffusionCVHooks"
 
     def __init__(
         self,
@@ -102,15 +102,13 @@ class DiffusionModule(LightningModule):
         ema_start_step: int = 0,
         val_seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         with warnings.catch_warnings():  # networks are stored as config under the CLI, dropped otherwise
             warnings.simplefilter("ignore")
             self.save_hyperparameters()
         drop_module_hparams(self)
         check_class_embeds(unet, num_classes)
         self.unet = unet
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.noise_schedule = NoiseSchedule(num_train_timesteps, schedule, beta_start, beta_end, prediction_type)
         self.train_scheduler = self.noise_schedule.ddpm()
         self.num_classes = num_classes
@@ -234,8 +232,17 @@ class DiffusionModule(LightningModule):
         meta = getattr(dm, "cache_meta", None) or {}
         return {"autoencoder": meta.get("autoencoder_checkpoint"), "latent_cache": str(dm.workspace.latents_dir(dm.fold)) if dm else None}
 
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory([p for p in self.unet.parameters() if p.requires_grad])
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The UNet's parameters (the EMA copy is updated by averaging, not by the optimizer)."""
+        return [p for p in self.unet.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ cv hooks
+    @classmethod
+    def after_fold(cls, ctx: FoldContext) -> dict[str, Any]:
+        """Nothing after the fit (the fold's ``artifact.json`` already holds its metrics)."""
+        return {}
+
+    @classmethod
+    def after_folds(cls, ctx: CVContext) -> None:
+        """Per-fold table of the stage in ``reports/<stage>_summary.*`` and a W&B summary run."""
+        write_stage_summary(ctx.ws, cls.stage, ctx.folds)

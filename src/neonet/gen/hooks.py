@@ -1,4 +1,4 @@
-"""NeoGen stages in ``neonet cv``: the autoencoder hook builds each fold's latent cache; every stage
+"""NeoGen stages in ``neonet cv``: after each autoencoder fold, its evaluation and latent cache; every stage
 writes a cross-fold table to ``reports/<stage>_summary.{csv,json,md}`` and a W&B summary run."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pandas as pd
 import torch
 
 from neonet.atomic import write_csv, write_json, write_text
-from neonet.config import load_config
 from neonet.data.patches import patch_records
 from neonet.gen.latents import build_latent_cache, read_fold
 from neonet.gen.upstream import load_autoencoder, require_checkpoint
+from neonet.stage import FoldContext
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -46,44 +46,36 @@ def evaluate_autoencoder(ws: Workspace, fold: int, batch_size: int = 8) -> dict[
     return {f"val_{k}": float(m.aggregate().item()) for k, m in metrics.items()} | {"n_val_patches": len(images)}
 
 
-class StageSummaryHooks:
-    """Cross-fold summary of a NeoGen stage from its ``artifact.json`` files."""
+def stage_summary_rows(ws: Workspace, stage: str, folds: list[int]) -> pd.DataFrame:
+    """One row per fold of a NeoGen stage: best score and the fold's final metrics (from ``artifact.json``)."""
+    rows = []
+    for k in folds:
+        art = ws.read_artifact(stage, k) or {}
+        row: dict[str, Any] = {"fold": k, "monitor": art.get("monitor"), "best_score": art.get("best_score"),
+                               "epochs": art.get("epochs"), "global_step": art.get("global_step")}
+        row.update({k2: v for k2, v in (art.get("evaluation") or {}).items()})
+        row.update({f"final/{k2}": v for k2, v in (art.get("final_metrics") or {}).items() if k2.startswith("val/")})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
-    stage = ""
 
-    def after_fold(self, ws: Workspace, fold: int, run: Any) -> dict[str, Any]:
-        """Nothing to do after a fold's fit (the artifact already holds its metrics)."""
-        return {}
+def write_stage_summary(ws: Workspace, stage: str, folds: list[int]) -> None:
+    """Write ``reports/<stage>_summary.{csv,json,md}`` and a W&B summary run for a NeoGen stage."""
+    frame = stage_summary_rows(ws, stage, folds)
+    if frame.empty:
+        return
+    reports = ws.reports_dir
+    write_csv(reports / f"{stage}_summary.csv", frame)
+    numeric = frame.drop(columns=["fold"]).select_dtypes("number")
+    summary = {c: {"mean": float(numeric[c].mean()), "sd": float(numeric[c].std(ddof=1)) if len(numeric) > 1 else 0.0}
+               for c in numeric.columns}
+    write_json(reports / f"{stage}_summary.json", {"per_fold": frame.to_dict(orient="records"), "summary": summary})
+    md = frame.to_markdown(index=False) if _has_tabulate() else frame.to_string(index=False)
+    write_text(reports / f"{stage}_summary.md", f"# NeoGen {stage}: per fold\n\n{md}\n")
+    log.info("%s summary (%s):\n%s", stage, reports / f"{stage}_summary.csv", frame.to_string(index=False))
+    from neonet.wandb_summary import log_cv_summary
 
-    def rows(self, ws: Workspace, folds: list[int]) -> pd.DataFrame:
-        """One row per fold: best score and the fold's final metrics."""
-        rows = []
-        for k in folds:
-            art = ws.read_artifact(self.stage, k) or {}
-            row: dict[str, Any] = {"fold": k, "monitor": art.get("monitor"), "best_score": art.get("best_score"),
-                                   "epochs": art.get("epochs"), "global_step": art.get("global_step")}
-            row.update({k2: v for k2, v in (art.get("evaluation") or {}).items()})
-            row.update({f"final/{k2}": v for k2, v in (art.get("final_metrics") or {}).items() if k2.startswith("val/")})
-            rows.append(row)
-        return pd.DataFrame(rows)
-
-    def after_all(self, ws: Workspace, cfg: dict[str, Any], folds: list[int]) -> None:
-        """Write ``reports/<stage>_summary.*`` and a W&B summary run."""
-        frame = self.rows(ws, folds)
-        if frame.empty:
-            return
-        reports = ws.reports_dir
-        write_csv(reports / f"{self.stage}_summary.csv", frame)
-        numeric = frame.drop(columns=["fold"]).select_dtypes("number")
-        summary = {c: {"mean": float(numeric[c].mean()), "sd": float(numeric[c].std(ddof=1)) if len(numeric) > 1 else 0.0}
-                   for c in numeric.columns}
-        write_json(reports / f"{self.stage}_summary.json", {"per_fold": frame.to_dict(orient="records"), "summary": summary})
-        md = frame.to_markdown(index=False) if _has_tabulate() else frame.to_string(index=False)
-        write_text(reports / f"{self.stage}_summary.md", f"# NeoGen {self.stage}: per fold\n\n{md}\n")
-        log.info("%s summary (%s):\n%s", self.stage, reports / f"{self.stage}_summary.csv", frame.to_string(index=False))
-        from neonet.wandb_summary import log_cv_summary
-
-        log_cv_summary(ws, self.stage, {f"{self.stage}_folds": frame}, {f"{k}_mean": v["mean"] for k, v in summary.items()})
+    log_cv_summary(ws, stage, {f"{stage}_folds": frame}, {f"{k}_mean": v["mean"] for k, v in summary.items()})
 
 
 def _has_tabulate() -> bool:
@@ -94,35 +86,16 @@ def _has_tabulate() -> bool:
     return True
 
 
-class AutoencoderCVHooks(StageSummaryHooks):
-    """After each fold: evaluate the best autoencoder and build the fold's latent cache."""
-
-    stage = "autoencoder"
-
-    def after_fold(self, ws: Workspace, fold: int, run: Any) -> dict[str, Any]:
-        """Reconstruction metrics of ``best.ckpt`` + the latent cache (settings from the model config)."""
-        margs: dict[str, Any] = {}
-        if run is not None and getattr(run, "configs", None):
-            cfg = load_config(run.configs, [o.lstrip("-") for o in run.overrides])
-            margs = dict(((cfg.get("model") or {}).get("init_args")) or {})
-        evaluation = evaluate_autoencoder(ws, fold)
-        log.info("fold %d: autoencoder best.ckpt on inner validation: %s", fold, evaluation)
-        out = build_latent_cache(
-            ws, fold,
-            samples=int(margs.get("latent_samples", 4)),
-            flip_axes=list(margs.get("latent_flip_axes", [0, 1])),
-            force=False,
-        )
-        return {"evaluation": evaluation, "latent_cache": str(out)}
-
-
-class DiffusionCVHooks(StageSummaryHooks):
-    """Cross-fold summary of the diffusion stage."""
-
-    stage = "diffusion"
-
-
-class ControlNetCVHooks(StageSummaryHooks):
-    """Cross-fold summary of the ControlNet stage."""
-
-    stage = "controlnet"
+def autoencoder_after_fold(ctx: FoldContext) -> dict[str, Any]:
+    """Reconstruction metrics of the fold's ``best.ckpt`` + its latent cache (settings from the model config)."""
+    margs = dict((ctx.config.get("model") or {}).get("init_args") or {})
+    evaluation = evaluate_autoencoder(ctx.ws, ctx.fold)
+    log.info("fold %d: autoencoder best.ckpt on inner validation: %s", ctx.fold, evaluation)
+    flips = margs.get("latent_flip_axes")
+    out = build_latent_cache(
+        ctx.ws, ctx.fold,
+        samples=int(margs.get("latent_samples") or 4),
+        flip_axes=[0, 1] if flips is None else list(flips),
+        force=False,
+    )
+    return {"evaluation": evaluation, "latent_cache": str(out)}

@@ -9,7 +9,7 @@ the input then carries as its last channel.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +146,10 @@ class PattenNet(nn.Module):
         head_norm: batch-normalise the pooled descriptor before the MLP (the frozen encoder's
             features are not standardised: channel means far exceed their spread).
     """
+
+    #: ``neonet.cls.PattenNetModule`` loads the fold's autoencoder encoder weights into ``encoder``. A network
+    #: receives such weights only when it declares this; a baseline with an ``encoder`` attribute does not.
+    takes_autoencoder_encoder: ClassVar[bool] = True
 
     def __init__(
         self,

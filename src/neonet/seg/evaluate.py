@@ -13,9 +13,9 @@ from monai.metrics import compute_dice
 from tqdm.auto import tqdm
 
 from neonet.atomic import read_json, write_csv, write_json, write_text
-from neonet.config import data_args
 from neonet.data.cases import LIVER, TUMOR, LabelMap, read_cases
 from neonet.data.nifti import load_nifti, read_array
+from neonet.stage import CVContext
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -97,35 +97,26 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class SegCVHooks:
-    """NeoSeg in ``neonet cv``: predict each fold's held-out cases, then report OOF Dice."""
+def write_oof_report(ctx: CVContext) -> None:
+    """Write ``reports/seg_oof_dice.csv``, ``seg_summary.json`` and ``seg_summary.md`` (NeoSeg's cross-fold summary)."""
+    ws, dargs = ctx.ws, ctx.data_args()
+    label_map = LabelMap(
+        liver=tuple(dargs.get("liver") or [1]), tumor=tuple(dargs.get("tumor") or [2]), other=tuple(dargs.get("other") or [])
+    )
+    n_folds = int(read_json(ws.splits_path)["folds"])
+    done = [k for k in range(n_folds) if ws.is_complete("seg", k)]  # folds may run in separate calls
+    frame = evaluate_oof(ws, dargs["cases"], label_map, done)
+    if frame.empty:
+        log.warning("no cases with manual labels to evaluate")
+        return
+    reports = ws.reports_dir
+    write_csv(reports / "seg_oof_dice.csv", frame)
+    summary = summarise(frame)
+    write_json(reports / "seg_summary.json", summary)
+    table = markdown_table(summary)
+    write_text(reports / "seg_summary.md", "# NeoSeg out-of-fold Dice\n\n" + table)
+    log.info("NeoSeg out-of-fold Dice (%s):\n%s", reports / "seg_summary.json", table)
+    from neonet.wandb_summary import log_cv_summary
 
-    def after_fold(self, ws: Workspace, fold: int, run: Any) -> dict[str, Any]:
-        """Write the fold's out-of-fold masks with its best checkpoint."""
-        best = ws.best_checkpoint("seg", fold)
-        run("predict", ["--ckpt_path", str(best), "--data.predict_split=test"])
-        return {"predictions": str(ws.seg_predictions_dir)}
-
-    def after_all(self, ws: Workspace, cfg: dict[str, Any], folds: list[int]) -> None:
-        """Write ``reports/seg_oof_dice.csv``, ``seg_summary.json`` and ``seg_summary.md``."""
-        dargs = data_args(cfg)
-        label_map = LabelMap(
-            liver=tuple(dargs.get("liver") or [1]), tumor=tuple(dargs.get("tumor") or [2]), other=tuple(dargs.get("other") or [])
-        )
-        n_folds = int(read_json(ws.splits_path)["folds"])
-        done = [k for k in range(n_folds) if ws.is_complete("seg", k)]  # folds may run in separate calls
-        frame = evaluate_oof(ws, dargs["cases"], label_map, done)
-        if frame.empty:
-            log.warning("no cases with manual labels to evaluate")
-            return
-        reports = ws.reports_dir
-        write_csv(reports / "seg_oof_dice.csv", frame)
-        summary = summarise(frame)
-        write_json(reports / "seg_summary.json", summary)
-        table = markdown_table(summary)
-        write_text(reports / "seg_summary.md", "# NeoSeg out-of-fold Dice\n\n" + table)
-        log.info("NeoSeg out-of-fold Dice (%s):\n%s", reports / "seg_summary.json", table)
-        from neonet.wandb_summary import log_cv_summary
-
-        flat = {f"oof/{k}_mean": v["mean"] for k, v in summary.items() if isinstance(v, dict) and "mean" in v}
-        log_cv_summary(ws, "seg", {"oof_dice": frame}, flat)
+    flat = {f"oof/{k}_mean": v["mean"] for k, v in summary.items() if isinstance(v, dict) and "mean" in v}
+    log_cv_summary(ws, "seg", {"oof_dice": frame}, flat)

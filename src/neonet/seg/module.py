@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
@@ -15,6 +14,7 @@ from torch import nn
 
 from neonet.data.cases import LIVER, TUMOR
 from neonet.seg.postprocess import postprocess_labels
+from neonet.stage import CVContext, FoldContext, StageModule
 
 
 def region_onehot(labels: torch.Tensor) -> torch.Tensor:
@@ -22,7 +22,7 @@ def region_onehot(labels: torch.Tensor) -> torch.Tensor:
     return torch.cat([(labels >= LIVER), (labels == TUMOR)], dim=1).float()
 
 
-class SegModule(LightningModule):
+class SegModule(StageModule):
     """NeoSeg: trains any 3-class 3D segmentation network on liver and tumour.
 
     Loss is MONAI Dice + cross-entropy over {background, liver, tumour}. Validation runs
@@ -49,7 +49,6 @@ class SegModule(LightningModule):
     stage = "seg"
     monitor = "val/dice_mean"
     monitor_mode = "max"
-    cv_hooks = "neonet.seg.evaluate:SegCVHooks"
 
     def __init__(
         self,
@@ -65,12 +64,10 @@ class SegModule(LightningModule):
         min_tumor_voxels: int = 10,
         channels_last: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["net"])
         self.net = net.to(memory_format=torch.channels_last_3d) if channels_last else net
         self.channels_last = channels_last
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.roi_size = tuple(roi_size) if roi_size else None
         self.loss = DiceCELoss(
             to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce, batch=batch_dice
@@ -134,8 +131,16 @@ class SegModule(LightningModule):
         cleaned = torch.stack([postprocess_labels(lab, self.hparams.min_tumor_voxels) for lab in labels])
         return {"pred": cleaned}
 
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+    # ------------------------------------------------------------------ cv hooks
+    @classmethod
+    def after_fold(cls, ctx: FoldContext) -> dict[str, Any]:
+        """Write the fold's out-of-fold masks (its held-out cases) with its best checkpoint."""
+        ctx.run("predict", ["--ckpt_path", str(ctx.ws.best_checkpoint(cls.stage, ctx.fold)), "--data.predict_split=test"])
+        return {"predictions": str(ctx.ws.seg_predictions_dir)}
+
+    @classmethod
+    def after_folds(cls, ctx: CVContext) -> None:
+        """Out-of-fold Dice per case, per fold and pooled in ``reports/`` (see :mod:`neonet.seg.evaluate`)."""
+        from neonet.seg.evaluate import write_oof_report
+
+        write_oof_report(ctx)
