@@ -30,7 +30,7 @@ CLASSIFIER  ?= pattennet
 DEMO_DONE   := $(RUNS)/demo/reports/demo_complete.txt
 export WANDB_MODE ?= offline
 
-.PHONY: help install test test-slow demo synth check-data seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case null clean-demo
+.PHONY: help install lint test test-slow demo synth check-data seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case null clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -48,6 +48,11 @@ install: $(VENV)/.installed ## create .venv: torch first (CPU here), then neonet
 
 test: install ## run the default test suite (excludes tests marked slow)
 	$(PY) -m pytest -m "not slow" -q
+
+lint: install ## ruff (lint + format check) and mypy on src/
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src
+	$(VENV)/bin/mypy
 
 test-slow: install ## run only the slow tests
 	$(PY) -m pytest -m slow -q
