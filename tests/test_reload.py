@@ -190,6 +190,22 @@ def test_builder_checks_every_class_before_building_any(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_controlnet_checkpoint_unet_record_is_built_through_the_allowlist(tmp_path: Path) -> None:
+    from monai.networks.nets import ControlNet
+
+    from neonet.gen.controlnet import ControlNetModule
+
+    net = ControlNet(spatial_dims=3, in_channels=3, channels=(8, 16), attention_levels=(False, False), num_res_blocks=1,
+                     norm_num_groups=4, num_head_channels=8, conditioning_embedding_in_channels=3,
+                     conditioning_embedding_num_channels=(8, 16))
+    marker = tmp_path / "unet_ran"
+    module = ControlNetModule(net)
+    record = {"spec": popen_spec(marker), "noise_schedule": {}, "num_classes": None}
+    with pytest.raises(NeonetError, match=r"^neonet_unet\.spec: class 'subprocess\.Popen' is not allowed"):
+        module.on_load_checkpoint({"neonet_unet": record})
+    assert module.unet is None and not marker.exists()
+
+
 # ----------------------------------------------------------------------------- refused and broken checkpoints
 def test_checkpoint_with_a_crafted_pickle_is_refused_and_nothing_runs(trained_experiment: dict, tmp_path: Path) -> None:
     ws = copy_fold(trained_experiment["ws"], "seg", 0, tmp_path)
