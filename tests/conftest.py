@@ -1,4 +1,4 @@
-"""Shared fixtures: quiet W&B, a small phantom cohort, and the optional real samples."""
+"""Shared fixtures: quiet W&B, a small phantom cohort, a tiny trained experiment, and the optional real samples."""
 
 from __future__ import annotations
 
@@ -31,3 +31,41 @@ def phantom_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("phantom")
     return synth(out, cases=12, seed=1, pni_fraction=0.5, shape=(48, 48, 16), spacing=(7.0, 7.0, 12.0))
+
+
+@pytest.fixture(scope="session")
+def trained_experiment(phantom_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Experiment ``test`` on the phantom cohort: NeoSeg folds 0-1 (1 epoch each, tests/conf/seg.yaml),
+    TLCR patches from the manual masks (tests/conf/crop.yaml) and PattenNet folds 0-1
+    (tests/conf/pattennet.yaml on a fake fold autoencoder). Fold 2 is left untrained on purpose.
+
+    Shared by the tests that need trained folds (``neonet predict-case``, reloading folds); they must
+    not change it (copy a fold folder to tamper with it).
+    """
+    import pandas as pd
+    import torch
+    from test_cls_fixtures import write_fake_autoencoder
+
+    from neonet.cli import main
+    from neonet.data.base import FoldDataModule
+    from neonet.workspace import Workspace
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny 3D convolutions: one thread is fastest on shared CPUs
+    try:
+        runs = tmp_path_factory.mktemp("trained_experiment") / "runs"
+        ws = Workspace(runs, "test")
+        data = [f"--data.cases={phantom_cohort}", f"--data.runs_dir={runs}"]
+        for k in (0, 1):
+            seg = ["fit", "--config", str(CONF / "seg.yaml"), *data, f"--data.fold={k}", "--trainer.enable_progress_bar=false"]
+            assert main(seg) == 0
+        crop = ["crop", "--config", str(CONF / "crop.yaml"), f"--cases={phantom_cohort}", f"--runs_dir={runs}", "--source=manual"]
+        assert main(crop) == 0
+        for k in (0, 1):
+            dm = FoldDataModule(str(phantom_cohort), experiment="test", runs_dir=str(runs), fold=k, folds=3)
+            write_fake_autoencoder(ws, k, seed=k, train_cases=list(dm.split.train))
+            assert main(["fit", "--config", str(CONF / "pattennet.yaml"), *data, "--data.experiment=test", f"--data.fold={k}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    cases = pd.read_csv(phantom_cohort).set_index("case_id")
+    return {"cases": cases, "root": phantom_cohort.parent, "runs": runs, "ws": ws}

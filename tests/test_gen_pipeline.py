@@ -22,6 +22,7 @@ from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.gen.latents import build_latent_cache, read_fold
 from neonet.gen.mask_aug import mask_digest
 from neonet.gen.toy import write_toy_cohort
+from neonet.reload import load_checkpoint_fold, load_trained_fold
 from neonet.workspace import Workspace
 
 CONF = Path(__file__).resolve().parent / "conf"
@@ -100,6 +101,38 @@ def test_latent_cache_manifest_and_refusals(chain):
         moved.rename(meta_path)
 
 
+class _Touch:
+    """Pickles as ``os.system("touch <marker>")``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_latent_cache_is_read_weights_only(chain, tmp_path):
+    from neonet.gen.latents import CACHE_FILE, load_latent_cache
+
+    ws = chain["ws"]
+    meta, cache = load_latent_cache(ws, FOLD)
+    assert cache["z"].shape[0] == sum(meta["n_latents"].values()) and isinstance(cache["case_id"][0], str)
+    path = ws.latents_dir(FOLD) / CACHE_FILE
+    original, marker = path.read_bytes(), tmp_path / "cache_ran"
+    try:
+        torch.save({**cache, "extra": _Touch(marker)}, path)
+        with pytest.raises(NeonetError, match=r"(?s)^.*cache\.pt: refused to load this latent cache.*python -m neonet\.gen\.latents"):
+            load_latent_cache(ws, FOLD)
+        path.write_bytes(original[: len(original) // 3])
+        with pytest.raises(NeonetError, match=r"(?s)truncated or corrupt.*python -m neonet\.gen\.latents .*--force true"):
+            load_latent_cache(ws, FOLD)
+    finally:
+        path.write_bytes(original)
+    assert not marker.exists()
+
+
 def test_diffusion_scale_factor_survives_reload_and_resume_continues(chain):
     from neonet.gen.diffusion import DiffusionModule
 
@@ -110,7 +143,8 @@ def test_diffusion_scale_factor_survives_reload_and_resume_continues(chain):
     assert first["global_step"] > 0 and last["global_step"] == 2 * first["global_step"]  # resumed, not restarted
     assert last["epoch"] == first["epoch"] + 1
     assert float(last["state_dict"]["scale_factor"]) == scale  # restored, not recomputed from a new batch
-    module = DiffusionModule.load_from_checkpoint(str(ws.best_checkpoint("diffusion", FOLD)), map_location="cpu")
+    module = load_trained_fold(ws, "diffusion", FOLD).module
+    assert isinstance(module, DiffusionModule)
     assert float(module.scale_factor) == scale
     assert ws.read_artifact("diffusion", FOLD)["scale_factor"] == pytest.approx(scale)
     ema, raw = module.sampling_unet().state_dict(), module.unet.state_dict()
@@ -119,7 +153,7 @@ def test_diffusion_scale_factor_survives_reload_and_resume_continues(chain):
 
 def test_controlnet_fit_builds_on_diffusion(chain):
     from neonet.gen.controlnet import ControlNetModule
-    from neonet.gen.upstream import load_stage_module
+    from neonet.gen.diffusion import DiffusionModule
 
     ws = chain["ws"]
     art = ws.read_artifact("controlnet", FOLD)
@@ -127,8 +161,13 @@ def test_controlnet_fit_builds_on_diffusion(chain):
     assert art["upstream"]["diffusion"]["sha256"] == sha256_file(ws.best_checkpoint("diffusion", FOLD))
     assert art["upstream"]["autoencoder"]["sha256"] == sha256_file(ws.best_checkpoint("autoencoder", FOLD))
     assert art["scale_factor"] == pytest.approx(ws.read_artifact("diffusion", FOLD)["scale_factor"])
-    module = load_stage_module(ControlNetModule, ws.best_checkpoint("controlnet", FOLD))  # self-contained
+    module = load_checkpoint_fold(ws.best_checkpoint("controlnet", FOLD), expect=ControlNetModule).module  # self-contained
     assert all(not p.requires_grad for p in module.unet.parameters())
+    stored = torch.load(ws.best_checkpoint("controlnet", FOLD), map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in stored.items())
+    assert float(module.scale_factor) == pytest.approx(art["scale_factor"])
+    with pytest.raises(NeonetError, match="is not a DiffusionModule"):
+        load_checkpoint_fold(ws.best_checkpoint("controlnet", FOLD), expect=DiffusionModule)
 
 
 @pytest.fixture(scope="module")

@@ -189,14 +189,19 @@ def test_quality_uses_the_folds_seg_network_when_present(tmp_path):
     spec = {"class_path": "monai.networks.nets.DynUNet", "init_args": {
         "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "kernel_size": [3, 3, 3], "strides": [1, 2, 2],
         "upsample_kernel_size": [2, 2], "filters": [4, 8, 16], "norm_name": "instance"}}
-    from neonet.gen.common import instantiate
+    from neonet.reload import build_network
+    from neonet.seg import SegModule
 
-    net = instantiate(spec)
+    net = build_network(spec)
     ws.checkpoint_dir("seg", 0).mkdir(parents=True)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, ws.best_checkpoint("seg", 0))
-    (ws.stage_dir("seg", 0) / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"net": spec}}}))
+    state = SegModule(net, channels_last=False).state_dict()
+    torch.save({"state_dict": state}, ws.best_checkpoint("seg", 0))
+    config = {"model": {"class_path": "neonet.seg.SegModule", "init_args": {"net": spec, "channels_last": False}},
+              "data": {"class_path": "neonet.seg.SegDataModule", "init_args": {"cases": str(tmp_path / "cases.csv")}}}
+    (ws.stage_dir("seg", 0) / "config.yaml").write_text(yaml.safe_dump(config))
     loaded = load_seg_network(ws, 0)
     assert loaded is not None and not loaded.training
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())
     image = np.random.default_rng(0).random((16, 16, 8)).astype(np.float32)
     assert SegTumour(loaded)(image, image > 2).shape == (16, 16, 8)
     feats = BottleneckFeatures(loaded)(torch.as_tensor(image)[None, None])

@@ -1,8 +1,8 @@
 """``neonet predict-case`` through the real command line on a tiny trained experiment (CPU, seconds).
 
-The fixture experiment is tiny and not meant to be accurate: the phantom cohort of ``conftest.py``,
-NeoSeg folds 0 and 1 (1 epoch each, tests/conf/seg.yaml), TLCR patches from the manual masks
-(tests/conf/crop.yaml) and PattenNet folds 0 and 1 (tests/conf/pattennet.yaml, a fake fold
+The fixture experiment (``trained_experiment`` of ``conftest.py``) is tiny and not meant to be accurate:
+the phantom cohort, NeoSeg folds 0 and 1 (1 epoch each, tests/conf/seg.yaml), TLCR patches from the
+manual masks (tests/conf/crop.yaml) and PattenNet folds 0 and 1 (tests/conf/pattennet.yaml, a fake fold
 autoencoder). Fold 2 is left untrained on purpose (the missing-fold error).
 """
 
@@ -26,21 +26,9 @@ FOLDS = "[0,1]"
 
 
 @pytest.fixture(scope="module")
-def experiment(phantom_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Seg folds 0-1, manual-mask patches and PattenNet folds 0-1 of experiment ``test``."""
-    runs = tmp_path_factory.mktemp("predict_case") / "runs"
-    ws = Workspace(runs, "test")
-    data = [f"--data.cases={phantom_cohort}", f"--data.runs_dir={runs}"]
-    for k in (0, 1):
-        seg = ["fit", "--config", str(CONF / "seg.yaml"), *data, f"--data.fold={k}", "--trainer.enable_progress_bar=false"]
-        assert main(seg) == 0
-    assert main(["crop", "--config", str(CONF / "crop.yaml"), f"--cases={phantom_cohort}", f"--runs_dir={runs}", "--source=manual"]) == 0
-    for k in (0, 1):
-        dm = FoldDataModule(str(phantom_cohort), experiment="test", runs_dir=str(runs), fold=k, folds=3)
-        write_fake_autoencoder(ws, k, seed=k, train_cases=list(dm.split.train))
-        assert main(["fit", "--config", str(CONF / "pattennet.yaml"), *data, "--data.experiment=test", f"--data.fold={k}"]) == 0
-    cases = pd.read_csv(phantom_cohort).set_index("case_id")
-    return {"cases": cases, "root": phantom_cohort.parent, "runs": runs, "ws": ws}
+def experiment(trained_experiment: dict) -> dict:
+    """Seg folds 0-1, manual-mask patches and PattenNet folds 0-1 of experiment ``test`` (``conftest.py``)."""
+    return trained_experiment
 
 
 def run(image: Path, experiment: dict, out: Path, *extra: str) -> dict:

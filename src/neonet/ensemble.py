@@ -2,36 +2,26 @@
 
 Which folds (every fold of the experiment unless named), whether each finished training
 (``artifact.json`` status ``fit-complete`` or ``complete``, ``config.yaml`` and
-``checkpoints/best.ckpt``), and each fold rebuilt from its own ``config.yaml`` (the LightningCLI
-config of its fit: network, module and DataModule arguments) with ``best.ckpt`` loaded strictly.
+``checkpoints/best.ckpt``), and each fold rebuilt by :func:`neonet.reload.load_trained_fold` from its
+own ``config.yaml`` with ``best.ckpt`` loaded strictly.
 A missing fold is an error that names its folder and the command that trains it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from neonet.atomic import read_json
 from neonet.errors import MissingUpstreamError, NeonetError
+from neonet.reload import TrainedFold, load_trained_fold
 from neonet.workspace import Workspace
 
 #: Artifact statuses of a fold whose ``best.ckpt`` may be used.
 USABLE_STATUSES = ("complete", "fit-complete")
 
 
-@dataclass
-class FoldModel:
-    """One trained fold: its LightningModule (eval mode), DataModule (never set up) and files."""
-
-    fold: int
-    module: Any
-    data: Any
-    checkpoint: Path
-    config: Path
+#: One trained fold (kept under its former name; see :class:`neonet.reload.TrainedFold`).
+FoldModel = TrainedFold
 
 
 def train_command(ws: Workspace, stage: str, folds: list[int] | None = None, verb: str = "cv") -> str:
@@ -88,31 +78,5 @@ def trained_folds(ws: Workspace, stage: str, folds: list[int] | None = None, hin
 
 
 def load_fold(ws: Workspace, stage: str, fold: int) -> FoldModel:
-    """Rebuild a fold's module and DataModule from its ``config.yaml``; load ``best.ckpt`` strictly."""
-    import yaml
-
-    from neonet.config import import_class
-    from neonet.gen.common import instantiate
-
-    config, ckpt = ws.stage_dir(stage, fold) / "config.yaml", ws.best_checkpoint(stage, fold)
-    cfg = yaml.safe_load(config.read_text()) or {}
-    model, data = cfg.get("model") or {}, cfg.get("data") or {}
-    init = dict(model.get("init_args") or {})
-    net_spec = init.pop("net", None)
-    if "class_path" not in model or not isinstance(net_spec, dict) or "class_path" not in data:
-        raise NeonetError(f"{config}: expected model.class_path, model.init_args.net and data.class_path (a `neonet fit` config)")
-    for key in ("optimizer", "scheduler"):  # training only
-        init.pop(key, None)
-    try:
-        module = import_class(model["class_path"])(net=instantiate(net_spec), **init)
-        datamodule = instantiate(data)
-    except (TypeError, ValueError) as exc:
-        raise NeonetError(f"{config}: cannot rebuild the {stage} fold-{fold} model ({exc})") from exc
-    try:
-        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state, strict=True)
-    except (RuntimeError, KeyError, OSError) as exc:
-        raise NeonetError(
-            f"{ckpt}: cannot load into the network of {config} ({str(exc).splitlines()[0][:300]}); re-train the fold"
-        ) from exc
-    return FoldModel(int(fold), module.eval(), datamodule, ckpt, config)
+    """The fold with ``best.ckpt`` loaded strictly: :func:`neonet.reload.load_trained_fold` under its former name."""
+    return load_trained_fold(ws, stage, fold)

@@ -33,8 +33,9 @@ from neonet import __version__
 from neonet.atomic import read_json, write_json
 from neonet.data.cases import LIVER, TUMOR, LabelMap
 from neonet.data.nifti import load_nifti, read_array, save_nifti
-from neonet.ensemble import FoldModel, load_fold, train_command, trained_folds
+from neonet.ensemble import train_command, trained_folds
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
+from neonet.reload import TrainedFold, load_trained_fold
 from neonet.workspace import Workspace, git_sha
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 # ----------------------------------------------------------------------------- pipeline steps
-def segment(image: Path, models: list[FoldModel], out_dir: Path, device: torch.device) -> Path:
+def segment(image: Path, models: list[TrainedFold], out_dir: Path, device: torch.device) -> Path:
     """Fold-ensemble NeoSeg mask of ``image`` written in its space (``segmentation.nii.gz``).
 
     Every fold preprocesses the volume as its ``neonet predict`` does (``SegDataModule``'s predict
@@ -127,7 +128,7 @@ def write_given_mask(mask: Path, reference: nib.Nifti1Image, out_dir: Path) -> P
 
 
 def classify(
-    patch: Path, models: list[FoldModel], device: torch.device, layer: str | None, label: Path | None = None
+    patch: Path, models: list[TrainedFold], device: torch.device, layer: str | None, label: Path | None = None
 ) -> tuple[dict[str, float], dict[str, float], np.ndarray | None, str]:
     """Each classifier fold on the patch: probabilities, validation thresholds, mean Grad-CAM, its layer.
 
@@ -266,7 +267,7 @@ def predict_case(
         seg_path, seg_from = write_given_mask(Path(mask), src, out_dir), f"the given mask {mask}"
         seg_record: dict[str, Any] = {"source": "mask", "mask": str(mask)}
     else:
-        models = [load_fold(ws, "seg", k) for k in seg_folds or []]
+        models = [load_trained_fold(ws, "seg", k) for k in seg_folds or []]
         seg_path = segment(image, models, out_dir, dev)
         seg_from = f"NeoSeg (fold{'s' if len(models) > 1 else ''} {', '.join(str(m.fold) for m in models)})"
         seg_record = {"source": "neoseg", "folds": seg_folds, "checkpoints": [ws.checkpoint_record(m.checkpoint) for m in models]}
@@ -301,7 +302,7 @@ def predict_case(
         outputs |= {"patch_image": str(patch_path), "patch_label": str(out_dir / OUTPUTS["patch_label"])}
         if cls_folds is not None:
             # 3. classifier folds + Grad-CAM
-            models = [load_fold(ws, classifier, k) for k in cls_folds]
+            models = [load_trained_fold(ws, classifier, k) for k in cls_folds]
             probs, thresholds, heat, layer = classify(patch_path, models, dev, saliency_layer,
                                                       label=out_dir / OUTPUTS["patch_label"])
             cls_record = {"stage": classifier, "folds": cls_folds,

@@ -7,7 +7,8 @@ This module resolves that checkpoint for a fold, checks that the autoencoder nev
 held-out patients, and loads the encoder weights strictly (every encoder tensor must be present
 with the right shape; the decoder and the rest of the checkpoint are ignored).
 
-Nothing here imports NeoGen: the checkpoint is read as a plain state dict.
+Nothing here imports NeoGen: the checkpoint is read as a plain state dict, safely
+(:func:`neonet.reload.read_state_dict`: tensors and plain values only).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.nets import AutoencoderKLEncoder
+from neonet.reload import read_state_dict
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -69,19 +71,6 @@ def resolve_encoder_checkpoint(
             f"neonet cv --config {config} --folds {fold}",
         )
     return path
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint: a Lightning ``{"state_dict": ...}`` dict or a plain state dict."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise NeonetError(f"cannot read checkpoint {path}: {exc}") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise NeonetError(f"{path}: not a state dict (got {type(state).__name__})")
-    return {k: v for k, v in state.items() if torch.is_tensor(v)}
 
 
 def encoder_key_map(encoder: nn.Module, prefix: str) -> dict[str, str]:

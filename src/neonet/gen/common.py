@@ -1,4 +1,4 @@
-"""Small helpers shared by the NeoGen stages: network specs, freezing, label one-hot, SSIM settings.
+"""Small helpers shared by the NeoGen stages: hyperparameters, freezing, label one-hot, SSIM settings.
 
 Intensity convention: NeoGen works on TLCR image patches **as written by** ``neonet crop``, i.e. in
 [0, 1] (each volume was scaled between its 0.5th and 99.5th intensity percentiles before cropping).
@@ -8,8 +8,7 @@ clipped to [0, 1] and written in the same range, so real and synthetic patches r
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,33 +25,13 @@ CONDITION_VALUES: tuple[int, ...] = (PATCH_LIVER, PATCH_SHELL, PATCH_TUMOR)
 MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
-def instantiate(spec: Any) -> Any:
-    """Build an object from a ``{"class_path": ..., "init_args": {...}}`` spec (recursively).
-
-    Plain values are returned unchanged; this is how jsonargparse/LightningCLI store injected
-    networks in a checkpoint's hyperparameters.
-    """
-    if isinstance(spec, Mapping) and "class_path" in spec:
-        module, _, name = str(spec["class_path"]).rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as exc:
-            raise NeonetError(f"cannot import {spec['class_path']}: {exc}") from exc
-        kwargs = {k: instantiate(v) for k, v in dict(spec.get("init_args") or {}).items()}
-        return cls(**kwargs)
-    if isinstance(spec, Mapping):
-        return {k: instantiate(v) for k, v in spec.items()}
-    if isinstance(spec, list):
-        return [instantiate(v) for v in spec]
-    return spec
-
-
 def drop_module_hparams(module: Any) -> None:
     """Remove ``nn.Module`` instances from ``module.hparams`` (kept only when built outside the CLI).
 
-    Under LightningCLI the hyperparameters hold the networks' *config* (class path + arguments), so a
-    checkpoint can rebuild its networks with ``load_from_checkpoint``; a module built in Python
-    would otherwise pickle whole networks into its hyperparameters.
+    Under LightningCLI the hyperparameters hold the networks' *config* (class path + arguments); a
+    module built in Python would otherwise pickle whole networks into its hyperparameters (and its
+    checkpoint could then only be read with ``weights_only=False``). Trained folds are rebuilt from
+    their ``config.yaml`` by :mod:`neonet.reload`.
     """
     for store in (getattr(module, "_hparams", None), getattr(module, "_hparams_initial", None)):
         if store is None:

@@ -32,11 +32,12 @@ from torch import nn
 
 from neonet.atomic import sha256_file
 from neonet.errors import NeonetError
-from neonet.gen.common import drop_module_hparams, freeze, instantiate, label_onehot, region_weight_map
+from neonet.gen.common import drop_module_hparams, freeze, label_onehot, region_weight_map
 from neonet.gen.diffusion import DiffusionModule, check_class_embeds, class_labels
 from neonet.gen.sampling import NoiseSchedule, training_target
 from neonet.gen.hooks import write_stage_summary
-from neonet.gen.upstream import load_stage_module, require_checkpoint
+from neonet.gen.upstream import require_checkpoint
+from neonet.reload import build_network, load_checkpoint_fold
 from neonet.stage import CVContext, FoldContext, StageModule
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,11 @@ class ControlNetModule(StageModule):
     # ------------------------------------------------------------------ building on the diffusion model
     def attach_diffusion(self, ckpt: str | Path, init_controlnet: bool = True) -> None:
         """Adopt a diffusion checkpoint: frozen EMA UNet, scale factor, schedule, class conditioning."""
-        diffusion = load_stage_module(DiffusionModule, ckpt)
+        trained = load_checkpoint_fold(ckpt, expect=DiffusionModule)
+        diffusion = trained.module
         if float(diffusion.scale_factor) == 0.0:
             raise NeonetError(f"{ckpt}: the diffusion model has no scale factor (it never trained a step)")
-        spec = diffusion.network_spec()
+        spec = diffusion.network_spec() or ((trained.cfg.get("model") or {}).get("init_args") or {}).get("unet")
         if not isinstance(spec, dict):
             raise NeonetError(f"{ckpt}: the checkpoint has no UNet config; train the diffusion stage with `neonet fit`")
         self._adopt(
@@ -150,7 +152,7 @@ class ControlNetModule(StageModule):
             return
         try:
             trainer = self.trainer
-        except RuntimeError:  # load_from_checkpoint: the UNet is rebuilt from the checkpoint instead
+        except RuntimeError:  # reloaded outside a Trainer: the UNet is rebuilt from the checkpoint instead
             return
         ckpt = self.hparams.get("diffusion_checkpoint")
         if not ckpt:
@@ -164,13 +166,17 @@ class ControlNetModule(StageModule):
         checkpoint["neonet_unet"] = self.unet_meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Rebuild the frozen UNet from the checkpoint's own record (its weights follow in the state dict)."""
+        """Rebuild the frozen UNet from the checkpoint's own record (its weights follow in the state dict).
+
+        The UNet is built by :func:`neonet.reload.build_network` (neonet, monai and torch classes only).
+        """
         meta = checkpoint.get("neonet_unet")
         if self.unet is not None:
             return
         if not meta:
             raise NeonetError("this ControlNet checkpoint has no `neonet_unet` record (not written by ControlNetModule)")
-        self._adopt(freeze(instantiate(meta["spec"])), NoiseSchedule(**meta["noise_schedule"]), meta["num_classes"],
+        unet = build_network(meta.get("spec"), key="neonet_unet.spec")
+        self._adopt(freeze(unet), NoiseSchedule(**meta["noise_schedule"]), meta["num_classes"],
                     float(meta.get("class_dropout", 0.1)))
         self.unet_meta = meta
 

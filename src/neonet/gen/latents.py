@@ -36,6 +36,7 @@ from neonet.data.splits import Fold, get_fold
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.gen.patch_data import load_patch
 from neonet.gen.upstream import cache_command, load_autoencoder, require_checkpoint, stage_command
+from neonet.reload import safe_torch_load
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -192,9 +193,16 @@ def check_latent_cache(ws: Workspace, fold: int) -> dict[str, Any]:
 
 
 def load_latent_cache(ws: Workspace, fold: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(meta, cache)`` of a checked cache (see :func:`check_latent_cache`)."""
+    """``(meta, cache)`` of a checked cache (see :func:`check_latent_cache`).
+
+    ``cache.pt`` holds tensors and lists of strings only, so it is read with ``weights_only=True``; a
+    file holding other pickled objects is refused (:func:`neonet.reload.safe_torch_load`).
+    """
     meta = check_latent_cache(ws, fold)
-    cache = torch.load(str(ws.latents_dir(fold) / CACHE_FILE), map_location="cpu", weights_only=False)
+    path = ws.latents_dir(fold) / CACHE_FILE
+    cache = safe_torch_load(path, "latent cache", f"Rebuild it:\n    {cache_command(ws, fold)}")
+    if not isinstance(cache, dict) or not torch.is_tensor(cache.get("z")):
+        raise NeonetError(f"{path}: not a latent cache (no latents `z`); rebuild it:\n    {cache_command(ws, fold)}")
     return meta, cache
 
 

@@ -39,7 +39,8 @@ from neonet.gen.latents import read_fold
 from neonet.gen.mask_aug import MaskAugmentation, augment_mask, mask_digest
 from neonet.gen.patch_data import load_patch
 from neonet.gen.sampling import SAMPLERS, Denoiser, effective_steps, sample_latents
-from neonet.gen.upstream import load_autoencoder, load_stage_module, require_checkpoint
+from neonet.gen.upstream import load_autoencoder, require_checkpoint
+from neonet.reload import load_checkpoint_fold
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class FoldGenerator:
                 f"but {ae_ckpt} is now {self.hashes['autoencoder'][:12]}...; retrain the diffusion and ControlNet stages"
             )
         self.autoencoder = load_autoencoder(ae_ckpt).to(device)
-        module = load_stage_module(ControlNetModule, cn_ckpt)
+        module = load_checkpoint_fold(cn_ckpt, expect=ControlNetModule).module
         self.controlnet = module.controlnet.to(device).eval()
         self.unet = module.unet.to(device).eval()
         self.schedule = module.noise_schedule
