@@ -60,7 +60,7 @@ def trained_folds(ws: Workspace, stage: str, folds: list[int] | None = None, hin
     def usable(k: int) -> bool:
         art = ws.read_artifact(stage, k) or {}
         return art.get("status") in USABLE_STATUSES and ws.best_checkpoint(stage, k).is_file() and (
-            ws.stage_dir(stage, k) / "config.yaml"
+            ws.config_path(stage, k)
         ).is_file()
 
     missing = [k for k in folds if not usable(k)]

@@ -55,7 +55,7 @@ FRAGMENTED = 5
 
 def crop_settings(ws: Workspace) -> dict[str, Any]:
     """The experiment's TLCR settings (``patches/crop_config.json``, written by ``neonet crop``)."""
-    path = ws.patches_dir / "crop_config.json"
+    path = ws.crop_config
     if not path.is_file():
         raise MissingUpstreamError("the experiment's TLCR settings", path, train_command(ws, "crop", verb="crop"))
     cfg = read_json(path)

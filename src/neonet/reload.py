@@ -370,7 +370,7 @@ def load_trained_fold(
             that re-trains the fold).
     """
     command = retrain_command(ws, stage, fold)
-    config = ws.stage_dir(stage, fold) / "config.yaml"
+    config = ws.config_path(stage, fold)
     if checkpoint in ("best", "last"):
         ckpt = ws.best_checkpoint(stage, fold) if checkpoint == "best" else ws.last_checkpoint(stage, fold)
     else:

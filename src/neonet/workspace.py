@@ -103,6 +103,10 @@ class Workspace:
         """The lock held by the process training the fold."""
         return self.stage_dir(stage, fold) / ".cv.lock"
 
+    def reconstruction_panel(self, stage: str, fold: int) -> Path:
+        """The autoencoder's latest validation reconstructions (PNG)."""
+        return self.stage_dir(stage, fold) / "reconstruction.png"
+
     def test_predictions(self, stage: str, fold: int) -> Path:
         """A classifier fold's predictions on its held-out patients (written by ``neonet test``)."""
         return self.stage_dir(stage, fold) / "test_predictions.csv"

@@ -254,10 +254,10 @@ class AutoencoderModule(StageModule):
         self._panel = None
 
     def _panel_path(self) -> Path:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "workspace"):
-            return dm.workspace.stage_dir(self.stage, dm.fold) / "reconstruction.png"
-        return Path(self.trainer.default_root_dir) / "reconstruction.png"
+        dm = self.fold_data
+        if dm is not None:
+            return dm.workspace.reconstruction_panel(self.stage, dm.fold)
+        return Path(self.trainer.default_root_dir) / "reconstruction.png"  # outside neonet fit (no workspace)
 
     def _write_panel(self, values: dict[str, float]) -> None:
         assert self._panel is not None

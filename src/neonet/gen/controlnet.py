@@ -156,8 +156,8 @@ class ControlNetModule(StageModule):
             return
         ckpt = self.hparams.get("diffusion_checkpoint")
         if not ckpt:
-            dm = getattr(trainer, "datamodule", None)
-            if dm is None or not hasattr(dm, "workspace"):
+            dm = self.fold_data
+            if dm is None:
                 raise NeonetError("controlnet: set model.init_args.diffusion_checkpoint or use a neonet DataModule")
             ckpt = require_checkpoint(dm.workspace, "diffusion", dm.fold)
         self.attach_diffusion(ckpt)
@@ -243,8 +243,8 @@ class ControlNetModule(StageModule):
 
     def on_fit_end(self) -> None:
         """Record the adopted scale factor in ``artifact.json`` (rank zero)."""
-        dm = getattr(self.trainer, "datamodule", None)
-        if self.trainer.is_global_zero and dm is not None and hasattr(dm, "workspace"):
+        dm = self.fold_data
+        if self.trainer.is_global_zero and dm is not None:
             dm.workspace.write_artifact(self.stage, dm.fold, scale_factor=float(self.scale_factor),
                                         noise_schedule=self.noise_schedule.as_dict() if self.noise_schedule else None)
 

@@ -221,8 +221,8 @@ class DiffusionModule(StageModule):
 
     def on_fit_end(self) -> None:
         """Record the scale factor and schedule in ``artifact.json`` (rank zero)."""
-        dm = getattr(self.trainer, "datamodule", None)
-        if self.trainer.is_global_zero and dm is not None and hasattr(dm, "workspace"):
+        dm = self.fold_data
+        if self.trainer.is_global_zero and dm is not None:
             dm.workspace.write_artifact(self.stage, dm.fold, scale_factor=float(self.scale_factor),
                                         noise_schedule=self.noise_schedule.as_dict())
 

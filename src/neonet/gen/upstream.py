@@ -53,7 +53,7 @@ def load_seg_network(ws: Workspace, fold: int) -> nn.Module | None:
     The fold is rebuilt from its ``config.yaml`` with ``best.ckpt`` loaded strictly
     (:func:`neonet.reload.load_trained_fold`); errors in either file are raised, not skipped.
     """
-    if not ws.best_checkpoint("seg", fold).is_file() or not (ws.stage_dir("seg", fold) / "config.yaml").is_file():
+    if not ws.best_checkpoint("seg", fold).is_file() or not ws.config_path("seg", fold).is_file():
         return None
     trained = load_trained_fold(ws, "seg", fold)
     net = getattr(trained.module, "net", None)
