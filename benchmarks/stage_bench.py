@@ -39,7 +39,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import importlib
 import json
@@ -88,6 +87,25 @@ def _yaml(folder: Path, name: str) -> dict[str, Any]:
     return yaml.safe_load((folder / name).read_text())
 
 
+@functools.lru_cache(maxsize=None)
+def _resolved_data(folder: Path, name: str) -> str:
+    """The ``data`` block of a stage config as ``neonet fit`` resolves it (the folder's ``_shared.yaml`` included)."""
+    import contextlib
+    import io
+
+    from neonet.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        main(["fit", "--config", str(folder / name), "--print_config"])
+    return yaml.safe_dump(yaml.safe_load(out.getvalue())["data"])
+
+
+def _data(folder: Path, name: str) -> dict[str, Any]:
+    """A fresh copy of the resolved ``data`` block (class_path and every init_arg)."""
+    return yaml.safe_load(_resolved_data(folder, name))
+
+
 def build_module(folder: Path, stage: str, **overrides: Any) -> Any:
     """The stage's LightningModule from ``<folder>/<config>``: networks built, optimizers as factories."""
     from neonet.gen.common import instantiate
@@ -133,7 +151,7 @@ def stage_batch(stage: str, folder: Path, batch: int | None, seg_volume: tuple[i
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    data = _yaml(folder, CONFIGS[stage])["data"]["init_args"]
+    data = _data(folder, CONFIGS[stage])["init_args"]
     b = int(batch or data["batch_size"])
     patch = tuple(int(s) for s in _yaml(folder, "crop.yaml")["patch_size"])
     ae = _yaml(folder, "autoencoder.yaml")["model"]["init_args"]["autoencoder"]["init_args"]
@@ -381,7 +399,7 @@ def loader_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     _setup_worker(spec)
     folder, stage = Path(spec["configs"]), spec["stage"]
-    data = copy.deepcopy(_yaml(folder, CONFIGS[stage])["data"])
+    data = _data(folder, CONFIGS[stage])
     data["init_args"].update(cases=spec["cases"], runs_dir=spec["runs_dir"], experiment=spec["experiment"])
     if spec.get("num_workers") is not None:
         data["init_args"]["num_workers"] = int(spec["num_workers"])

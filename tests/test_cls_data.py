@@ -15,7 +15,7 @@ from neonet.errors import DataError, MissingUpstreamError
 
 
 def datamodule(cohort: dict, fold: int = 0, **kwargs) -> ClsDataModule:
-    return ClsDataModule(cohort["cases"], experiment=cohort["experiment"], runs_dir=cohort["runs_dir"], fold=fold, folds=3,
+    return ClsDataModule(cases=cohort["cases"], experiment=cohort["experiment"], runs_dir=cohort["runs_dir"], fold=fold, folds=3,
                          batch_size=4, **kwargs)
 
 

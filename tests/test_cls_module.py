@@ -25,7 +25,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def datamodule(cohort: dict, fold: int = 0, **kwargs) -> ClsDataModule:
     kwargs.setdefault("augment", False)
-    return ClsDataModule(cohort["cases"], experiment=cohort["experiment"], runs_dir=cohort["runs_dir"], fold=fold,
+    return ClsDataModule(cases=cohort["cases"], experiment=cohort["experiment"], runs_dir=cohort["runs_dir"], fold=fold,
                          folds=3, batch_size=4, **kwargs)
 
 

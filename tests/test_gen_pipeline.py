@@ -81,7 +81,7 @@ def test_latent_cache_manifest_and_refusals(chain):
     assert set(train_rows["case_id"]) == set(split.train)
     assert set(manifest.loc[manifest["split"] == "val", "case_id"]) == set(split.val)
     assert len(train_rows) == len(split.train) * 4 * 2  # 4 flip combinations x 2 posterior samples
-    dm = LatentDataModule(str(root / "data" / "cases.csv"), EXP, str(root / "runs"), FOLD, folds=3)
+    dm = LatentDataModule(cases=str(root / "data" / "cases.csv"), experiment=EXP, runs_dir=str(root / "runs"), fold=FOLD, folds=3)
     # stale: the cache names another autoencoder checkpoint
     meta_path = ws.latents_dir(FOLD) / "cache.json"
     good = read_json(meta_path)
@@ -96,7 +96,8 @@ def test_latent_cache_manifest_and_refusals(chain):
     meta_path.rename(moved)
     try:
         with pytest.raises(MissingUpstreamError, match="neonet.gen.latents"):
-            LatentDataModule(str(root / "data" / "cases.csv"), EXP, str(root / "runs"), FOLD, folds=3).setup("fit")
+            LatentDataModule(cases=str(root / "data" / "cases.csv"), experiment=EXP, runs_dir=str(root / "runs"), fold=FOLD,
+                             folds=3).setup("fit")
     finally:
         moved.rename(meta_path)
 

@@ -100,16 +100,6 @@ class ClsDataModule(FoldDataModule):
     """PNI classification data of one fold (TLCR patches, optionally plus synthetic patches).
 
     Args:
-        cases: path of the experiment's ``cases.csv``.
-        experiment: experiment name; outputs go to ``<runs_dir>/<experiment>/``.
-        runs_dir: folder holding all experiments.
-        fold: the fold k.
-        folds: number of folds (used only when the split file is first written).
-        split_seed: seed of the split (used only when the split file is first written).
-        val_fraction: fraction of training patients held out for inner validation.
-        liver: raw label values meaning liver (unused here; kept for a shared data config).
-        tumor: raw label values meaning tumour (unused here).
-        other: raw label values mapped to background (unused here).
         use_synthetic: add the fold's synthetic patches (``synthetic/fold<k>/manifest.csv``) to training.
         max_synthetic: use at most this many synthetic patches (the first rows); None uses all.
         batch_size: batch size.
@@ -129,20 +119,12 @@ class ClsDataModule(FoldDataModule):
             with ``region_labels`` uses it to pool over the peritumoral region; a baseline given
             ``in_channels: 2`` sees it as input. Synthetic patches need their conditioning mask
             (the ``label`` column of the synthetic manifest).
+        **kwargs: the cohort and fold (:class:`~neonet.data.base.FoldDataModule`).
     """
 
     def __init__(
         self,
-        cases: str,
-        experiment: str = "default",
-        runs_dir: str = "runs",
-        fold: int = 0,
-        folds: int = 5,
-        split_seed: int = 0,
-        val_fraction: float = 0.2,
-        liver: list[int] | None = None,
-        tumor: list[int] | None = None,
-        other: list[int] | None = None,
+        *,
         use_synthetic: bool = False,
         max_synthetic: int | None = None,
         batch_size: int = 8,
@@ -155,8 +137,9 @@ class ClsDataModule(FoldDataModule):
         pad_to: Sequence[int] | None = None,
         predict_split: str = "test",
         label_channel: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(cases, experiment, runs_dir, fold, folds, split_seed, val_fraction, liver, tumor, other)
+        super().__init__(**kwargs)
         if predict_split not in ("test", "val", "train", "all"):
             raise ValueError(f"predict_split must be test, val, train or all, not {predict_split!r}")
         self.use_synthetic = bool(use_synthetic)
@@ -171,7 +154,6 @@ class ClsDataModule(FoldDataModule):
         self.pad_to = tuple(int(s) for s in pad_to) if pad_to else None
         self.predict_split = predict_split
         self.label_channel = bool(label_channel)
-        self.save_hyperparameters()
         self._items: dict[str, list[dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ items

@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 class FoldDataModule(LightningDataModule):
     """Knows the experiment's workspace, the split file and which fold it serves.
 
+    Subclasses state only the parameters they add, keyword-only, and pass the rest on with
+    ``super().__init__(**kwargs)``: jsonargparse follows ``**kwargs`` into this signature, so their
+    ``--help`` and config files still offer (and document) every option below. This ``__init__``
+    records every argument, the subclass's included, with ``save_hyperparameters()``; subclasses
+    do not call it again (that would drop the defaults of the parameters they did not get).
+
     Args:
         cases: path of the experiment's ``cases.csv``.
         experiment: experiment name; outputs go to ``<runs_dir>/<experiment>/``.
@@ -26,7 +32,8 @@ class FoldDataModule(LightningDataModule):
         folds: number of folds (used only when the split file is first written).
         split_seed: seed of the split (used only when the split file is first written).
         val_fraction: fraction of training patients held out for inner validation.
-        liver: raw label values meaning liver.
+        liver: raw label values meaning liver (read by the stages that load whole label volumes;
+            the patch stages accept them so that one data block can serve every stage).
         tumor: raw label values meaning tumour.
         other: raw label values mapped to background (e.g. other organs).
     """
@@ -60,6 +67,7 @@ class FoldDataModule(LightningDataModule):
         self.workspace = Workspace(self.runs_dir, experiment)
         self._cases: list[Case] | None = None
         self._fold: Fold | None = None
+        self.save_hyperparameters()  # walks up the __init__ frames: the subclass's arguments too
 
     @property
     def all_cases(self) -> list[Case]:

@@ -54,40 +54,30 @@ class LatentDataset(Dataset):
 class LatentDataModule(FoldDataModule):
     """Latents (and optionally label patches) of one fold, from its latent cache.
 
+    The fold's test cases are not in the cache.
+
     Args:
-        cases: path of the experiment's ``cases.csv``.
-        experiment: experiment name; outputs go to ``<runs_dir>/<experiment>/``.
-        runs_dir: folder holding all experiments.
-        fold: the fold k (its test cases are not in the cache).
-        folds: number of folds (used only when the split file is first written).
-        split_seed: seed of the split (used only when the split file is first written).
-        val_fraction: fraction of training patients held out for inner validation.
         batch_size: training batch size.
         val_batch_size: validation batch size.
         num_workers: data loader workers.
         masks: also serve the label patches (the ControlNet's conditioning).
+        **kwargs: the cohort and fold (:class:`~neonet.data.base.FoldDataModule`).
     """
 
     def __init__(
         self,
-        cases: str,
-        experiment: str = "default",
-        runs_dir: str = "runs",
-        fold: int = 0,
-        folds: int = 5,
-        split_seed: int = 0,
-        val_fraction: float = 0.2,
+        *,
         batch_size: int = 16,
         val_batch_size: int = 16,
         num_workers: int = 0,
         masks: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(cases, experiment, runs_dir, fold, folds, split_seed, val_fraction)
+        super().__init__(**kwargs)
         self.batch_size = int(batch_size)
         self.val_batch_size = int(val_batch_size)
         self.num_workers = int(num_workers)
         self.masks = bool(masks)
-        self.save_hyperparameters()
         self.cache_meta: dict[str, Any] | None = None
         self.train_ds: LatentDataset | None = None
         self.val_ds: LatentDataset | None = None

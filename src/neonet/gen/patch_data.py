@@ -80,46 +80,36 @@ class PatchDataset(Dataset):
 class PatchDataModule(FoldDataModule):
     """Image patches of one fold for the autoencoder (and anything else that trains on patches).
 
+    The fold's test cases are never read.
+
     Args:
-        cases: path of the experiment's ``cases.csv``.
-        experiment: experiment name; outputs go to ``<runs_dir>/<experiment>/``.
-        runs_dir: folder holding all experiments.
-        fold: the fold k (its test cases are never read).
-        folds: number of folds (used only when the split file is first written).
-        split_seed: seed of the split (used only when the split file is first written).
-        val_fraction: fraction of training patients held out for inner validation.
         batch_size: training batch size.
         val_batch_size: validation batch size.
         num_workers: data loader workers.
         augment: random flips during training (torchio ``RandomFlip``).
         flip_axes: axes to flip with probability 0.5 each (0 = left-right in the RAS patch grid).
         with_label: also serve the label patches (0 bg, 1 liver, 2 shell, 3 tumour).
+        **kwargs: the cohort and fold (:class:`~neonet.data.base.FoldDataModule`).
     """
 
     def __init__(
         self,
-        cases: str,
-        experiment: str = "default",
-        runs_dir: str = "runs",
-        fold: int = 0,
-        folds: int = 5,
-        split_seed: int = 0,
-        val_fraction: float = 0.2,
+        *,
         batch_size: int = 4,
         val_batch_size: int = 4,
         num_workers: int = 0,
         augment: bool = True,
         flip_axes: Sequence[int] = (0, 1),
         with_label: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(cases, experiment, runs_dir, fold, folds, split_seed, val_fraction)
+        super().__init__(**kwargs)
         self.batch_size = int(batch_size)
         self.val_batch_size = int(val_batch_size)
         self.num_workers = int(num_workers)
         self.augment = bool(augment)
         self.flip_axes = tuple(int(a) for a in flip_axes)
         self.with_label = bool(with_label)
-        self.save_hyperparameters()
         self.train_ds: PatchDataset | None = None
         self.val_ds: PatchDataset | None = None
 

@@ -25,16 +25,6 @@ class SegDataModule(FoldDataModule):
     RAS, resampled to ``spacing`` and scaled to [0, 1]; training adds torchio MRI augmentation.
 
     Args:
-        cases: path of the experiment's ``cases.csv``.
-        experiment: experiment name; outputs go to ``<runs_dir>/<experiment>/``.
-        runs_dir: folder holding all experiments.
-        fold: the fold k.
-        folds: number of folds (used only when the split file is first written).
-        split_seed: seed of the split (used only when the split file is first written).
-        val_fraction: fraction of training patients held out for inner validation.
-        liver: raw label values meaning liver.
-        tumor: raw label values meaning tumour.
-        other: raw label values mapped to background.
         spacing: target voxel spacing in mm.
         patch_size: training crop size (voxels); None trains on whole (padded) volumes.
         samples_per_volume: random crops per volume and step when ``patch_size`` is set.
@@ -48,20 +38,12 @@ class SegDataModule(FoldDataModule):
         predict_split: which cases ``predict`` uses when ``predict_cases`` is not given:
             ``test`` (out-of-fold), ``val``, ``train`` or ``all``.
         check: run the ``check-data`` checks on the manifest before fitting.
+        **kwargs: the cohort and fold (:class:`~neonet.data.base.FoldDataModule`).
     """
 
     def __init__(
         self,
-        cases: str,
-        experiment: str = "default",
-        runs_dir: str = "runs",
-        fold: int = 0,
-        folds: int = 5,
-        split_seed: int = 0,
-        val_fraction: float = 0.2,
-        liver: list[int] | None = None,
-        tumor: list[int] | None = None,
-        other: list[int] | None = None,
+        *,
         spacing: Sequence[float] = DEFAULT_SPACING,
         patch_size: Sequence[int] | None = None,
         samples_per_volume: int = 2,
@@ -74,8 +56,9 @@ class SegDataModule(FoldDataModule):
         predict_cases: str | None = None,
         predict_split: str = "test",
         check: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(cases, experiment, runs_dir, fold, folds, split_seed, val_fraction, liver, tumor, other)
+        super().__init__(**kwargs)
         self.spacing = tuple(float(s) for s in spacing)
         self.patch_size = tuple(int(p) for p in patch_size) if patch_size else None
         self.samples_per_volume = samples_per_volume
@@ -90,7 +73,6 @@ class SegDataModule(FoldDataModule):
             raise ValueError(f"predict_split must be test, val, train or all, not {predict_split!r}")
         self.predict_split = predict_split
         self.check = check
-        self.save_hyperparameters()
 
     # ------------------------------------------------------------------ checks
     def check_inputs(self) -> None:
