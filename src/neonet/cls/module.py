@@ -28,7 +28,7 @@ from monai.losses import FocalLoss
 from torch import nn
 
 from neonet.atomic import write_csv
-from neonet.cls.datamodule import labels_of
+from neonet.cls.datamodule import ClsDataModule, labels_of
 from neonet.cls.encoder import check_encoder_fold, find_encoder, load_encoder_checkpoint, resolve_encoder_checkpoint
 from neonet.cls.metrics import ScoreCollector, split_metrics, youden
 from neonet.errors import NeonetError
@@ -126,16 +126,14 @@ class ClassifierModule(StageModule):
         self._test_rows: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ setup
-    def _datamodule(self) -> Any:
-        return self.fold_data
-
     def setup(self, stage: str) -> None:
         """Before fitting: the fold's pos_weight (``auto``) from its training patches."""
         if stage != "fit":
             return
         dm = self.fold_data
-        if dm is None:
-            raise NeonetError(f"{type(self).__name__} needs a neonet FoldDataModule (it knows the fold and the workspace)")
+        if not isinstance(dm, ClsDataModule):
+            raise NeonetError(f"{type(self).__name__} trains on neonet.cls.ClsDataModule (the fold's TLCR patches), "
+                              f"not {type(dm).__name__}")
         if self.hparams.pos_weight == "auto":
             neg, pos = dm.class_counts()
             if pos == 0:
@@ -155,7 +153,7 @@ class ClassifierModule(StageModule):
     def describe(self) -> dict[str, Any]:
         """The fold's model for ``artifact.json``: its name in reports, variant (real only / + synthetic), network."""
         dm = self.fold_data
-        synthetic = bool(getattr(dm, "use_synthetic", False))
+        synthetic = isinstance(dm, ClsDataModule) and dm.use_synthetic
         name = self.hparams.model_name or (self.stage[: -len("_syn")] if synthetic and self.stage.endswith("_syn") else self.stage)
         net = type(self.net)
         return {"classifier": {"model": name, "variant": SYNTHETIC if synthetic else REAL, "use_synthetic": synthetic,
@@ -260,7 +258,7 @@ class ClassifierModule(StageModule):
         self._log_split("test")
         rows = self._gather_rows(self._test_rows)
         self._test_rows = []
-        dm = self._datamodule()
+        dm = self.fold_data
         if not self.hparams.write_predictions or dm is None or not self.trainer.is_global_zero:
             return
         frame = pd.DataFrame(rows).drop_duplicates("case_id")  # DistributedSampler may repeat cases

@@ -31,6 +31,7 @@ from neonet.errors import NeonetError
 from neonet.gen.common import autoencoder_factor, check_divisible, drop_module_hparams, ms_ssim_settings, ssim_window
 from neonet.gen.hooks import write_stage_summary
 from neonet.gen.panels import reconstruction_panel
+from neonet.gen.patch_data import PatchDataModule
 from neonet.stage import CVContext, FoldContext, StageModule
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,8 @@ class AutoencoderModule(StageModule):
             )
 
     def on_fit_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "patch_shape"):
+        dm = self.fold_data
+        if isinstance(dm, PatchDataModule):
             check_divisible(dm.patch_shape(), autoencoder_factor(self.autoencoder), "autoencoder")
 
     # ------------------------------------------------------------------ training

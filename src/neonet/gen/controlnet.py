@@ -249,14 +249,8 @@ class ControlNetModule(StageModule):
                                         noise_schedule=self.noise_schedule.as_dict() if self.noise_schedule else None)
 
     def upstream(self) -> dict[str, Any]:
-        """The diffusion checkpoint, autoencoder checkpoint and latent cache this ControlNet builds on."""
-        dm = getattr(self.trainer, "datamodule", None)
-        meta = getattr(dm, "cache_meta", None) or {}
-        return {
-            "diffusion": (self.unet_meta or {}).get("diffusion_checkpoint"),
-            "autoencoder": meta.get("autoencoder_checkpoint"),
-            "latent_cache": str(dm.workspace.latents_dir(dm.fold)) if dm is not None else None,
-        }
+        """The diffusion checkpoint this ControlNet builds on, with the latent cache and its autoencoder checkpoint."""
+        return {"diffusion": (self.unet_meta or {}).get("diffusion_checkpoint"), **super().upstream()}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The ControlNet's parameters (the diffusion UNet and the autoencoder stay frozen)."""

@@ -226,12 +226,6 @@ class DiffusionModule(StageModule):
             dm.workspace.write_artifact(self.stage, dm.fold, scale_factor=float(self.scale_factor),
                                         noise_schedule=self.noise_schedule.as_dict())
 
-    def upstream(self) -> dict[str, Any]:
-        """The latent cache and autoencoder checkpoint this model was trained on (for ``artifact.json``)."""
-        dm = getattr(self.trainer, "datamodule", None)
-        meta = getattr(dm, "cache_meta", None) or {}
-        return {"autoencoder": meta.get("autoencoder_checkpoint"), "latent_cache": str(dm.workspace.latents_dir(dm.fold)) if dm else None}
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The UNet's parameters (the EMA copy is updated by averaging, not by the optimizer)."""
         return [p for p in self.unet.parameters() if p.requires_grad]

@@ -116,6 +116,11 @@ class LatentDataModule(FoldDataModule):
         assert self.val_ds is not None
         return DataLoader(self.val_ds, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers)
 
+    def upstream(self) -> dict[str, Any]:
+        """The latent cache this fold trains on and the autoencoder checkpoint that encoded it (for ``artifact.json``)."""
+        meta = self.cache_meta or {}
+        return {"autoencoder": meta.get("autoencoder_checkpoint"), "latent_cache": str(self.workspace.latents_dir(self.fold))}
+
     def split_record(self) -> dict[str, Any]:
         """The fold's split, the case ids actually served and the latent cache's source checkpoint."""
         record: dict[str, Any] = dict(super().split_record())
