@@ -319,13 +319,14 @@ class UnreadableRecordError(NeonetError):
         cause: what is wrong with the file.
         command: the command that replaces the output, when it is not the one that was run.
         way_on: a verb's further way on, appended to the remedy.
+        experiment_option: how the verb names another experiment.
     """
 
     def __init__(self, path: str | os.PathLike, what: str, cause: str, command: str | None = None,
-                 way_on: str | None = None) -> None:
+                 way_on: str | None = None, experiment_option: str = "--experiment") -> None:
         self.path = Path(path)
         super().__init__(f"{_shown(path)}: unreadable record of {what} ({cause}), so whether it is current "
-                         f"cannot be told. {remedy(1, command, way_on)}")
+                         f"cannot be told. {remedy(1, command, way_on, experiment_option)}")
 
 
 # ----------------------------------------------------------------------------- reading
