@@ -381,10 +381,15 @@ def check_current(path: str | os.PathLike, now: Provenance, what: str, output: s
         UnreadableRecordError: the record cannot be read.
     """
     stored = read_provenance(path, what, legacy, command)
-    if stored is None:
-        return None
+    if stored is not None:
+        ensure_current(stored, now, what, output if output is not None else path, defaults, only, command, way_on)
+    return stored
+
+
+def ensure_current(stored: Provenance, now: Provenance, what: str, output: str | os.PathLike,
+                   defaults: Mapping[str, Any] | None = None, only: Collection[str] | None = None,
+                   command: str | None = None, way_on: str | None = None) -> None:
+    """Raise :class:`OutOfDateError` when ``stored`` differs from ``now`` (arguments as :func:`check_current`)."""
     found = differences(stored, now, defaults, only)
     if found:
-        raise OutOfDateError(Outdated(what, output if output is not None else path, found), command=command,
-                             way_on=way_on)
-    return stored
+        raise OutOfDateError(Outdated(what, output, found), command=command, way_on=way_on)
