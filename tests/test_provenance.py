@@ -142,3 +142,25 @@ def test_several_outputs_share_one_remedy_and_a_verb_appends_its_way_on() -> Non
         "Re-run with --force to replace them (or write to another `-- --data.experiment`).",
         "Or train beside them: `-- --model.stage=pattennet_v2`.",
     ]
+
+
+def test_latent_cache_consumer_end_to_end(tmp_path: Path) -> None:
+    """A stage reading a latent cache: an old-format record is accepted; a retrained autoencoder is the one error."""
+    from fit_probes import write_latent_fixture
+    from neonet.gen.latents import load_latent_cache
+    from neonet.workspace import Workspace
+
+    write_latent_fixture(tmp_path, "toy", folds=(0,))  # writes cache.json as neonet did before neonet.provenance
+    ws = Workspace(tmp_path / "runs", "toy")
+    meta, cache = load_latent_cache(ws, 0)
+    assert meta["settings"] == {"fabricated": True} and meta["latent_shape"] == [3, 8, 8, 4]
+    ckpt = ws.best_checkpoint("autoencoder", 0)
+    assert meta["autoencoder_checkpoint"]["path"] == str(ckpt)
+    ckpt.write_bytes(b"a retrained autoencoder\n")
+    with pytest.raises(OutOfDateError) as info:
+        load_latent_cache(ws, 0)
+    message = str(info.value)
+    assert message.startswith(f"the latent cache of fold 0 at {ws.latents_dir(0)} was made from other settings or inputs "
+                              f"than this command's: input autoencoder checkpoint {ckpt} changed (sha256 ")
+    assert message.endswith("Re-run with --force to replace it (or write to another --experiment):\n"
+                            f"    python -m neonet.gen.latents --experiment toy --runs_dir {ws.runs_dir} --folds 0 --force true")
