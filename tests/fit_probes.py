@@ -131,10 +131,10 @@ def write_latent_fixture(root: Path, experiment: str = "toy", folds: tuple[int, 
             "split": [s for s, _ in rows],
             "case_id": [c for _, c in rows],
         }
-        out = ws.latents_dir(fold)
-        with atomic_path(out / "cache.pt") as tmp:
+        with atomic_path(ws.latent_cache_file(fold)) as tmp:
             torch.save(cache, tmp)
-        write_json(out / "cache.json", {
+        # a record in the format of before neonet.provenance (still read; it does not vouch for cache.pt)
+        write_json(ws.latent_record(fold), {
             "fold": fold,
             "autoencoder_checkpoint": {"path": str(ae), "sha256": sha256_file(ae)},
             "settings": {"fabricated": True},

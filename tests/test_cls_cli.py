@@ -179,5 +179,5 @@ def test_cv_jobs_runs_folds_concurrently_with_logs_then_one_report(tmp_path: Pat
     changed = subprocess.run([*cmd[:-1], "--trainer.max_epochs=2"], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=600)
     assert changed.returncode != 0, "a finished fold must not be skipped under changed settings"
-    assert "fold 0 (" in changed.stderr and "trainer.max_epochs: 1 (trained) -> 2 (now)" in changed.stderr
+    assert "pattennet fold 0 at " in changed.stderr and "setting trainer.max_epochs: 1 (stored) -> 2 (now)" in changed.stderr
     assert "--force" in changed.stderr and ws.read_artifact("pattennet", 0)["status"] == "complete"

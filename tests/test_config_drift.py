@@ -9,6 +9,7 @@ import yaml
 
 from neonet.config_drift import check_fold_configs, config_drift
 from neonet.errors import NeonetError
+from neonet.provenance import OutOfDateError, UnreadableRecordError
 from neonet.workspace import Workspace
 
 #: A saved LightningCLI config: every setting spelled out, defaults included.
@@ -93,14 +94,28 @@ def test_check_fold_configs_names_the_folds_their_settings_and_the_way_out(tmp_p
     _fold_config(ws, "pattennet", 1, {**STORED, "seed_everything": 3})
     requested = {"seed_everything": 0, "model": {"init_args": {"stage": "pattennet"}}}
     check_fold_configs(ws, "pattennet", [0, 2], requested, stage_option=True)  # same settings; fold 2 has no config
-    with pytest.raises(NeonetError) as info:
+    with pytest.raises(OutOfDateError) as info:
         check_fold_configs(ws, "pattennet", [0, 1, 2], requested, stage_option=True)
     message = str(info.value)
+    assert isinstance(info.value, NeonetError)
     assert "fold 1" in message and "fold 0" not in message and "pattennet/fold1/config.yaml" in message
-    assert "seed_everything: 3 (trained) -> 0 (now)" in message
-    assert "--force" in message and "--model.stage=pattennet_v2" in message
-    with pytest.raises(NeonetError, match="another experiment"):
+    assert message.startswith(f"pattennet fold 1 at {ws.config_path('pattennet', 1)} was made from other settings or "
+                              "inputs than this command's: setting seed_everything: 3 (stored) -> 0 (now).\n"
+                              "Re-run with --force to replace it (or write to another `-- --data.experiment`).")
+    assert "--model.stage=pattennet_v2" in message
+    with pytest.raises(NeonetError, match=r"(?s)another `-- --data\.experiment`.*--data\.runs_dir"):
         check_fold_configs(ws, "pattennet", [1], requested, stage_option=False)
+    _fold_config(ws, "pattennet", 2, {**STORED, "seed_everything": 4, "trainer": {**STORED["trainer"], "max_epochs": 9}})
+    with pytest.raises(OutOfDateError) as info:
+        check_fold_configs(ws, "pattennet", [1, 2], requested, stage_option=True)
+    lines = str(info.value).splitlines()  # one sentence per fold, then the one remedy
+    assert lines[0].startswith("pattennet fold 1 at ") and lines[1].startswith("pattennet fold 2 at ")
+    assert "setting seed_everything: 4 (stored) -> 0 (now)" in lines[1]
+    assert lines[2] == "Re-run with --force to replace them (or write to another `-- --data.experiment`)."
+    ws.config_path("pattennet", 2).write_text("trainer: [unclosed\n")
+    with pytest.raises(UnreadableRecordError, match=r"pattennet/fold2/config\.yaml: unreadable record of pattennet fold 2 "
+                                                    r"\(not YAML.*Re-run with --force"):
+        check_fold_configs(ws, "pattennet", [2], requested, stage_option=True)
 
 
 def test_one_file_named_by_two_paths_is_no_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

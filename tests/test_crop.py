@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from neonet.errors import MissingUpstreamError, NeonetError
+from neonet.provenance import OutOfDateError, UnreadableRecordError
 from neonet.seg.crop import MANIFEST_COLUMNS, crop
 from neonet.workspace import Workspace
 
@@ -93,7 +94,7 @@ def test_crop_writes_patches_and_manifest(cohort, tmp_path):
     manifest_path = _crop(cases, tmp_path / "runs")
     ws = Workspace(tmp_path / "runs", "t")
     assert manifest_path == ws.patches_manifest and manifest_path.is_file()
-    assert (ws.patches_dir / "crop_config.json").is_file()
+    assert ws.crop_config == ws.patches_dir / "crop_config.json" and ws.crop_config.is_file()
     frame = _manifest(manifest_path)
     assert list(frame.reset_index().columns)[: len(REQUIRED)] == REQUIRED
     assert list(frame.reset_index().columns) == MANIFEST_COLUMNS
@@ -155,8 +156,12 @@ def test_rerun_is_noop_and_settings_need_force(cohort, tmp_path):
     _crop(cases, runs)  # same settings: nothing rewritten
     assert {f: f.stat().st_mtime_ns for f in files} == before
 
-    with pytest.raises(NeonetError, match="other settings.*--force"):
+    with pytest.raises(OutOfDateError) as info:
         _crop(cases, runs, shell_mm=6.0)
+    assert str(info.value) == (
+        f"the TLCR patch folder at {manifest_path.parent} was made from other settings or inputs than this command's: "
+        "setting shell_mm: 4.0 (stored) -> 6.0 (now).\nRe-run with --force to replace it (or write to another --experiment)."
+    )
     assert {f: f.stat().st_mtime_ns for f in files} == before
 
     _crop(cases, runs, shell_mm=6.0, force=True)
@@ -165,17 +170,18 @@ def test_rerun_is_noop_and_settings_need_force(cohort, tmp_path):
     assert _manifest(manifest_path).loc["c1", "shell_mm"] == "6.0"
 
     # the shell region is a setting too; a crop config written before it existed reads as shell_region "all"
-    with pytest.raises(NeonetError, match="shell_region: 'all' → 'liver'"):
+    with pytest.raises(NeonetError, match=r"setting shell_region: 'all' \(stored\) -> 'liver' \(now\)"):
         _crop(cases, runs, shell_mm=6.0, shell_region="liver")
     config = manifest_path.parent / "crop_config.json"
-    stored = json.loads(config.read_text())
-    assert stored.pop("shell_region") == "all"
-    config.write_text(json.dumps(stored))
+    record = json.loads(config.read_text())
+    old_format = {k: record[k] for k in ("cases", "experiment", "runs_dir")} | record["settings"]  # before neonet.provenance
+    assert old_format.pop("shell_region") == "all"
+    config.write_text(json.dumps(old_format))
     pd.read_csv(manifest_path, dtype=str, keep_default_na=False).drop(columns="shell_region").to_csv(manifest_path, index=False)
     kept = {f: f.stat().st_mtime_ns for f in files if f not in (config, manifest_path)}
-    _crop(cases, runs, shell_mm=6.0)  # no patch rewritten; the config and the manifest gain the key
+    _crop(cases, runs, shell_mm=6.0)  # no patch rewritten; the config (now a current record) and the manifest gain the key
     assert {f: f.stat().st_mtime_ns for f in files if f not in (config, manifest_path)} == kept
-    assert json.loads(config.read_text())["shell_region"] == "all"
+    assert json.loads(config.read_text()) == record
     assert _manifest(manifest_path).loc["c1", "shell_region"] == "all"
 
     # "skip" leaves the tumour-free case without patch files
@@ -219,9 +225,38 @@ def test_liver_level_normalises_each_case_and_is_a_setting(cohort, tmp_path):
         assert 0.4 < np.median(image[label == 1]) < 0.6 and image.max() <= 1.0
     assert frame.loc["c5", "status"].startswith("error")
     config = json.loads((patches / "crop_config.json").read_text())
-    assert config["liver_level"] == 0.5 and config["liver_region"] == "patch"
+    assert config["settings"]["liver_level"] == 0.5 and config["settings"]["liver_region"] == "patch"
     with pytest.raises(NeonetError, match="liver_level"):
         _crop(cases, runs)  # back to the volume scaling: a changed setting needs --force
     assert _manifest(_crop(cases, runs, force=True)).loc["c1", "intensity_scale"] == "1.0"
     with pytest.raises(NeonetError, match=r"--liver_level must be in \(0, 1\]"):
         _crop(cases, runs, liver_level=1.5, force=True)
+
+
+def test_a_config_of_before_provenance_records_is_current_and_a_corrupt_one_needs_force(cohort, tmp_path):
+    """A ``crop_config.json`` as neonet wrote it before ``neonet.provenance`` (settings beside the command's
+    cases, experiment and runs folder; no liver or shell-region settings yet) is read, not re-cropped."""
+    cases, _ = cohort
+    runs = tmp_path / "runs"
+    manifest_path = _crop(cases, runs)
+    ws = Workspace(runs, "t")
+    old_format = {"cases": str(cases), "experiment": "t", "runs_dir": str(runs), "source": "manual",
+                  "spacing": list(SPACING), "patch_size": list(PATCH), "shell_mm": 4.0, "no_tumor": "liver",
+                  "liver": [1], "tumor": [2], "other": [KIDNEY]}
+    ws.crop_config.write_text(json.dumps(old_format, indent=2))
+    patches = sorted(manifest_path.parent.rglob("*.nii.gz")) + [manifest_path]
+    before = {f: f.stat().st_mtime_ns for f in patches}
+    _crop(cases, runs)
+    assert {f: f.stat().st_mtime_ns for f in patches} == before  # nothing cropped again
+    record = json.loads(ws.crop_config.read_text())
+    assert record["provenance"] == 1 and record["cases"] == str(cases)
+    settings = {k: v for k, v in old_format.items() if k not in ("cases", "experiment", "runs_dir")}
+    assert record["settings"] == settings | {"liver_level": None, "liver_region": None, "shell_region": "all"}
+
+    ws.crop_config.write_text(ws.crop_config.read_text()[:40])  # a truncated record
+    with pytest.raises(UnreadableRecordError, match=r"crop_config\.json: unreadable record of the TLCR patch folder "
+                                                    r"\(truncated or not JSON\).*Re-run with --force"):
+        _crop(cases, runs)
+    assert {f: f.stat().st_mtime_ns for f in patches} == before
+    _crop(cases, runs, force=True)
+    assert json.loads(ws.crop_config.read_text()) == record

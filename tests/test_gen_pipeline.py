@@ -22,6 +22,7 @@ from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.gen.latents import build_latent_cache, read_fold
 from neonet.gen.mask_aug import mask_digest
 from neonet.gen.toy import write_toy_cohort
+from neonet.provenance import FileRecord, OutOfDateError, Provenance, read_provenance
 from neonet.reload import load_checkpoint_fold, load_trained_fold
 from neonet.workspace import Workspace
 
@@ -69,28 +70,45 @@ def test_autoencoder_fit_through_cli(chain):
     assert (ws.stage_dir("autoencoder", FOLD) / "reconstruction.png").stat().st_size > 1000
 
 
+def _rewrite_record(path: Path, **changes) -> None:
+    """Rewrite a provenance record with some of its parts replaced (to fake another origin)."""
+    record = read_provenance(path, "test record")
+    write_json(path, Provenance(**{"settings": record.settings, "inputs": record.inputs, "outputs": record.outputs,
+                                   "extra": record.extra, **changes}).to_json())
+
+
 def test_latent_cache_manifest_and_refusals(chain):
     from neonet.gen.latent_data import LatentDataModule
 
     ws, root = chain["ws"], chain["root"]
     split = read_fold(ws, FOLD)
-    meta = read_json(ws.latents_dir(FOLD) / "cache.json")
-    assert meta["autoencoder_checkpoint"]["sha256"] == sha256_file(ws.best_checkpoint("autoencoder", FOLD))
-    manifest = pd.read_csv(ws.latents_dir(FOLD) / "manifest.csv", dtype={"case_id": str})
+    record = read_provenance(ws.latent_record(FOLD), "latent cache")
+    assert record.inputs["autoencoder checkpoint"].sha256 == sha256_file(ws.best_checkpoint("autoencoder", FOLD))
+    assert record.outputs["latent cache"].sha256 == sha256_file(ws.latent_cache_file(FOLD))
+    assert record.settings == {"samples": 2, "flip_axes": [0, 1], "seed": 0,
+                               "split": {"train": sorted(split.train), "val": sorted(split.val)}}
+    manifest = pd.read_csv(ws.latent_manifest(FOLD), dtype={"case_id": str})
     train_rows = manifest[manifest["split"] == "train"]
     assert set(train_rows["case_id"]) == set(split.train)
     assert set(manifest.loc[manifest["split"] == "val", "case_id"]) == set(split.val)
     assert len(train_rows) == len(split.train) * 4 * 2  # 4 flip combinations x 2 posterior samples
     dm = LatentDataModule(cases=str(root / "data" / "cases.csv"), experiment=EXP, runs_dir=str(root / "runs"), fold=FOLD, folds=3)
-    # stale: the cache names another autoencoder checkpoint
-    meta_path = ws.latents_dir(FOLD) / "cache.json"
-    good = read_json(meta_path)
-    write_json(meta_path, {**good, "autoencoder_checkpoint": {"path": "x", "sha256": "0" * 64}})
+    # out of date: the cache names another autoencoder checkpoint, or another split
+    meta_path = ws.latent_record(FOLD)
+    good = meta_path.read_bytes()
+    _rewrite_record(meta_path, inputs={"autoencoder checkpoint": FileRecord("x", "0" * 64)})
     try:
-        with pytest.raises(NeonetError, match="(?s)stale.*python -m neonet.gen.latents"):
+        with pytest.raises(OutOfDateError, match=r"(?s)^the latent cache of fold 0 at .*latents/fold0 was made from "
+                                                 r"other settings or inputs than this command's: input autoencoder "
+                                                 r"checkpoint .*best\.ckpt changed \(sha256 000000000000… -> .*"
+                                                 r"Re-run with --force.*python -m neonet.gen.latents .*--force true"):
+            dm.setup("fit")
+        meta_path.write_bytes(good)
+        _rewrite_record(meta_path, settings={**record.settings, "split": {"train": split.train[1:], "val": split.val}})
+        with pytest.raises(OutOfDateError, match=r"setting split\.train: \["):
             dm.setup("fit")
     finally:
-        write_json(meta_path, good)
+        meta_path.write_bytes(good)
     # missing
     moved = meta_path.with_suffix(".bak")
     meta_path.rename(moved)
@@ -115,23 +133,61 @@ class _Touch:
 
 
 def test_latent_cache_is_read_weights_only(chain, tmp_path):
-    from neonet.gen.latents import CACHE_FILE, load_latent_cache
+    from neonet.gen.latents import load_latent_cache
 
     ws = chain["ws"]
     meta, cache = load_latent_cache(ws, FOLD)
     assert cache["z"].shape[0] == sum(meta["n_latents"].values()) and isinstance(cache["case_id"][0], str)
-    path = ws.latents_dir(FOLD) / CACHE_FILE
-    original, marker = path.read_bytes(), tmp_path / "cache_ran"
+    assert meta["settings"] == {"samples": 2, "flip_axes": [0, 1], "seed": 0}  # what the stages' artifacts record
+    assert meta["autoencoder_checkpoint"]["sha256"] == sha256_file(ws.best_checkpoint("autoencoder", FOLD))
+    path, record_path = ws.latent_cache_file(FOLD), ws.latent_record(FOLD)
+    original, good, marker = path.read_bytes(), record_path.read_bytes(), tmp_path / "cache_ran"
+
+    def recorded() -> None:  # a record that vouches for the altered file: only the weights-only load stands in the way
+        _rewrite_record(record_path, outputs={"latent cache": FileRecord.of(path)})
+
     try:
         torch.save({**cache, "extra": _Touch(marker)}, path)
+        with pytest.raises(OutOfDateError, match=r"output latent cache .*cache\.pt changed after it was recorded"):
+            load_latent_cache(ws, FOLD)  # cache.pt is not the file cache.json vouches for
+        recorded()
         with pytest.raises(NeonetError, match=r"(?s)^.*cache\.pt: refused to load this latent cache.*python -m neonet\.gen\.latents"):
             load_latent_cache(ws, FOLD)
         path.write_bytes(original[: len(original) // 3])
+        recorded()
         with pytest.raises(NeonetError, match=r"(?s)truncated or corrupt.*python -m neonet\.gen\.latents .*--force true"):
             load_latent_cache(ws, FOLD)
     finally:
         path.write_bytes(original)
+        record_path.write_bytes(good)
     assert not marker.exists()
+
+
+def test_latent_cache_record_of_before_provenance_is_current(chain, caplog):
+    """A ``cache.json`` as neonet wrote it before ``neonet.provenance`` is read: neither rebuilt nor refused."""
+    from neonet.gen.latents import load_latent_cache
+
+    ws = chain["ws"]
+    record_path, cache_path = ws.latent_record(FOLD), ws.latent_cache_file(FOLD)
+    good = record_path.read_bytes()
+    record = read_provenance(record_path, "latent cache")
+    ckpt = record.inputs["autoencoder checkpoint"]
+    old_format = {**record.extra, "autoencoder_checkpoint": ckpt.to_json(),
+                  "settings": {k: v for k, v in record.settings.items() if k != "split"},
+                  "cache_sha256": record.outputs["latent cache"].sha256}
+    try:
+        write_json(record_path, old_format)
+        stamp = cache_path.stat().st_mtime_ns
+        with caplog.at_level("INFO", logger="neonet.gen.latents"):
+            build_latent_cache(ws, FOLD, samples=2)
+        assert "is up to date" in caplog.text and cache_path.stat().st_mtime_ns == stamp
+        meta, _ = load_latent_cache(ws, FOLD)
+        assert meta["autoencoder_checkpoint"] == ckpt.to_json() and meta["n_latents"] == record.extra["n_latents"]
+        write_json(record_path, {**old_format, "train_cases": [*old_format["train_cases"], "not_in_this_fold"]})
+        with pytest.raises(OutOfDateError, match=r"setting split\.train: \[.*'not_in_this_fold'"):
+            load_latent_cache(ws, FOLD)
+    finally:
+        record_path.write_bytes(good)
 
 
 def test_diffusion_scale_factor_survives_reload_and_resume_continues(chain):
@@ -209,8 +265,50 @@ def test_synthesize_rerun_skips_and_refuses_other_settings(chain, synthesized):
     stamp = first.stat().st_mtime_ns
     synthesize(experiment=EXP, runs_dir=ws.runs_dir, folds=[FOLD], steps=3, device="cpu", quality=False)
     assert first.stat().st_mtime_ns == stamp
-    with pytest.raises(NeonetError, match="--force"):
+    with pytest.raises(OutOfDateError) as info:
         synthesize(experiment=EXP, runs_dir=ws.runs_dir, folds=[FOLD], steps=4, device="cpu", quality=False)
+    assert str(info.value) == (
+        f"the synthetic patch folder of fold 0 at {ws.synthetic_dir(FOLD)} was made from other settings or inputs than "
+        "this command's: setting steps: 3 (stored) -> 4 (now).\nRe-run with --force to replace it (or write to another "
+        "--experiment)."
+    )
+    assert first.stat().st_mtime_ns == stamp
+    record = read_provenance(ws.synthetic_config(FOLD), "synthetic patches")
+    assert set(record.inputs) == {"autoencoder checkpoint", "controlnet checkpoint", "diffusion checkpoint",
+                                  "patch manifest"}
+    assert record.inputs["controlnet checkpoint"].sha256 == sha256_file(ws.best_checkpoint("controlnet", FOLD))
+    assert record.inputs["diffusion checkpoint"].sha256 == synthesized["diffusion_sha256"].iloc[0]
+    # a retrained checkpoint, or patches cropped again, need --force as well
+    patch_manifest, original = ws.patches_manifest, ws.patches_manifest.read_bytes()
+    try:
+        patch_manifest.write_bytes(original + b"\n")
+        with pytest.raises(OutOfDateError, match=r"input patch manifest .*manifest\.csv changed \(sha256 "):
+            synthesize(experiment=EXP, runs_dir=ws.runs_dir, folds=[FOLD], steps=3, device="cpu", quality=False)
+    finally:
+        patch_manifest.write_bytes(original)
+
+
+def test_synthesize_record_of_before_provenance_is_current(chain, synthesized):
+    """A ``synth_config.json`` as neonet wrote it before ``neonet.provenance`` is read and left as it is."""
+    from neonet.gen.synthesize import synthesize
+
+    ws = chain["ws"]
+    path = ws.synthetic_config(FOLD)
+    good = path.read_bytes()
+    record = read_provenance(path, "synthetic patches")
+    names = ("autoencoder", "controlnet", "diffusion")
+    old_format = {**record.settings, "checkpoints": {n: record.inputs[f"{n} checkpoint"].path for n in names},
+                  "sha256": {n: record.inputs[f"{n} checkpoint"].sha256 for n in names}}
+    first = ws.synthetic_dir(FOLD) / synthesized["image"].iloc[0]
+    stamp = first.stat().st_mtime_ns
+    try:
+        write_json(path, old_format)
+        synthesize(experiment=EXP, runs_dir=ws.runs_dir, folds=[FOLD], steps=3, device="cpu", quality=False)
+        assert first.stat().st_mtime_ns == stamp and read_json(path) == old_format
+        with pytest.raises(OutOfDateError, match=r"setting eta: 0\.0 \(stored\) -> 0\.5 \(now\)"):
+            synthesize(experiment=EXP, runs_dir=ws.runs_dir, folds=[FOLD], steps=3, eta=0.5, device="cpu", quality=False)
+    finally:
+        path.write_bytes(good)
 
 
 def test_synthesize_rerun_keeps_a_current_quality_report(chain, synthesized, caplog):
@@ -218,7 +316,7 @@ def test_synthesize_rerun_keeps_a_current_quality_report(chain, synthesized, cap
     from neonet.gen.synthesize import synthesize
 
     ws = chain["ws"]
-    report = ws.reports_dir / "gen_quality.json"
+    report = ws.gen_quality_report()
     stamp = report.stat().st_mtime_ns
     with caplog.at_level("INFO", logger="neonet.gen.synthesize"):
         synthesize(experiment=EXP, runs_dir=ws.runs_dir, folds=[FOLD], steps=3, device="cpu")
@@ -235,6 +333,27 @@ def test_synthesize_rerun_keeps_a_current_quality_report(chain, synthesized, cap
     assert quality_is_current(ws, [FOLD])
 
 
+def test_quality_report_of_before_provenance_is_current(chain, synthesized):
+    """A ``gen_quality.json`` as neonet wrote it before ``neonet.provenance`` (settings and digests under
+    ``inputs``) still counts as current, so an unchanged experiment's report is not recomputed."""
+    from neonet.gen.quality import quality_is_current
+
+    ws = chain["ws"]
+    path = ws.gen_quality_report()
+    good = path.read_bytes()
+    record = read_provenance(path, "quality report")
+    names = ("splits", "patches", f"synthetic_fold{FOLD}", f"synthetic_config_fold{FOLD}", f"autoencoder_fold{FOLD}",
+             f"seg_fold{FOLD}")
+    digests = {n: record.inputs[n].sha256 if n in record.inputs else None for n in names}
+    assert digests[f"seg_fold{FOLD}"] is None and all(digests[n] for n in names[:-1])
+    try:
+        write_json(path, {**record.extra, "inputs": {**record.settings, "sha256": digests}})
+        assert quality_is_current(ws, [FOLD])
+        assert not quality_is_current(ws, [FOLD], min_segmenter_dice=0.7)
+    finally:
+        path.write_bytes(good)
+
+
 def test_no_leakage_into_fold_models_or_synthetic_patches(chain, synthesized):
     ws = chain["ws"]
     split = read_fold(ws, FOLD)
@@ -249,7 +368,7 @@ def test_no_leakage_into_fold_models_or_synthetic_patches(chain, synthesized):
         used = set(art["trained_on_cases"])
         assert used and used <= fit_cases and not used & test, stage
         assert set(art["test_cases"]) == test
-    cache = pd.read_csv(ws.latents_dir(FOLD) / "manifest.csv", dtype={"case_id": str})
+    cache = pd.read_csv(ws.latent_manifest(FOLD), dtype={"case_id": str})
     assert set(cache["case_id"]) <= fit_cases and set(cache.loc[cache["split"] == "train", "case_id"]) <= train
 
 
@@ -257,7 +376,7 @@ def test_quality_report_written(chain, synthesized):
     from neonet.gen.quality import gen_quality
 
     ws = chain["ws"]
-    (ws.reports_dir / "gen_quality.csv").unlink()
+    ws.gen_quality_report("csv").unlink()
     assert gen_quality(experiment=EXP, runs_dir=ws.runs_dir) == 0  # the standalone verb rewrites the report
     table = pd.read_csv(ws.reports_dir / "gen_quality.csv")
     row = table[table["fold"] == FOLD].iloc[0]

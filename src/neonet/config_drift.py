@@ -5,7 +5,8 @@ only when the fold's saved ``config.yaml`` (LightningCLI's full config of its fi
 config of the new command; otherwise a changed learning rate, seed or pooling would be silently
 ignored (skip) or mixed into a half-trained model (resume). :func:`config_drift` lists every
 setting of the new config that the saved one does not have, and :func:`check_fold_configs` turns
-that into an error naming the fold, the settings and what to do.
+that into the error every out-of-date output gives (:class:`neonet.provenance.OutOfDateError`),
+naming the fold, the settings and what to do.
 
 Every setting of the new command's resolved config is compared (an option the saved config lacks
 because neonet added it later counts only when it is set to something other than None), and settings that do not change what is learned (devices, loggers, progress bars,
@@ -17,12 +18,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from neonet.errors import NeonetError
+from neonet.provenance import Outdated, OutOfDateError, UnreadableRecordError, setting_difference
 from neonet.workspace import Workspace
 
 #: Settings that may differ between a fold's fit and a later command (hardware and bookkeeping).
@@ -42,6 +42,9 @@ RUNTIME_KEYS = (
     "data.fold",
     "data.num_workers",
 )
+
+#: How ``neonet cv`` names another experiment (in the remedy of an out-of-date fold).
+EXPERIMENT_OPTION = "`-- --data.experiment`"
 
 #: Lists of which the new command's items must each be in the fold's (more may have been added to a fit).
 SUBSET_KEYS = ("trainer.callbacks",)
@@ -161,10 +164,11 @@ def check_fold_configs(ws: Workspace, stage: str, folds: Iterable[int], requeste
             new setting can be trained beside the old one under another name.
 
     Raises:
-        NeonetError: naming each fold's ``config.yaml`` and its differing settings, and the commands
-            that either re-train the folds (``--force``) or keep them.
+        OutOfDateError: naming each fold's ``config.yaml`` and its differing settings, and the ways on:
+            re-train the folds (``--force``), another experiment, or (classifiers) another stage name.
+        UnreadableRecordError: a fold's ``config.yaml`` is not YAML.
     """
-    problems = []
+    outdated = []
     for k in folds:
         saved = ws.config_path(stage, k)
         if not saved.is_file():
@@ -172,27 +176,20 @@ def check_fold_configs(ws: Workspace, stage: str, folds: Iterable[int], requeste
         try:
             stored = yaml.safe_load(saved.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise NeonetError(f"{saved}: unreadable saved config of {stage} fold {k} ({exc}); re-train it with --force") from exc
+            raise UnreadableRecordError(saved, f"{stage} fold {k}", f"not YAML: {' '.join(str(exc).split())}",
+                                        experiment_option=EXPERIMENT_OPTION) from exc
         drift = config_drift(requested, stored)
         if drift:
-            shown = "; ".join(f"{key}: {old!r} (trained) -> {new!r} (now)" for key, old, new in drift[:6])
-            more = f"; and {len(drift) - 6} more" if len(drift) > 6 else ""
-            problems.append(f"  fold {k} ({_rel(saved)}): {shown}{more}")
-    if not problems:
+            shown = [setting_difference(key, old, new) for key, old, new in drift[:6]]
+            if len(drift) > 6:
+                shown.append(f"and {len(drift) - 6} more")
+            outdated.append(Outdated(f"{stage} fold {k}", saved, shown))
+    if not outdated:
         return
-    keep = ("train the new settings beside them under their own stage name, e.g. `-- --model.stage="
-            f"{stage}_v2`" if stage_option else "train the new settings in another experiment (`--data.experiment`) "
-            "or runs folder (`--data.runs_dir`)")
-    raise NeonetError(
-        f"{stage}: fold(s) already trained (or partly trained) with other settings than this command's:\n"
-        + "\n".join(problems)
-        + "\nneonet does not skip or resume a fold under changed settings. Either re-train these folds with "
-        f"`neonet cv ... --force` (their checkpoints are replaced), or {keep}."
-    )
-
-
-def _rel(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    way_on = ("neonet cv neither skips nor resumes a fold under changed settings: with --force it re-trains the "
+              "fold(s) (their checkpoints are replaced).")
+    if stage_option:
+        way_on += f" Or train the new settings beside them under their own stage name: `-- --model.stage={stage}_v2`."
+    else:
+        way_on += " Another runs folder is `-- --data.runs_dir`."
+    raise OutOfDateError(*outdated, way_on=way_on, experiment_option=EXPERIMENT_OPTION)

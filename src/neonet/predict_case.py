@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from neonet import __version__
-from neonet.atomic import read_json, write_json
+from neonet.atomic import write_json
 from neonet.data.cases import LIVER, TUMOR, LabelMap
 from neonet.data.nifti import load_nifti, read_array, save_nifti
 from neonet.ensemble import train_command, trained_folds
@@ -55,10 +55,13 @@ FRAGMENTED = 5
 
 def crop_settings(ws: Workspace) -> dict[str, Any]:
     """The experiment's TLCR settings (``patches/crop_config.json``, written by ``neonet crop``)."""
+    from neonet.seg.crop import crop_record
+
     path = ws.crop_config
-    if not path.is_file():
+    record = crop_record(ws)
+    if record is None:
         raise MissingUpstreamError("the experiment's TLCR settings", path, train_command(ws, "crop", verb="crop"))
-    cfg = read_json(path)
+    cfg = record.settings
     return {"spacing": tuple(float(s) for s in cfg["spacing"]), "patch_size": tuple(int(p) for p in cfg["patch_size"]),
             "shell_mm": float(cfg["shell_mm"]), "source": cfg.get("source"), "config": str(path),
             "liver_level": None if cfg.get("liver_level") is None else float(cfg["liver_level"]),

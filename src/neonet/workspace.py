@@ -8,8 +8,10 @@
                                         csv/ (CSV log), wandb/
       seg/predictions/<case>.nii.gz     out-of-fold NeoSeg masks in each input's original space
       patches/ + patches/manifest.csv   TLCR output
-      latents/fold<k>/                  latent cache of the fold's autoencoder
-      synthetic/fold<k>/ + manifest.csv synthetic patches with provenance
+      patches/crop_config.json          provenance of the patches (neonet.provenance)
+      latents/fold<k>/                  latent cache of the fold's autoencoder: cache.pt, manifest.csv,
+                                        cache.json (provenance)
+      synthetic/fold<k>/ + manifest.csv synthetic patches with provenance (synth_config.json)
       reports/                          tables (csv/json/md) and figures (png)
 """
 
@@ -144,6 +146,18 @@ class Workspace:
         """Latent cache of fold ``k``."""
         return self.root / "latents" / f"fold{int(fold)}"
 
+    def latent_cache_file(self, fold: int) -> Path:
+        """The latents of fold ``k``'s cache (``torch.save`` of tensors and lists of strings)."""
+        return self.latents_dir(fold) / "cache.pt"
+
+    def latent_manifest(self, fold: int) -> Path:
+        """One row per cached latent of fold ``k`` (case, split, flip, sample, index)."""
+        return self.latents_dir(fold) / "manifest.csv"
+
+    def latent_record(self, fold: int) -> Path:
+        """Provenance of fold ``k``'s latent cache (written last: the cache is complete only when it exists)."""
+        return self.latents_dir(fold) / "cache.json"
+
     def synthetic_dir(self, fold: int) -> Path:
         """Synthetic patches of fold ``k``."""
         return self.root / "synthetic" / f"fold{int(fold)}"
@@ -153,18 +167,24 @@ class Workspace:
         return self.synthetic_dir(fold) / "manifest.csv"
 
     def synthetic_config(self, fold: int) -> Path:
-        """Settings and inputs that fold ``k``'s synthetic patches were made with."""
+        """Provenance (settings, checkpoints) of fold ``k``'s synthetic patches."""
         return self.synthetic_dir(fold) / "synth_config.json"
 
     @property
     def crop_config(self) -> Path:
-        """Settings and inputs that the TLCR patches were made with."""
+        """Provenance (settings) of the TLCR patches."""
         return self.patches_dir / "crop_config.json"
 
     @property
     def reports_dir(self) -> Path:
         """Cross-fold tables and figures."""
         return self.root / "reports"
+
+    def gen_quality_report(self, ext: str = "json", fold: int | None = None) -> Path:
+        """The synthetic-patch quality report: ``reports/gen_quality.<ext>`` (``.json`` also holds its
+        provenance), or fold ``k``'s part ``reports/gen_quality_fold<k>.<ext>`` (``csv``, ``png``)."""
+        name = "gen_quality" if fold is None else f"gen_quality_fold{int(fold)}"
+        return self.reports_dir / f"{name}.{ext}"
 
     # ----------------------------------------------------------------------------- artifacts
     def read_artifact(self, stage: str, fold: int) -> dict[str, Any] | None:

@@ -7,14 +7,16 @@ Built once per fold (by the autoencoder's ``neonet cv`` hook, or standalone with
       cache.pt       z (N, C, x, y, z) float32, label (M, X, Y, Z) uint8 (the label patch of each
                      flipped copy), label_index (N,), pni (N,), split (N,)
       manifest.csv   one row per latent: case_id, patient_id, pni, split, flip, sample, index
-      cache.json     source autoencoder checkpoint + sha256, settings, case ids (written last:
-                     the cache is complete only when it exists)
+      cache.json     provenance (:mod:`neonet.provenance`): settings (samples, flips, seed, the
+                     fold's split), the autoencoder checkpoint + sha256, the sha256 of cache.pt,
+                     case ids and shapes (written last: the cache is complete only when it exists)
 
 Training cases are encoded under every combination of ``flip_axes`` and with ``samples``
 stochastic posterior samples ``mu + sigma * eps`` each; inner validation cases once, unflipped,
-from the posterior mean (deterministic validation). Test cases are never read. The diffusion and
-ControlNet data modules refuse a cache whose autoencoder checkpoint hash no longer matches the
-fold's ``autoencoder/fold<k>/checkpoints/best.ckpt``.
+from the posterior mean (deterministic validation). Test cases are never read. A cache that is not
+current is rebuilt; the diffusion and ControlNet data modules refuse a cache whose autoencoder
+checkpoint hash no longer matches the fold's ``autoencoder/fold<k>/checkpoints/best.ckpt``, whose
+split is not the fold's, or whose ``cache.pt`` is not the file recorded.
 """
 
 from __future__ import annotations
@@ -30,18 +32,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from neonet.atomic import atomic_path, read_json, sha256_file, write_csv, write_json
+from neonet.atomic import atomic_path, read_json, write_csv
 from neonet.data.patches import patch_records
 from neonet.data.splits import Fold, get_fold
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.gen.patch_data import load_patch
 from neonet.gen.upstream import cache_command, load_autoencoder, require_checkpoint, stage_command
+from neonet.provenance import FileRecord, Provenance, UnreadableRecordError, differences, ensure_current, read_provenance
 from neonet.reload import safe_torch_load
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-CACHE_FILE, MANIFEST_FILE, META_FILE = "cache.pt", "manifest.csv", "cache.json"
+#: Names of the cache record's settings, input and output.
+SPLIT, AUTOENCODER, CACHE = "split", "autoencoder checkpoint", "latent cache"
 
 
 def read_fold(ws: Workspace, fold: int) -> Fold:
@@ -49,6 +53,50 @@ def read_fold(ws: Workspace, fold: int) -> Fold:
     if not ws.splits_path.is_file():
         raise MissingUpstreamError("split file", ws.splits_path, stage_command(ws, "autoencoder", fold))
     return get_fold(read_json(ws.splits_path), fold)
+
+
+def _what(fold: int) -> str:
+    return f"the latent cache of fold {int(fold)}"
+
+
+def _split_setting(split: Fold) -> dict[str, list[str]]:
+    """The fold's training and inner validation case ids (the cache's ``split`` setting)."""
+    return {"train": sorted(split.train), "val": sorted(split.val)}
+
+
+def _legacy_record(data: dict[str, Any], split: Fold, cache_path: Path) -> Provenance:
+    """A ``cache.json`` of before :mod:`neonet.provenance`.
+
+    It recorded the encoded case ids, not the split: the cache counts as made from the fold's split
+    when every encoded case is in it (as the check of that time did).
+    """
+    train, val = data.get("train_cases", []), data.get("val_cases", [])
+    inside = set(train) <= set(split.train) and set(val) <= set(split.val)
+    ae = data.get("autoencoder_checkpoint") or {}
+    return Provenance(
+        settings={**(data.get("settings") or {}),
+                  SPLIT: _split_setting(split) if inside else {"train": sorted(train), "val": sorted(val)}},
+        inputs={AUTOENCODER: FileRecord.from_json(ae)},
+        outputs={CACHE: FileRecord(str(cache_path), data["cache_sha256"])} if data.get("cache_sha256") else {},
+        extra={k: v for k, v in data.items() if k not in ("settings", "autoencoder_checkpoint", "cache_sha256")},
+    )
+
+
+def read_cache_record(ws: Workspace, fold: int, split: Fold) -> Provenance | None:
+    """The provenance record of the fold's latent cache (either format), None when there is none.
+
+    Raises:
+        UnreadableRecordError: ``cache.json`` is truncated or corrupt.
+    """
+    return read_provenance(ws.latent_record(fold), _what(fold),
+                           lambda data: _legacy_record(data, split, ws.latent_cache_file(fold)), cache_command(ws, fold))
+
+
+def cache_meta(record: Provenance) -> dict[str, Any]:
+    """The cache description the data modules record in their artifacts: the record's informational
+    fields, the encoding ``settings`` and the ``autoencoder_checkpoint`` (path, sha256)."""
+    return {**record.extra, "settings": {k: v for k, v in record.settings.items() if k != SPLIT},
+            "autoencoder_checkpoint": record.inputs[AUTOENCODER].to_json() if AUTOENCODER in record.inputs else None}
 
 
 def flip_variants(flip_axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -90,15 +138,23 @@ def build_latent_cache(
     """
     out = ws.latents_dir(fold)
     ckpt = require_checkpoint(ws, "autoencoder", fold)
-    digest = sha256_file(ckpt)
-    settings = {"samples": int(samples), "flip_axes": sorted(int(a) for a in flip_axes), "seed": int(seed)}
-    meta_path = out / META_FILE
-    if not force and meta_path.is_file():
-        meta = read_json(meta_path)
-        if meta.get("autoencoder_checkpoint", {}).get("sha256") == digest and meta.get("settings") == settings:
-            log.info("fold %d: latent cache is up to date (%s)", fold, out)
-            return out
     split = read_fold(ws, fold)
+    settings = {"samples": int(samples), "flip_axes": sorted(int(a) for a in flip_axes), "seed": int(seed),
+                SPLIT: _split_setting(split)}
+    now = Provenance(settings, inputs={AUTOENCODER: FileRecord.of(ckpt)})
+    meta_path, cache_path = ws.latent_record(fold), ws.latent_cache_file(fold)
+    if not force:
+        try:
+            stored = read_cache_record(ws, fold, split)
+        except UnreadableRecordError as exc:
+            log.warning("fold %d: %s; rebuilding the cache", fold, exc)
+            stored = None
+        if stored is not None and cache_path.is_file():
+            found = differences(stored, Provenance(settings, now.inputs, _cache_output(stored, cache_path)))
+            if not found:
+                log.info("fold %d: latent cache is up to date (%s)", fold, out)
+                return out
+            log.info("fold %d: rebuilding the latent cache %s: %s", fold, out, "; ".join(found))
     ae = load_autoencoder(ckpt).to(device)
     gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1000 + int(fold))
     zs: list[torch.Tensor] = []
@@ -143,53 +199,50 @@ def build_latent_cache(
         "split": list(frame["split"]),
         "case_id": list(frame["case_id"]),
     }
-    with atomic_path(out / CACHE_FILE) as tmp:
+    with atomic_path(cache_path) as tmp:
         torch.save(cache, tmp)
-    write_csv(out / MANIFEST_FILE, frame)
-    meta = {
+    write_csv(ws.latent_manifest(fold), frame)
+    info = {
         "fold": int(fold),
-        "autoencoder_checkpoint": {"path": str(ckpt), "sha256": digest},
-        "settings": settings,
         "latent_shape": list(cache["z"].shape[1:]),
         "patch_shape": list(cache["label"].shape[1:]),
         "n_latents": {"train": int((frame["split"] == "train").sum()), "val": int((frame["split"] == "val").sum())},
         "train_cases": sorted(set(frame.loc[frame["split"] == "train", "case_id"])),
         "val_cases": sorted(set(frame.loc[frame["split"] == "val", "case_id"])),
-        "cache_sha256": sha256_file(out / CACHE_FILE),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json(meta_path, meta)
-    log.info("fold %d: latent cache %s: %s latents of shape %s", fold, out, meta["n_latents"], meta["latent_shape"])
+    Provenance(settings, now.inputs, {CACHE: FileRecord.of(cache_path)}, info).write(meta_path)
+    log.info("fold %d: latent cache %s: %s latents of shape %s", fold, out, info["n_latents"], info["latent_shape"])
     return out
 
 
+def _cache_output(stored: Provenance, cache_path: Path) -> dict[str, FileRecord]:
+    """``cache.pt`` as it is now, when the record vouches for it (records of before the check do not)."""
+    return {CACHE: FileRecord.of(cache_path)} if CACHE in stored.outputs else {}
+
+
 def check_latent_cache(ws: Workspace, fold: int) -> dict[str, Any]:
-    """The cache's ``cache.json`` after checking it is complete and made by the fold's current autoencoder.
+    """The cache's description (:func:`cache_meta`) after checking that it is complete and current.
+
+    Current for a stage reading it: made by the fold's current autoencoder checkpoint from the fold's
+    split, and ``cache.pt`` is the file the record vouches for. The encoding settings (samples,
+    flips, seed) are the autoencoder stage's business and not compared here.
 
     Raises:
         MissingUpstreamError: no autoencoder checkpoint, or no (complete) cache.
-        NeonetError: the cache was made by another autoencoder checkpoint (stale) or split.
+        OutOfDateError: the cache is not current (the message names the command that rebuilds it).
+        UnreadableRecordError: ``cache.json`` is truncated or corrupt.
     """
     ckpt = require_checkpoint(ws, "autoencoder", fold)
-    meta_path = ws.latents_dir(fold) / META_FILE
-    if not meta_path.is_file() or not (ws.latents_dir(fold) / CACHE_FILE).is_file():
+    meta_path, cache_path = ws.latent_record(fold), ws.latent_cache_file(fold)
+    if not meta_path.is_file() or not cache_path.is_file():
         raise MissingUpstreamError(f"latent cache of fold {fold}", meta_path, cache_command(ws, fold))
-    meta = read_json(meta_path)
-    digest = sha256_file(ckpt)
-    if meta.get("autoencoder_checkpoint", {}).get("sha256") != digest:
-        raise NeonetError(
-            f"the latent cache {ws.latents_dir(fold)} is stale: it was encoded by an autoencoder checkpoint with "
-            f"sha256 {meta.get('autoencoder_checkpoint', {}).get('sha256', '?')[:12]}..., but {ckpt} now has "
-            f"{digest[:12]}.... Rebuild it:\n    {cache_command(ws, fold)}"
-        )
     split = read_fold(ws, fold)
-    foreign = sorted(set(meta.get("train_cases", [])) - set(split.train)) + sorted(set(meta.get("val_cases", [])) - set(split.val))
-    if foreign:
-        raise NeonetError(
-            f"the latent cache {ws.latents_dir(fold)} holds case(s) {foreign[:5]} that are not in fold {fold}'s "
-            f"training/validation split; rebuild it:\n    {cache_command(ws, fold)}"
-        )
-    return meta
+    stored = read_cache_record(ws, fold, split)
+    assert stored is not None
+    now = Provenance({SPLIT: _split_setting(split)}, {AUTOENCODER: FileRecord.of(ckpt)}, _cache_output(stored, cache_path))
+    ensure_current(stored, now, _what(fold), ws.latents_dir(fold), only=(SPLIT,), command=cache_command(ws, fold))
+    return cache_meta(stored)
 
 
 def load_latent_cache(ws: Workspace, fold: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -199,7 +252,7 @@ def load_latent_cache(ws: Workspace, fold: int) -> tuple[dict[str, Any], dict[st
     file holding other pickled objects is refused (:func:`neonet.reload.safe_torch_load`).
     """
     meta = check_latent_cache(ws, fold)
-    path = ws.latents_dir(fold) / CACHE_FILE
+    path = ws.latent_cache_file(fold)
     cache = safe_torch_load(path, "latent cache", f"Rebuild it:\n    {cache_command(ws, fold)}")
     if not isinstance(cache, dict) or not torch.is_tensor(cache.get("z")):
         raise NeonetError(f"{path}: not a latent cache (no latents `z`); rebuild it:\n    {cache_command(ws, fold)}")

@@ -21,7 +21,8 @@ Per fold (nothing here reads the fold's test patients):
 
 Outputs: ``reports/gen_quality.{csv,json,md}``, ``reports/gen_quality_fold<k>.csv`` (per synthetic
 patch) and ``reports/gen_quality_fold<k>.png`` (real vs synthetic, mid slices with tumour/shell
-contours), plus a W&B summary run ``gen-cv``.
+contours), plus a W&B summary run ``gen-cv``. ``gen_quality.json`` is also the report's provenance
+record (:mod:`neonet.provenance`): its settings and the SHA-256 of every file it was computed from.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from neonet.atomic import read_json, sha256_file, write_csv, write_json, write_text
+from neonet.atomic import read_json, write_csv, write_text
 from neonet.data.nifti import load_nifti, read_array
 from neonet.data.patches import PATCH_LIVER, PATCH_TUMOR, patch_records
 from neonet.errors import MissingUpstreamError
@@ -45,6 +46,7 @@ from neonet.gen.latents import read_fold
 from neonet.gen.panels import save_grid
 from neonet.gen.patch_data import load_patch
 from neonet.gen.upstream import load_seg_network
+from neonet.provenance import FileRecord, Provenance, UnreadableRecordError, differences, read_provenance
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -202,7 +204,7 @@ class SegTumour:
 
 # ----------------------------------------------------------------------------- report
 def _load_synthetic(ws: Workspace, fold: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    path = ws.synthetic_dir(fold) / "manifest.csv"
+    path = ws.synthetic_manifest(fold)
     frame = pd.read_csv(path, dtype={"case_id": str, "source_case": str}) if path.is_file() else pd.DataFrame()
     if frame.empty:
         return frame, np.zeros((0,)), np.zeros((0,))
@@ -270,7 +272,7 @@ def fold_quality(
     n = min(6, len(s_img))
     pos = [i for i, it in enumerate(real_items) if it["pni"] == 1][:n] or list(range(min(n, len(r_img))))
     save_grid(
-        ws.reports_dir / f"gen_quality_fold{fold}.png",
+        ws.gen_quality_report("png", fold),
         [[r_img[i] for i in pos], [s_img[i] for i in range(n)]],
         ["real (train PNI+)", "synthetic"],
         contours=[[r_lab[i] for i in pos], [s_lab[i] for i in range(n)]],
@@ -279,30 +281,51 @@ def fold_quality(
     return row, per
 
 
-def quality_inputs(ws: Workspace, folds: list[int], near_copy_threshold: float, min_segmenter_dice: float) -> dict[str, Any]:
-    """SHA-256 of every file the report of ``folds`` depends on, plus its settings (for :func:`quality_is_current`)."""
+def _input_files(ws: Workspace, folds: list[int]) -> dict[str, Path]:
+    """Every file the report of ``folds`` may depend on, by input name."""
     files = {"splits": ws.splits_path, "patches": ws.patches_manifest}
     for k in folds:
-        files[f"synthetic_fold{k}"] = ws.synthetic_dir(k) / "manifest.csv"
-        files[f"synthetic_config_fold{k}"] = ws.synthetic_dir(k) / "synth_config.json"
+        files[f"synthetic_fold{k}"] = ws.synthetic_manifest(k)
+        files[f"synthetic_config_fold{k}"] = ws.synthetic_config(k)
         files[f"autoencoder_fold{k}"] = ws.artifact_path("autoencoder", k)
         files[f"seg_fold{k}"] = ws.artifact_path("seg", k)
-    digests = {name: sha256_file(path) if path.is_file() else None for name, path in files.items()}
-    return {"folds": [int(k) for k in folds], "near_copy_threshold": near_copy_threshold,
-            "min_segmenter_dice": min_segmenter_dice, "sha256": digests}
+    return files
+
+
+def quality_inputs(ws: Workspace, folds: list[int], near_copy_threshold: float, min_segmenter_dice: float) -> Provenance:
+    """The report's provenance now: its settings and the SHA-256 of every file of ``folds`` it depends
+    on that exists (for :func:`quality_is_current`)."""
+    settings = {"folds": [int(k) for k in folds], "near_copy_threshold": near_copy_threshold,
+                "min_segmenter_dice": min_segmenter_dice}
+    return Provenance(settings, {name: FileRecord.of(path) for name, path in _input_files(ws, folds).items() if path.is_file()})
+
+
+def _legacy_record(data: dict[str, Any], files: dict[str, Path]) -> Provenance:
+    """A ``gen_quality.json`` of before :mod:`neonet.provenance`: settings and digests under ``inputs``."""
+    old = data.get("inputs")
+    if not isinstance(old, dict):
+        raise ValueError("no `inputs` of the report")
+    digests = old.get("sha256") or {}
+    return Provenance({k: v for k, v in old.items() if k != "sha256"},
+                      {name: FileRecord(str(files.get(name, name)), str(d)) for name, d in digests.items() if d},
+                      extra={k: v for k, v in data.items() if k != "inputs"})
 
 
 def quality_is_current(ws: Workspace, folds: list[int], near_copy_threshold: float = 0.95,
                        min_segmenter_dice: float = 0.5) -> bool:
     """True when ``reports/gen_quality.json`` was made from exactly the current inputs of ``folds``."""
-    path = ws.reports_dir / "gen_quality.json"
-    if not path.is_file():
-        return False
+    files = _input_files(ws, folds)
     try:
-        old = read_json(path).get("inputs")
-    except (ValueError, AttributeError):
+        stored = read_provenance(ws.gen_quality_report(), "the quality report", lambda data: _legacy_record(data, files))
+    except UnreadableRecordError as exc:
+        log.info("%s", exc)
         return False
-    return old == quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice)
+    if stored is None:
+        return False
+    found = differences(stored, quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice))
+    if found:
+        log.info("quality report %s is out of date: %s", ws.gen_quality_report(), "; ".join(found))
+    return not found
 
 
 def quality_report(
@@ -321,19 +344,19 @@ def quality_report(
         row, per = fold_quality(ws, k, near_copy_threshold, min_segmenter_dice)
         rows.append(row)
         if not per.empty:
-            write_csv(ws.reports_dir / f"gen_quality_fold{k}.csv", per)
-            images[f"gen_quality_fold{k}"] = ws.reports_dir / f"gen_quality_fold{k}.png"
+            write_csv(ws.gen_quality_report("csv", k), per)
+            images[f"gen_quality_fold{k}"] = ws.gen_quality_report("png", k)
     table = pd.DataFrame(rows)
-    reports = ws.reports_dir
-    write_csv(reports / "gen_quality.csv", table)
+    write_csv(ws.gen_quality_report("csv"), table)
     numeric = table.drop(columns=["fold"]).select_dtypes("number")
     summary = {c: float(numeric[c].mean()) for c in numeric.columns}
-    write_json(reports / "gen_quality.json", {"per_fold": table.to_dict(orient="records"), "mean": summary,
-                                              "inputs": quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice)})
+    now = quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice)
+    Provenance(now.settings, now.inputs, extra={"per_fold": table.to_dict(orient="records"), "mean": summary}).write(
+        ws.gen_quality_report())
     cols = [c for c in ("fold", "n_synthetic", "ae_val_psnr", "kid", "kid_real", "ms_ssim_synthetic", "ms_ssim_real",
                         "near_copies", "dice_synthetic", "dice_real", "neoseg_dice_real") if c in table.columns]
-    write_text(reports / "gen_quality.md", "# NeoGen synthetic patch quality\n\n" + table[cols].to_string(index=False) + "\n")
-    log.info("NeoGen quality (%s):\n%s", reports / "gen_quality.csv", table[cols].to_string(index=False))
+    write_text(ws.gen_quality_report("md"), "# NeoGen synthetic patch quality\n\n" + table[cols].to_string(index=False) + "\n")
+    log.info("NeoGen quality (%s):\n%s", ws.gen_quality_report("csv"), table[cols].to_string(index=False))
     from neonet.wandb_summary import log_cv_summary
 
     log_cv_summary(ws, "gen", {"gen_quality": table}, {f"gen/{k}": v for k, v in summary.items()}, images)
@@ -359,7 +382,7 @@ def gen_quality(
     ws = Workspace(runs_dir, experiment)
     if folds is None:
         n = int(read_json(ws.splits_path)["folds"]) if ws.splits_path.is_file() else 0
-        folds = [k for k in range(n) if (ws.synthetic_dir(k) / "manifest.csv").is_file()]
+        folds = [k for k in range(n) if ws.synthetic_manifest(k).is_file()]
     if not folds:
         raise MissingUpstreamError("synthetic patches", ws.root / "synthetic",
                                    f"neonet synthesize --experiment {experiment} --runs_dir {runs_dir}")

@@ -9,11 +9,12 @@ reaches ``ratio``. Output::
       images/syn_f<k>_<i>.nii.gz   float32 image in [0, 1] (like the TLCR patches)
       labels/syn_f<k>_<i>.nii.gz   uint8 augmented conditioning mask (0 bg, 1 liver, 2 shell, 3 tumour)
       manifest.csv                 one row per patch (provenance below); pni = 1, patient_id = source patient
-      synth_config.json            settings + checkpoint hashes the folder was made with
+      synth_config.json            provenance (:mod:`neonet.provenance`): settings + the checkpoints and the
+                                   patch manifest (sha256) the folder was made from
 
 Every sample has its own seed (from ``seed``, fold and index), so a re-run reproduces it and an
 interrupted run continues where it stopped: existing patches with the same settings are kept.
-Different settings or retrained checkpoints need ``--force``.
+Different settings, retrained checkpoints or re-cropped patches need ``--force``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from neonet.atomic import read_json, sha256_file, write_csv, write_json
+from neonet.atomic import read_json, sha256_file, write_csv
 from neonet.data.nifti import save_nifti
 from neonet.data.patches import PatchRecord, patch_records
 from neonet.errors import DataError, NeonetError
@@ -40,13 +41,18 @@ from neonet.gen.mask_aug import MaskAugmentation, augment_mask, mask_digest
 from neonet.gen.patch_data import load_patch
 from neonet.gen.sampling import SAMPLERS, Denoiser, effective_steps, sample_latents
 from neonet.gen.upstream import load_autoencoder, require_checkpoint
+from neonet.provenance import UNRECORDED, FileRecord, Provenance, check_current
 from neonet.reload import load_checkpoint_fold
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "synth_config.json"
 PNI_POSITIVE = 1
+#: Checkpoints of the record's inputs (``<name> checkpoint``) and the patch manifest the masks come from.
+CHECKPOINTS = ("autoencoder", "controlnet", "diffusion")
+PATCH_MANIFEST = "patch manifest"
+#: Inputs that records of before :mod:`neonet.provenance` lack (any file now matches them).
+RECORD_DEFAULTS = {PATCH_MANIFEST: UNRECORDED}
 #: Columns of ``synthetic/fold<k>/manifest.csv`` (paths relative to the manifest's folder).
 MANIFEST_COLUMNS = [
     "case_id", "patient_id", "pni", "image", "label", "status", "synthetic", "fold", "source_case", "source_patient",
@@ -118,6 +124,29 @@ class FoldGenerator:
         return image[0, 0].float().cpu().numpy()
 
 
+def _what(fold: int) -> str:
+    return f"the synthetic patch folder of fold {int(fold)}"
+
+
+def _record(ws: Workspace, settings: dict[str, Any], gen: FoldGenerator | None) -> Provenance:
+    """What the fold's synthetic patches are made from now: settings, checkpoints, patch manifest."""
+    inputs = {PATCH_MANIFEST: FileRecord.of(ws.patches_manifest)}
+    if gen is not None:
+        for name in CHECKPOINTS:
+            if gen.checkpoints.get(name) and gen.hashes.get(name):
+                inputs[f"{name} checkpoint"] = FileRecord(str(gen.checkpoints[name]), str(gen.hashes[name]))
+    return Provenance(settings, inputs)
+
+
+def _legacy_record(data: dict[str, Any]) -> Provenance:
+    """A ``synth_config.json`` of before :mod:`neonet.provenance`: the settings beside ``checkpoints``
+    (paths) and ``sha256`` (hashes) of the autoencoder, ControlNet and diffusion model."""
+    paths, hashes = data.get("checkpoints") or {}, data.get("sha256") or {}
+    inputs = {f"{name} checkpoint": FileRecord(str(paths.get(name)), str(hashes[name]))
+              for name in CHECKPOINTS if hashes.get(name)}
+    return Provenance({k: v for k, v in data.items() if k not in ("checkpoints", "sha256")}, inputs)
+
+
 def _latent_shape(gen: FoldGenerator, patch_shape: tuple[int, ...]) -> tuple[int, ...]:
     factor = 2 ** (len(gen.autoencoder.encoder.channels) - 1)
     return (int(gen.autoencoder.latent_channels), *[int(s) // factor for s in patch_shape])
@@ -136,24 +165,18 @@ def synthesize_fold(ws: Workspace, fold: int, settings: dict[str, Any], aug: Mas
     if n_target and not sources:
         raise DataError(f"fold {fold}: no PNI+ training patches to condition on; cannot balance this fold")
     gen = FoldGenerator(ws, fold, device) if n_target else None
-    full = dict(settings, fold=fold, n_synthetic=n_target,
-                checkpoints=gen.checkpoints if gen else None, sha256=gen.hashes if gen else None)
-    cfg_path = out / CONFIG_NAME
-    if cfg_path.is_file():
-        old = read_json(cfg_path)
-        if old != full and not force:
-            changed = sorted(k for k in set(old) | set(full) if old.get(k) != full.get(k))
-            raise NeonetError(
-                f"{out} was made with other settings or checkpoints ({', '.join(changed)}); "
-                "re-run with --force true to replace its synthetic patches"
-            )
+    record = _record(ws, dict(settings, fold=fold, n_synthetic=n_target), gen)
+    cfg_path = ws.synthetic_config(fold)
+    stored = None if force else check_current(cfg_path, record, _what(fold), output=out, legacy=_legacy_record,
+                                              defaults=RECORD_DEFAULTS)
     if force and out.exists():
         shutil.rmtree(out)
-    manifest_path = out / "manifest.csv"
+    manifest_path = ws.synthetic_manifest(fold)
     previous = {}
     if manifest_path.is_file():
         previous = {row["case_id"]: row for row in pd.read_csv(manifest_path, dtype=str, keep_default_na=False).to_dict("records")}
-    write_json(cfg_path, full)
+    if stored is None:  # a current record stays as it is (its hash is an input of the quality report)
+        record.write(cfg_path)
     rows: list[dict[str, Any]] = []
     if not n_target:
         write_csv(manifest_path, pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
@@ -266,7 +289,7 @@ def synthesize(
 
         if quality_is_current(ws, [int(k) for k in folds]):
             log.info("quality report %s is up to date with these synthetic patches; `neonet gen-quality` recomputes it",
-                     ws.reports_dir / "gen_quality.json")
+                     ws.gen_quality_report())
         else:
             quality_report(ws, [int(k) for k in folds])
     return 0

@@ -6,7 +6,7 @@ Output, in the experiment's workspace (see :mod:`neonet.workspace`)::
       images/<case>.nii.gz     float32 image patch (canonical RAS grid, target spacing)
       labels/<case>.nii.gz     uint8 label patch: 0 bg, 1 liver, 2 peritumoral shell, 3 tumour
       manifest.csv             one row per case (also skipped and failed ones)
-      crop_config.json         the settings the patches were made with
+      crop_config.json         the settings the patches were made with (a :mod:`neonet.provenance` record)
 
 A patch's affine is the canonical (resampled, RAS) volume's affine with its origin moved to the
 crop box start, so every patch voxel has the world coordinate of the volume voxel it came from
@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from neonet.atomic import read_json, sha256_file, write_csv, write_json
+from neonet.atomic import sha256_file, write_csv
 from neonet.data.cases import Case, LabelMap, read_cases
 from neonet.data.nifti import load_nifti, save_nifti
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
+from neonet.provenance import Provenance, check_current, read_provenance
 from neonet.seg.tlcr import (
     LIVER_REGIONS,
     SHELL_REGIONS,
@@ -47,12 +48,14 @@ from neonet.workspace import Workspace
 log = logging.getLogger(__name__)
 
 SOURCES = ("manual", "predicted")
-CONFIG_NAME = "crop_config.json"
 #: Arguments that change the patches; a different value needs ``--force``.
 SETTINGS_KEYS = ("source", "spacing", "patch_size", "shell_mm", "no_tumor", "liver", "tumor", "other", "liver_level",
                  "liver_region", "shell_region")
-#: Settings that older crop configs lack, with the value those crops were made with.
-SETTINGS_DEFAULTS = {"shell_region": "all"}
+#: Settings that older crop configs lack, with the value those crops were made with (a config written
+#: before liver normalisation existed read as ``None`` for both of its settings).
+SETTINGS_DEFAULTS = {"shell_region": "all", "liver_level": None, "liver_region": None}
+#: What the crop record describes (in messages).
+WHAT = "the TLCR patch folder"
 #: Statuses whose rows (and files) a re-run with the same settings and inputs may reuse.
 REUSABLE_STATUSES = (STATUS_OK, STATUS_LIVER_FALLBACK, STATUS_SKIPPED, STATUS_NO_LIVER)
 _AXES = ("x", "y", "z")
@@ -114,18 +117,26 @@ def _settings(
     }
 
 
-def _config_differences(path: Path, settings: dict[str, Any]) -> list[str] | None:
-    """Settings that differ from the stored config; None when no config is stored."""
-    if not path.exists():
-        return None
-    try:
-        stored = read_json(path)
-    except (OSError, ValueError):
-        return ["crop_config.json unreadable"]
-    def old(key: str) -> Any:
-        return stored.get(key, SETTINGS_DEFAULTS.get(key))
+def _legacy_record(data: dict[str, Any]) -> Provenance:
+    """A ``crop_config.json`` of before :mod:`neonet.provenance`: the settings and the command's
+    ``cases``/``experiment``/``runs_dir`` side by side in one object."""
+    return Provenance(settings={k: data[k] for k in SETTINGS_KEYS if k in data},
+                      extra={k: v for k, v in data.items() if k not in SETTINGS_KEYS})
 
-    return [f"{key}: {old(key)!r} → {settings[key]!r}" for key in SETTINGS_KEYS if old(key) != settings[key]]
+
+def crop_record(ws: Workspace) -> Provenance | None:
+    """The provenance record of the experiment's patches (either format), None before the first crop.
+
+    Settings that an older record lacks are filled in from :data:`SETTINGS_DEFAULTS`.
+
+    Raises:
+        UnreadableRecordError: ``crop_config.json`` is truncated or corrupt.
+    """
+    record = read_provenance(ws.crop_config, WHAT, _legacy_record)
+    if record is None:
+        return None
+    missing = {k: v for k, v in SETTINGS_DEFAULTS.items() if k not in record.settings}
+    return Provenance({**record.settings, **missing}, record.inputs, record.outputs, record.extra) if missing else record
 
 
 def _inputs_digest(image: Path, mask: Path) -> str:
@@ -270,17 +281,13 @@ def crop(
     workspace = Workspace(runs_dir, experiment)
     patches_dir = workspace.patches_dir
     manifest_path = workspace.patches_manifest
-    config_path = patches_dir / CONFIG_NAME
     case_list = read_cases(cases)
     settings = _settings(source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other, liver_level, liver_region,
                          shell_region)
-
-    differences = _config_differences(config_path, settings)
-    if differences and not force:
-        raise NeonetError(
-            f"{patches_dir}: patches were made with other settings ({'; '.join(differences)}). "
-            "Pass --force to rewrite them (or use another --experiment)."
-        )
+    record = Provenance(settings, extra={"cases": str(cases), "experiment": experiment, "runs_dir": str(runs_dir)})
+    # same settings: the patches are current and each case is reused unless its inputs changed
+    current = not force and check_current(workspace.crop_config, record, WHAT, output=patches_dir,
+                                          legacy=_legacy_record, defaults=SETTINGS_DEFAULTS) is not None
 
     if source == "predicted":
         missing = [c.case_id for c in case_list if not workspace.seg_prediction(c.case_id).is_file()]
@@ -292,14 +299,11 @@ def crop(
                 f"neonet cv --config <the NeoSeg config of experiment {experiment!r}, e.g. experiments/demo/seg.yaml>",
             )
 
-    reuse = differences == [] and not force
-    old_rows = _read_manifest(manifest_path) if reuse else {}
-    if not reuse and manifest_path.exists():
+    old_rows = _read_manifest(manifest_path) if current else {}
+    if not current and manifest_path.exists():
         # The old manifest describes patches made with other settings; never trust it again.
         manifest_path.unlink()
-    config = {"cases": str(cases), "experiment": experiment, "runs_dir": str(runs_dir), **settings}
-    if differences != [] or not config_path.exists() or read_json(config_path) != config:
-        write_json(config_path, config)
+    record.write(workspace.crop_config, only_if_changed=True)  # also brings an older record to the current format
 
     rows: list[dict[str, Any]] = []
     reused = 0
