@@ -145,7 +145,7 @@ def main() -> None:
     logging.basicConfig(level="INFO", format="%(message)s")
     result = bench(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from neonet.atomic import write_json
+    from neonet.run.atomic import write_json
 
     write_json(args.out, result)
     log.info(json.dumps(result, indent=2))

@@ -93,7 +93,7 @@ def _resolved_data(folder: Path, name: str) -> str:
     import contextlib
     import io
 
-    from neonet.cli import main
+    from neonet.run.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
@@ -620,7 +620,7 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     result = bench(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from neonet.atomic import write_json
+    from neonet.run.atomic import write_json
 
     write_json(args.out, result)
     log.info("%s", table(result))

@@ -46,7 +46,7 @@ def trained_experiment(phantom_cohort: Path, tmp_path_factory: pytest.TempPathFa
     import torch
     from test_cls_fixtures import write_fake_autoencoder
 
-    from neonet.cli import main
+    from neonet.run.cli import main
     from neonet.data.base import FoldDataModule
     from neonet.workspace import Workspace
 

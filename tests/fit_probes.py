@@ -105,7 +105,7 @@ def write_latent_fixture(root: Path, experiment: str = "toy", folds: tuple[int, 
     cache names their hash. Training cases get ``per_case`` latents each (3x8x8x4, std 2.5 so the
     scale factor is informative); inner validation cases one each.
     """
-    from neonet.atomic import atomic_path, sha256_file, write_json
+    from neonet.run.atomic import atomic_path, sha256_file, write_json
     from neonet.data.cases import read_cases
     from neonet.data.splits import ensure_splits, get_fold
     from neonet.gen.toy import write_toy_cohort
@@ -133,7 +133,7 @@ def write_latent_fixture(root: Path, experiment: str = "toy", folds: tuple[int, 
         }
         with atomic_path(ws.latent_cache_file(fold)) as tmp:
             torch.save(cache, tmp)
-        # a record in the format of before neonet.provenance (still read; it does not vouch for cache.pt)
+        # a record in the format of before neonet.run.provenance (still read; it does not vouch for cache.pt)
         write_json(ws.latent_record(fold), {
             "fold": fold,
             "autoencoder_checkpoint": {"path": str(ae), "sha256": sha256_file(ae)},

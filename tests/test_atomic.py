@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from neonet.atomic import atomic_path, read_json, write_json, write_text
+from neonet.run.atomic import atomic_path, read_json, write_json, write_text
 
 
 def test_written_file_follows_umask_not_mkstemp(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from neonet.lightning_cli import checkpoint_callbacks
+from neonet.run.lightning_cli import checkpoint_callbacks
 
 
 class WorseningModel(BoringModel):

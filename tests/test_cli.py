@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neonet.cli import LIGHTNING_VERBS, PROJECT_VERBS, main
-from neonet.config_drift import config_drift
-from neonet.lightning_cli import resolve_stage_config
+from neonet.run.cli import LIGHTNING_VERBS, PROJECT_VERBS, main
+from neonet.run.config_drift import config_drift
+from neonet.run.lightning_cli import resolve_stage_config
 
 REPO = Path(__file__).resolve().parents[1]
 # `_*.yaml` are include-only blocks (a folder's seed, trainer defaults and cohort): parsed through the configs
@@ -64,8 +64,8 @@ def test_unknown_verb_fails_with_a_suggestion(capsys: pytest.CaptureFixture[str]
 
 
 def test_list_options_take_several_values_or_repeat() -> None:
-    from neonet.cli import _list_values
-    from neonet.cv import cv
+    from neonet.run.cli import _list_values
+    from neonet.run.cv import cv
 
     assert _list_values(cv, ["--config", "a.yaml", "--folds", "0", "2", "--jobs", "2"]) == [
         "--config", "[a.yaml]", "--folds", "[0,2]", "--jobs", "2"]
@@ -104,7 +104,7 @@ def test_test_configs_mirror_experiments() -> None:
 
 def test_bare_boolean_flag_means_true() -> None:
     """`neonet crop ... --force` works as the error message and README say (jsonargparse wants a value)."""
-    from neonet.cli import _bare_bool_flags
+    from neonet.run.cli import _bare_bool_flags
     from neonet.seg.crop import crop
 
     assert _bare_bool_flags(crop, ["--cases", "c.csv", "--force"]) == ["--cases", "c.csv", "--force=true"]

@@ -14,8 +14,8 @@ import torch
 import yaml
 from test_cls_fixtures import CONF, REPO, one_thread, write_fake_autoencoder, write_patch_cohort  # noqa: F401
 
-from neonet.atomic import read_json, sha256_file
-from neonet.cli import main
+from neonet.run.atomic import read_json, sha256_file
+from neonet.run.cli import main
 from neonet.data.base import FoldDataModule
 
 

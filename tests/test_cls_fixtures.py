@@ -18,7 +18,7 @@ import torch
 import yaml
 from monai.networks.nets import AutoencoderKL
 
-from neonet.atomic import write_json
+from neonet.run.atomic import write_json
 from neonet.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""``neonet.config_drift``: a fold is skipped or resumed only under the settings it was trained with."""
+"""``neonet.run.config_drift``: a fold is skipped or resumed only under the settings it was trained with."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neonet.config_drift import check_fold_configs, config_drift
+from neonet.run.config_drift import check_fold_configs, config_drift
 from neonet.errors import NeonetError
-from neonet.provenance import OutOfDateError, UnreadableRecordError
+from neonet.run.provenance import OutOfDateError, UnreadableRecordError
 from neonet.workspace import Workspace
 
 #: A saved LightningCLI config: every setting spelled out, defaults included.
@@ -69,7 +69,7 @@ def test_changed_and_unknown_settings_are_listed_with_both_values() -> None:
 
 def test_overrides_resolved_by_the_fit_parser_compare_against_the_saved_config() -> None:
     """``neonet cv`` resolves its configs with the parser of ``neonet fit``; overrides then compare as a fit saves them."""
-    from neonet.lightning_cli import resolve_stage_config
+    from neonet.run.lightning_cli import resolve_stage_config
 
     config = Path(__file__).parent / "conf" / "pattennet.yaml"
     stored = resolve_stage_config([config])  # what the fit of this config saves as config.yaml

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from neonet.cli import main
+from neonet.run.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = [REPO / "experiments" / "demo", REPO / "experiments" / "paper", REPO / "tests" / "conf"]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from neonet.errors import MissingUpstreamError, NeonetError
-from neonet.provenance import OutOfDateError, UnreadableRecordError
+from neonet.run.provenance import OutOfDateError, UnreadableRecordError
 from neonet.seg.crop import MANIFEST_COLUMNS, crop
 from neonet.workspace import Workspace
 
@@ -174,7 +174,7 @@ def test_rerun_is_noop_and_settings_need_force(cohort, tmp_path):
         _crop(cases, runs, shell_mm=6.0, shell_region="liver")
     config = manifest_path.parent / "crop_config.json"
     record = json.loads(config.read_text())
-    old_format = {k: record[k] for k in ("cases", "experiment", "runs_dir")} | record["settings"]  # before neonet.provenance
+    old_format = {k: record[k] for k in ("cases", "experiment", "runs_dir")} | record["settings"]  # before neonet.run.provenance
     assert old_format.pop("shell_region") == "all"
     config.write_text(json.dumps(old_format))
     pd.read_csv(manifest_path, dtype=str, keep_default_na=False).drop(columns="shell_region").to_csv(manifest_path, index=False)
@@ -234,7 +234,7 @@ def test_liver_level_normalises_each_case_and_is_a_setting(cohort, tmp_path):
 
 
 def test_a_config_of_before_provenance_records_is_current_and_a_corrupt_one_needs_force(cohort, tmp_path):
-    """A ``crop_config.json`` as neonet wrote it before ``neonet.provenance`` (settings beside the command's
+    """A ``crop_config.json`` as neonet wrote it before ``neonet.run.provenance`` (settings beside the command's
     cases, experiment and runs folder; no liver or shell-region settings yet) is read, not re-cropped."""
     cases, _ = cohort
     runs = tmp_path / "runs"

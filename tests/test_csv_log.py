@@ -10,7 +10,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from neonet.csv_log import ResumableCSVLogger
+from neonet.run.csv_log import ResumableCSVLogger
 
 
 class LoggingModel(BoringModel):

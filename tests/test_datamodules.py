@@ -17,7 +17,7 @@ import yaml
 import neonet.cls
 import neonet.gen
 import neonet.seg
-from neonet.cli import main
+from neonet.run.cli import main
 from neonet.data.base import FoldDataModule
 
 REPO = Path(__file__).resolve().parents[1]

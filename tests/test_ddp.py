@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from fit_probes import write_latent_fixture
-from neonet.atomic import read_json
+from neonet.run.atomic import read_json
 from neonet.workspace import Workspace
 
 TESTS = Path(__file__).resolve().parent

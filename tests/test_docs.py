@@ -7,7 +7,7 @@ import fnmatch
 import re
 from pathlib import Path
 
-from neonet.cli import LIGHTNING_VERBS, PROJECT_VERBS
+from neonet.run.cli import LIGHTNING_VERBS, PROJECT_VERBS
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neonet.cli import main
+from neonet.run.cli import main
 from neonet.seg.module import SegModule
 from neonet.workspace import Workspace
 

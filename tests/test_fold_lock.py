@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from neonet.cv import cv
+from neonet.run.cv import cv
 from neonet.errors import NeonetError
-from neonet.fold_lock import fold_lock
+from neonet.run.fold_lock import fold_lock
 from neonet.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def test_cv_refuses_a_fold_that_another_process_runs(tmp_path: Path) -> None:
     ws = Workspace(runs, "demo")
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from neonet.fold_lock import fold_lock\n"
+         "import sys, time; from neonet.run.fold_lock import fold_lock\n"
          "with fold_lock(sys.argv[1], 'seg', 0):\n    print('locked', flush=True); time.sleep(60)",
          str(ws.stage_dir("seg", 0) / ".cv.lock")],
         stdout=subprocess.PIPE, text=True,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from neonet.atomic import read_json
+from neonet.run.atomic import read_json
 from neonet.data.patches import patch_records
 from neonet.gen.latents import read_fold
 from neonet.gen.toy import write_toy_cohort
@@ -33,7 +33,7 @@ def test_cv_all_stages_and_folds_then_synthesize_without_leakage(tmp_path, monke
 
 
 def _run_and_check(tmp_path: Path) -> None:
-    from neonet.cv import cv
+    from neonet.run.cv import cv
     from neonet.gen.synthesize import synthesize
 
     write_toy_cohort(tmp_path, experiment=EXP, cases=12, pni_fraction=0.34, seed=3)

@@ -15,15 +15,15 @@ import pandas as pd
 import pytest
 import torch
 
-from neonet.atomic import read_json, sha256_file, write_json
-from neonet.cli import main
+from neonet.run.atomic import read_json, sha256_file, write_json
+from neonet.run.cli import main
 from neonet.data.patches import patch_records
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.gen.latents import build_latent_cache, read_fold
 from neonet.gen.mask_aug import mask_digest
 from neonet.gen.toy import write_toy_cohort
-from neonet.provenance import FileRecord, OutOfDateError, Provenance, read_provenance
-from neonet.reload import load_checkpoint_fold, load_trained_fold
+from neonet.run.provenance import FileRecord, OutOfDateError, Provenance, read_provenance
+from neonet.run.reload import load_checkpoint_fold, load_trained_fold
 from neonet.workspace import Workspace
 
 CONF = Path(__file__).resolve().parent / "conf"
@@ -164,7 +164,7 @@ def test_latent_cache_is_read_weights_only(chain, tmp_path):
 
 
 def test_latent_cache_record_of_before_provenance_is_current(chain, caplog):
-    """A ``cache.json`` as neonet wrote it before ``neonet.provenance`` is read: neither rebuilt nor refused."""
+    """A ``cache.json`` as neonet wrote it before ``neonet.run.provenance`` is read: neither rebuilt nor refused."""
     from neonet.gen.latents import load_latent_cache
 
     ws = chain["ws"]
@@ -289,7 +289,7 @@ def test_synthesize_rerun_skips_and_refuses_other_settings(chain, synthesized):
 
 
 def test_synthesize_record_of_before_provenance_is_current(chain, synthesized):
-    """A ``synth_config.json`` as neonet wrote it before ``neonet.provenance`` is read and left as it is."""
+    """A ``synth_config.json`` as neonet wrote it before ``neonet.run.provenance`` is read and left as it is."""
     from neonet.gen.synthesize import synthesize
 
     ws = chain["ws"]
@@ -334,7 +334,7 @@ def test_synthesize_rerun_keeps_a_current_quality_report(chain, synthesized, cap
 
 
 def test_quality_report_of_before_provenance_is_current(chain, synthesized):
-    """A ``gen_quality.json`` as neonet wrote it before ``neonet.provenance`` (settings and digests under
+    """A ``gen_quality.json`` as neonet wrote it before ``neonet.run.provenance`` (settings and digests under
     ``inputs``) still counts as current, so an unchanged experiment's report is not recomputed."""
     from neonet.gen.quality import quality_is_current
 

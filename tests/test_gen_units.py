@@ -169,7 +169,7 @@ def test_perceptual_loss_never_downloads():
 @pytest.mark.parametrize("stage", ["autoencoder", "diffusion", "controlnet"])
 @pytest.mark.parametrize("folder", ["tests/conf", "experiments/demo"])
 def test_configs_parse(stage, folder, capsys):
-    from neonet.cli import main
+    from neonet.run.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(REPO / folder / f"{stage}.yaml"), "--print_config"])
@@ -189,7 +189,7 @@ def test_quality_uses_the_folds_seg_network_when_present(tmp_path):
     spec = {"class_path": "monai.networks.nets.DynUNet", "init_args": {
         "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "kernel_size": [3, 3, 3], "strides": [1, 2, 2],
         "upsample_kernel_size": [2, 2], "filters": [4, 8, 16], "norm_name": "instance"}}
-    from neonet.reload import build_network
+    from neonet.run.reload import build_network
     from neonet.seg import SegModule
 
     net = build_network(spec)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from test_cls_fixtures import CONF, one_thread, write_fake_autoencoder  # noqa: F401
 
-from neonet.cli import main
+from neonet.run.cli import main
 from neonet.data.base import FoldDataModule
 from neonet.workspace import Workspace
 

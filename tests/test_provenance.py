@@ -1,4 +1,4 @@
-"""``neonet.provenance``: one record beside each output says whether it is current, in one message format."""
+"""``neonet.run.provenance``: one record beside each output says whether it is current, in one message format."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from neonet.errors import NeonetError
-from neonet.provenance import (
+from neonet.run.provenance import (
     UNRECORDED,
     FileRecord,
     Outdated,
@@ -150,7 +150,7 @@ def test_latent_cache_consumer_end_to_end(tmp_path: Path) -> None:
     from neonet.gen.latents import load_latent_cache
     from neonet.workspace import Workspace
 
-    write_latent_fixture(tmp_path, "toy", folds=(0,))  # writes cache.json as neonet did before neonet.provenance
+    write_latent_fixture(tmp_path, "toy", folds=(0,))  # writes cache.json as neonet did before neonet.run.provenance
     ws = Workspace(tmp_path / "runs", "toy")
     meta, cache = load_latent_cache(ws, 0)
     assert meta["settings"] == {"fabricated": True} and meta["latent_shape"] == [3, 8, 8, 4]

@@ -1,4 +1,4 @@
-"""Reloading trained folds (``neonet.reload``): real folds give the trained outputs; a stored config that
+"""Reloading trained folds (``neonet.run.reload``): real folds give the trained outputs; a stored config that
 names a class outside neonet/monai/torch, or a checkpoint holding a crafted pickle, is refused before
 anything runs; truncated or mismatched files are errors that name the file and the re-train command.
 
@@ -18,9 +18,9 @@ import yaml
 from monai.networks.nets import DynUNet
 from test_cls_fixtures import CONF, one_thread, write_patch_cohort  # noqa: F401
 
-from neonet.cli import main
+from neonet.run.cli import main
 from neonet.errors import MissingUpstreamError, NeonetError
-from neonet.reload import build, build_network, load_checkpoint_fold, load_trained_fold, read_state_dict
+from neonet.run.reload import build, build_network, load_checkpoint_fold, load_trained_fold, read_state_dict
 from neonet.workspace import Workspace
 
 NOT_ALLOWED = "is not allowed; neonet rebuilds trained folds only from neonet, monai and torch classes"
@@ -72,7 +72,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 # ----------------------------------------------------------------------------- real folds
 def test_seg_fold_reloads_with_the_trained_weights_and_outputs(trained_experiment: dict) -> None:
-    from neonet.ensemble import load_fold
+    from neonet.predict.ensemble import load_fold
     from neonet.seg import SegDataModule, SegModule
 
     ws = trained_experiment["ws"]

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from neonet.atomic import write_json
+from neonet.run.atomic import write_json
 from neonet.errors import NeonetError
-from neonet.cli import main
-from neonet.report import report
+from neonet.run.cli import main
+from neonet.report.cls_report import report
 from neonet.workspace import Workspace
 
 FOLDS = 3
@@ -158,7 +158,7 @@ def test_report_command_line_selects_stages(tmp_path: Path) -> None:
 
 
 def test_clusters_follow_groups_and_patients_only_when_needed() -> None:
-    from neonet.report import clusters_of
+    from neonet.report.cls_report import clusters_of
 
     single = {"cases": {"a": {"patient_id": "a", "pni": 1}, "b": {"patient_id": "b", "pni": 0}}}
     assert clusters_of(single) is None  # one case per patient: the stratified bootstrap stays
@@ -169,8 +169,8 @@ def test_clusters_follow_groups_and_patients_only_when_needed() -> None:
 
 
 def test_report_uses_clustered_delong_when_groups_hold_several_cases(tmp_path: Path) -> None:
-    from neonet.atomic import read_json
-    from neonet.stats import delong_ci, delong_test
+    from neonet.run.atomic import read_json
+    from neonet.report.stats import delong_ci, delong_test
 
     ws, frames = make_experiment(tmp_path)
     splits = read_json(ws.splits_path)

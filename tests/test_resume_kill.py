@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import neonet.lightning_cli as lcli
-from neonet.atomic import read_json
+import neonet.run.lightning_cli as lcli
+from neonet.run.atomic import read_json
 from neonet.errors import NeonetError
-from neonet.lightning_cli import AtomicCheckpointIO, _with_atomic_checkpoint_io
+from neonet.run.lightning_cli import AtomicCheckpointIO, _with_atomic_checkpoint_io
 from neonet.workspace import Workspace
 
 TESTS = Path(__file__).resolve().parent

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neonet.atomic import read_json
-from neonet.cli import main
+from neonet.run.atomic import read_json
+from neonet.run.cli import main
 from neonet.workspace import Workspace
 
 CONF = Path(__file__).resolve().parent / "conf"

@@ -1,4 +1,4 @@
-"""Tests of neonet.stats: AUC, bootstrap and DeLong intervals, the DeLong paired test, thresholds, metrics."""
+"""Tests of neonet.report.stats: AUC, bootstrap and DeLong intervals, the DeLong paired test, thresholds, metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from scipy import stats as sps
 from torchmetrics.functional.classification import binary_auroc
 
-from neonet.stats import (
+from neonet.report.stats import (
     auc,
     binary_metrics,
     bootstrap_auc_ci,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from neonet.cli import main
-from neonet.lightning_cli import make_loggers
+from neonet.run.cli import main
+from neonet.run.lightning_cli import make_loggers
 
 CONF = Path(__file__).resolve().parent / "conf"
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from neonet.cli import main
+from neonet.run.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,7 @@
                                         csv/ (CSV log), wandb/
       seg/predictions/<case>.nii.gz     out-of-fold NeoSeg masks in each input's original space
       patches/ + patches/manifest.csv   TLCR output
-      patches/crop_config.json          provenance of the patches (neonet.provenance)
+      patches/crop_config.json          provenance of the patches (neonet.run.provenance)
       latents/fold<k>/                  latent cache of the fold's autoencoder: cache.pt, manifest.csv,
                                         cache.json (provenance)
       synthetic/fold<k>/ + manifest.csv synthetic patches with provenance (synth_config.json)
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from neonet import __version__
-from neonet.atomic import read_json, sha256_file, write_json
+from neonet.run.atomic import read_json, sha256_file, write_json
 
 STAGES = ("seg", "autoencoder", "diffusion", "controlnet", "pattennet")
 

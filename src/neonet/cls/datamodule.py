@@ -19,7 +19,7 @@ import torch
 from monai import transforms as mt
 from monai.data import CacheDataset, DataLoader
 
-from neonet.atomic import sha256_file
+from neonet.run.atomic import sha256_file
 from neonet.data.base import FoldDataModule
 from neonet.data.patches import patch_records
 from neonet.data.transforms import TorchioAugmentd, mri_augmentation

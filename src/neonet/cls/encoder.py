@@ -8,7 +8,7 @@ held-out patients, and loads the encoder weights strictly (every encoder tensor 
 with the right shape; the decoder and the rest of the checkpoint are ignored).
 
 Nothing here imports NeoGen: the checkpoint is read as a plain state dict, safely
-(:func:`neonet.reload.read_state_dict`: tensors and plain values only).
+(:func:`neonet.run.reload.read_state_dict`: tensors and plain values only).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import nn
 
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.nets import AutoencoderKLEncoder
-from neonet.reload import read_state_dict
+from neonet.run.reload import read_state_dict
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)

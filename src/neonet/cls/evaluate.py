@@ -2,7 +2,7 @@
 
 After a fold's fit, ``neonet test`` with ``best.ckpt`` writes
 ``<stage>/fold<k>/test_predictions.csv`` (case_id, patient_id, fold, y_true, prob, logit,
-threshold_youden_val); after all folds, :func:`neonet.report.report` compares every
+threshold_youden_val); after all folds, :func:`neonet.report.cls_report.report` compares every
 classification stage of the experiment (:meth:`neonet.cls.module.ClassifierModule.after_folds`).
 """
 
@@ -15,7 +15,7 @@ import pandas as pd
 
 from neonet.errors import NeonetError
 from neonet.stage import FoldContext
-from neonet.stats import binary_metrics
+from neonet.report.stats import binary_metrics
 
 log = logging.getLogger(__name__)
 

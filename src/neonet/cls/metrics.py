@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import (
     binary_specificity,
 )
 
-from neonet.stats import youden_threshold
+from neonet.report.stats import youden_threshold
 
 __all__ = ["ScoreCollector", "threshold_metrics", "youden"]
 

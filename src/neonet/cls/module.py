@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.losses import FocalLoss
 from torch import nn
 
-from neonet.atomic import write_csv
+from neonet.run.atomic import write_csv
 from neonet.cls.datamodule import ClsDataModule, labels_of
 from neonet.cls.encoder import check_encoder_fold, find_encoder, load_encoder_checkpoint, resolve_encoder_checkpoint
 from neonet.cls.metrics import ScoreCollector, split_metrics, youden
@@ -169,8 +169,8 @@ class ClassifierModule(StageModule):
 
     @classmethod
     def after_folds(cls, ctx: CVContext) -> None:
-        """The experiment's classification report over every classifier stage (:func:`neonet.report.report`)."""
-        from neonet.report import report
+        """The experiment's classification report over every classifier stage (:func:`neonet.report.cls_report.report`)."""
+        from neonet.report.cls_report import report
 
         report(experiment=ctx.ws.experiment, runs_dir=ctx.ws.runs_dir)
 

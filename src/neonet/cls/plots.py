@@ -2,7 +2,7 @@
 
 All functions take out-of-fold prediction tables (columns ``stage``, ``fold``, ``y_true``, ``prob``)
 and write a PNG atomically. ROC points come from ``torchmetrics``; AUCs in legends from
-:func:`neonet.stats.auc`.
+:func:`neonet.report.stats.auc`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torchmetrics.functional.classification import binary_roc  # noqa: E402
 
-from neonet.atomic import atomic_path  # noqa: E402
-from neonet.stats import auc, log_odds  # noqa: E402
+from neonet.run.atomic import atomic_path  # noqa: E402
+from neonet.report.stats import auc, log_odds  # noqa: E402
 
 __all__ = ["calibration_curve", "plot_calibration", "plot_fold_scores", "plot_roc_pooled", "plot_roc_stage", "roc_points"]
 

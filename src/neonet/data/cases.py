@@ -166,7 +166,7 @@ def write_cases(csv_path: str | os.PathLike, cases: list[Case]) -> Path:
     """Write cases to a manifest with paths relative to the CSV's folder (atomically)."""
     import pandas as pd
 
-    from neonet.atomic import write_csv
+    from neonet.run.atomic import write_csv
 
     csv_path = Path(csv_path)
     base = csv_path.resolve().parent

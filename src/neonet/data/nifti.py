@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from neonet.atomic import atomic_path
+from neonet.run.atomic import atomic_path
 from neonet.errors import DataError
 
 

@@ -487,7 +487,7 @@ def synth(
     Returns:
         Path of the written cases.csv.
     """
-    from neonet.atomic import write_csv
+    from neonet.run.atomic import write_csv
 
     out = Path(out)
     _check_orientation(orientation)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from neonet.atomic import read_json, write_json
+from neonet.run.atomic import read_json, write_json
 from neonet.data.cases import Case
 from neonet.errors import DataError, SplitMismatchError
 

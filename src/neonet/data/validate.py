@@ -436,7 +436,7 @@ def _format_table(problems: list[Problem]) -> str:
 
 
 def _write_report(report: Path, cases: Path, n_cases: int, problems: list[Problem]) -> None:
-    from neonet.atomic import write_json, write_text
+    from neonet.run.atomic import write_json, write_text
 
     n_err = sum(p.severity == ERROR for p in problems)
     if report.suffix.lower() == ".json":

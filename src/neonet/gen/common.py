@@ -31,7 +31,7 @@ def drop_module_hparams(module: Any) -> None:
     Under LightningCLI the hyperparameters hold the networks' *config* (class path + arguments); a
     module built in Python would otherwise pickle whole networks into its hyperparameters (and its
     checkpoint could then only be read with ``weights_only=False``). Trained folds are rebuilt from
-    their ``config.yaml`` by :mod:`neonet.reload`.
+    their ``config.yaml`` by :mod:`neonet.run.reload`.
     """
     for store in (getattr(module, "_hparams", None), getattr(module, "_hparams_initial", None)):
         if store is None:

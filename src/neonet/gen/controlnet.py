@@ -30,14 +30,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.networks.utils import copy_model_state
 from torch import nn
 
-from neonet.atomic import sha256_file
+from neonet.run.atomic import sha256_file
 from neonet.errors import NeonetError
 from neonet.gen.common import drop_module_hparams, freeze, label_onehot, region_weight_map
 from neonet.gen.diffusion import DiffusionModule, check_class_embeds, class_labels
 from neonet.gen.sampling import NoiseSchedule, training_target
 from neonet.gen.hooks import write_stage_summary
 from neonet.gen.upstream import require_checkpoint
-from neonet.reload import build_network, load_checkpoint_fold
+from neonet.run.reload import build_network, load_checkpoint_fold
 from neonet.stage import CVContext, FoldContext, StageModule
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class ControlNetModule(StageModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild the frozen UNet from the checkpoint's own record (its weights follow in the state dict).
 
-        The UNet is built by :func:`neonet.reload.build_network` (neonet, monai and torch classes only).
+        The UNet is built by :func:`neonet.run.reload.build_network` (neonet, monai and torch classes only).
         """
         meta = checkpoint.get("neonet_unet")
         if self.unet is not None:

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from neonet.atomic import write_csv, write_json, write_text
+from neonet.run.atomic import write_csv, write_json, write_text
 from neonet.data.patches import patch_records
 from neonet.gen.latents import build_latent_cache, read_fold
 from neonet.gen.upstream import load_autoencoder, require_checkpoint
@@ -73,7 +73,7 @@ def write_stage_summary(ws: Workspace, stage: str, folds: list[int]) -> None:
     md = frame.to_markdown(index=False) if _has_tabulate() else frame.to_string(index=False)
     write_text(reports / f"{stage}_summary.md", f"# NeoGen {stage}: per fold\n\n{md}\n")
     log.info("%s summary (%s):\n%s", stage, reports / f"{stage}_summary.csv", frame.to_string(index=False))
-    from neonet.wandb_summary import log_cv_summary
+    from neonet.report.wandb_summary import log_cv_summary
 
     log_cv_summary(ws, stage, {f"{stage}_folds": frame}, {f"{k}_mean": v["mean"] for k, v in summary.items()})
 

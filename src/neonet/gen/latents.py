@@ -7,7 +7,7 @@ Built once per fold (by the autoencoder's ``neonet cv`` hook, or standalone with
       cache.pt       z (N, C, x, y, z) float32, label (M, X, Y, Z) uint8 (the label patch of each
                      flipped copy), label_index (N,), pni (N,), split (N,)
       manifest.csv   one row per latent: case_id, patient_id, pni, split, flip, sample, index
-      cache.json     provenance (:mod:`neonet.provenance`): settings (samples, flips, seed, the
+      cache.json     provenance (:mod:`neonet.run.provenance`): settings (samples, flips, seed, the
                      fold's split), the autoencoder checkpoint + sha256, the sha256 of cache.pt,
                      case ids and shapes (written last: the cache is complete only when it exists)
 
@@ -32,14 +32,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from neonet.atomic import atomic_path, read_json, write_csv
+from neonet.run.atomic import atomic_path, read_json, write_csv
 from neonet.data.patches import patch_records
 from neonet.data.splits import Fold, get_fold
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.gen.patch_data import load_patch
 from neonet.gen.upstream import cache_command, load_autoencoder, require_checkpoint, stage_command
-from neonet.provenance import FileRecord, Provenance, UnreadableRecordError, differences, ensure_current, read_provenance
-from neonet.reload import safe_torch_load
+from neonet.run.provenance import FileRecord, Provenance, UnreadableRecordError, differences, ensure_current, read_provenance
+from neonet.run.reload import safe_torch_load
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def _split_setting(split: Fold) -> dict[str, list[str]]:
 
 
 def _legacy_record(data: dict[str, Any], split: Fold, cache_path: Path) -> Provenance:
-    """A ``cache.json`` of before :mod:`neonet.provenance`.
+    """A ``cache.json`` of before :mod:`neonet.run.provenance`.
 
     It recorded the encoded case ids, not the split: the cache counts as made from the fold's split
     when every encoded case is in it (as the check of that time did).
@@ -249,7 +249,7 @@ def load_latent_cache(ws: Workspace, fold: int) -> tuple[dict[str, Any], dict[st
     """``(meta, cache)`` of a checked cache (see :func:`check_latent_cache`).
 
     ``cache.pt`` holds tensors and lists of strings only, so it is read with ``weights_only=True``; a
-    file holding other pickled objects is refused (:func:`neonet.reload.safe_torch_load`).
+    file holding other pickled objects is refused (:func:`neonet.run.reload.safe_torch_load`).
     """
     meta = check_latent_cache(ws, fold)
     path = ws.latent_cache_file(fold)
@@ -299,7 +299,7 @@ if __name__ == "__main__":  # python -m neonet.gen.latents --experiment ... --fo
 
     from jsonargparse import auto_cli
 
-    from neonet.cli import _setup_logging
+    from neonet.run.cli import _setup_logging
 
     _setup_logging()
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neonet.atomic import atomic_path
+from neonet.run.atomic import atomic_path
 
 
 def _mid_axial(volume: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ Per fold (nothing here reads the fold's test patients):
 Outputs: ``reports/gen_quality.{csv,json,md}``, ``reports/gen_quality_fold<k>.csv`` (per synthetic
 patch) and ``reports/gen_quality_fold<k>.png`` (real vs synthetic, mid slices with tumour/shell
 contours), plus a W&B summary run ``gen-cv``. ``gen_quality.json`` is also the report's provenance
-record (:mod:`neonet.provenance`): its settings and the SHA-256 of every file it was computed from.
+record (:mod:`neonet.run.provenance`): its settings and the SHA-256 of every file it was computed from.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from neonet.atomic import read_json, write_csv, write_text
+from neonet.run.atomic import read_json, write_csv, write_text
 from neonet.data.nifti import load_nifti, read_array
 from neonet.data.patches import PATCH_LIVER, PATCH_TUMOR, patch_records
 from neonet.errors import MissingUpstreamError
@@ -46,7 +46,7 @@ from neonet.gen.latents import read_fold
 from neonet.gen.panels import save_grid
 from neonet.gen.patch_data import load_patch
 from neonet.gen.upstream import load_seg_network
-from neonet.provenance import FileRecord, Provenance, UnreadableRecordError, differences, read_provenance
+from neonet.run.provenance import FileRecord, Provenance, UnreadableRecordError, differences, read_provenance
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,7 @@ def quality_inputs(ws: Workspace, folds: list[int], near_copy_threshold: float, 
 
 
 def _legacy_record(data: dict[str, Any], files: dict[str, Path]) -> Provenance:
-    """A ``gen_quality.json`` of before :mod:`neonet.provenance`: settings and digests under ``inputs``."""
+    """A ``gen_quality.json`` of before :mod:`neonet.run.provenance`: settings and digests under ``inputs``."""
     old = data.get("inputs")
     if not isinstance(old, dict):
         raise ValueError("no `inputs` of the report")
@@ -357,7 +357,7 @@ def quality_report(
                         "near_copies", "dice_synthetic", "dice_real", "neoseg_dice_real") if c in table.columns]
     write_text(ws.gen_quality_report("md"), "# NeoGen synthetic patch quality\n\n" + table[cols].to_string(index=False) + "\n")
     log.info("NeoGen quality (%s):\n%s", ws.gen_quality_report("csv"), table[cols].to_string(index=False))
-    from neonet.wandb_summary import log_cv_summary
+    from neonet.report.wandb_summary import log_cv_summary
 
     log_cv_summary(ws, "gen", {"gen_quality": table}, {f"gen/{k}": v for k, v in summary.items()}, images)
     return table

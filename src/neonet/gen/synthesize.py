@@ -9,7 +9,7 @@ reaches ``ratio``. Output::
       images/syn_f<k>_<i>.nii.gz   float32 image in [0, 1] (like the TLCR patches)
       labels/syn_f<k>_<i>.nii.gz   uint8 augmented conditioning mask (0 bg, 1 liver, 2 shell, 3 tumour)
       manifest.csv                 one row per patch (provenance below); pni = 1, patient_id = source patient
-      synth_config.json            provenance (:mod:`neonet.provenance`): settings + the checkpoints and the
+      synth_config.json            provenance (:mod:`neonet.run.provenance`): settings + the checkpoints and the
                                    patch manifest (sha256) the folder was made from
 
 Every sample has its own seed (from ``seed``, fold and index), so a re-run reproduces it and an
@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from neonet.atomic import read_json, sha256_file, write_csv
+from neonet.run.atomic import read_json, sha256_file, write_csv
 from neonet.data.nifti import save_nifti
 from neonet.data.patches import PatchRecord, patch_records
 from neonet.errors import DataError, NeonetError
@@ -41,8 +41,8 @@ from neonet.gen.mask_aug import MaskAugmentation, augment_mask, mask_digest
 from neonet.gen.patch_data import load_patch
 from neonet.gen.sampling import SAMPLERS, Denoiser, effective_steps, sample_latents
 from neonet.gen.upstream import load_autoencoder, require_checkpoint
-from neonet.provenance import UNRECORDED, FileRecord, Provenance, check_current
-from neonet.reload import load_checkpoint_fold
+from neonet.run.provenance import UNRECORDED, FileRecord, Provenance, check_current
+from neonet.run.reload import load_checkpoint_fold
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ PNI_POSITIVE = 1
 #: Checkpoints of the record's inputs (``<name> checkpoint``) and the patch manifest the masks come from.
 CHECKPOINTS = ("autoencoder", "controlnet", "diffusion")
 PATCH_MANIFEST = "patch manifest"
-#: Inputs that records of before :mod:`neonet.provenance` lack (any file now matches them).
+#: Inputs that records of before :mod:`neonet.run.provenance` lack (any file now matches them).
 RECORD_DEFAULTS = {PATCH_MANIFEST: UNRECORDED}
 #: Columns of ``synthetic/fold<k>/manifest.csv`` (paths relative to the manifest's folder).
 MANIFEST_COLUMNS = [
@@ -139,7 +139,7 @@ def _record(ws: Workspace, settings: dict[str, Any], gen: FoldGenerator | None) 
 
 
 def _legacy_record(data: dict[str, Any]) -> Provenance:
-    """A ``synth_config.json`` of before :mod:`neonet.provenance`: the settings beside ``checkpoints``
+    """A ``synth_config.json`` of before :mod:`neonet.run.provenance`: the settings beside ``checkpoints``
     (paths) and ``sha256`` (hashes) of the autoencoder, ControlNet and diffusion model."""
     paths, hashes = data.get("checkpoints") or {}, data.get("sha256") or {}
     inputs = {f"{name} checkpoint": FileRecord(str(paths.get(name)), str(hashes[name]))

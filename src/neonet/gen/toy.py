@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from neonet.atomic import write_csv
+from neonet.run.atomic import write_csv
 from neonet.data.nifti import save_nifti
 from neonet.workspace import Workspace
 

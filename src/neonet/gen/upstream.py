@@ -1,4 +1,4 @@
-"""A NeoGen fold's upstream models (rebuilt by :mod:`neonet.reload`) and the commands that make them.
+"""A NeoGen fold's upstream models (rebuilt by :mod:`neonet.run.reload`) and the commands that make them.
 
 Every NeoGen stage finds its inputs from (experiment, stage, fold) alone. When something is
 missing, the error names the command that makes it.
@@ -13,7 +13,7 @@ from torch import nn
 
 from neonet.errors import MissingUpstreamError
 from neonet.gen.common import freeze
-from neonet.reload import load_checkpoint_fold, load_trained_fold
+from neonet.run.reload import load_checkpoint_fold, load_trained_fold
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def require_checkpoint(ws: Workspace, stage: str, fold: int, path: str | Path | 
 
 
 def load_autoencoder(ckpt: str | Path) -> nn.Module:
-    """The frozen ``AutoencoderKL`` of an autoencoder-stage checkpoint (rebuilt by :mod:`neonet.reload`)."""
+    """The frozen ``AutoencoderKL`` of an autoencoder-stage checkpoint (rebuilt by :mod:`neonet.run.reload`)."""
     from neonet.gen.autoencoder import AutoencoderModule
 
     return freeze(load_checkpoint_fold(ckpt, expect=AutoencoderModule).module.autoencoder)
@@ -51,7 +51,7 @@ def load_seg_network(ws: Workspace, fold: int) -> nn.Module | None:
     """The fold's NeoSeg network (frozen), or None when the fold has no seg ``best.ckpt`` or ``config.yaml``.
 
     The fold is rebuilt from its ``config.yaml`` with ``best.ckpt`` loaded strictly
-    (:func:`neonet.reload.load_trained_fold`); errors in either file are raised, not skipped.
+    (:func:`neonet.run.reload.load_trained_fold`); errors in either file are raised, not skipped.
     """
     if not ws.best_checkpoint("seg", fold).is_file() or not ws.config_path("seg", fold).is_file():
         return None

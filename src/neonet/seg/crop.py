@@ -6,7 +6,7 @@ Output, in the experiment's workspace (see :mod:`neonet.workspace`)::
       images/<case>.nii.gz     float32 image patch (canonical RAS grid, target spacing)
       labels/<case>.nii.gz     uint8 label patch: 0 bg, 1 liver, 2 peritumoral shell, 3 tumour
       manifest.csv             one row per case (also skipped and failed ones)
-      crop_config.json         the settings the patches were made with (a :mod:`neonet.provenance` record)
+      crop_config.json         the settings the patches were made with (a :mod:`neonet.run.provenance` record)
 
 A patch's affine is the canonical (resampled, RAS) volume's affine with its origin moved to the
 crop box start, so every patch voxel has the world coordinate of the volume voxel it came from
@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from neonet.atomic import sha256_file, write_csv
+from neonet.run.atomic import sha256_file, write_csv
 from neonet.data.cases import Case, LabelMap, read_cases
 from neonet.data.nifti import load_nifti, save_nifti
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
-from neonet.provenance import Provenance, check_current, read_provenance
+from neonet.run.provenance import Provenance, check_current, read_provenance
 from neonet.seg.tlcr import (
     LIVER_REGIONS,
     SHELL_REGIONS,
@@ -118,7 +118,7 @@ def _settings(
 
 
 def _legacy_record(data: dict[str, Any]) -> Provenance:
-    """A ``crop_config.json`` of before :mod:`neonet.provenance`: the settings and the command's
+    """A ``crop_config.json`` of before :mod:`neonet.run.provenance`: the settings and the command's
     ``cases``/``experiment``/``runs_dir`` side by side in one object."""
     return Provenance(settings={k: data[k] for k in SETTINGS_KEYS if k in data},
                       extra={k: v for k, v in data.items() if k not in SETTINGS_KEYS})

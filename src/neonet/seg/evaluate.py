@@ -12,7 +12,7 @@ import torch
 from monai.metrics import compute_dice
 from tqdm.auto import tqdm
 
-from neonet.atomic import read_json, write_csv, write_json, write_text
+from neonet.run.atomic import read_json, write_csv, write_json, write_text
 from neonet.data.cases import LIVER, TUMOR, LabelMap, read_cases
 from neonet.data.nifti import load_nifti, read_array
 from neonet.stage import CVContext
@@ -116,7 +116,7 @@ def write_oof_report(ctx: CVContext) -> None:
     table = markdown_table(summary)
     write_text(reports / "seg_summary.md", "# NeoSeg out-of-fold Dice\n\n" + table)
     log.info("NeoSeg out-of-fold Dice (%s):\n%s", reports / "seg_summary.json", table)
-    from neonet.wandb_summary import log_cv_summary
+    from neonet.report.wandb_summary import log_cv_summary
 
     flat = {f"oof/{k}_mean": v["mean"] for k, v in summary.items() if isinstance(v, dict) and "mean" in v}
     log_cv_summary(ws, "seg", {"oof_dice": frame}, flat)

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from neonet import __version__
-from neonet.atomic import write_json
+from neonet.run.atomic import write_json
 from neonet.data.cases import LIVER, TUMOR, LabelMap
 from neonet.data.nifti import load_nifti, read_array, save_nifti
-from neonet.ensemble import train_command, trained_folds
+from neonet.predict.ensemble import train_command, trained_folds
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
-from neonet.reload import TrainedFold, load_trained_fold
+from neonet.run.reload import TrainedFold, load_trained_fold
 from neonet.workspace import Workspace, git_sha
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ def predict_case(
             del models
 
     # 4. overlay, then the JSON (last: its presence means the folder is complete)
-    from neonet.predict_overlay import write_overlay
+    from neonet.predict.overlay import write_overlay
 
     message = _message(result, seg_from, liver_ml, probs, classifier)
     mean = float(np.mean(list(probs.values()))) if probs else None

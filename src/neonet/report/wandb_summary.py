@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from neonet.lightning_cli import wandb_mode
+from neonet.run.lightning_cli import wandb_mode
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)

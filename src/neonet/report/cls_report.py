@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neonet.atomic import read_json, write_csv, write_json, write_text
+from neonet.run.atomic import read_json, write_csv, write_json, write_text
 from neonet.cls.module import REAL, SYNTHETIC
 from neonet.errors import NeonetError
-from neonet.stats import auc, binary_metrics, bootstrap_auc_ci, delong_ci, delong_test, log_odds
+from neonet.report.stats import auc, binary_metrics, bootstrap_auc_ci, delong_ci, delong_test, log_odds
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ def report(
     write_text(out / "cls_report.md", _markdown_report(doc, summary, folds, delong, ablation, alpha))
     log.info("classification report: %s\n%s", out / "cls_report.md", markdown(summary[["stage", "folds", "n", "auc_mean", "auc_sd", "auc_pooled", "auc_ci_lo", "auc_ci_hi"]]))
     if log_wandb:
-        from neonet.wandb_summary import log_cv_summary
+        from neonet.report.wandb_summary import log_cv_summary
 
         numbers = {f"{r.stage}/{k}": float(getattr(r, k)) for r in summary.itertuples()
                    for k in ("auc_pooled", "auc_ci_lo", "auc_ci_hi", "auc_mean", "auc_sd")}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from neonet.atomic import read_json, write_json
+from neonet.run.atomic import read_json, write_json
 from neonet.workspace import STAGES, Workspace
 
 

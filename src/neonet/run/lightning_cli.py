@@ -30,9 +30,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, WandbLogger
 
-from neonet.atomic import atomic_path
-from neonet.callbacks import FiniteLossGuard
-from neonet.csv_log import ResumableCSVLogger
+from neonet.run.atomic import atomic_path
+from neonet.run.callbacks import FiniteLossGuard
+from neonet.run.csv_log import ResumableCSVLogger
 from neonet.data.base import FoldDataModule
 from neonet.errors import NeonetError
 from neonet.stage import StageModule

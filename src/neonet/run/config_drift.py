@@ -5,7 +5,7 @@ only when the fold's saved ``config.yaml`` (LightningCLI's full config of its fi
 config of the new command; otherwise a changed learning rate, seed or pooling would be silently
 ignored (skip) or mixed into a half-trained model (resume). :func:`config_drift` lists every
 setting of the new config that the saved one does not have, and :func:`check_fold_configs` turns
-that into the error every out-of-date output gives (:class:`neonet.provenance.OutOfDateError`),
+that into the error every out-of-date output gives (:class:`neonet.run.provenance.OutOfDateError`),
 naming the fold, the settings and what to do.
 
 Every setting of the new command's resolved config is compared (an option the saved config lacks
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from neonet.provenance import Outdated, OutOfDateError, UnreadableRecordError, setting_difference
+from neonet.run.provenance import Outdated, OutOfDateError, UnreadableRecordError, setting_difference
 from neonet.workspace import Workspace
 
 #: Settings that may differ between a fold's fit and a later command (hardware and bookkeeping).
@@ -126,7 +126,7 @@ def config_drift(requested: dict[str, Any], stored: dict[str, Any],
     """Settings of ``requested`` that ``stored`` does not have: ``(key, stored value, requested value)``.
 
     Args:
-        requested: the resolved config of the new command (``neonet.lightning_cli.resolve_stage_config``).
+        requested: the resolved config of the new command (``neonet.run.lightning_cli.resolve_stage_config``).
         stored: the fold's saved ``config.yaml`` (every setting, defaults included).
         ignore: dotted keys (``init_args`` left out) that may differ, e.g. ``trainer.devices``.
 

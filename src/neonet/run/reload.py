@@ -234,7 +234,7 @@ def safe_torch_load(path: str | Path, what: str, fix: str) -> Any:
 
 def retrain_command(ws: Workspace, stage: str, fold: int) -> str:
     """The ``neonet cv`` command that re-trains ``stage`` for ``fold``."""
-    from neonet.ensemble import train_command
+    from neonet.predict.ensemble import train_command
 
     return train_command(ws, stage, [int(fold)])
 

@@ -1,6 +1,6 @@
 """The ``neonet`` command line: one dispatcher, one parser (jsonargparse) for every verb.
 
-``neonet fit|validate|test|predict --config ...`` is :class:`neonet.lightning_cli.NeonetCLI`, a
+``neonet fit|validate|test|predict --config ...`` is :class:`neonet.run.lightning_cli.NeonetCLI`, a
 LightningCLI in subclass mode (any stage's LightningModule and DataModule come from the config).
 The project verbs (``synth``, ``check-data``, ``cv``, ``crop``, ...) are plain typed functions:
 jsonargparse builds their options and ``--help`` from the signature and docstring, and every verb
@@ -57,15 +57,15 @@ class Verb:
 PROJECT_VERBS: dict[str, Verb] = {
     "synth": Verb("neonet.data.phantom:synth", "write a phantom cohort (cases.csv + NIfTI) for tests and the demo"),
     "check-data": Verb("neonet.data.validate:check_data", "validate a case manifest and all its files; report every problem"),
-    "cv": Verb("neonet.cv:cv", "run a stage over the folds (each fold its own process), then its cross-fold summary"),
+    "cv": Verb("neonet.run.cv:cv", "run a stage over the folds (each fold its own process), then its cross-fold summary"),
     "crop": Verb("neonet.seg.crop:crop", "TLCR: tumour-centred image and label patches + manifest.csv"),
     "synthesize": Verb("neonet.gen.synthesize:synthesize",
                        "NeoGen: PNI+ patches from each fold's ControlNet until its training set is balanced"),
     "gen-quality": Verb("neonet.gen.quality:gen_quality",
                         "NeoGen: recompute the synthetic-patch quality report (synthesize writes it too)"),
-    "report": Verb("neonet.report:report", "NeoCls cross-validation report: per-fold and pooled AUC with CI, DeLong, ROC"),
-    "summary": Verb("neonet.summary:summary", "print and save where an experiment's results are, with its metrics"),
-    "predict-case": Verb("neonet.predict_case:predict_case",
+    "report": Verb("neonet.report.cls_report:report", "NeoCls cross-validation report: per-fold and pooled AUC with CI, DeLong, ROC"),
+    "summary": Verb("neonet.report.summary:summary", "print and save where an experiment's results are, with its metrics"),
+    "predict-case": Verb("neonet.predict.case:predict_case",
                          "PNI for one new MRI: NeoSeg -> TLCR -> classifier folds, Grad-CAM, JSON + NIfTI + PNG",
                          positional="image"),
 }
@@ -229,8 +229,8 @@ def normalise_overrides(extra: list[str]) -> list[str]:
 
 
 def run_lightning(args: list[str]) -> int:
-    """Run a Lightning verb through :class:`neonet.lightning_cli.NeonetCLI`."""
-    from neonet.lightning_cli import NeonetCLI
+    """Run a Lightning verb through :class:`neonet.run.lightning_cli.NeonetCLI`."""
+    from neonet.run.lightning_cli import NeonetCLI
 
     # LightningCLI reads sys.argv itself (and warns about a given list) when we were called from the command line
     NeonetCLI(args=None if args == sys.argv[1:] else args)

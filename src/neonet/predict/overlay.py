@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neonet.atomic import atomic_path
+from neonet.run.atomic import atomic_path
 from neonet.data.cases import LIVER, TUMOR
 
 #: (name, axis cut, horizontal axis, vertical axis, flip horizontally)

@@ -2,7 +2,7 @@
 
 Which folds (every fold of the experiment unless named), whether each finished training
 (``artifact.json`` status ``fit-complete`` or ``complete``, ``config.yaml`` and
-``checkpoints/best.ckpt``), and each fold rebuilt by :func:`neonet.reload.load_trained_fold` from its
+``checkpoints/best.ckpt``), and each fold rebuilt by :func:`neonet.run.reload.load_trained_fold` from its
 own ``config.yaml`` with ``best.ckpt`` loaded strictly.
 A missing fold is an error that names its folder and the command that trains it.
 """
@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neonet.atomic import read_json
+from neonet.run.atomic import read_json
 from neonet.errors import MissingUpstreamError, NeonetError
-from neonet.reload import TrainedFold, load_trained_fold
+from neonet.run.reload import TrainedFold, load_trained_fold
 from neonet.workspace import Workspace
 
 #: Artifact statuses of a fold whose ``best.ckpt`` may be used.
 USABLE_STATUSES = ("complete", "fit-complete")
 
 
-#: One trained fold (kept under its former name; see :class:`neonet.reload.TrainedFold`).
+#: One trained fold (kept under its former name; see :class:`neonet.run.reload.TrainedFold`).
 FoldModel = TrainedFold
 
 
@@ -78,5 +78,5 @@ def trained_folds(ws: Workspace, stage: str, folds: list[int] | None = None, hin
 
 
 def load_fold(ws: Workspace, stage: str, fold: int) -> FoldModel:
-    """The fold with ``best.ckpt`` loaded strictly: :func:`neonet.reload.load_trained_fold` under its former name."""
+    """The fold with ``best.ckpt`` loaded strictly: :func:`neonet.run.reload.load_trained_fold` under its former name."""
     return load_trained_fold(ws, stage, fold)

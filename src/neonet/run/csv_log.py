@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from neonet.atomic import atomic_path
+from neonet.run.atomic import atomic_path
 
 
 class KeepingExperimentWriter(ExperimentWriter):

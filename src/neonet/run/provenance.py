@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neonet.atomic import sha256_file, write_json
+from neonet.run.atomic import sha256_file, write_json
 from neonet.errors import NeonetError
 
 log = logging.getLogger(__name__)

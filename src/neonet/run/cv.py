@@ -4,7 +4,7 @@ Each fold is a fresh ``python -m neonet fit`` process, so no state (model, train
 random generators) leaks from one fold into the next, DDP launches its own ranks per fold, and
 folds can also be spread over machines by running ``neonet fit ... --data.fold k`` directly.
 Finished folds are skipped; an interrupted fold resumes from its ``last.ckpt`` — both only when
-the fold's saved ``config.yaml`` agrees with the command's settings (``neonet.config_drift``).
+the fold's saved ``config.yaml`` agrees with the command's settings (``neonet.run.config_drift``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neonet.atomic import read_json
-from neonet.config_drift import check_fold_configs
+from neonet.run.atomic import read_json
+from neonet.run.config_drift import check_fold_configs
 from neonet.errors import NeonetError
-from neonet.fold_lock import fold_lock
+from neonet.run.fold_lock import fold_lock
 from neonet.stage import CVContext, FoldContext, StageModule
 from neonet.workspace import Workspace
 
@@ -160,7 +160,7 @@ def cv(
         override: extra ``--key=value`` options passed to every fold (the options after ``--``), e.g.
             ``--trainer.max_epochs=5`` or ``--trainer.devices=2``.
     """
-    from neonet.lightning_cli import resolve_stage_config
+    from neonet.run.lightning_cli import resolve_stage_config
 
     if jobs < 1:
         raise NeonetError(f"--jobs must be >= 1, got {jobs}")
