@@ -39,6 +39,8 @@ def _rel(path: Path) -> str:
     """A path relative to the repository when inside it (results files name no machine paths)."""
     path = Path(path).resolve()
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+
+
 log = logging.getLogger("gen_bench")
 
 
@@ -149,11 +151,16 @@ def main() -> None:
 
     write_json(args.out, result)
     log.info(json.dumps(result, indent=2))
-    log.info("diffusion training: latent cache is %.1fx the throughput of encoding on the fly",
-             result["throughput_ratio_cache_vs_on_the_fly"])
-    log.info("sampling one patch: DDPM-1000 takes %.1fx as long as DDIM-50 (%.2f s vs %.2f s)",
-             result["sampling_ratio_ddpm1000_vs_ddim50"], result["sampling_s_per_patch"]["ddpm1000"],
-             result["sampling_s_per_patch"]["ddim50"])
+    log.info(
+        "diffusion training: latent cache is %.1fx the throughput of encoding on the fly",
+        result["throughput_ratio_cache_vs_on_the_fly"],
+    )
+    log.info(
+        "sampling one patch: DDPM-1000 takes %.1fx as long as DDIM-50 (%.2f s vs %.2f s)",
+        result["sampling_ratio_ddpm1000_vs_ddim50"],
+        result["sampling_s_per_patch"]["ddpm1000"],
+        result["sampling_s_per_patch"]["ddim50"],
+    )
     log.info("written to %s", args.out)
 
 

@@ -93,8 +93,9 @@ def load_patches(patches: Path) -> tuple[pd.DataFrame, list[tuple[np.ndarray, np
     return manifest, items
 
 
-def band_scores(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray, float]],
-                band: tuple[float, float]) -> dict[str, float]:
+def band_scores(
+    manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray, float]], band: tuple[float, float]
+) -> dict[str, float]:
     """AUC of the in-band voxel fraction per region (liver-relative and absolute intensity)."""
     regions = {"shell": (PATCH_SHELL,), "shell+tumour": (PATCH_SHELL, PATCH_TUMOR)}
     scores: dict[str, list[float]] = {f"{name} {kind}": [] for name in regions for kind in ("relative", "absolute")}
@@ -111,8 +112,9 @@ def band_scores(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray
     return out
 
 
-def ridge_oof(features_of: Callable[[dict, list[int]], torch.Tensor], y: torch.Tensor, row_of: dict[str, int],
-              folds: list[dict], l2: float) -> float:
+def ridge_oof(
+    features_of: Callable[[dict, list[int]], torch.Tensor], y: torch.Tensor, row_of: dict[str, int], folds: list[dict], l2: float
+) -> float:
     """Pooled out-of-fold AUC of an L2 logistic regression fitted on each fold's train + val rows.
 
     ``features_of(split, fit_rows)`` gives the fold's feature matrix, one row per case (it may
@@ -141,8 +143,14 @@ def ridge_oof(features_of: Callable[[dict, list[int]], torch.Tensor], y: torch.T
     return float(binary_auroc(scores, y.long()))
 
 
-def histogram_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray, float]], splits_path: Path,
-                 bins: int = 14, top: float = 1.4, l2: float = 0.1) -> dict[str, float]:
+def histogram_cv(
+    manifest: pd.DataFrame,
+    items: list[tuple[np.ndarray, np.ndarray, float]],
+    splits_path: Path,
+    bins: int = 14,
+    top: float = 1.4,
+    l2: float = 0.1,
+) -> dict[str, float]:
     """Pooled out-of-fold AUC of a logistic regression on shell + tumour intensity histograms."""
     feats: dict[str, list[torch.Tensor]] = {"relative": [], "absolute": []}
     for image, label, ref in items:
@@ -153,12 +161,21 @@ def histogram_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarra
     y = torch.tensor(manifest["pni"].tolist(), dtype=torch.float32)
     row_of = {c: i for i, c in enumerate(manifest["case_id"])}
     folds = json.loads(splits_path.read_text())["splits"]
-    return {f"oof auc histogram-logistic {kind}": ridge_oof(lambda _split, _fit, x=torch.stack(rows): x, y, row_of, folds, l2)
-            for kind, rows in feats.items()}
+    return {
+        f"oof auc histogram-logistic {kind}": ridge_oof(lambda _split, _fit, x=torch.stack(rows): x, y, row_of, folds, l2)
+        for kind, rows in feats.items()
+    }
 
 
-def encoder_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray, float]], runs: Path,
-               config: Path, taps: list[str], bins: int = 14, l2: float = 0.5) -> dict[str, float]:
+def encoder_cv(
+    manifest: pd.DataFrame,
+    items: list[tuple[np.ndarray, np.ndarray, float]],
+    runs: Path,
+    config: Path,
+    taps: list[str],
+    bins: int = 14,
+    l2: float = 0.5,
+) -> dict[str, float]:
     """Pooled out-of-fold AUC of logistic regressions on histograms of frozen encoder maps (two kinds)."""
     from monai.networks.nets import AutoencoderKL
 
@@ -177,7 +194,7 @@ def encoder_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray,
                 encoder = AutoencoderKLEncoder(AutoencoderKL(**init), tap=tap).eval()
                 load_encoder_checkpoint(encoder, runs / "autoencoder" / f"fold{fold}" / "checkpoints" / "best.ckpt")
                 with torch.no_grad():
-                    maps_of[fold] = torch.cat([encoder(images[i:i + 8]) for i in range(0, len(images), 8)])
+                    maps_of[fold] = torch.cat([encoder(images[i : i + 8]) for i in range(0, len(images), 8)])
             return maps_of[fold]
 
         def quantile_histograms(split: dict, fit: list[int]) -> torch.Tensor:
@@ -188,8 +205,17 @@ def encoder_cv(manifest: pd.DataFrame, items: list[tuple[np.ndarray, np.ndarray,
             gen = torch.Generator().manual_seed(0)
             sample = fitted[:, torch.randperm(fitted.shape[1], generator=gen)[:100_000]]
             edges = torch.quantile(sample, torch.linspace(0, 1, bins + 1)[1:-1], dim=1).T.contiguous()  # (C, bins - 1)
-            return torch.stack([torch.stack([torch.bincount(torch.bucketize(v[ch], edges[ch]), minlength=bins).float() / max(v.shape[1], 1)
-                                             for ch in range(v.shape[0])]).flatten() for v in values])
+            return torch.stack(
+                [
+                    torch.stack(
+                        [
+                            torch.bincount(torch.bucketize(v[ch], edges[ch]), minlength=bins).float() / max(v.shape[1], 1)
+                            for ch in range(v.shape[0])
+                        ]
+                    ).flatten()
+                    for v in values
+                ]
+            )
 
         def region_histograms(split: dict, _fit: list[int]) -> torch.Tensor:
             # PattenNet's pooling (hist_norm="region") with its initial bins, untrained: each patch's
@@ -213,7 +239,8 @@ def nuisance_aucs(data_dir: Path) -> dict[str, float]:
     if not info_path.is_file() or not cases_path.is_file():
         return {}
     frame = pd.read_csv(info_path, dtype={"case_id": str}).merge(
-        pd.read_csv(cases_path, dtype={"case_id": str})[["case_id", "pni"]], on="case_id")
+        pd.read_csv(cases_path, dtype={"case_id": str})[["case_id", "pni"]], on="case_id"
+    )
     y = torch.tensor(frame["pni"].tolist(), dtype=torch.long)
     out = {}
     for column in NUISANCE:
@@ -234,17 +261,30 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=2.0)
     parser.add_argument("--matched", type=int, default=0, help="the cohort's `neonet synth --matched`")
     parser.add_argument("--tumor_radius_mm", type=float, nargs=2, default=(20.0, 30.0))
-    parser.add_argument("--cuff_drop", type=float, default=0.15, help="cuff = PNI- twin minus PNI+ image above this share of liver")
+    parser.add_argument(
+        "--cuff_drop", type=float, default=0.15, help="cuff = PNI- twin minus PNI+ image above this share of liver"
+    )
     parser.add_argument("--band", type=float, nargs=2, default=(0.6, 0.8), help="intensity band, relative to liver")
-    parser.add_argument("--taps", nargs="*", default=["features", "level0"],
-                        help="encoder maps for the frozen-feature probe (none: skip it)")
-    parser.add_argument("--autoencoder_config", type=Path, default=None,
-                        help="the autoencoder stage's config (default: experiments/<experiment>/autoencoder.yaml)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: <runs>/<experiment>/reports/pni_signal_probe.json)")
+    parser.add_argument(
+        "--taps", nargs="*", default=["features", "level0"], help="encoder maps for the frozen-feature probe (none: skip it)"
+    )
+    parser.add_argument(
+        "--autoencoder_config",
+        type=Path,
+        default=None,
+        help="the autoencoder stage's config (default: experiments/<experiment>/autoencoder.yaml)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default: <runs>/<experiment>/reports/pni_signal_probe.json)"
+    )
     args = parser.parse_args()
     runs = args.runs_dir / args.experiment
     manifest, items = load_patches(runs / "patches")
-    result = {"absorption": absorption(runs, args), "band": list(args.band), "scores": band_scores(manifest, items, tuple(args.band))}
+    result = {
+        "absorption": absorption(runs, args),
+        "band": list(args.band),
+        "scores": band_scores(manifest, items, tuple(args.band)),
+    }
     if (runs / "splits.json").is_file():
         result["learned"] = histogram_cv(manifest, items, runs / "splits.json")
         config = args.autoencoder_config or Path("experiments") / args.experiment / "autoencoder.yaml"

@@ -32,7 +32,8 @@ Usage::
     python benchmarks/stage_bench.py                                  # demo configs, CPU, 1 thread
     python benchmarks/stage_bench.py --loader_workers 0 1             # also the loaders with one worker process
     python benchmarks/stage_bench.py --stages seg pattennet --loaders --steps 10 --repeats 3
-    python benchmarks/stage_bench.py --device cuda --precision bf16-mixed --threads 8 --out benchmarks/results/stage_bench_cuda.json
+    python benchmarks/stage_bench.py --device cuda --precision bf16-mixed --threads 8 \
+        --out benchmarks/results/stage_bench_cuda.json
     python benchmarks/stage_bench.py --paper --out benchmarks/results/stage_bench_paper_cpu.json
 """
 
@@ -63,8 +64,13 @@ log = logging.getLogger("stage_bench")
 
 #: Stage name -> config file name in the experiments folder.
 CONFIGS = {
-    "seg": "seg.yaml", "autoencoder": "autoencoder.yaml", "diffusion": "diffusion.yaml", "controlnet": "controlnet.yaml",
-    "pattennet": "pattennet.yaml", "resnet18": "baseline_resnet18.yaml", "densenet121": "baseline_densenet121.yaml",
+    "seg": "seg.yaml",
+    "autoencoder": "autoencoder.yaml",
+    "diffusion": "diffusion.yaml",
+    "controlnet": "controlnet.yaml",
+    "pattennet": "pattennet.yaml",
+    "resnet18": "baseline_resnet18.yaml",
+    "densenet121": "baseline_densenet121.yaml",
     "seresnet50": "baseline_seresnet50.yaml",
 }
 CLS_STAGES = ("pattennet", "resnet18", "densenet121", "seresnet50")
@@ -87,7 +93,7 @@ def _yaml(folder: Path, name: str) -> dict[str, Any]:
     return yaml.safe_load((folder / name).read_text())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolved_data(folder: Path, name: str) -> str:
     """The ``data`` block of a stage config as ``neonet fit`` resolves it (the folder's ``_shared.yaml`` included)."""
     import contextlib
@@ -111,8 +117,12 @@ def build_module(folder: Path, stage: str, **overrides: Any) -> Any:
     from neonet.gen.common import instantiate
 
     spec = _yaml(folder, CONFIGS[stage])["model"]
-    kwargs = {k: functools.partial(_import(v["class_path"]), **(v.get("init_args") or {}))
-              if k in FACTORIES and isinstance(v, dict) else instantiate(v) for k, v in (spec.get("init_args") or {}).items()}
+    kwargs = {
+        k: functools.partial(_import(v["class_path"]), **(v.get("init_args") or {}))
+        if k in FACTORIES and isinstance(v, dict)
+        else instantiate(v)
+        for k, v in (spec.get("init_args") or {}).items()
+    }
     kwargs.update(OVERRIDES.get(stage, {}), **overrides)
     return _import(spec["class_path"])(**kwargs)
 
@@ -126,8 +136,9 @@ def prepare(stage: str, module: Any, folder: Path) -> None:
         module.scale_factor.fill_(1.0)
     if stage == "controlnet":
         diffusion = build_module(folder, "diffusion", ema_decay=0.0)
-        module._adopt(freeze(diffusion.unet), diffusion.noise_schedule, diffusion.num_classes,
-                      float(diffusion.hparams.class_dropout))
+        module._adopt(
+            freeze(diffusion.unet), diffusion.noise_schedule, diffusion.num_classes, float(diffusion.hparams.class_dropout)
+        )
         init_controlnet_from_unet(module.controlnet, module.unet)
     if stage in CLS_STAGES:
         module.setup = lambda stage: None  # its setup needs a fold DataModule (encoder checkpoint, class counts)
@@ -142,7 +153,7 @@ def _label(batch: int, shape: tuple[int, ...], values: tuple[int, ...]) -> Any:
     for i, v in enumerate(values):
         lo = [s // 2 - max(1, s // 2 ** (i + 2)) for s in shape]
         hi = [s // 2 + max(1, s // 2 ** (i + 2)) for s in shape]
-        out[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = v
+        out[:, :, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = v
     return out
 
 
@@ -228,8 +239,10 @@ class PeakRSS:
 # ---------------------------------------------------------------------- the two arms
 def _plain_optimizers(stage: str, module: Any) -> list[Any]:
     if stage == "autoencoder":
-        return [module.optimizer_factory(module.autoencoder.parameters()),
-                module.disc_optimizer_factory(module.discriminator.parameters())]
+        return [
+            module.optimizer_factory(module.autoencoder.parameters()),
+            module.disc_optimizer_factory(module.discriminator.parameters()),
+        ]
     return [module.optimizer_factory([p for p in module.parameters() if p.requires_grad])]
 
 
@@ -321,9 +334,18 @@ def run_lightning(module: Any, loader: Any, device: str, precision: str, root: s
 
     clock = Clock()
     trainer = Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision, max_epochs=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0, callbacks=[clock], default_root_dir=root,
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        precision=precision,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[clock],
+        default_root_dir=root,
     )
     trainer.fit(module, train_dataloaders=loader)
     return clock.starts, clock.ends, clock.modes
@@ -380,16 +402,26 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             starts, ends, modes = run_plain(stage, module, loader, device, spec["precision"])
     wall = time.perf_counter() - start
-    times = step_times(starts, ends)[int(spec["warmup"]):]
+    times = step_times(starts, ends)[int(spec["warmup"]) :]
     samples = next(iter(batch.values())).shape[0]
     return {
-        "stage": stage, "arm": spec["arm"], "batch": samples,
+        "stage": stage,
+        "arm": spec["arm"],
+        "batch": samples,
         "shapes": {k: list(v.shape) for k, v in batch.items()},
-        "steps_timed": len(times), "step_s": statistics.median(times), "step_s_min": min(times), "step_s_all": times,
-        "samples_per_s": samples / statistics.median(times), "run_wall_s": wall,
-        "peak_rss_mb": mem.peak / 2**20, "rss_before_mb": mem.base / 2**20, "peak_rss_delta_mb": (mem.peak - mem.base) / 2**20,
+        "steps_timed": len(times),
+        "step_s": statistics.median(times),
+        "step_s_min": min(times),
+        "step_s_all": times,
+        "samples_per_s": samples / statistics.median(times),
+        "run_wall_s": wall,
+        "peak_rss_mb": mem.peak / 2**20,
+        "rss_before_mb": mem.base / 2**20,
+        "peak_rss_delta_mb": (mem.peak - mem.base) / 2**20,
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
-        "modules_in_train_mode": modes, "params": param_counts(module), "threads": torch.get_num_threads(),
+        "modules_in_train_mode": modes,
+        "params": param_counts(module),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -422,7 +454,7 @@ def loader_worker(spec: dict[str, Any]) -> dict[str, Any]:
     runs: list[dict[str, float]] = []
     for r in range(int(spec["repeats"])):
         row: dict[str, float] = {}
-        for arm in (("with_loader", "compute_only") if r % 2 == 0 else ("compute_only", "with_loader")):
+        for arm in ("with_loader", "compute_only") if r % 2 == 0 else ("compute_only", "with_loader"):
             if arm == "with_loader":
                 row["with_loader_s"], row["batches"] = epoch(b for _ in range(k) for b in loader)
             else:
@@ -433,21 +465,35 @@ def loader_worker(spec: dict[str, Any]) -> dict[str, Any]:
         row["ratio"] = row["with_loader_s"] / row["compute_only_s"]
         runs.append(row)
     med = {k: statistics.median(r[k] for r in runs) for k in ("with_loader_s", "compute_only_s", "loader_only_s", "ratio")}
-    return {"stage": stage, "datamodule": data["class_path"], "batch_size": dm.batch_size, "num_workers": dm.num_workers,
-            "train_items": len(dm.train_ds), "batches_per_epoch": len(loader), "epochs_per_measurement": k,
-            "repeats": runs, **med}
+    return {
+        "stage": stage,
+        "datamodule": data["class_path"],
+        "batch_size": dm.batch_size,
+        "num_workers": dm.num_workers,
+        "train_items": len(dm.train_ds),
+        "batches_per_epoch": len(loader),
+        "epochs_per_measurement": k,
+        "repeats": runs,
+        **med,
+    }
 
 
 # ---------------------------------------------------------------------- orchestration
 def spawn(spec: dict[str, Any]) -> dict[str, Any]:
     """Run a worker in a fresh process and return its result."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
-           "WANDB_MODE": "disabled", "NEONET_LOG_LEVEL": "WARNING", "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(spec["threads"]),
+        "MKL_NUM_THREADS": str(spec["threads"]),
+        "WANDB_MODE": "disabled",
+        "NEONET_LOG_LEVEL": "WARNING",
+        "PYTHONWARNINGS": "ignore",
+    }
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"worker {spec['kind']} {spec['stage']} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def _proc_field(path: str, key: str) -> str | None:
@@ -467,10 +513,16 @@ def machine(device: str) -> dict[str, Any]:
 
     mem_kb = _proc_field("/proc/meminfo", "MemTotal")
     return {
-        "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor(), "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)), "memory_gb": int(mem_kb.split()[0]) / 2**20 if mem_kb else None,
-        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-        "lightning": lightning.__version__, "monai": monai.__version__, "device": device,
+        "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)),
+        "memory_gb": int(mem_kb.split()[0]) / 2**20 if mem_kb else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "monai": monai.__version__,
+        "device": device,
         "cuda_device": torch.cuda.get_device_name(0) if device == "cuda" else None,
     }
 
@@ -492,8 +544,16 @@ def prepare_cohort(args: argparse.Namespace, root: Path) -> tuple[str, str]:
 
     cases = Path(args.cohort) if args.cohort else synth(root / "cohort", cases=args.cohort_cases, seed=0)
     crop_cfg = _yaml(args.configs, "crop.yaml")
-    crop(cases, experiment="bench", runs_dir=root / "runs", source="manual", spacing=tuple(crop_cfg["spacing"]),
-         patch_size=tuple(crop_cfg["patch_size"]), shell_mm=float(crop_cfg.get("shell_mm", 10.0)), no_tumor="liver")
+    crop(
+        cases,
+        experiment="bench",
+        runs_dir=root / "runs",
+        source="manual",
+        spacing=tuple(crop_cfg["spacing"]),
+        patch_size=tuple(crop_cfg["patch_size"]),
+        shell_mm=float(crop_cfg.get("shell_mm", 10.0)),
+        no_tumor="liver",
+    )
     return str(cases), str(root / "runs")
 
 
@@ -517,28 +577,64 @@ def summarise(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    base = {"configs": str(args.configs), "device": args.device, "precision": args.precision, "threads": args.threads,
-            "warmup": args.warmup, "steps": args.steps, "batch": args.batch, "seg_volume": args.seg_volume}
-    settings = {**base, "configs": _rel(args.configs), "arms": args.arms, "repeats": args.repeats,
-                "loader_repeats": args.loader_repeats, "loader_batches": args.loader_batches,
-                "loader_workers": args.loader_workers, "command": " ".join(sys.argv[1:])}
-    result: dict[str, Any] = {"machine": machine(args.device), "loadavg_before": os.getloadavg(), "settings": settings,
-                              "stages": {}, "loaders": {}, "gen_bench": gen_bench_ratios()}
+    base = {
+        "configs": str(args.configs),
+        "device": args.device,
+        "precision": args.precision,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "batch": args.batch,
+        "seg_volume": args.seg_volume,
+    }
+    settings = {
+        **base,
+        "configs": _rel(args.configs),
+        "arms": args.arms,
+        "repeats": args.repeats,
+        "loader_repeats": args.loader_repeats,
+        "loader_batches": args.loader_batches,
+        "loader_workers": args.loader_workers,
+        "command": " ".join(sys.argv[1:]),
+    }
+    result: dict[str, Any] = {
+        "machine": machine(args.device),
+        "loadavg_before": os.getloadavg(),
+        "settings": settings,
+        "stages": {},
+        "loaders": {},
+        "gen_bench": gen_bench_ratios(),
+    }
     for stage in args.stages:
         rows = []
         for r in range(args.repeats):
-            for arm in (args.arms if r % 2 == 0 else args.arms[::-1]):
+            for arm in args.arms if r % 2 == 0 else args.arms[::-1]:
                 rows.append(spawn({**base, "kind": "step", "stage": stage, "arm": arm}))
-                log.info("  %-11s repeat %d %-9s %.4f s/step  peak RSS %.0f MB", stage, r, arm, rows[-1]["step_s"],
-                         rows[-1]["peak_rss_mb"])
+                log.info(
+                    "  %-11s repeat %d %-9s %.4f s/step  peak RSS %.0f MB",
+                    stage,
+                    r,
+                    arm,
+                    rows[-1]["step_s"],
+                    rows[-1]["peak_rss_mb"],
+                )
         result["stages"][stage] = summarise(rows, args.arms)
     if args.loaders:
         with tempfile.TemporaryDirectory() as tmp:
             cases, runs = prepare_cohort(args, Path(tmp))
             for stage in args.loaders:
                 for workers in args.loader_workers or [None]:
-                    spec = {**base, "kind": "loader", "stage": stage, "cases": cases, "runs_dir": runs, "experiment": "bench",
-                            "repeats": args.loader_repeats, "min_batches": args.loader_batches, "num_workers": workers}
+                    spec = {
+                        **base,
+                        "kind": "loader",
+                        "stage": stage,
+                        "cases": cases,
+                        "runs_dir": runs,
+                        "experiment": "bench",
+                        "repeats": args.loader_repeats,
+                        "min_batches": args.loader_batches,
+                        "num_workers": workers,
+                    }
                     result["loaders"][stage if workers is None else f"{stage}_workers{workers}"] = spawn(spec)
     result["loadavg_after"] = os.getloadavg()
     return result
@@ -557,15 +653,21 @@ def table(result: dict[str, Any]) -> str:
             a = s[arm]
             mem = f"{a['cuda_peak_mb']:.0f} (GPU)" if a.get("cuda_peak_mb") else f"{a['peak_rss_mb']:.0f}"
             ratio = f"{s['ratio_lightning_vs_plain']:.3f}" if arm == "lightning" and "ratio_lightning_vs_plain" in s else ""
-            lines.append(f"{stage:<12}{s['batch']:>6}{arm:>11}{a['step_s']:>10.4f}{a['samples_per_s']:>11.2f}{mem:>13}{ratio:>11}")
+            lines.append(
+                f"{stage:<12}{s['batch']:>6}{arm:>11}{a['step_s']:>10.4f}{a['samples_per_s']:>11.2f}{mem:>13}{ratio:>11}"
+            )
     for stage, ld in result["loaders"].items():
-        lines.append(f"loader {stage} (num_workers {ld['num_workers']}, {ld['epochs_per_measurement']} x "
-                     f"{ld['batches_per_epoch']} batches): with loader {ld['with_loader_s']:.3f} s, compute only "
-                     f"{ld['compute_only_s']:.3f} s, loader alone {ld['loader_only_s']:.3f} s, ratio {ld['ratio']:.3f}")
+        lines.append(
+            f"loader {stage} (num_workers {ld['num_workers']}, {ld['epochs_per_measurement']} x "
+            f"{ld['batches_per_epoch']} batches): with loader {ld['with_loader_s']:.3f} s, compute only "
+            f"{ld['compute_only_s']:.3f} s, loader alone {ld['loader_only_s']:.3f} s, ratio {ld['ratio']:.3f}"
+        )
     gen = result.get("gen_bench")
     if gen:
-        lines.append(f"NeoGen ({gen['source']}): latent cache {gen['throughput_ratio_cache_vs_on_the_fly']:.2f}x on-the-fly "
-                     f"throughput; DDPM-1000 / DDIM-50 sampling time {gen['sampling_ratio_ddpm1000_vs_ddim50']:.1f}x")
+        lines.append(
+            f"NeoGen ({gen['source']}): latent cache {gen['throughput_ratio_cache_vs_on_the_fly']:.2f}x on-the-fly "
+            f"throughput; DDPM-1000 / DDIM-50 sampling time {gen['sampling_ratio_ddpm1000_vs_ddim50']:.1f}x"
+        )
     return "\n".join(lines)
 
 
@@ -574,8 +676,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--worker", help=argparse.SUPPRESS)
-    add("--stages", nargs="*", choices=list(CONFIGS), default=None,
-        help="step-ratio stages (default: seg autoencoder diffusion controlnet pattennet; all with --paper; none: loaders only)")
+    add(
+        "--stages",
+        nargs="*",
+        choices=list(CONFIGS),
+        default=None,
+        help="step-ratio stages (default: seg autoencoder diffusion controlnet pattennet; all with --paper; none: loaders only)",
+    )
     add("--arms", nargs="+", choices=["lightning", "plain"], default=None, help="default both; plain with --paper")
     add("--configs", type=Path, default=REPO / "experiments" / "demo", help="experiments folder of the stage configs")
     add("--paper", action="store_true", help="experiments/paper networks, plain arm, one step, batch 1 on CPU")
@@ -624,8 +731,7 @@ def main() -> None:
 
     write_json(args.out, result)
     log.info("%s", table(result))
-    log.info("load average before %s, after %s; written to %s", result["loadavg_before"], result["loadavg_after"],
-             _rel(args.out))
+    log.info("load average before %s, after %s; written to %s", result["loadavg_before"], result["loadavg_after"], _rel(args.out))
 
 
 if __name__ == "__main__":

@@ -44,11 +44,11 @@ def trained_experiment(phantom_cohort: Path, tmp_path_factory: pytest.TempPathFa
     """
     import pandas as pd
     import torch
-    from test_cls_fixtures import write_fake_autoencoder
 
-    from neonet.run.cli import main
     from neonet.data.base import FoldDataModule
+    from neonet.run.cli import main
     from neonet.workspace import Workspace
+    from test_cls_fixtures import write_fake_autoencoder
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny 3D convolutions: one thread is fastest on shared CPUs
@@ -64,7 +64,9 @@ def trained_experiment(phantom_cohort: Path, tmp_path_factory: pytest.TempPathFa
         for k in (0, 1):
             dm = FoldDataModule(str(phantom_cohort), experiment="test", runs_dir=str(runs), fold=k, folds=3)
             write_fake_autoencoder(ws, k, seed=k, train_cases=list(dm.split.train))
-            assert main(["fit", "--config", str(CONF / "pattennet.yaml"), *data, "--data.experiment=test", f"--data.fold={k}"]) == 0
+            assert (
+                main(["fit", "--config", str(CONF / "pattennet.yaml"), *data, "--data.experiment=test", f"--data.fold={k}"]) == 0
+            )
     finally:
         torch.set_num_threads(threads)
     cases = pd.read_csv(phantom_cohort).set_index("case_id")

@@ -48,8 +48,13 @@ class RankProbe(Callback):
         neonet.workspace.Workspace.write_artifact = counted  # type: ignore[method-assign]
         dist = torch.distributed
         backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else None
-        self.record.update(rank=trainer.global_rank, world_size=trainer.world_size, pid=os.getpid(), backend=backend,
-                           checkpoint_io=type(trainer.strategy.checkpoint_io).__name__)
+        self.record.update(
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            pid=os.getpid(),
+            backend=backend,
+            checkpoint_io=type(trainer.strategy.checkpoint_io).__name__,
+        )
         atexit.register(self.dump)  # at exit, so the CLI's after_fit writes are counted too
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -57,8 +62,7 @@ class RankProbe(Callback):
             z = batch["z"].detach().double()
             self.record["first_batch"] = {"sum": float(z.sum()), "sumsq": float((z * z).sum()), "n": int(z.numel())}
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if "scale_factor_after_first_batch" not in self.record and hasattr(pl_module, "scale_factor"):
             self.record["scale_factor_after_first_batch"] = float(pl_module.scale_factor)
 
@@ -97,18 +101,19 @@ class PauseAtStep(Callback):
             time.sleep(self.seconds)
 
 
-def write_latent_fixture(root: Path, experiment: str = "toy", folds: tuple[int, ...] = (0,), per_case: int = 4,
-                         seed: int = 0) -> Path:
+def write_latent_fixture(
+    root: Path, experiment: str = "toy", folds: tuple[int, ...] = (0,), per_case: int = 4, seed: int = 0
+) -> Path:
     """A toy cohort plus a fabricated latent cache for each of ``folds``; returns the ``cases.csv`` path.
 
     The autoencoder checkpoints are stand-in files: the latent data module only checks that the
     cache names their hash. Training cases get ``per_case`` latents each (3x8x8x4, std 2.5 so the
     scale factor is informative); inner validation cases one each.
     """
-    from neonet.run.atomic import atomic_path, sha256_file, write_json
     from neonet.data.cases import read_cases
     from neonet.data.splits import ensure_splits, get_fold
     from neonet.gen.toy import write_toy_cohort
+    from neonet.run.atomic import atomic_path, sha256_file, write_json
     from neonet.workspace import Workspace
 
     cases_csv = write_toy_cohort(root, experiment=experiment, cases=12, pni_fraction=0.34, seed=seed)
@@ -134,12 +139,15 @@ def write_latent_fixture(root: Path, experiment: str = "toy", folds: tuple[int, 
         with atomic_path(ws.latent_cache_file(fold)) as tmp:
             torch.save(cache, tmp)
         # a record in the format of before neonet.run.provenance (still read; it does not vouch for cache.pt)
-        write_json(ws.latent_record(fold), {
-            "fold": fold,
-            "autoencoder_checkpoint": {"path": str(ae), "sha256": sha256_file(ae)},
-            "settings": {"fabricated": True},
-            "latent_shape": [3, 8, 8, 4],
-            "train_cases": sorted(set(split.train)),
-            "val_cases": sorted(set(split.val)),
-        })
+        write_json(
+            ws.latent_record(fold),
+            {
+                "fold": fold,
+                "autoencoder_checkpoint": {"path": str(ae), "sha256": sha256_file(ae)},
+                "settings": {"fabricated": True},
+                "latent_shape": [3, 8, 8, 4],
+                "train_cases": sorted(set(split.train)),
+                "val_cases": sorted(set(split.val)),
+            },
+        )
     return cases_csv

@@ -22,9 +22,16 @@ class WorseningModel(BoringModel):
 
 def fit(tmp_path: Path, epochs: int, check_val_every_n_epoch: int = 1, ckpt_path: str | None = None) -> Trainer:
     trainer = Trainer(
-        max_epochs=epochs, limit_train_batches=3, limit_val_batches=1, check_val_every_n_epoch=check_val_every_n_epoch,
-        callbacks=checkpoint_callbacks(tmp_path, "val/score", "max"), logger=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", devices=1,
+        max_epochs=epochs,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        check_val_every_n_epoch=check_val_every_n_epoch,
+        callbacks=checkpoint_callbacks(tmp_path, "val/score", "max"),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
     )
     trainer.fit(WorseningModel(), ckpt_path=ckpt_path)
     return trainer

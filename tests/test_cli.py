@@ -14,8 +14,11 @@ from neonet.run.lightning_cli import resolve_stage_config
 REPO = Path(__file__).resolve().parents[1]
 # `_*.yaml` are include-only blocks (a folder's seed, trainer defaults and cohort): parsed through the configs
 # that include them (tests/test_configs.py)
-CONFIGS = [p for p in sorted((REPO / "experiments").rglob("*.yaml")) + sorted((REPO / "tests" / "conf").rglob("*.yaml"))
-           if not p.name.startswith("_")]
+CONFIGS = [
+    p
+    for p in sorted((REPO / "experiments").rglob("*.yaml")) + sorted((REPO / "tests" / "conf").rglob("*.yaml"))
+    if not p.name.startswith("_")
+]
 
 
 def test_help_lists_every_verb(capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,9 +71,19 @@ def test_list_options_take_several_values_or_repeat() -> None:
     from neonet.run.cv import cv
 
     assert _list_values(cv, ["--config", "a.yaml", "--folds", "0", "2", "--jobs", "2"]) == [
-        "--config", "[a.yaml]", "--folds", "[0,2]", "--jobs", "2"]
+        "--config",
+        "[a.yaml]",
+        "--folds",
+        "[0,2]",
+        "--jobs",
+        "2",
+    ]
     assert _list_values(cv, ["--config", "a.yaml", "--folds", "[0,1]", "--config", "b.yaml"]) == [
-        "--config", "[a.yaml,b.yaml]", "--folds", "[0,1]"]
+        "--config",
+        "[a.yaml,b.yaml]",
+        "--folds",
+        "[0,1]",
+    ]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO)))

@@ -12,16 +12,20 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from test_cls_fixtures import CONF, REPO, one_thread, write_fake_autoencoder, write_patch_cohort  # noqa: F401
 
+from neonet.data.base import FoldDataModule
 from neonet.run.atomic import read_json, sha256_file
 from neonet.run.cli import main
-from neonet.data.base import FoldDataModule
+from test_cls_fixtures import CONF, REPO, one_thread, write_fake_autoencoder, write_patch_cohort  # noqa: F401
 
 
 def data_args(cohort: dict, fold: int = 0) -> list[str]:
-    return [f"--data.cases={cohort['cases']}", f"--data.runs_dir={cohort['runs_dir']}",
-            f"--data.experiment={cohort['experiment']}", f"--data.fold={fold}"]
+    return [
+        f"--data.cases={cohort['cases']}",
+        f"--data.runs_dir={cohort['runs_dir']}",
+        f"--data.experiment={cohort['experiment']}",
+        f"--data.fold={fold}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +54,14 @@ def test_baseline_trains_and_tests_through_the_cli(cohort: dict) -> None:
 
 def test_select_from_epoch_keeps_early_epochs_out_of_best(cohort: dict) -> None:
     ws = cohort["ws"]
-    args = ["fit", "--config", str(CONF / "baseline.yaml"), *data_args(cohort), "--model.stage=resnet18_late",
-            "--model.select_from_epoch=1"]
+    args = [
+        "fit",
+        "--config",
+        str(CONF / "baseline.yaml"),
+        *data_args(cohort),
+        "--model.stage=resnet18_late",
+        "--model.select_from_epoch=1",
+    ]
     assert main(args) == 0
     log = pd.read_csv(ws.stage_dir("resnet18_late", 0) / "metrics.csv").dropna(subset=["val/selection"])
     assert log["epoch"].tolist() == [0, 1]
@@ -99,8 +109,12 @@ def test_pattennet_cli_names_the_missing_autoencoder(cohort: dict, capsys: pytes
 
 
 SHIPPED = sorted(
-    [*(REPO / "experiments" / "demo").glob("pattennet*.yaml"), *(REPO / "experiments" / "demo").glob("baseline_*.yaml"),
-     CONF / "pattennet.yaml", CONF / "baseline.yaml"]
+    [
+        *(REPO / "experiments" / "demo").glob("pattennet*.yaml"),
+        *(REPO / "experiments" / "demo").glob("baseline_*.yaml"),
+        CONF / "pattennet.yaml",
+        CONF / "baseline.yaml",
+    ]
 )
 
 
@@ -144,8 +158,18 @@ def test_cv_runs_every_fold_then_reports(tmp_path: Path) -> None:
     cohort = write_patch_cohort(tmp_path, n=15)
     ws = cohort["ws"]
     fake_fold_autoencoders(cohort)
-    cmd = [sys.executable, "-m", "neonet", "cv", "--config", str(CONF / "pattennet.yaml"), "--",
-           f"--data.cases={cohort['cases']}", f"--data.runs_dir={cohort['runs_dir']}", f"--data.experiment={cohort['experiment']}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neonet",
+        "cv",
+        "--config",
+        str(CONF / "pattennet.yaml"),
+        "--",
+        f"--data.cases={cohort['cases']}",
+        f"--data.runs_dir={cohort['runs_dir']}",
+        f"--data.experiment={cohort['experiment']}",
+    ]
     env = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -162,9 +186,24 @@ def test_cv_jobs_runs_folds_concurrently_with_logs_then_one_report(tmp_path: Pat
     cohort = write_patch_cohort(tmp_path, n=12)
     ws = cohort["ws"]
     fake_fold_autoencoders(cohort)
-    cmd = [sys.executable, "-m", "neonet", "cv", "--config", str(CONF / "pattennet.yaml"), "--folds", "0", "2", "--jobs", "2",
-           "--", f"--data.cases={cohort['cases']}", f"--data.runs_dir={cohort['runs_dir']}",
-           f"--data.experiment={cohort['experiment']}", "--trainer.max_epochs=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neonet",
+        "cv",
+        "--config",
+        str(CONF / "pattennet.yaml"),
+        "--folds",
+        "0",
+        "2",
+        "--jobs",
+        "2",
+        "--",
+        f"--data.cases={cohort['cases']}",
+        f"--data.runs_dir={cohort['runs_dir']}",
+        f"--data.experiment={cohort['experiment']}",
+        "--trainer.max_epochs=1",
+    ]
     env = {"WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -176,8 +215,9 @@ def test_cv_jobs_runs_folds_concurrently_with_logs_then_one_report(tmp_path: Pat
     assert sorted(summary["fold"]) == [0, 2]
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "skipped" in again.stderr
-    changed = subprocess.run([*cmd[:-1], "--trainer.max_epochs=2"], cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=600)
+    changed = subprocess.run(
+        [*cmd[:-1], "--trainer.max_epochs=2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert changed.returncode != 0, "a finished fold must not be skipped under changed settings"
     assert "pattennet fold 0 at " in changed.stderr and "setting trainer.max_epochs: 1 (stored) -> 2 (now)" in changed.stderr
     assert "--force" in changed.stderr and ws.read_artifact("pattennet", 0)["status"] == "complete"

@@ -8,15 +8,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_cls_fixtures import one_thread, save_nifti, write_patch_cohort, write_synthetic  # noqa: F401
 
 from neonet.cls import ClsDataModule
 from neonet.errors import DataError, MissingUpstreamError
+from test_cls_fixtures import one_thread, save_nifti, write_patch_cohort, write_synthetic  # noqa: F401
 
 
 def datamodule(cohort: dict, fold: int = 0, **kwargs) -> ClsDataModule:
-    return ClsDataModule(cases=cohort["cases"], experiment=cohort["experiment"], runs_dir=cohort["runs_dir"], fold=fold, folds=3,
-                         batch_size=4, **kwargs)
+    return ClsDataModule(
+        cases=cohort["cases"],
+        experiment=cohort["experiment"],
+        runs_dir=cohort["runs_dir"],
+        fold=fold,
+        folds=3,
+        batch_size=4,
+        **kwargs,
+    )
 
 
 @pytest.fixture()

@@ -57,7 +57,9 @@ def save_nifti(path: Path, array: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(array, np.diag([3.5, 3.5, 6.0, 1.0])), str(path))
 
 
-def write_patch_cohort(root: Path, n: int = 12, experiment: str = "t", seed: int = 0, pni_fraction: float = 0.5) -> dict[str, Any]:
+def write_patch_cohort(
+    root: Path, n: int = 12, experiment: str = "t", seed: int = 0, pni_fraction: float = 0.5
+) -> dict[str, Any]:
     """``root/data/cases.csv`` + ``root/runs/<experiment>/patches/{images,labels,manifest.csv}``.
 
     Returns ``{"cases", "runs_dir", "experiment", "ws"}``.
@@ -72,10 +74,25 @@ def write_patch_cohort(root: Path, n: int = 12, experiment: str = "t", seed: int
         pni = int(i < n_pos)
         save_nifti(pdir / "images" / f"{cid}.nii.gz", patch_array(pni, rng))
         save_nifti(pdir / "labels" / f"{cid}.nii.gz", np.zeros(SHAPE, np.uint8))
-        rows.append({"case_id": cid, "patient_id": f"p{i:03d}", "pni": pni, "image": f"images/{cid}.nii.gz",
-                     "label": f"labels/{cid}.nii.gz", "status": "ok"})
-        case_rows.append({"case_id": cid, "image": f"../runs/{experiment}/patches/images/{cid}.nii.gz", "label": "",
-                          "pni": pni, "patient_id": f"p{i:03d}"})
+        rows.append(
+            {
+                "case_id": cid,
+                "patient_id": f"p{i:03d}",
+                "pni": pni,
+                "image": f"images/{cid}.nii.gz",
+                "label": f"labels/{cid}.nii.gz",
+                "status": "ok",
+            }
+        )
+        case_rows.append(
+            {
+                "case_id": cid,
+                "image": f"../runs/{experiment}/patches/images/{cid}.nii.gz",
+                "label": "",
+                "pni": pni,
+                "patient_id": f"p{i:03d}",
+            }
+        )
     pdir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(ws.patches_manifest, index=False)
     cases = root / "data" / "cases.csv"
@@ -90,8 +107,9 @@ def autoencoder_args(conf: str = "pattennet.yaml") -> dict[str, Any]:
     return cfg["model"]["init_args"]["net"]["init_args"]["encoder"]["init_args"]["autoencoder"]["init_args"]
 
 
-def write_fake_autoencoder(ws: Workspace, fold: int, seed: int = 0, prefix: str = "autoencoder.",
-                           train_cases: list[str] | None = None) -> tuple[Path, AutoencoderKL]:
+def write_fake_autoencoder(
+    ws: Workspace, fold: int, seed: int = 0, prefix: str = "autoencoder.", train_cases: list[str] | None = None
+) -> tuple[Path, AutoencoderKL]:
     """A Lightning-style ``{"state_dict": {prefix + key: tensor}}`` checkpoint at the fold's autoencoder path."""
     torch.manual_seed(seed)
     ae = AutoencoderKL(**autoencoder_args())
@@ -112,8 +130,16 @@ def write_synthetic(ws: Workspace, fold: int, sources: list[str], per_source: in
         for j in range(per_source):
             sid = f"syn-{src}-{j}"
             save_nifti(folder / "images" / f"{sid}.nii.gz", patch_array(1, rng))
-            rows.append({"case_id": sid, "source_case": src, "image": f"images/{sid}.nii.gz",
-                         "label": f"labels/{src}.nii.gz", "pni": 1, "seed": j})
+            rows.append(
+                {
+                    "case_id": sid,
+                    "source_case": src,
+                    "image": f"images/{sid}.nii.gz",
+                    "label": f"labels/{src}.nii.gz",
+                    "pni": 1,
+                    "seed": j,
+                }
+            )
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)

@@ -8,14 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 from lightning.pytorch import Trainer, seed_everything
 from monai.networks.nets import AutoencoderKL
-from test_cls_fixtures import one_thread, autoencoder_args, write_fake_autoencoder, write_patch_cohort, write_synthetic  # noqa: F401
+from torch import nn
 
 from neonet.cls import ClassifierModule, ClsDataModule, PattenNetModule
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.nets import AutoencoderKLEncoder, PattenNet
+from test_cls_fixtures import autoencoder_args, one_thread, write_fake_autoencoder, write_patch_cohort, write_synthetic  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,15 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def datamodule(cohort: dict, fold: int = 0, **kwargs) -> ClsDataModule:
     kwargs.setdefault("augment", False)
-    return ClsDataModule(cases=cohort["cases"], experiment=cohort["experiment"], runs_dir=cohort["runs_dir"], fold=fold,
-                         folds=3, batch_size=4, **kwargs)
+    return ClsDataModule(
+        cases=cohort["cases"],
+        experiment=cohort["experiment"],
+        runs_dir=cohort["runs_dir"],
+        fold=fold,
+        folds=3,
+        batch_size=4,
+        **kwargs,
+    )
 
 
 def pattennet(seed: int = 123) -> PattenNet:
@@ -39,7 +46,9 @@ class TinyNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv3d(1, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten()
+        )
         self.fc = nn.Linear(4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,8 +56,16 @@ class TinyNet(nn.Module):
 
 
 def trainer(steps: int = 3, **kwargs) -> Trainer:
-    return Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+    return Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
 
 
 def test_frozen_encoder_is_the_folds_autoencoder_and_stays_bit_identical_and_eval(cohort: dict) -> None:
@@ -60,7 +77,9 @@ def test_frozen_encoder_is_the_folds_autoencoder_and_stays_bit_identical_and_eva
     head_before = {k: v.clone() for k, v in module.net.head.state_dict().items()}
     trainer(steps=4).fit(module, datamodule=dm)
     encoder = module.net.encoder
-    expected = {f"blocks.{k.removeprefix('encoder.blocks.')}": v for k, v in ae1.state_dict().items() if k.startswith("encoder.blocks.")}
+    expected = {
+        f"blocks.{k.removeprefix('encoder.blocks.')}": v for k, v in ae1.state_dict().items() if k.startswith("encoder.blocks.")
+    }
     got = encoder.state_dict()
     assert set(got) <= set(expected) and len(got) > 10
     assert all(torch.equal(got[k], expected[k]) for k in got), "encoder weights changed or came from another fold"
@@ -101,7 +120,12 @@ def test_identity_is_recorded_from_the_data_and_encoder_weights_go_only_to_decla
     module = ClassifierModule(TinyNet(), stage="resnet18_syn")
     trainer(steps=1, limit_val_batches=0).fit(module, datamodule=dm)
     assert module.describe()["classifier"] | {"network": None} == {
-        "model": "resnet18", "variant": "real + synthetic", "use_synthetic": True, "network": None, "module": "ClassifierModule"}
+        "model": "resnet18",
+        "variant": "real + synthetic",
+        "use_synthetic": True,
+        "network": None,
+        "module": "ClassifierModule",
+    }
     named = ClassifierModule(TinyNet(), stage="resnet18_late", model_name="resnet18-late")
     trainer(steps=1, limit_val_batches=0).fit(named, datamodule=datamodule(cohort, fold=0))
     assert named.describe()["classifier"]["model"] == "resnet18-late"
@@ -122,7 +146,9 @@ def test_losses_and_auto_pos_weight(cohort: dict) -> None:
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=torch.tensor(3.0))
     assert torch.allclose(bce.compute_loss(logits, labels), expected)
     focal = ClassifierModule(TinyNet(), stage="resnet18", loss="focal", focal_gamma=0.0)
-    assert torch.allclose(focal.compute_loss(logits, labels), torch.nn.functional.binary_cross_entropy_with_logits(logits, labels))
+    assert torch.allclose(
+        focal.compute_loss(logits, labels), torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    )
     with pytest.raises(ValueError):
         ClassifierModule(TinyNet(), loss="focal", pos_weight=2.0)
     dm = datamodule(cohort, fold=0)

@@ -240,9 +240,19 @@ def test_a_config_of_before_provenance_records_is_current_and_a_corrupt_one_need
     runs = tmp_path / "runs"
     manifest_path = _crop(cases, runs)
     ws = Workspace(runs, "t")
-    old_format = {"cases": str(cases), "experiment": "t", "runs_dir": str(runs), "source": "manual",
-                  "spacing": list(SPACING), "patch_size": list(PATCH), "shell_mm": 4.0, "no_tumor": "liver",
-                  "liver": [1], "tumor": [2], "other": [KIDNEY]}
+    old_format = {
+        "cases": str(cases),
+        "experiment": "t",
+        "runs_dir": str(runs),
+        "source": "manual",
+        "spacing": list(SPACING),
+        "patch_size": list(PATCH),
+        "shell_mm": 4.0,
+        "no_tumor": "liver",
+        "liver": [1],
+        "tumor": [2],
+        "other": [KIDNEY],
+    }
     ws.crop_config.write_text(json.dumps(old_format, indent=2))
     patches = sorted(manifest_path.parent.rglob("*.nii.gz")) + [manifest_path]
     before = {f: f.stat().st_mtime_ns for f in patches}
@@ -254,8 +264,11 @@ def test_a_config_of_before_provenance_records_is_current_and_a_corrupt_one_need
     assert record["settings"] == settings | {"liver_level": None, "liver_region": None, "shell_region": "all"}
 
     ws.crop_config.write_text(ws.crop_config.read_text()[:40])  # a truncated record
-    with pytest.raises(UnreadableRecordError, match=r"crop_config\.json: unreadable record of the TLCR patch folder "
-                                                    r"\(truncated or not JSON\).*Re-run with --force"):
+    with pytest.raises(
+        UnreadableRecordError,
+        match=r"crop_config\.json: unreadable record of the TLCR patch folder "
+        r"\(truncated or not JSON\).*Re-run with --force",
+    ):
         _crop(cases, runs)
     assert {f: f.stat().st_mtime_ns for f in patches} == before
     _crop(cases, runs, force=True)

@@ -28,10 +28,16 @@ class LoggingModel(BoringModel):
 def fit(stage_dir: Path, epochs: int, ckpt_path: str | None = None) -> None:
     torch.manual_seed(0)
     trainer = Trainer(
-        max_epochs=epochs, limit_train_batches=4, limit_val_batches=2, log_every_n_steps=1,
+        max_epochs=epochs,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        log_every_n_steps=1,
         logger=ResumableCSVLogger(save_dir=str(stage_dir), name="", version=""),
         callbacks=[ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True)],
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
     )
     trainer.fit(LoggingModel(), ckpt_path=ckpt_path)
 

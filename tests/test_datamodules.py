@@ -14,11 +14,8 @@ import docstring_parser
 import pytest
 import yaml
 
-import neonet.cls
-import neonet.gen
-import neonet.seg
-from neonet.run.cli import main
 from neonet.data.base import FoldDataModule
+from neonet.run.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,8 +110,10 @@ def test_a_fold_config_saved_before_still_parses(conf: str, tmp_path: Path, caps
     args = now["data"]["init_args"]
     without_labels = conf in ("autoencoder", "diffusion")
     base = {k: args[k] for k in BASE if not (without_labels and k in ("liver", "tumor", "other"))}
-    old["data"] = {"class_path": now["data"]["class_path"],
-                   "init_args": {**base, **{k: v for k, v in args.items() if k not in BASE}}}
+    old["data"] = {
+        "class_path": now["data"]["class_path"],
+        "init_args": {**base, **{k: v for k, v in args.items() if k not in BASE}},
+    }
     stored = tmp_path / "config.yaml"
     stored.write_text(yaml.safe_dump(old, sort_keys=False))
     assert printed(stored) == now

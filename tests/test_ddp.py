@@ -49,8 +49,9 @@ def probe(out_dir: Path) -> str:
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "neonet", *args], env=fit_env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "neonet", *args], env=fit_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
 

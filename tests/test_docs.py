@@ -45,9 +45,11 @@ def test_every_config_is_documented_and_every_documented_config_exists() -> None
     assert len(configs) > 10
     written = set(re.findall(r"`((?:experiments/)?[\w/]*[\w*]+\.yaml)`", README))
     # a config is documented by its path or by its name (or a glob of it) in its folder's row
-    undocumented = [c for c in configs
-                    if not any(c == w or fnmatch.fnmatch(c, w) or fnmatch.fnmatch(Path(c).name, w)
-                               or c.endswith("/" + w) for w in written)]
+    undocumented = [
+        c
+        for c in configs
+        if not any(c == w or fnmatch.fnmatch(c, w) or fnmatch.fnmatch(Path(c).name, w) or c.endswith("/" + w) for w in written)
+    ]
     assert not undocumented, f"configs not in README: {undocumented}"
     stale = [w for w in written if w.startswith("experiments/") and not any(fnmatch.fnmatch(c, w) for c in configs)]
     assert not stale, f"README names configs that do not exist: {stale}"

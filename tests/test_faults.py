@@ -27,8 +27,15 @@ def test_nan_loss_stops_with_stage_fold_step(
     monkeypatch.setattr(SegModule, "model_step", poisoned)
     runs = tmp_path / "runs"
     code = main(
-        ["fit", "--config", str(CONF / "seg.yaml"), f"--data.cases={phantom_cohort}", f"--data.runs_dir={runs}",
-         "--data.fold=1", "--trainer.max_epochs=3"]
+        [
+            "fit",
+            "--config",
+            str(CONF / "seg.yaml"),
+            f"--data.cases={phantom_cohort}",
+            f"--data.runs_dir={runs}",
+            "--data.fold=1",
+            "--trainer.max_epochs=3",
+        ]
     )
     assert code == 2
     err = capsys.readouterr().err

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from neonet.run.cv import cv
 from neonet.errors import NeonetError
+from neonet.run.cv import cv
 from neonet.run.fold_lock import fold_lock
 from neonet.workspace import Workspace
 
@@ -43,11 +43,15 @@ def test_cv_refuses_a_fold_that_another_process_runs(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     ws = Workspace(runs, "demo")
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from neonet.run.fold_lock import fold_lock\n"
-         "with fold_lock(sys.argv[1], 'seg', 0):\n    print('locked', flush=True); time.sleep(60)",
-         str(ws.stage_dir("seg", 0) / ".cv.lock")],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from neonet.run.fold_lock import fold_lock\n"
+            "with fold_lock(sys.argv[1], 'seg', 0):\n    print('locked', flush=True); time.sleep(60)",
+            str(ws.stage_dir("seg", 0) / ".cv.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

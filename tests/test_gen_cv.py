@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from neonet.run.atomic import read_json
 from neonet.data.patches import patch_records
 from neonet.gen.latents import read_fold
 from neonet.gen.toy import write_toy_cohort
+from neonet.run.atomic import read_json
 from neonet.workspace import Workspace
 
 CONF = Path(__file__).resolve().parent / "conf"
@@ -33,8 +33,8 @@ def test_cv_all_stages_and_folds_then_synthesize_without_leakage(tmp_path, monke
 
 
 def _run_and_check(tmp_path: Path) -> None:
-    from neonet.run.cv import cv
     from neonet.gen.synthesize import synthesize
+    from neonet.run.cv import cv
 
     write_toy_cohort(tmp_path, experiment=EXP, cases=12, pni_fraction=0.34, seed=3)
     overrides = [f"--data.cases={tmp_path / 'data' / 'cases.csv'}", f"--data.runs_dir={tmp_path / 'runs'}"]

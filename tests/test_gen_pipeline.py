@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 import torch
 
-from neonet.run.atomic import read_json, sha256_file, write_json
-from neonet.run.cli import main
 from neonet.data.patches import patch_records
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.gen.latents import build_latent_cache, read_fold
 from neonet.gen.mask_aug import mask_digest
 from neonet.gen.toy import write_toy_cohort
+from neonet.run.atomic import read_json, sha256_file, write_json
+from neonet.run.cli import main
 from neonet.run.provenance import FileRecord, OutOfDateError, Provenance, read_provenance
 from neonet.run.reload import load_checkpoint_fold, load_trained_fold
 from neonet.workspace import Workspace
@@ -41,8 +41,20 @@ def one_thread():
 
 
 def fit(stage: str, root: Path, *extra: str) -> int:
-    return main(["fit", "--config", str(CONF / f"{stage}.yaml"), "--data.cases", str(root / "data" / "cases.csv"),
-                 "--data.runs_dir", str(root / "runs"), "--data.fold", str(FOLD), *extra])
+    return main(
+        [
+            "fit",
+            "--config",
+            str(CONF / f"{stage}.yaml"),
+            "--data.cases",
+            str(root / "data" / "cases.csv"),
+            "--data.runs_dir",
+            str(root / "runs"),
+            "--data.fold",
+            str(FOLD),
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +85,12 @@ def test_autoencoder_fit_through_cli(chain):
 def _rewrite_record(path: Path, **changes) -> None:
     """Rewrite a provenance record with some of its parts replaced (to fake another origin)."""
     record = read_provenance(path, "test record")
-    write_json(path, Provenance(**{"settings": record.settings, "inputs": record.inputs, "outputs": record.outputs,
-                                   "extra": record.extra, **changes}).to_json())
+    write_json(
+        path,
+        Provenance(
+            **{"settings": record.settings, "inputs": record.inputs, "outputs": record.outputs, "extra": record.extra, **changes}
+        ).to_json(),
+    )
 
 
 def test_latent_cache_manifest_and_refusals(chain):
@@ -85,8 +101,12 @@ def test_latent_cache_manifest_and_refusals(chain):
     record = read_provenance(ws.latent_record(FOLD), "latent cache")
     assert record.inputs["autoencoder checkpoint"].sha256 == sha256_file(ws.best_checkpoint("autoencoder", FOLD))
     assert record.outputs["latent cache"].sha256 == sha256_file(ws.latent_cache_file(FOLD))
-    assert record.settings == {"samples": 2, "flip_axes": [0, 1], "seed": 0,
-                               "split": {"train": sorted(split.train), "val": sorted(split.val)}}
+    assert record.settings == {
+        "samples": 2,
+        "flip_axes": [0, 1],
+        "seed": 0,
+        "split": {"train": sorted(split.train), "val": sorted(split.val)},
+    }
     manifest = pd.read_csv(ws.latent_manifest(FOLD), dtype={"case_id": str})
     train_rows = manifest[manifest["split"] == "train"]
     assert set(train_rows["case_id"]) == set(split.train)
@@ -98,10 +118,13 @@ def test_latent_cache_manifest_and_refusals(chain):
     good = meta_path.read_bytes()
     _rewrite_record(meta_path, inputs={"autoencoder checkpoint": FileRecord("x", "0" * 64)})
     try:
-        with pytest.raises(OutOfDateError, match=r"(?s)^the latent cache of fold 0 at .*latents/fold0 was made from "
-                                                 r"other settings or inputs than this command's: input autoencoder "
-                                                 r"checkpoint .*best\.ckpt changed \(sha256 000000000000… -> .*"
-                                                 r"Re-run with --force.*python -m neonet.gen.latents .*--force true"):
+        with pytest.raises(
+            OutOfDateError,
+            match=r"(?s)^the latent cache of fold 0 at .*latents/fold0 was made from "
+            r"other settings or inputs than this command's: input autoencoder "
+            r"checkpoint .*best\.ckpt changed \(sha256 000000000000… -> .*"
+            r"Re-run with --force.*python -m neonet.gen.latents .*--force true",
+        ):
             dm.setup("fit")
         meta_path.write_bytes(good)
         _rewrite_record(meta_path, settings={**record.settings, "split": {"train": split.train[1:], "val": split.val}})
@@ -114,8 +137,9 @@ def test_latent_cache_manifest_and_refusals(chain):
     meta_path.rename(moved)
     try:
         with pytest.raises(MissingUpstreamError, match="neonet.gen.latents"):
-            LatentDataModule(cases=str(root / "data" / "cases.csv"), experiment=EXP, runs_dir=str(root / "runs"), fold=FOLD,
-                             folds=3).setup("fit")
+            LatentDataModule(
+                cases=str(root / "data" / "cases.csv"), experiment=EXP, runs_dir=str(root / "runs"), fold=FOLD, folds=3
+            ).setup("fit")
     finally:
         moved.rename(meta_path)
 
@@ -151,7 +175,9 @@ def test_latent_cache_is_read_weights_only(chain, tmp_path):
         with pytest.raises(OutOfDateError, match=r"output latent cache .*cache\.pt changed after it was recorded"):
             load_latent_cache(ws, FOLD)  # cache.pt is not the file cache.json vouches for
         recorded()
-        with pytest.raises(NeonetError, match=r"(?s)^.*cache\.pt: refused to load this latent cache.*python -m neonet\.gen\.latents"):
+        with pytest.raises(
+            NeonetError, match=r"(?s)^.*cache\.pt: refused to load this latent cache.*python -m neonet\.gen\.latents"
+        ):
             load_latent_cache(ws, FOLD)
         path.write_bytes(original[: len(original) // 3])
         recorded()
@@ -172,9 +198,12 @@ def test_latent_cache_record_of_before_provenance_is_current(chain, caplog):
     good = record_path.read_bytes()
     record = read_provenance(record_path, "latent cache")
     ckpt = record.inputs["autoencoder checkpoint"]
-    old_format = {**record.extra, "autoencoder_checkpoint": ckpt.to_json(),
-                  "settings": {k: v for k, v in record.settings.items() if k != "split"},
-                  "cache_sha256": record.outputs["latent cache"].sha256}
+    old_format = {
+        **record.extra,
+        "autoencoder_checkpoint": ckpt.to_json(),
+        "settings": {k: v for k, v in record.settings.items() if k != "split"},
+        "cache_sha256": record.outputs["latent cache"].sha256,
+    }
     try:
         write_json(record_path, old_format)
         stamp = cache_path.stat().st_mtime_ns
@@ -274,8 +303,7 @@ def test_synthesize_rerun_skips_and_refuses_other_settings(chain, synthesized):
     )
     assert first.stat().st_mtime_ns == stamp
     record = read_provenance(ws.synthetic_config(FOLD), "synthetic patches")
-    assert set(record.inputs) == {"autoencoder checkpoint", "controlnet checkpoint", "diffusion checkpoint",
-                                  "patch manifest"}
+    assert set(record.inputs) == {"autoencoder checkpoint", "controlnet checkpoint", "diffusion checkpoint", "patch manifest"}
     assert record.inputs["controlnet checkpoint"].sha256 == sha256_file(ws.best_checkpoint("controlnet", FOLD))
     assert record.inputs["diffusion checkpoint"].sha256 == synthesized["diffusion_sha256"].iloc[0]
     # a retrained checkpoint, or patches cropped again, need --force as well
@@ -297,8 +325,11 @@ def test_synthesize_record_of_before_provenance_is_current(chain, synthesized):
     good = path.read_bytes()
     record = read_provenance(path, "synthetic patches")
     names = ("autoencoder", "controlnet", "diffusion")
-    old_format = {**record.settings, "checkpoints": {n: record.inputs[f"{n} checkpoint"].path for n in names},
-                  "sha256": {n: record.inputs[f"{n} checkpoint"].sha256 for n in names}}
+    old_format = {
+        **record.settings,
+        "checkpoints": {n: record.inputs[f"{n} checkpoint"].path for n in names},
+        "sha256": {n: record.inputs[f"{n} checkpoint"].sha256 for n in names},
+    }
     first = ws.synthetic_dir(FOLD) / synthesized["image"].iloc[0]
     stamp = first.stat().st_mtime_ns
     try:
@@ -342,8 +373,14 @@ def test_quality_report_of_before_provenance_is_current(chain, synthesized):
     path = ws.gen_quality_report()
     good = path.read_bytes()
     record = read_provenance(path, "quality report")
-    names = ("splits", "patches", f"synthetic_fold{FOLD}", f"synthetic_config_fold{FOLD}", f"autoencoder_fold{FOLD}",
-             f"seg_fold{FOLD}")
+    names = (
+        "splits",
+        "patches",
+        f"synthetic_fold{FOLD}",
+        f"synthetic_config_fold{FOLD}",
+        f"autoencoder_fold{FOLD}",
+        f"seg_fold{FOLD}",
+    )
     digests = {n: record.inputs[n].sha256 if n in record.inputs else None for n in names}
     assert digests[f"seg_fold{FOLD}"] is None and all(digests[n] for n in names[:-1])
     try:
@@ -396,8 +433,17 @@ def test_missing_upstream_names_the_command(tmp_path):
     write_toy_cohort(tmp_path, experiment=EXP, cases=9, pni_fraction=0.34, seed=1)
     with pytest.raises(MissingUpstreamError, match="neonet cv --config experiments/toy/autoencoder.yaml"):
         build_latent_cache(Workspace(tmp_path / "runs", EXP), 0)
-    rc = main(["fit", "--config", str(CONF / "controlnet.yaml"), "--data.cases", str(tmp_path / "data" / "cases.csv"),
-               "--data.runs_dir", str(tmp_path / "runs")])
+    rc = main(
+        [
+            "fit",
+            "--config",
+            str(CONF / "controlnet.yaml"),
+            "--data.cases",
+            str(tmp_path / "data" / "cases.csv"),
+            "--data.runs_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert rc == 2  # MissingUpstreamError is reported as a user error (exit code 2)
     with pytest.raises(MissingUpstreamError, match="split file"):
         synthesize(experiment="nothing_yet", runs_dir=tmp_path / "runs", folds=[0], device="cpu")

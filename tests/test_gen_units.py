@@ -12,8 +12,16 @@ from monai.networks.nets import ControlNet, DiffusionModelUNet
 from neonet.errors import NeonetError
 
 REPO = Path(__file__).resolve().parents[1]
-UNET_ARGS = dict(spatial_dims=3, in_channels=3, channels=[8, 16], attention_levels=[False, True], num_res_blocks=1,
-                 norm_num_groups=4, num_head_channels=8, num_class_embeds=3)
+UNET_ARGS = dict(
+    spatial_dims=3,
+    in_channels=3,
+    channels=[8, 16],
+    attention_levels=[False, True],
+    num_res_blocks=1,
+    norm_num_groups=4,
+    num_head_channels=8,
+    num_class_embeds=3,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -77,8 +85,9 @@ def test_ddim_and_ddpm_sampling_loops_with_guidance_and_control():
     schedule = NoiseSchedule(num_train_timesteps=20)
     assert schedule.ddim().clip_sample is False and schedule.ddpm().clip_sample is False
     mask = torch.zeros(1, 3, 16, 16, 16)
-    den = Denoiser(unet, controlnet, mask, conditioning_scale=0.5, class_label=torch.tensor([1]), null_class=2,
-                   guidance_scale=3.0)
+    den = Denoiser(
+        unet, controlnet, mask, conditioning_scale=0.5, class_label=torch.tensor([1]), null_class=2, guidance_scale=3.0
+    )
     noise = torch.randn(1, 3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     a = sample_latents(den, schedule, noise, "ddim", steps=5)
     b = sample_latents(den, schedule, noise, "ddim", steps=5)
@@ -174,7 +183,7 @@ def test_configs_parse(stage, folder, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(REPO / folder / f"{stage}.yaml"), "--print_config"])
     assert exc.value.code in (0, None)
-    assert f"neonet.gen." in capsys.readouterr().out
+    assert "neonet.gen." in capsys.readouterr().out
 
 
 def test_quality_uses_the_folds_seg_network_when_present(tmp_path):
@@ -186,9 +195,19 @@ def test_quality_uses_the_folds_seg_network_when_present(tmp_path):
 
     ws = Workspace(tmp_path, "exp")
     assert load_seg_network(ws, 0) is None
-    spec = {"class_path": "monai.networks.nets.DynUNet", "init_args": {
-        "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "kernel_size": [3, 3, 3], "strides": [1, 2, 2],
-        "upsample_kernel_size": [2, 2], "filters": [4, 8, 16], "norm_name": "instance"}}
+    spec = {
+        "class_path": "monai.networks.nets.DynUNet",
+        "init_args": {
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "out_channels": 3,
+            "kernel_size": [3, 3, 3],
+            "strides": [1, 2, 2],
+            "upsample_kernel_size": [2, 2],
+            "filters": [4, 8, 16],
+            "norm_name": "instance",
+        },
+    }
     from neonet.run.reload import build_network
     from neonet.seg import SegModule
 
@@ -196,8 +215,10 @@ def test_quality_uses_the_folds_seg_network_when_present(tmp_path):
     ws.checkpoint_dir("seg", 0).mkdir(parents=True)
     state = SegModule(net, channels_last=False).state_dict()
     torch.save({"state_dict": state}, ws.best_checkpoint("seg", 0))
-    config = {"model": {"class_path": "neonet.seg.SegModule", "init_args": {"net": spec, "channels_last": False}},
-              "data": {"class_path": "neonet.seg.SegDataModule", "init_args": {"cases": str(tmp_path / "cases.csv")}}}
+    config = {
+        "model": {"class_path": "neonet.seg.SegModule", "init_args": {"net": spec, "channels_last": False}},
+        "data": {"class_path": "neonet.seg.SegDataModule", "init_args": {"cases": str(tmp_path / "cases.csv")}},
+    }
     (ws.stage_dir("seg", 0) / "config.yaml").write_text(yaml.safe_dump(config))
     loaded = load_seg_network(ws, 0)
     assert loaded is not None and not loaded.training

@@ -47,7 +47,7 @@ def test_region_norm_describes_each_patch_alone_and_ignores_the_batch_and_the_mo
     weights = (torch.rand(3, 1, 4, 4, 2) > 0.4).float()
     weights[2] = 0.0
     weights[2, 0, :2] = 1.0  # a patch whose region is half of it
-    alone = torch.cat([pool(x[i:i + 1], weights[i:i + 1]) for i in range(3)])
+    alone = torch.cat([pool(x[i : i + 1], weights[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(pool(x, weights), alone)  # no batch statistics
     torch.testing.assert_close(pool.eval()(x, weights), alone)  # and none that differ in eval mode
     # an affine change of a channel (positive scale) leaves its region histogram unchanged
@@ -93,12 +93,14 @@ def mixture_task(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y.float()
 
 
-@pytest.mark.parametrize(("pool", "norm", "learns"), [("avgmax", "batch", False), ("hist", "batch", True),
-                                                       ("hist", "region", True)])
+@pytest.mark.parametrize(
+    ("pool", "norm", "learns"), [("avgmax", "batch", False), ("hist", "batch", True), ("hist", "region", True)]
+)
 def test_histogram_pooling_learns_what_average_and_max_cannot(pool: str, norm: str, learns: bool) -> None:
     x, y = mixture_task(32)
-    net = PattenNet(Identity1(), num_blocks=0, pool=pool, hist_bins=6, hist_norm=norm, hidden=8, dropout=0.0,
-                    freeze_encoder=False)
+    net = PattenNet(
+        Identity1(), num_blocks=0, pool=pool, hist_bins=6, hist_norm=norm, hidden=8, dropout=0.0, freeze_encoder=False
+    )
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(150):
         loss = nn.functional.binary_cross_entropy_with_logits(net(x), y)

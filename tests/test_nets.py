@@ -165,16 +165,26 @@ def test_autoencoder_encoder_taps(tap: str, channels: int) -> None:
 
 @pytest.mark.parametrize("attention", [False, True])
 def test_autoencoder_encoder_level_taps_are_the_maps_before_each_downsampling(attention: bool) -> None:
-    ae = AutoencoderKL(spatial_dims=3, in_channels=1, out_channels=1, channels=(8, 16, 16), latent_channels=3,
-                       num_res_blocks=1, norm_num_groups=8, attention_levels=(False, False, attention),
-                       with_encoder_nonlocal_attn=attention).eval()
+    ae = AutoencoderKL(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=1,
+        channels=(8, 16, 16),
+        latent_channels=3,
+        num_res_blocks=1,
+        norm_num_groups=8,
+        attention_levels=(False, False, attention),
+        with_encoder_nonlocal_attn=attention,
+    ).eval()
     blocks = list(ae.encoder.blocks)
     downs = [b for b in blocks if type(b).__name__.endswith("Downsample")]
     # the input of each downsampling block, and of the block after the last level's own blocks
     after_last_level = blocks[blocks.index(downs[-1]) + 1 + (2 if attention else 1)]
     seen: dict[int, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda _m, a, k=k: seen.__setitem__(k, a[0].clone()))
-             for k, m in enumerate([*downs, after_last_level])]
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, a, k=k: seen.__setitem__(k, a[0].clone()))
+        for k, m in enumerate([*downs, after_last_level])
+    ]
     x = torch.randn(2, 1, 32, 32, 16)
     with torch.no_grad():
         ae.encode(x)
@@ -203,7 +213,14 @@ def test_autoencoder_encoder_shares_weights_and_rejects_bad_tap() -> None:
 # ---------------------------------------------------------------- baselines
 
 
-VIT_SMALL = {"img_size": (32, 32, 16), "patch_size": (16, 16, 8), "hidden_size": 48, "mlp_dim": 96, "num_layers": 1, "num_heads": 4}
+VIT_SMALL = {
+    "img_size": (32, 32, 16),
+    "patch_size": (16, 16, 8),
+    "hidden_size": 48,
+    "mlp_dim": 96,
+    "num_layers": 1,
+    "num_heads": 4,
+}
 
 
 @pytest.mark.parametrize("name", sorted(BASELINES))

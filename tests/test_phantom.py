@@ -51,8 +51,9 @@ def statistics():
             volume.append(int((label == 2).sum()))
             intensity.append(float(image[label == 2].mean()))
             shell.append(shell_dark_fraction(image, label, SMALL["spacing"]))
-        rows[strength] = {k: np.asarray(v) for k, v in
-                          {"pni": pni, "volume": volume, "intensity": intensity, "shell": shell}.items()}
+        rows[strength] = {
+            k: np.asarray(v) for k, v in {"pni": pni, "volume": volume, "intensity": intensity, "shell": shell}.items()
+        }
     return rows
 
 
@@ -186,10 +187,12 @@ def test_rejects_bad_arguments(tmp_path):
 def test_matched_sets_share_anatomy_not_noise(tmp_path):
     plan = cohort_plan(12, seed=0, pni_fraction=0.35, matched=3)
     assert [p.group for p in plan] == [f"set_{j:03d}" for j in range(4) for _ in range(3)]
-    assert [sum(p.pni for p in plan[j:j + 3]) for j in range(0, 12, 3)] == [1, 1, 1, 1]
-    assert len({tuple(p.pni for p in plan[j:j + 3]) for j in range(0, 12, 3)}) > 1  # PNI+ place shuffled
-    cases = {cid: (pni, image, label, info) for cid, pni, image, label, _, info in
-             iter_cohort(6, seed=0, matched=3, strength=0.0, **SMALL)}
+    assert [sum(p.pni for p in plan[j : j + 3]) for j in range(0, 12, 3)] == [1, 1, 1, 1]
+    assert len({tuple(p.pni for p in plan[j : j + 3]) for j in range(0, 12, 3)}) > 1  # PNI+ place shuffled
+    cases = {
+        cid: (pni, image, label, info)
+        for cid, pni, image, label, _, info in iter_cohort(6, seed=0, matched=3, strength=0.0, **SMALL)
+    }
     first, second = list(cases.values())[:3], list(cases.values())[3:]
     for members in (first, second):
         labels = {m[2].tobytes() for m in members}
@@ -212,7 +215,8 @@ def test_matched_sets_share_anatomy_not_noise(tmp_path):
 
 def test_matched_null_has_no_chance_association_with_anatomy():
     """Unmatched null cohorts carry chance anatomy-label associations; matched sets carry none."""
-    rows = [(pni, info["tumour_volume_ml"]) for _, pni, _, _, _, info in
-            iter_cohort(12, seed=0, matched=3, strength=0.0, **SMALL)]
+    rows = [
+        (pni, info["tumour_volume_ml"]) for _, pni, _, _, _, info in iter_cohort(12, seed=0, matched=3, strength=0.0, **SMALL)
+    ]
     pni, volume = np.array(rows).T
     assert auc(volume, pni) == 0.5  # every volume is held by one PNI+ and two PNI- cases

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_cls_fixtures import CONF, one_thread, write_fake_autoencoder  # noqa: F401
 
-from neonet.run.cli import main
 from neonet.data.base import FoldDataModule
+from neonet.run.cli import main
 from neonet.workspace import Workspace
+from test_cls_fixtures import CONF, one_thread, write_fake_autoencoder  # noqa: F401
 
 FOLDS = "[0,1]"
 
@@ -169,12 +169,34 @@ def test_trained_neoseg_finds_the_tumour_of_a_new_non_ras_case(tmp_path: Path) -
     """End to end without a mask: a NeoSeg fold trained long enough to find tumours (~30 s on 2 CPUs)."""
     from neonet.data.phantom import synth
 
-    cases = synth(tmp_path / "data", cases=12, seed=1, pni_fraction=0.5, shape=(48, 48, 16), spacing=(7.0, 7.0, 12.0),
-                  tumor_radius_mm=(28.0, 36.0), orientation="LPS")
+    cases = synth(
+        tmp_path / "data",
+        cases=12,
+        seed=1,
+        pni_fraction=0.5,
+        shape=(48, 48, 16),
+        spacing=(7.0, 7.0, 12.0),
+        tumor_radius_mm=(28.0, 36.0),
+        orientation="LPS",
+    )
     runs = tmp_path / "runs"
     data = [f"--data.cases={cases}", f"--data.runs_dir={runs}"]
-    assert main(["fit", "--config", str(CONF / "seg.yaml"), *data, "--trainer.max_epochs=40", "--trainer.check_val_every_n_epoch=10",
-                 "--data.augment=false", "--model.init_args.optimizer.init_args.lr=0.01", "--trainer.enable_progress_bar=false"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONF / "seg.yaml"),
+                *data,
+                "--trainer.max_epochs=40",
+                "--trainer.check_val_every_n_epoch=10",
+                "--data.augment=false",
+                "--model.init_args.optimizer.init_args.lr=0.01",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
+        == 0
+    )
     assert main(["crop", "--config", str(CONF / "crop.yaml"), f"--cases={cases}", f"--runs_dir={runs}", "--source=manual"]) == 0
     ws = Workspace(runs, "test")
     dm = FoldDataModule(str(cases), experiment="test", runs_dir=str(runs), fold=0, folds=3)
@@ -184,7 +206,10 @@ def test_trained_neoseg_finds_the_tumour_of_a_new_non_ras_case(tmp_path: Path) -
     case = dm.split.test[0]  # held out from both fold-0 models
     image, label = tmp_path / "data" / "images" / f"{case}.nii.gz", tmp_path / "data" / "labels" / f"{case}.nii.gz"
     out = tmp_path / "out"
-    assert main(["predict-case", str(image), "--experiment", "test", "--runs_dir", str(runs), "--folds", "[0]", "--out", str(out)]) == 0
+    assert (
+        main(["predict-case", str(image), "--experiment", "test", "--runs_dir", str(runs), "--folds", "[0]", "--out", str(out)])
+        == 0
+    )
     result = json.loads((out / "prediction.json").read_text())
     assert result["tumor_found"] is True and list(result["pni_probability_per_fold"]) == ["0"]
     seg = assert_input_space(out / "segmentation.nii.gz", image)
@@ -208,9 +233,18 @@ def test_grad_cam_layers_and_range() -> None:
     from neonet.nets import AutoencoderKLEncoder, PattenNet, ResNet18Classifier
 
     def encoder() -> AutoencoderKLEncoder:
-        ae = AutoencoderKL(spatial_dims=3, in_channels=1, out_channels=1, channels=(8, 8), latent_channels=3,
-                           num_res_blocks=1, attention_levels=(False, False), norm_num_groups=4,
-                           with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False)
+        ae = AutoencoderKL(
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=1,
+            channels=(8, 8),
+            latent_channels=3,
+            num_res_blocks=1,
+            attention_levels=(False, False),
+            norm_num_groups=4,
+            with_encoder_nonlocal_attn=False,
+            with_decoder_nonlocal_attn=False,
+        )
         return AutoencoderKLEncoder(ae)
 
     torch.manual_seed(0)

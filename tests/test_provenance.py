@@ -30,8 +30,11 @@ def _file(path: Path, text: str) -> Path:
 @pytest.fixture
 def record(tmp_path: Path) -> Provenance:
     ckpt = _file(tmp_path / "runs/x/controlnet/fold0/checkpoints/best.ckpt", "weights v1")
-    return Provenance(settings={"spacing": (1.0, 1.0, 2.0), "sampler": "ddim", "aug": {"degrees": 10.0, "flip": [0]}},
-                      inputs={"controlnet checkpoint": FileRecord.of(ckpt)}, extra={"created": "today", "n": 3})
+    return Provenance(
+        settings={"spacing": (1.0, 1.0, 2.0), "sampler": "ddim", "aug": {"degrees": 10.0, "flip": [0]}},
+        inputs={"controlnet checkpoint": FileRecord.of(ckpt)},
+        extra={"created": "today", "n": 3},
+    )
 
 
 def test_record_round_trip(tmp_path: Path, record: Provenance) -> None:
@@ -49,17 +52,19 @@ def test_record_round_trip(tmp_path: Path, record: Provenance) -> None:
         Provenance(extra={"settings": 1})
 
 
-def test_changed_setting_and_input_are_reported_in_one_format(tmp_path: Path, record: Provenance,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_changed_setting_and_input_are_reported_in_one_format(
+    tmp_path: Path, record: Provenance, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "out" / "record.json"
     record.write(path)
     ckpt = Path(record.inputs["controlnet checkpoint"].path)
     old_sha = record.inputs["controlnet checkpoint"].sha256
     ckpt.write_text("weights v2")
-    now = Provenance(settings={"spacing": [1.5, 1.5, 4.0], "sampler": "ddim", "aug": {"degrees": 5.0, "flip": [0]},
-                               "eta": 0.0},
-                     inputs={"controlnet checkpoint": FileRecord.of("runs/x/controlnet/fold0/checkpoints/best.ckpt")})
+    now = Provenance(
+        settings={"spacing": [1.5, 1.5, 4.0], "sampler": "ddim", "aug": {"degrees": 5.0, "flip": [0]}, "eta": 0.0},
+        inputs={"controlnet checkpoint": FileRecord.of("runs/x/controlnet/fold0/checkpoints/best.ckpt")},
+    )
     found = differences(read_provenance(path, "x"), now)
     new_sha = now.inputs["controlnet checkpoint"].sha256
     assert found == [
@@ -74,18 +79,25 @@ def test_changed_setting_and_input_are_reported_in_one_format(tmp_path: Path, re
     assert isinstance(info.value, NeonetError)
     assert str(info.value) == (
         "the synthetic patch folder of fold 0 at out was made from other settings or inputs than this command's: "
-        + "; ".join(found) + ".\nRe-run with --force to replace it (or write to another --experiment)."
+        + "; ".join(found)
+        + ".\nRe-run with --force to replace it (or write to another --experiment)."
     )
     # the defaults of records written before a key existed; an input that moved with the same content is the same
     ckpt.write_text("weights v1")
     moved = _file(tmp_path / "elsewhere.ckpt", "weights v1")
-    now = Provenance(settings={**record.settings, "eta": 0.0}, inputs={"controlnet checkpoint": FileRecord.of(moved),
-                                                                       "patch manifest": FileRecord("p.csv", "0" * 64)})
+    now = Provenance(
+        settings={**record.settings, "eta": 0.0},
+        inputs={"controlnet checkpoint": FileRecord.of(moved), "patch manifest": FileRecord("p.csv", "0" * 64)},
+    )
     assert differences(record, now, {"eta": 0.0, "patch manifest": UNRECORDED}) == []
-    assert differences(record, now, {"eta": 1.0}) == ["setting eta: 1.0 (stored) -> 0.0 (now)",
-                                                      "input patch manifest p.csv is new"]
+    assert differences(record, now, {"eta": 1.0}) == [
+        "setting eta: 1.0 (stored) -> 0.0 (now)",
+        "input patch manifest p.csv is new",
+    ]
     assert differences(now, record, {"eta": UNRECORDED}) == [
-        "setting eta: 0.0 (stored) -> <missing> (now)", "input patch manifest p.csv is no longer used"]
+        "setting eta: 0.0 (stored) -> <missing> (now)",
+        "input patch manifest p.csv is no longer used",
+    ]
     assert differences(record, now, only=("spacing",)) == ["input patch manifest p.csv is new"]
 
 
@@ -99,8 +111,16 @@ def test_an_altered_output_is_a_difference(tmp_path: Path) -> None:
     assert line.startswith(f"output latent cache {cache} changed after it was recorded (sha256 ")
 
 
-@pytest.mark.parametrize("text", ['{"provenance": 1, "settings": {"a"', "", "[1, 2]",
-                                  '{"provenance": 1, "inputs": {"ckpt": {"path": "x"}}}', '{"provenance": 7}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"provenance": 1, "settings": {"a"',
+        "",
+        "[1, 2]",
+        '{"provenance": 1, "inputs": {"ckpt": {"path": "x"}}}',
+        '{"provenance": 7}',
+    ],
+)
 def test_an_unreadable_record_is_a_named_error_with_the_remedy(tmp_path: Path, text: str) -> None:
     path = _file(tmp_path / "crop_config.json", text)
     with pytest.raises(UnreadableRecordError) as info:
@@ -122,18 +142,25 @@ def test_an_old_format_record_is_read_through_its_converter(tmp_path: Path) -> N
     stored = check_current(path, now, "x", legacy=legacy, defaults={"shell_region": "all"})
     assert stored is not None and stored.extra == {"cases": "c.csv"}
     with pytest.raises(OutOfDateError, match=r"setting shell_region: 'all' \(stored\) -> 'liver' \(now\)"):
-        check_current(path, Provenance(settings={**now.settings, "shell_region": "liver"}), "x", legacy=legacy,
-                      defaults={"shell_region": "all"})
+        check_current(
+            path,
+            Provenance(settings={**now.settings, "shell_region": "liver"}),
+            "x",
+            legacy=legacy,
+            defaults={"shell_region": "all"},
+        )
     with pytest.raises(UnreadableRecordError, match="record format None"):
         read_provenance(path, "x")  # without a converter an old record is not guessed at
 
 
 def test_several_outputs_share_one_remedy_and_a_verb_appends_its_way_on() -> None:
     first = Outdated("pattennet fold 1", "/r/pattennet/fold1/config.yaml", ["setting seed: 3 (stored) -> 0 (now)"])
-    error = OutOfDateError(first,
-                           Outdated("pattennet fold 2", "/r/pattennet/fold2/config.yaml", ["setting a: 1 (stored) -> 2 (now)"]),
-                           way_on="Or train beside them: `-- --model.stage=pattennet_v2`.",
-                           experiment_option="`-- --data.experiment`")
+    error = OutOfDateError(
+        first,
+        Outdated("pattennet fold 2", "/r/pattennet/fold2/config.yaml", ["setting a: 1 (stored) -> 2 (now)"]),
+        way_on="Or train beside them: `-- --model.stage=pattennet_v2`.",
+        experiment_option="`-- --data.experiment`",
+    )
     assert str(error).splitlines() == [
         "pattennet fold 1 at /r/pattennet/fold1/config.yaml was made from other settings or inputs than this command's: "
         "setting seed: 3 (stored) -> 0 (now).",
@@ -160,7 +187,11 @@ def test_latent_cache_consumer_end_to_end(tmp_path: Path) -> None:
     with pytest.raises(OutOfDateError) as info:
         load_latent_cache(ws, 0)
     message = str(info.value)
-    assert message.startswith(f"the latent cache of fold 0 at {ws.latents_dir(0)} was made from other settings or inputs "
-                              f"than this command's: input autoencoder checkpoint {ckpt} changed (sha256 ")
-    assert message.endswith("Re-run with --force to replace it (or write to another --experiment):\n"
-                            f"    python -m neonet.gen.latents --experiment toy --runs_dir {ws.runs_dir} --folds 0 --force true")
+    assert message.startswith(
+        f"the latent cache of fold 0 at {ws.latents_dir(0)} was made from other settings or inputs "
+        f"than this command's: input autoencoder checkpoint {ckpt} changed (sha256 "
+    )
+    assert message.endswith(
+        "Re-run with --force to replace it (or write to another --experiment):\n"
+        f"    python -m neonet.gen.latents --experiment toy --runs_dir {ws.runs_dir} --folds 0 --force true"
+    )

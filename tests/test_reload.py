@@ -16,12 +16,12 @@ import pytest
 import torch
 import yaml
 from monai.networks.nets import DynUNet
-from test_cls_fixtures import CONF, one_thread, write_patch_cohort  # noqa: F401
 
-from neonet.run.cli import main
 from neonet.errors import MissingUpstreamError, NeonetError
+from neonet.run.cli import main
 from neonet.run.reload import build, build_network, load_checkpoint_fold, load_trained_fold, read_state_dict
 from neonet.workspace import Workspace
+from test_cls_fixtures import CONF, one_thread, write_patch_cohort  # noqa: F401
 
 NOT_ALLOWED = "is not allowed; neonet rebuilds trained folds only from neonet, monai and torch classes"
 
@@ -64,8 +64,16 @@ def edit_config(ws: Workspace, stage: str, fold: int, edit) -> Path:
 def baseline(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """One baseline classifier fold (``model.class_path: neonet.cls.PattenNetModule`` with a ResNet18 ``net``)."""
     cohort = write_patch_cohort(tmp_path_factory.mktemp("reload_baseline"), n=12)
-    args = ["fit", "--config", str(CONF / "baseline.yaml"), f"--data.cases={cohort['cases']}", f"--data.runs_dir={cohort['runs_dir']}",
-            f"--data.experiment={cohort['experiment']}", "--data.fold=0", "--trainer.max_epochs=1"]
+    args = [
+        "fit",
+        "--config",
+        str(CONF / "baseline.yaml"),
+        f"--data.cases={cohort['cases']}",
+        f"--data.runs_dir={cohort['runs_dir']}",
+        f"--data.experiment={cohort['experiment']}",
+        "--data.fold=0",
+        "--trainer.max_epochs=1",
+    ]
     assert main(args) == 0
     return cohort["ws"]
 
@@ -154,7 +162,9 @@ def test_optimizer_entries_are_dropped_unread(trained_experiment: dict, tmp_path
     """Optimizer and scheduler specs are training-only: never imported or built when reloading."""
     ws = copy_fold(trained_experiment["ws"], "seg", 0, tmp_path)
     marker = tmp_path / "optimizer_ran"
-    edit_config(ws, "seg", 0, lambda cfg: cfg["model"]["init_args"].update(optimizer=popen_spec(marker), scheduler=popen_spec(marker)))
+    edit_config(
+        ws, "seg", 0, lambda cfg: cfg["model"]["init_args"].update(optimizer=popen_spec(marker), scheduler=popen_spec(marker))
+    )
     assert load_trained_fold(ws, "seg", 0).module is not None
     assert not marker.exists()
 
@@ -181,8 +191,10 @@ def test_builder_checks_every_class_before_building_any(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     spec = {"class_path": "torch.nn.Sequential", "init_args": {}, "dict_kwargs": {}}
     assert isinstance(build(spec), torch.nn.Sequential)
-    nested = {"first": {"class_path": "torch.nn.Linear", "init_args": {"in_features": 2, "out_features": 1}},
-              "second": [popen_spec(marker)]}
+    nested = {
+        "first": {"class_path": "torch.nn.Linear", "init_args": {"in_features": 2, "out_features": 1}},
+        "second": [popen_spec(marker)],
+    }
     with pytest.raises(NeonetError, match=r"^cfg: model\.second\[0\]: class 'subprocess\.Popen' is not allowed"):
         build(nested, "cfg", "model")
     with pytest.raises(NeonetError, match="is not a Module"):
@@ -195,9 +207,17 @@ def test_controlnet_checkpoint_unet_record_is_built_through_the_allowlist(tmp_pa
 
     from neonet.gen.controlnet import ControlNetModule
 
-    net = ControlNet(spatial_dims=3, in_channels=3, channels=(8, 16), attention_levels=(False, False), num_res_blocks=1,
-                     norm_num_groups=4, num_head_channels=8, conditioning_embedding_in_channels=3,
-                     conditioning_embedding_num_channels=(8, 16))
+    net = ControlNet(
+        spatial_dims=3,
+        in_channels=3,
+        channels=(8, 16),
+        attention_levels=(False, False),
+        num_res_blocks=1,
+        norm_num_groups=4,
+        num_head_channels=8,
+        conditioning_embedding_in_channels=3,
+        conditioning_embedding_num_channels=(8, 16),
+    )
     marker = tmp_path / "unet_ran"
     module = ControlNetModule(net)
     record = {"spec": popen_spec(marker), "noise_schedule": {}, "num_classes": None}

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from neonet.run.atomic import write_json
 from neonet.errors import NeonetError
-from neonet.run.cli import main
 from neonet.report.cls_report import report
+from neonet.run.atomic import write_json
+from neonet.run.cli import main
 from neonet.workspace import Workspace
 
 FOLDS = 3
@@ -28,6 +28,7 @@ def brute_auc(y: np.ndarray, p: np.ndarray) -> float:
 
 def brute_delong(y: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> tuple[float, float]:
     """DeLong et al. (1988) written out from its definition: (z, two-sided p) of AUC1 - AUC2."""
+
     def psi(a: float, b: float) -> float:
         return 1.0 if a > b else 0.5 if a == b else 0.0
 
@@ -60,15 +61,31 @@ def make_experiment(root: Path, n: int = 45, seed: int = 0) -> tuple[Workspace, 
     }
     frames = {}
     for stage, p in probs.items():
-        frame = pd.DataFrame({"case_id": cases, "patient_id": cases, "fold": fold, "y_true": y, "prob": p,
-                              "logit": np.log(p / (1 - p)), "threshold_youden_val": 0.4 + 0.05 * fold})
+        frame = pd.DataFrame(
+            {
+                "case_id": cases,
+                "patient_id": cases,
+                "fold": fold,
+                "y_true": y,
+                "prob": p,
+                "logit": np.log(p / (1 - p)),
+                "threshold_youden_val": 0.4 + 0.05 * fold,
+            }
+        )
         for k in range(FOLDS):
             path = ws.stage_dir(stage, k) / "test_predictions.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             frame[frame["fold"] == k].to_csv(path, index=False)
         frames[stage] = frame
-    write_json(ws.splits_path, {"folds": FOLDS, "splits": [
-        {"fold": k, "train": [], "val": [], "test": [c for c, f in zip(cases, fold) if f == k]} for k in range(FOLDS)]})
+    write_json(
+        ws.splits_path,
+        {
+            "folds": FOLDS,
+            "splits": [
+                {"fold": k, "train": [], "val": [], "test": [c for c, f in zip(cases, fold) if f == k]} for k in range(FOLDS)
+            ],
+        },
+    )
     return ws, frames
 
 
@@ -112,9 +129,11 @@ def test_report_delong_matches_definition(reported) -> None:
     ws, frames, _ = reported
     delong = pd.read_csv(ws.reports_dir / "cls_delong.csv")
     y = frames["pattennet"]["y_true"].to_numpy()
-    for a, b, kind in [("pattennet", "resnet18", "reference vs baseline"),
-                       ("pattennet_syn", "resnet18", "reference vs baseline"),
-                       ("pattennet_syn", "pattennet", "synthetic vs real only")]:
+    for a, b, kind in [
+        ("pattennet", "resnet18", "reference vs baseline"),
+        ("pattennet_syn", "resnet18", "reference vs baseline"),
+        ("pattennet_syn", "pattennet", "synthetic vs real only"),
+    ]:
         row = delong[(delong["stage_a"] == a) & (delong["stage_b"] == b)]
         assert len(row) == 1 and row["comparison"].iloc[0] == kind
         z, p = brute_delong(y, frames[a]["prob"].to_numpy(), frames[b]["prob"].to_numpy())
@@ -126,8 +145,19 @@ def test_report_delong_matches_definition(reported) -> None:
 def test_report_files_and_ablation_table(reported) -> None:
     ws, _, doc = reported
     out = ws.reports_dir
-    for name in ("cls_summary.csv", "cls_per_fold.csv", "cls_delong.csv", "cls_ablation.csv", "cls_oof_predictions.csv",
-                 "cls_report.json", "cls_report.md", "roc_pooled.png", "calibration.png", "roc_pattennet.png", "roc_resnet18.png"):
+    for name in (
+        "cls_summary.csv",
+        "cls_per_fold.csv",
+        "cls_delong.csv",
+        "cls_ablation.csv",
+        "cls_oof_predictions.csv",
+        "cls_report.json",
+        "cls_report.md",
+        "roc_pooled.png",
+        "calibration.png",
+        "roc_pattennet.png",
+        "roc_resnet18.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "roc_pooled.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ablation = pd.read_csv(out / "cls_ablation.csv").set_index("model")
@@ -151,8 +181,25 @@ def test_report_rejects_predictions_that_are_not_out_of_fold(tmp_path: Path) -> 
 
 def test_report_command_line_selects_stages(tmp_path: Path) -> None:
     ws, _ = make_experiment(tmp_path)
-    assert main(["report", "--experiment", "r", "--runs_dir", str(ws.runs_dir), "--stages", "pattennet", "resnet18",
-                 "--n_boot", "100", "--log_wandb", "false"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--experiment",
+                "r",
+                "--runs_dir",
+                str(ws.runs_dir),
+                "--stages",
+                "pattennet",
+                "resnet18",
+                "--n_boot",
+                "100",
+                "--log_wandb",
+                "false",
+            ]
+        )
+        == 0
+    )
     summary = pd.read_csv(ws.reports_dir / "cls_summary.csv")
     assert list(summary["stage"]) == ["pattennet", "resnet18"]
 
@@ -162,22 +209,29 @@ def test_clusters_follow_groups_and_patients_only_when_needed() -> None:
 
     single = {"cases": {"a": {"patient_id": "a", "pni": 1}, "b": {"patient_id": "b", "pni": 0}}}
     assert clusters_of(single) is None  # one case per patient: the stratified bootstrap stays
-    matched = {"cases": {"a": {"patient_id": "a", "pni": 1, "group": "s0"}, "b": {"patient_id": "b", "pni": 0, "group": "s0"},
-                         "c": {"patient_id": "c", "pni": 0}, "c2": {"patient_id": "c", "pni": 0}}}
+    matched = {
+        "cases": {
+            "a": {"patient_id": "a", "pni": 1, "group": "s0"},
+            "b": {"patient_id": "b", "pni": 0, "group": "s0"},
+            "c": {"patient_id": "c", "pni": 0},
+            "c2": {"patient_id": "c", "pni": 0},
+        }
+    }
     assert clusters_of(matched) == {"a": "group:s0", "b": "group:s0", "c": "patient:c", "c2": "patient:c"}
     assert clusters_of({}) is None
 
 
 def test_report_uses_clustered_delong_when_groups_hold_several_cases(tmp_path: Path) -> None:
-    from neonet.run.atomic import read_json
     from neonet.report.stats import delong_ci, delong_test
+    from neonet.run.atomic import read_json
 
     ws, frames = make_experiment(tmp_path)
     splits = read_json(ws.splits_path)
     cases = list(frames["pattennet"]["case_id"])
     groups = {c: f"set_{i // 3}" for i, c in enumerate(cases)}  # matched sets of 3 consecutive cases
-    splits["cases"] = {c: {"patient_id": c, "pni": int(y), "group": groups[c]}
-                       for c, y in zip(cases, frames["pattennet"]["y_true"])}
+    splits["cases"] = {
+        c: {"patient_id": c, "pni": int(y), "group": groups[c]} for c, y in zip(cases, frames["pattennet"]["y_true"])
+    }
     write_json(ws.splits_path, splits)
     doc = report("r", ws.runs_dir, n_boot=200, log_wandb=False)
     assert doc["settings"]["delong_variance"].startswith("Obuchowski")

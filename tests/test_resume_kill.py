@@ -16,7 +16,6 @@ import pytest
 import torch
 
 import neonet.run.lightning_cli as lcli
-from neonet.run.atomic import read_json
 from neonet.errors import NeonetError
 from neonet.run.lightning_cli import AtomicCheckpointIO, _with_atomic_checkpoint_io
 from neonet.workspace import Workspace
@@ -43,15 +42,30 @@ def file_stamps(root: Path) -> dict[str, int]:
 def test_sigkill_mid_epoch_then_cv_resumes_and_rerun_is_noop(phantom_cohort: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     ws = Workspace(runs, "test")
-    common = [f"--data.cases={phantom_cohort}", f"--data.runs_dir={runs}", f"--trainer.max_epochs={EPOCHS}",
-              "--checkpoint_every_n_steps=1"]
+    common = [
+        f"--data.cases={phantom_cohort}",
+        f"--data.runs_dir={runs}",
+        f"--trainer.max_epochs={EPOCHS}",
+        "--checkpoint_every_n_steps=1",
+    ]
     marker = tmp_path / "paused"
     pause = {"class_path": "fit_probes.PauseAtStep", "init_args": {"step": KILL_AT_STEP, "marker": str(marker)}}
     log = open(tmp_path / "killed-fit.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "neonet", "fit", "--config", str(SEG), *common, f"--data.fold={FOLD}",
-         "--trainer.callbacks+=" + json.dumps(pause)],
-        env=fit_env(), stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "neonet",
+            "fit",
+            "--config",
+            str(SEG),
+            *common,
+            f"--data.fold={FOLD}",
+            "--trainer.callbacks+=" + json.dumps(pause),
+        ],
+        env=fit_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.time() + 240

@@ -123,8 +123,9 @@ def test_groups_recorded_in_fingerprint_only_when_used(tmp_path: Path) -> None:
     path = tmp_path / "splits.json"
     cases = matched_cohort()
     ensure_splits(path, cases, folds=3)
-    regrouped = [Case(c.case_id, c.image, c.label, c.pni, c.patient_id, group="set99") if c.case_id == "c05" else c
-                 for c in cases]
+    regrouped = [
+        Case(c.case_id, c.image, c.label, c.pni, c.patient_id, group="set99") if c.case_id == "c05" else c for c in cases
+    ]
     with pytest.raises(SplitMismatchError, match="group changed: c05"):
         ensure_splits(path, regrouped, folds=3)
 

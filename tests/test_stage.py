@@ -25,10 +25,12 @@ def test_every_stage_module_is_a_stage_module_with_the_whole_contract() -> None:
 
 def test_a_stage_that_forgets_a_member_cannot_be_defined_or_built() -> None:
     with pytest.raises(TypeError, match="without monitor, monitor_mode"):
+
         class NoMonitor(StageModule):  # noqa: F841 - the definition itself fails
             stage = "x"
 
     with pytest.raises(TypeError, match="monitor_mode must be 'min' or 'max'"):
+
         class BadMode(StageModule):  # noqa: F841
             stage, monitor, monitor_mode = "x", "val/loss", "lowest"
 

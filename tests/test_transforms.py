@@ -65,9 +65,17 @@ def test_intensity_false_drops_only_the_ratio_changing_augmentations() -> None:
     data["image"][:, :8] = 0.3
     ratios = []
     for intensity in (True, False):
-        augment = TorchioAugmentd(["image", "label"], tio.Compose([
-            t for t in mri_augmentation(p=1.0, flip_axes=(), intensity=intensity).transforms
-            if isinstance(t, (tio.RandomBiasField, tio.RandomGamma))], copy=False))
+        augment = TorchioAugmentd(
+            ["image", "label"],
+            tio.Compose(
+                [
+                    t
+                    for t in mri_augmentation(p=1.0, flip_axes=(), intensity=intensity).transforms
+                    if isinstance(t, (tio.RandomBiasField, tio.RandomGamma))
+                ],
+                copy=False,
+            ),
+        )
         torch.manual_seed(0)
         out = torch.as_tensor(augment(data)["image"])
         ratios.append(float(out[:, 8:].mean() / out[:, :8].mean()))

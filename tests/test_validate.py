@@ -65,8 +65,7 @@ def _bad_cohort(root: Path) -> tuple[Path, dict[str, list[str]]]:
         rows.append(_valid_case(root, cid, pni=str(i % 2), seed=i))
 
     # missing image file
-    rows.append({"case_id": "missing", "image": "nope.nii.gz", "label": _save(root / "m_lab.nii.gz", _label()),
-                 "pni": "1"})
+    rows.append({"case_id": "missing", "image": "nope.nii.gz", "label": _save(root / "m_lab.nii.gz", _label()), "pni": "1"})
     expected["missing"] = ["file not found"]
 
     # truncated gzip: a valid file cut in half (header readable, voxels not)
@@ -74,74 +73,127 @@ def _bad_cohort(root: Path) -> tuple[Path, dict[str, list[str]]]:
     _save(good, _image(5, (32, 32, 16)))
     blob = good.read_bytes()
     (root / "trunc.nii.gz").write_bytes(blob[: len(blob) // 2])
-    rows.append({"case_id": "truncated", "image": "trunc.nii.gz",
-                 "label": _save(root / "t_lab.nii.gz", _label((32, 32, 16))), "pni": "0"})
+    rows.append(
+        {"case_id": "truncated", "image": "trunc.nii.gz", "label": _save(root / "t_lab.nii.gz", _label((32, 32, 16))), "pni": "0"}
+    )
     expected["truncated"] = ["truncated or corrupt"]
 
     # text file renamed .nii.gz
     (root / "text.nii.gz").write_text("this is not a nifti file\n")
-    rows.append({"case_id": "text", "image": "text.nii.gz", "label": _save(root / "x_lab.nii.gz", _label()),
-                 "pni": "0"})
+    rows.append({"case_id": "text", "image": "text.nii.gz", "label": _save(root / "x_lab.nii.gz", _label()), "pni": "0"})
     expected["text"] = ["not a readable NIfTI"]
 
     # gzip of garbage bytes (valid gzip, not NIfTI)
     (root / "garbage.nii.gz").write_bytes(gzip.compress(b"\x00" * 10))
-    rows.append({"case_id": "garbage", "image": "garbage.nii.gz", "label": _save(root / "g_lab.nii.gz", _label()),
-                 "pni": "0"})
+    rows.append({"case_id": "garbage", "image": "garbage.nii.gz", "label": _save(root / "g_lab.nii.gz", _label()), "pni": "0"})
     expected["garbage"] = ["not a readable NIfTI"]
 
     # real 4D image
-    rows.append({"case_id": "four_d", "image": _save(root / "4d_img.nii.gz", _image(6, (*SHAPE, 3))),
-                 "label": _save(root / "4d_lab.nii.gz", _label()), "pni": "1"})
+    rows.append(
+        {
+            "case_id": "four_d",
+            "image": _save(root / "4d_img.nii.gz", _image(6, (*SHAPE, 3))),
+            "label": _save(root / "4d_lab.nii.gz", _label()),
+            "pni": "1",
+        }
+    )
     expected["four_d"] = ["image is 4D"]
 
     # shape mismatch
-    rows.append({"case_id": "shape", "image": _save(root / "s_img.nii.gz", _image(7)),
-                 "label": _save(root / "s_lab.nii.gz", _label((8, 8, 5))), "pni": "0"})
+    rows.append(
+        {
+            "case_id": "shape",
+            "image": _save(root / "s_img.nii.gz", _image(7)),
+            "label": _save(root / "s_lab.nii.gz", _label((8, 8, 5))),
+            "pni": "0",
+        }
+    )
     expected["shape"] = ["label shape (8, 8, 5) differs from image shape (8, 8, 4)"]
 
     # affine mismatch (spacing differs)
-    rows.append({"case_id": "affine", "image": _save(root / "a_img.nii.gz", _image(8)),
-                 "label": _save(root / "a_lab.nii.gz", _label(), np.diag([1.5, 1.5, 2.0, 1.0])), "pni": "0"})
+    rows.append(
+        {
+            "case_id": "affine",
+            "image": _save(root / "a_img.nii.gz", _image(8)),
+            "label": _save(root / "a_lab.nii.gz", _label(), np.diag([1.5, 1.5, 2.0, 1.0])),
+            "pni": "0",
+        }
+    )
     expected["affine"] = ["affine differs"]
 
     # value outside the label map
     lab = _label()
     lab[0, 0, 0] = 7
-    rows.append({"case_id": "outside", "image": _save(root / "o_img.nii.gz", _image(9)),
-                 "label": _save(root / "o_lab.nii.gz", lab), "pni": "1"})
+    rows.append(
+        {
+            "case_id": "outside",
+            "image": _save(root / "o_img.nii.gz", _image(9)),
+            "label": _save(root / "o_lab.nii.gz", lab),
+            "pni": "1",
+        }
+    )
     expected["outside"] = ["label values [7] are not in the label map"]
 
     # float label with a non-integer value
     lab = _label(dtype=np.float64)
     lab[0, 0, 0] = 0.5
-    rows.append({"case_id": "nonint", "image": _save(root / "f_img.nii.gz", _image(10)),
-                 "label": _save(root / "f_lab.nii.gz", lab), "pni": "0"})
+    rows.append(
+        {
+            "case_id": "nonint",
+            "image": _save(root / "f_img.nii.gz", _image(10)),
+            "label": _save(root / "f_lab.nii.gz", lab),
+            "pni": "0",
+        }
+    )
     expected["nonint"] = ["non-integer values [0.5]"]
 
     # no liver (tumour only)
     lab = np.zeros(SHAPE, np.uint8)
     lab[3:5, 3:5, 1:2] = 2
-    rows.append({"case_id": "noliver", "image": _save(root / "nl_img.nii.gz", _image(11)),
-                 "label": _save(root / "nl_lab.nii.gz", lab), "pni": "0"})
+    rows.append(
+        {
+            "case_id": "noliver",
+            "image": _save(root / "nl_img.nii.gz", _image(11)),
+            "label": _save(root / "nl_lab.nii.gz", lab),
+            "pni": "0",
+        }
+    )
     expected["noliver"] = ["no liver voxels"]
 
     # no tumour
-    rows.append({"case_id": "notumor", "image": _save(root / "nt_img.nii.gz", _image(12)),
-                 "label": _save(root / "nt_lab.nii.gz", _label(tumor=None)), "pni": "0"})
+    rows.append(
+        {
+            "case_id": "notumor",
+            "image": _save(root / "nt_img.nii.gz", _image(12)),
+            "label": _save(root / "nt_lab.nii.gz", _label(tumor=None)),
+            "pni": "0",
+        }
+    )
     expected["notumor"] = ["no tumour voxels"]
 
     # NaN voxels / inf voxels
     img = _image(13)
     img[0, 0, 0] = np.nan
     img[1, 1, 1] = np.nan
-    rows.append({"case_id": "nan", "image": _save(root / "nan_img.nii.gz", img),
-                 "label": _save(root / "nan_lab.nii.gz", _label()), "pni": "1"})
+    rows.append(
+        {
+            "case_id": "nan",
+            "image": _save(root / "nan_img.nii.gz", img),
+            "label": _save(root / "nan_lab.nii.gz", _label()),
+            "pni": "1",
+        }
+    )
     expected["nan"] = ["2 NaN voxel"]
     img = _image(14)
     img[0, 0, 0] = np.inf
-    rows.append({"case_id": "inf", "image": _save(root / "inf_img.nii.gz", img),
-                 "label": _save(root / "inf_lab.nii.gz", _label()), "pni": "1"})
+    rows.append(
+        {
+            "case_id": "inf",
+            "image": _save(root / "inf_img.nii.gz", img),
+            "label": _save(root / "inf_lab.nii.gz", _label()),
+            "pni": "1",
+        }
+    )
     expected["inf"] = ["1 infinite voxel"]
 
     # duplicate case id (its files are valid)
@@ -215,12 +267,14 @@ def test_optional_label_and_pni(tmp_path: Path) -> None:
 
 
 def test_singleton_4th_dim_and_float_labels_accepted(tmp_path: Path) -> None:
-    rows = [{
-        "case_id": "s4",
-        "image": _save(tmp_path / "img.nii.gz", _image(0, (*SHAPE, 1))),
-        "label": _save(tmp_path / "lab.nii.gz", _label(dtype=np.float64)),
-        "pni": "1.0",
-    }]
+    rows = [
+        {
+            "case_id": "s4",
+            "image": _save(tmp_path / "img.nii.gz", _image(0, (*SHAPE, 1))),
+            "label": _save(tmp_path / "lab.nii.gz", _label(dtype=np.float64)),
+            "pni": "1.0",
+        }
+    ]
     cases_csv = _write_manifest(tmp_path / "cases.csv", rows)
     assert not check_cases(cases_csv, progress=False)
 
@@ -242,8 +296,14 @@ def test_multi_organ_label_with_other(tmp_path: Path) -> None:
     lab = _label()
     lab[0:2, 0:2, :] = 3
     lab[6:8, 6:8, :] = 4
-    rows = [{"case_id": "mo", "image": _save(tmp_path / "img.nii.gz", _image()),
-             "label": _save(tmp_path / "lab.nii.gz", lab), "pni": "0"}]
+    rows = [
+        {
+            "case_id": "mo",
+            "image": _save(tmp_path / "img.nii.gz", _image()),
+            "label": _save(tmp_path / "lab.nii.gz", lab),
+            "pni": "0",
+        }
+    ]
     cases_csv = _write_manifest(tmp_path / "cases.csv", rows)
     assert _has(check_cases(cases_csv, progress=False), "mo", "label values [3, 4] are not in the label map")
     assert not check_cases(cases_csv, LabelMap(other=(3, 4)), progress=False)
@@ -299,8 +359,12 @@ def test_real_chaos_samples(tmp_path: Path) -> None:
     if not folder.is_dir():
         pytest.skip(f"real samples not present at {REAL_SAMPLES}")
     rows = [
-        {"case_id": f"chaos{i}", "image": str(folder / f"image_{i}.nii.gz"),
-         "label": str(folder / f"label_{i}.nii.gz"), "pni": str(i % 2)}
+        {
+            "case_id": f"chaos{i}",
+            "image": str(folder / f"image_{i}.nii.gz"),
+            "label": str(folder / f"label_{i}.nii.gz"),
+            "pni": str(i % 2),
+        }
         for i in (1, 2, 3)
         if (folder / f"image_{i}.nii.gz").is_file()
     ]

@@ -99,8 +99,10 @@ class StageModule(LightningModule, metaclass=ABCMeta):
             return
         missing = [name for name in _REQUIRED if not isinstance(getattr(cls, name, None), str) or not getattr(cls, name)]
         if missing:
-            raise TypeError(f"{cls.__qualname__} is a StageModule without {', '.join(missing)}: every stage declares "
-                            "its folder name (stage), the metric selecting best.ckpt (monitor) and its mode")
+            raise TypeError(
+                f"{cls.__qualname__} is a StageModule without {', '.join(missing)}: every stage declares "
+                "its folder name (stage), the metric selecting best.ckpt (monitor) and its mode"
+            )
         if cls.monitor_mode not in ("min", "max"):
             raise TypeError(f"{cls.__qualname__}.monitor_mode must be 'min' or 'max', not {cls.monitor_mode!r}")
 

@@ -19,11 +19,11 @@ import torch
 from monai import transforms as mt
 from monai.data import CacheDataset, DataLoader
 
-from neonet.run.atomic import sha256_file
 from neonet.data.base import FoldDataModule
 from neonet.data.patches import patch_records
 from neonet.data.transforms import TorchioAugmentd, mri_augmentation
 from neonet.errors import DataError, MissingUpstreamError
+from neonet.run.atomic import sha256_file
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ def read_synthetic(ws: Workspace, fold: int, train_cases: Sequence[str], real_ca
     manifest = folder / "manifest.csv"
     if not manifest.is_file():
         raise MissingUpstreamError(
-            f"synthetic patches of fold {fold}", manifest, f"neonet synthesize (NeoGen) for experiment {ws.experiment}, fold {fold}"
+            f"synthetic patches of fold {fold}",
+            manifest,
+            f"neonet synthesize (NeoGen) for experiment {ws.experiment}, fold {fold}",
         )
     frame = pd.read_csv(manifest, dtype={"case_id": str, "source_case": str})
     missing_cols = [c for c in SYNTHETIC_COLUMNS if c not in frame.columns]
@@ -87,8 +89,13 @@ def read_synthetic(ws: Workspace, fold: int, train_cases: Sequence[str], real_ca
         image = folder / str(row["image"])
         if not image.is_file():
             raise DataError(f"{manifest}: synthetic patch {row['case_id']}: {image} not found")
-        item = {"image": str(image), "label": float(label), "case_id": str(row["case_id"]),
-                "patient_id": f"syn:{row['source_case']}", "synthetic": 1}
+        item = {
+            "image": str(image),
+            "label": float(label),
+            "case_id": str(row["case_id"]),
+            "patient_id": f"syn:{row['source_case']}",
+            "synthetic": 1,
+        }
         mask = row.get("label")
         if isinstance(mask, str) and mask:
             item["region"] = str(folder / mask)
@@ -162,11 +169,22 @@ class ClsDataModule(FoldDataModule):
         records = patch_records(self.workspace, list(case_ids), require_pni=True)
         skipped = sorted(set(case_ids) - {r.case_id for r in records})
         if skipped:
-            log.warning("fold %d %s: %d case(s) have no TLCR patch and are left out: %s",
-                        self.fold, split, len(skipped), ", ".join(skipped[:10]))
+            log.warning(
+                "fold %d %s: %d case(s) have no TLCR patch and are left out: %s",
+                self.fold,
+                split,
+                len(skipped),
+                ", ".join(skipped[:10]),
+            )
         return [
-            {"image": str(r.image), "region": str(r.label), "label": float(r.pni), "case_id": r.case_id,
-             "patient_id": r.patient_id, "synthetic": 0}
+            {
+                "image": str(r.image),
+                "region": str(r.label),
+                "label": float(r.pni),
+                "case_id": r.case_id,
+                "patient_id": r.patient_id,
+                "synthetic": 0,
+            }
             for r in records
         ]
 
@@ -244,8 +262,9 @@ class ClsDataModule(FoldDataModule):
         if self.pad_to:
             steps.append(mt.SpatialPadd(keys=keys, spatial_size=self.pad_to))
         if train and self.augment:  # intensity augmentations touch the image only, spatial ones both
-            steps.append(TorchioAugmentd(keys, mri_augmentation(p=self.aug_prob, flip_axes=self.flip_axes,
-                                                                     intensity=self.intensity_aug)))
+            steps.append(
+                TorchioAugmentd(keys, mri_augmentation(p=self.aug_prob, flip_axes=self.flip_axes, intensity=self.intensity_aug))
+            )
         if self.label_channel:
             steps += [mt.ConcatItemsd(keys=keys, name="image"), mt.DeleteItemsd(keys=["region"])]
         steps.append(mt.EnsureTyped(keys=["image"], track_meta=False))
@@ -257,8 +276,12 @@ class ClsDataModule(FoldDataModule):
         # wrapper works on its own copy; the MONAI dict transforms return new dicts), and deep-copying
         # each cached MetaTensor with its metadata was the largest per-sample cost on small patches.
         return CacheDataset(
-            items, self.transform(train), cache_rate=self.cache_rate, num_workers=max(self.num_workers, 1),
-            progress=False, copy_cache=False,
+            items,
+            self.transform(train),
+            cache_rate=self.cache_rate,
+            num_workers=max(self.num_workers, 1),
+            progress=False,
+            copy_cache=False,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -275,7 +298,11 @@ class ClsDataModule(FoldDataModule):
 
     def _loader(self, ds: CacheDataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
         return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=self.num_workers,
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 

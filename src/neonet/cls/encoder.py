@@ -163,7 +163,11 @@ def load_encoder_checkpoint(encoder: nn.Module, path: str | Path, prefix: str = 
 
 
 def check_encoder_fold(
-    ws: Workspace, encoder_stage: str, fold: int, test_cases: list[str] | tuple[str, ...], val_cases: list[str] | tuple[str, ...] = ()
+    ws: Workspace,
+    encoder_stage: str,
+    fold: int,
+    test_cases: list[str] | tuple[str, ...],
+    val_cases: list[str] | tuple[str, ...] = (),
 ) -> None:
     """Refuse an autoencoder whose ``artifact.json`` says it saw any of this fold's test cases.
 
@@ -201,5 +205,7 @@ def check_encoder_fold(
     if overlap:
         log.warning(
             "the fold-%d autoencoder trained on %d of the classifier's inner-validation cases: model selection "
-            "is slightly optimistic (test metrics are unaffected)", fold, len(overlap)
+            "is slightly optimistic (test metrics are unaffected)",
+            fold,
+            len(overlap),
         )

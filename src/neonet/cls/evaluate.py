@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 
 from neonet.errors import NeonetError
-from neonet.stage import FoldContext
 from neonet.report.stats import binary_metrics
+from neonet.stage import FoldContext
 
 log = logging.getLogger(__name__)
 

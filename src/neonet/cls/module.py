@@ -27,11 +27,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.losses import FocalLoss
 from torch import nn
 
-from neonet.run.atomic import write_csv
 from neonet.cls.datamodule import ClsDataModule, labels_of
 from neonet.cls.encoder import check_encoder_fold, find_encoder, load_encoder_checkpoint, resolve_encoder_checkpoint
 from neonet.cls.metrics import ScoreCollector, split_metrics, youden
 from neonet.errors import NeonetError
+from neonet.run.atomic import write_csv
 from neonet.stage import CVContext, FoldContext, StageModule
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,9 @@ class ClassifierModule(StageModule):
             return
         dm = self.fold_data
         if not isinstance(dm, ClsDataModule):
-            raise NeonetError(f"{type(self).__name__} trains on neonet.cls.ClsDataModule (the fold's TLCR patches), "
-                              f"not {type(dm).__name__}")
+            raise NeonetError(
+                f"{type(self).__name__} trains on neonet.cls.ClsDataModule (the fold's TLCR patches), not {type(dm).__name__}"
+            )
         if self.hparams.pos_weight == "auto":
             neg, pos = dm.class_counts()
             if pos == 0:
@@ -154,10 +155,19 @@ class ClassifierModule(StageModule):
         """The fold's model for ``artifact.json``: its name in reports, variant (real only / + synthetic), network."""
         dm = self.fold_data
         synthetic = isinstance(dm, ClsDataModule) and dm.use_synthetic
-        name = self.hparams.model_name or (self.stage[: -len("_syn")] if synthetic and self.stage.endswith("_syn") else self.stage)
+        name = self.hparams.model_name or (
+            self.stage[: -len("_syn")] if synthetic and self.stage.endswith("_syn") else self.stage
+        )
         net = type(self.net)
-        return {"classifier": {"model": name, "variant": SYNTHETIC if synthetic else REAL, "use_synthetic": synthetic,
-                               "network": f"{net.__module__}.{net.__qualname__}", "module": type(self).__name__}}
+        return {
+            "classifier": {
+                "model": name,
+                "variant": SYNTHETIC if synthetic else REAL,
+                "use_synthetic": synthetic,
+                "network": f"{net.__module__}.{net.__qualname__}",
+                "module": type(self).__name__,
+            }
+        }
 
     # ------------------------------------------------------------------ cv hooks
     @classmethod
@@ -195,7 +205,9 @@ class ClassifierModule(StageModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, logits, labels = self.model_step(batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage {self.stage}, step {self.global_step}: loss is {loss.item()}; lower the learning rate")
+            raise FloatingPointError(
+                f"stage {self.stage}, step {self.global_step}: loss is {loss.item()}; lower the learning rate"
+            )
         self.scores["train_scores"].update(logits, labels)
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=labels.numel())
         return loss
@@ -211,8 +223,13 @@ class ClassifierModule(StageModule):
         self.log("test/loss", loss, on_epoch=True, batch_size=labels.numel(), sync_dist=True)
         for i, logit in enumerate(logits.detach().float().cpu().tolist()):
             self._test_rows.append(
-                {"case_id": batch["case_id"][i], "patient_id": batch["patient_id"][i], "y_true": int(labels[i].item()),
-                 "prob": 1.0 / (1.0 + math.exp(-logit)), "logit": logit}
+                {
+                    "case_id": batch["case_id"][i],
+                    "patient_id": batch["patient_id"][i],
+                    "y_true": int(labels[i].item()),
+                    "prob": 1.0 / (1.0 + math.exp(-logit)),
+                    "logit": logit,
+                }
             )
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
@@ -357,7 +374,13 @@ class PattenNetModule(ClassifierModule):
         if spec == "auto":
             check_encoder_fold(ws, self.hparams.encoder_stage, fold, dm.split.test, dm.split.val)
         else:
-            log.warning("encoder loaded from an explicit path %s: make sure it was trained on fold %d's training cases only", path, fold)
+            log.warning(
+                "encoder loaded from an explicit path %s: make sure it was trained on fold %d's training cases only", path, fold
+            )
         load_encoder_checkpoint(encoder, path, self.hparams.encoder_prefix)
-        self._encoder_record = {"stage": self.hparams.encoder_stage, "fold": fold, "prefix": self.hparams.encoder_prefix,
-                                **ws.checkpoint_record(path)}
+        self._encoder_record = {
+            "stage": self.hparams.encoder_stage,
+            "fold": fold,
+            "prefix": self.hparams.encoder_prefix,
+            **ws.checkpoint_record(path),
+        }

@@ -19,8 +19,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torchmetrics.functional.classification import binary_roc  # noqa: E402
 
-from neonet.run.atomic import atomic_path  # noqa: E402
 from neonet.report.stats import auc, log_odds  # noqa: E402
+from neonet.run.atomic import atomic_path  # noqa: E402
 
 __all__ = ["calibration_curve", "plot_calibration", "plot_fold_scores", "plot_roc_pooled", "plot_roc_stage", "roc_points"]
 
@@ -97,8 +97,16 @@ def calibration_curve(y: np.ndarray, p: np.ndarray, bins: int = 5) -> pd.DataFra
     for b in range(bins):
         mask = idx == b
         if mask.any():
-            rows.append({"bin": b, "lo": edges[b], "hi": edges[b + 1], "n": int(mask.sum()),
-                         "mean_prob": float(p[mask].mean()), "observed": float(y[mask].mean())})
+            rows.append(
+                {
+                    "bin": b,
+                    "lo": edges[b],
+                    "hi": edges[b + 1],
+                    "n": int(mask.sum()),
+                    "mean_prob": float(p[mask].mean()),
+                    "observed": float(y[mask].mean()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -139,8 +147,14 @@ def plot_fold_scores(frame: pd.DataFrame, stage: str, path: str | os.PathLike) -
             values = logits[y == label]
             if len(values) == 0:
                 continue
-            ax.boxplot(values, positions=[i + offset], widths=0.3, showfliers=False,
-                       medianprops={"color": colours[label]}, boxprops={"color": colours[label]})
+            ax.boxplot(
+                values,
+                positions=[i + offset],
+                widths=0.3,
+                showfliers=False,
+                medianprops={"color": colours[label]},
+                boxprops={"color": colours[label]},
+            )
             ax.scatter(i + offset + rng.uniform(-0.08, 0.08, len(values)), values, s=9, alpha=0.6, color=colours[label])
         fold_auc = auc(y, part["prob"].to_numpy()) if _both_classes(y) else float("nan")
         ax.text(i, 1.0, f"AUC {fold_auc:.2f}", transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)

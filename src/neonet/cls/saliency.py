@@ -134,7 +134,9 @@ def patch_bounds_in_image(
     shape = np.asarray(image_shape[:3], dtype=int)
     size = np.asarray(patch_shape[:3], dtype=np.float64)
     to_image = np.linalg.inv(np.asarray(image_affine, dtype=np.float64)) @ np.asarray(patch_affine, dtype=np.float64)
-    corners = np.array([[a, b, c, 1.0] for a in (-0.5, size[0] - 0.5) for b in (-0.5, size[1] - 0.5) for c in (-0.5, size[2] - 0.5)])
+    corners = np.array(
+        [[a, b, c, 1.0] for a in (-0.5, size[0] - 0.5) for b in (-0.5, size[1] - 0.5) for c in (-0.5, size[2] - 0.5)]
+    )
     in_image = (to_image @ corners.T)[:3]
     start = np.clip(np.ceil(in_image.min(axis=1) - 1e-6).astype(int), 0, shape)
     stop = np.clip(np.floor(in_image.max(axis=1) + 1e-6).astype(int) + 1, 0, shape)
@@ -173,5 +175,7 @@ def patch_to_image(
     coords = to_patch[:3, :3] @ grid + to_patch[:3, 3:4]
     inside = np.all((coords >= -0.5 - 1e-6) & (coords <= size[:, None] - 0.5 + 1e-6), axis=0)
     values = ndimage.map_coordinates(np.asarray(patch_map, dtype=np.float32), coords, order=1, mode="nearest")
-    out[tuple(slice(a, b) for a, b in zip(start, stop))] = np.where(inside, values, 0.0).reshape([b - a for a, b in zip(start, stop)])
+    out[tuple(slice(a, b) for a, b in zip(start, stop))] = np.where(inside, values, 0.0).reshape(
+        [b - a for a, b in zip(start, stop)]
+    )
     return out

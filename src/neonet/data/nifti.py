@@ -8,8 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from neonet.run.atomic import atomic_path
 from neonet.errors import DataError
+from neonet.run.atomic import atomic_path
 
 
 def load_nifti(path: str | os.PathLike, case_id: str | None = None) -> nib.Nifti1Image:

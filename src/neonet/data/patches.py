@@ -46,8 +46,7 @@ def patch_records(ws: Workspace, case_ids: list[str] | tuple[str, ...], require_
     missing = [c for c in case_ids if c not in frame.index]
     if missing:
         raise DataError(
-            f"{ws.patches_manifest}: no row for case(s) {', '.join(missing[:10])}; "
-            "re-run `neonet crop` for this experiment"
+            f"{ws.patches_manifest}: no row for case(s) {', '.join(missing[:10])}; re-run `neonet crop` for this experiment"
         )
     out: list[PatchRecord] = []
     for cid in case_ids:

@@ -119,8 +119,9 @@ class _Blob:
         return (r - self.radius(u)).astype(np.float32)
 
 
-def _tube(points: np.ndarray, radius: np.ndarray, shape: tuple[int, int, int], spacing: np.ndarray,
-          origin: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _tube(
+    points: np.ndarray, radius: np.ndarray, shape: tuple[int, int, int], spacing: np.ndarray, origin: np.ndarray, width: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Soft mask of a tube around polyline samples (N, 3 mm) with per-sample radius, on nearby voxels only.
 
     Returns flat voxel indices, soft mask values there, and the index of the nearest sample.
@@ -160,8 +161,16 @@ def _random_walk(rng: np.random.Generator, start: np.ndarray, target: np.ndarray
     return np.asarray(pts)
 
 
-def _nerve_curve(rng: np.random.Generator, tumour: _Blob, gap: float, d_liver: np.ndarray, origin: np.ndarray,
-                 spacing: np.ndarray, half_arc_mm: float = 35.0, step: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def _nerve_curve(
+    rng: np.random.Generator,
+    tumour: _Blob,
+    gap: float,
+    d_liver: np.ndarray,
+    origin: np.ndarray,
+    spacing: np.ndarray,
+    half_arc_mm: float = 35.0,
+    step: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
     """A nerve that hugs the tumour ``gap`` mm outside its surface along an arc, then leaves tangentially.
 
     Of 12 random arc planes the one whose arc lies deepest inside the liver is kept, so that the
@@ -251,8 +260,10 @@ def make_case(
     origin = -(np.asarray(shape) - 1) / 2 * sp
     fov = np.asarray(shape) * sp
     width = float(np.prod(sp) ** (1 / 3))  # partial-volume ramp width (mm)
-    x, y, z = (np.asarray(origin[i] + np.arange(shape[i]) * sp[i], np.float32).reshape(
-        [-1 if j == i else 1 for j in range(3)]) for i in range(3))
+    x, y, z = (
+        np.asarray(origin[i] + np.arange(shape[i]) * sp[i], np.float32).reshape([-1 if j == i else 1 for j in range(3)])
+        for i in range(3)
+    )
 
     # --- body: elliptic cylinder, fat-suppressed subcutaneous fat, soft tissue, spine, aorta, spleen
     body_semi = np.array([min(165.0, 0.46 * fov[0]), min(125.0, 0.40 * fov[1])]) * rng.uniform(0.92, 1.05, 2)
@@ -274,10 +285,14 @@ def make_case(
 
     # --- liver: union of a right and a left lobe, irregular surface, inside the abdominal wall
     lobes = [
-        (np.array([0.38 * body_semi[0], 0.05 * body_semi[1], liver_zc]),
-         np.array([0.45 * body_semi[0], 0.62 * body_semi[1], min(80.0, 0.36 * fov[2])])),
-        (np.array([-0.05 * body_semi[0], 0.28 * body_semi[1], liver_zc + 0.05 * fov[2]]),
-         np.array([0.35 * body_semi[0], 0.32 * body_semi[1], min(55.0, 0.25 * fov[2])])),
+        (
+            np.array([0.38 * body_semi[0], 0.05 * body_semi[1], liver_zc]),
+            np.array([0.45 * body_semi[0], 0.62 * body_semi[1], min(80.0, 0.36 * fov[2])]),
+        ),
+        (
+            np.array([-0.05 * body_semi[0], 0.28 * body_semi[1], liver_zc + 0.05 * fov[2]]),
+            np.array([0.35 * body_semi[0], 0.32 * body_semi[1], min(55.0, 0.25 * fov[2])]),
+        ),
     ]
     d_liver = np.full(shape, np.inf, np.float32)
     for center, semi in lobes:
@@ -406,26 +421,37 @@ def cohort_plan(cases: int, seed: int = 0, pni_fraction: float = 0.35, matched: 
     if matched == 0:
         positives = round(cases * pni_fraction)
         labels = label_rng.permutation(np.array([1] * positives + [0] * (cases - positives)))
-        return [PlannedCase(f"phantom_{i:0{width}d}", int(labels[i]), np.random.SeedSequence(seed, spawn_key=(0, i)), None, "")
-                for i in range(cases)]
+        return [
+            PlannedCase(f"phantom_{i:0{width}d}", int(labels[i]), np.random.SeedSequence(seed, spawn_key=(0, i)), None, "")
+            for i in range(cases)
+        ]
     positives = round(matched * pni_fraction)
     if matched < 2 or cases % matched or not 0 < positives < matched:
         raise ValueError(
             f"matched sets need a size K >= 2 that divides cases ({cases}) and holds both classes "
-            f"(round(K * pni_fraction) = {positives} PNI+ of K = {matched}); e.g. --matched 3 with pni_fraction 0.35")
+            f"(round(K * pni_fraction) = {positives} PNI+ of K = {matched}); e.g. --matched 3 with pni_fraction 0.35"
+        )
     width_set = max(3, len(str(cases // matched - 1)))
     plan = []
     for j in range(cases // matched):
         labels = label_rng.permutation(np.array([1] * positives + [0] * (matched - positives)))
         for m in range(matched):
             i = j * matched + m
-            plan.append(PlannedCase(f"phantom_{i:0{width}d}", int(labels[m]), np.random.SeedSequence(seed, spawn_key=(0, j)),
-                                    np.random.SeedSequence(seed, spawn_key=(2, i)), f"set_{j:0{width_set}d}"))
+            plan.append(
+                PlannedCase(
+                    f"phantom_{i:0{width}d}",
+                    int(labels[m]),
+                    np.random.SeedSequence(seed, spawn_key=(0, j)),
+                    np.random.SeedSequence(seed, spawn_key=(2, i)),
+                    f"set_{j:0{width_set}d}",
+                )
+            )
     return plan
 
 
-def iter_cohort(cases: int = 24, seed: int = 0, pni_fraction: float = 0.35, matched: int = 0, **params: Any
-                ) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]]:
+def iter_cohort(
+    cases: int = 24, seed: int = 0, pni_fraction: float = 0.35, matched: int = 0, **params: Any
+) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]]:
     """Yield (case_id, pni, image, label, affine, info) in memory; ``params`` go to ``make_case``."""
     for item in cohort_plan(cases, seed, pni_fraction, matched):
         image, label, affine, info = make_case(item.seed, item.pni, noise_rng=item.noise_seed, **params)
@@ -459,9 +485,10 @@ def synth(
 
     Each case has an abdomen, a bright liver with dark vessels and bright ducts, a dark textured
     tumour and a nerve running just outside the tumour. In PNI+ cases the nerve next to the tumour
-    is thickened into a perineural cuff, halfway between tumour and liver in intensity (not labelled; see ``CUFF_LEVEL``). Tumour size and intensity are drawn independently
-    of PNI. Writes OUT/cases.csv, OUT/images/<case>.nii.gz (float32), OUT/labels/<case>.nii.gz
-    (uint8: 0 background, 1 liver, 2 tumour) and OUT/phantom_info.csv (debug only: its
+    is thickened into a perineural cuff, halfway between tumour and liver in intensity (not labelled;
+    see ``CUFF_LEVEL``). Tumour size and intensity are drawn independently of PNI. Writes
+    OUT/cases.csv, OUT/images/<case>.nii.gz (float32), OUT/labels/<case>.nii.gz (uint8: 0 background,
+    1 liver, 2 tumour) and OUT/phantom_info.csv (debug only: its
     nerve_infiltration_mm column is 0 exactly for PNI- cases, so never feed it to a model).
 
     Args:
@@ -498,8 +525,14 @@ def synth(
     if not 0 < tumor_radius_mm[0] <= tumor_radius_mm[1]:
         raise ValueError(f"tumor_radius_mm must be (min, max) with 0 < min <= max, got {tumor_radius_mm}")
     plan = cohort_plan(cases, seed, pni_fraction, matched)
-    params = {"strength": strength, "shape": tuple(shape), "spacing": tuple(spacing), "orientation": orientation,
-              "tumor_radius_mm": tuple(tumor_radius_mm), "noise": noise}
+    params = {
+        "strength": strength,
+        "shape": tuple(shape),
+        "spacing": tuple(spacing),
+        "orientation": orientation,
+        "tumor_radius_mm": tuple(tumor_radius_mm),
+        "noise": noise,
+    }
     task = partial(_write_case, out=out, params=params)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
@@ -516,8 +549,17 @@ def synth(
     import pandas as pd
 
     write_csv(out / "phantom_info.csv", pd.DataFrame(infos))
-    rows = [Case(case_id=p.case_id, image=out / "images" / f"{p.case_id}.nii.gz", label=out / "labels" / f"{p.case_id}.nii.gz",
-                 pni=p.pni, patient_id=p.case_id, group=p.group) for p in plan]
+    rows = [
+        Case(
+            case_id=p.case_id,
+            image=out / "images" / f"{p.case_id}.nii.gz",
+            label=out / "labels" / f"{p.case_id}.nii.gz",
+            pni=p.pni,
+            patient_id=p.case_id,
+            group=p.group,
+        )
+        for p in plan
+    ]
     csv_path = write_cases(out / "cases.csv", rows)
     log.info("phantom: wrote %d cases (%d PNI+, strength %g) to %s", len(rows), sum(p.pni for p in plan), strength, out)
     return csv_path

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from neonet.run.atomic import read_json, write_json
 from neonet.data.cases import Case
 from neonet.errors import DataError, SplitMismatchError
+from neonet.run.atomic import read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,10 @@ def _patient_table(cases: list[Case]) -> dict[str, dict[str, Any]]:
         entry["cases"].append(case.case_id)
         entry["pni"].add(case.pni)
         if case.group != entry["group"]:
-            raise DataError(f"patient {case.patient_id}: case {case.case_id} is in group {case.group!r} but the patient's "
-                            f"other cases are in group {entry['group']!r}; give all cases of a patient the same group")
+            raise DataError(
+                f"patient {case.patient_id}: case {case.case_id} is in group {case.group!r} but the patient's "
+                f"other cases are in group {entry['group']!r}; give all cases of a patient the same group"
+            )
     for pid, entry in patients.items():
         labels = entry["pni"] - {None}
         if len(labels) > 1:

@@ -84,7 +84,11 @@ class TorchioAugmentd(mt.RandomizableTransform, mt.MapTransform):
             label = torch.as_tensor(d[label_key])
             subject_args["label"] = tio.LabelMap(tensor=_own(label.float()))
         out = self.transform(tio.Subject(**subject_args))
-        d[image_key] = _like(d[image_key], out["image"].data.numpy()) if isinstance(d[image_key], torch.Tensor) else out["image"].data.numpy()
+        d[image_key] = (
+            _like(d[image_key], out["image"].data.numpy())
+            if isinstance(d[image_key], torch.Tensor)
+            else out["image"].data.numpy()
+        )
         if "label" in subject_args:
             lab = out["label"].data.numpy()
             d[label_key] = _like(d[label_key], lab) if isinstance(d[label_key], torch.Tensor) else lab

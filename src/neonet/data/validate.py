@@ -89,14 +89,13 @@ def _fmt_number(value: float) -> str:
 
 
 def _fmt_tuple(values: tuple | list | np.ndarray, digits: int = 3) -> str:
-    return "(" + ", ".join(f"{float(v):.{digits}g}" if isinstance(v, float | np.floating) else str(v)
-                           for v in values) + ")"
+    return "(" + ", ".join(f"{float(v):.{digits}g}" if isinstance(v, float | np.floating) else str(v) for v in values) + ")"
 
 
 def _strip_path(message: str, path: Path) -> str:
     """Drop the ``<path>: `` prefix of a DataError message (the Problem names the file)."""
     prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -153,8 +152,11 @@ def _read_manifest(cases_csv: Path, out: _Collector) -> tuple[list[str], list[di
 def _load(path: Path, case_id: str, kind: str, out: _Collector) -> tuple[nib.Nifti1Image, np.ndarray] | None:
     """Load a NIfTI file and its voxels once; report and return None if that fails."""
     if not path.exists():
-        out.add(case_id, path, f"{kind} file not found (check the path in the manifest; "
-                               "relative paths are relative to the manifest's folder)")
+        out.add(
+            case_id,
+            path,
+            f"{kind} file not found (check the path in the manifest; relative paths are relative to the manifest's folder)",
+        )
         return None
     if not path.is_file():
         out.add(case_id, path, f"{kind} path is not a file")
@@ -168,8 +170,7 @@ def _load(path: Path, case_id: str, kind: str, out: _Collector) -> tuple[nib.Nif
     return img, data
 
 
-def _check_volume(img: nib.Nifti1Image, data: np.ndarray, path: Path, case_id: str, kind: str,
-                  out: _Collector) -> _Volume | None:
+def _check_volume(img: nib.Nifti1Image, data: np.ndarray, path: Path, case_id: str, kind: str, out: _Collector) -> _Volume | None:
     """Checks common to images and labels; returns the geometry if the file is a 3D volume."""
     shape = tuple(int(s) for s in data.shape)
     spatial = _spatial_shape(shape)
@@ -178,16 +179,23 @@ def _check_volume(img: nib.Nifti1Image, data: np.ndarray, path: Path, case_id: s
         if len(shape) < 3:
             out.add(case_id, path, f"{kind} is {len(shape)}D (shape {shape}); expected a 3D volume")
         else:
-            out.add(case_id, path, f"{kind} is {len(shape)}D with shape {shape}; expected a 3D volume "
-                                   "(extract the single volume / phase to use into its own file)")
+            out.add(
+                case_id,
+                path,
+                f"{kind} is {len(shape)}D with shape {shape}; expected a 3D volume "
+                "(extract the single volume / phase to use into its own file)",
+            )
         ok = False
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         out.add(case_id, path, f"{kind} has unsupported voxel type {data.dtype} (expected real numbers)")
         return None
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        out.add(case_id, path, f"{kind} has an invalid (singular or non-finite) affine; "
-                               "the voxel spacing / orientation in the header is broken")
+        out.add(
+            case_id,
+            path,
+            f"{kind} has an invalid (singular or non-finite) affine; the voxel spacing / orientation in the header is broken",
+        )
         ok = False
     if not ok:
         return None
@@ -204,11 +212,9 @@ def _check_image_voxels(data: np.ndarray, path: Path, case_id: str, out: _Collec
         n_nan = int(np.count_nonzero(np.isnan(data)))
         n_inf = int(np.count_nonzero(np.isinf(data)))
         if n_nan:
-            out.add(case_id, path, f"image contains {n_nan} NaN voxel(s) of {data.size}; "
-                                   "replace them (e.g. by 0) before use")
+            out.add(case_id, path, f"image contains {n_nan} NaN voxel(s) of {data.size}; replace them (e.g. by 0) before use")
         if n_inf:
-            out.add(case_id, path, f"image contains {n_inf} infinite voxel(s) of {data.size}; "
-                                   "replace or clip them before use")
+            out.add(case_id, path, f"image contains {n_inf} infinite voxel(s) of {data.size}; replace or clip them before use")
         finite = data[np.isfinite(data)] if (n_nan or n_inf) else data
     else:
         finite = data
@@ -216,55 +222,75 @@ def _check_image_voxels(data: np.ndarray, path: Path, case_id: str, out: _Collec
         out.add(case_id, path, f"image is constant (every voxel is {_fmt_number(finite.min())})", WARNING)
 
 
-def _check_label_values(data: np.ndarray, path: Path, case_id: str, label_map: LabelMap,
-                        out: _Collector) -> None:
+def _check_label_values(data: np.ndarray, path: Path, case_id: str, label_map: LabelMap, out: _Collector) -> None:
     if np.issubdtype(data.dtype, np.floating):
         bad = ~np.isfinite(data)
         if bad.any():
-            out.add(case_id, path, f"label contains {int(bad.sum())} NaN/infinite voxel(s); "
-                                   "a label must hold integer class values")
+            out.add(
+                case_id, path, f"label contains {int(bad.sum())} NaN/infinite voxel(s); a label must hold integer class values"
+            )
             data = np.where(bad, 0, data)
         rounded = np.rint(data)
         off = np.abs(data - rounded) > INTEGER_ATOL
         if off.any():
             values = np.unique(data[off]).tolist()
-            out.add(case_id, path, f"label has non-integer values {_fmt_values(values)} in {int(off.sum())} "
-                                   "voxel(s); a label must hold integer class values (was it resampled "
-                                   "with linear instead of nearest-neighbour interpolation?)")
+            out.add(
+                case_id,
+                path,
+                f"label has non-integer values {_fmt_values(values)} in {int(off.sum())} "
+                "voxel(s); a label must hold integer class values (was it resampled "
+                "with linear instead of nearest-neighbour interpolation?)",
+            )
         raw = rounded.astype(np.int64)
     else:
         raw = data.astype(np.int64, copy=False)
     present = np.unique(raw)
     unexpected = sorted(set(present.tolist()) - label_map.known_values)
     if unexpected:
-        out.add(case_id, path, f"label values {_fmt_values(unexpected)} are not in the label map "
-                               f"(liver={list(label_map.liver)}, tumor={list(label_map.tumor)}, "
-                               f"other={list(label_map.other)}); list other organs' values with --other")
+        out.add(
+            case_id,
+            path,
+            f"label values {_fmt_values(unexpected)} are not in the label map "
+            f"(liver={list(label_map.liver)}, tumor={list(label_map.tumor)}, "
+            f"other={list(label_map.other)}); list other organs' values with --other",
+        )
     if not np.isin(present, label_map.liver).any():
-        out.add(case_id, path, f"label has no liver voxels (liver values {list(label_map.liver)}; "
-                               f"values present {_fmt_values(present.tolist())})")
+        out.add(
+            case_id,
+            path,
+            f"label has no liver voxels (liver values {list(label_map.liver)}; values present {_fmt_values(present.tolist())})",
+        )
     if not np.isin(present, label_map.tumor).any():
-        out.add(case_id, path, f"label has no tumour voxels (tumour values {list(label_map.tumor)}; "
-                               f"values present {_fmt_values(present.tolist())})")
+        out.add(
+            case_id,
+            path,
+            f"label has no tumour voxels (tumour values {list(label_map.tumor)}; values present {_fmt_values(present.tolist())})",
+        )
 
 
 def _check_pair(image: _Volume, label: _Volume, label_path: Path, case_id: str, out: _Collector) -> None:
     if image.shape != label.shape:
-        out.add(case_id, label_path, f"label shape {label.shape} differs from image shape {image.shape} "
-                                     f"(spacing: image {_fmt_tuple(image.zooms)} mm, "
-                                     f"label {_fmt_tuple(label.zooms)} mm)")
+        out.add(
+            case_id,
+            label_path,
+            f"label shape {label.shape} differs from image shape {image.shape} "
+            f"(spacing: image {_fmt_tuple(image.zooms)} mm, "
+            f"label {_fmt_tuple(label.zooms)} mm)",
+        )
     if not np.allclose(image.affine, label.affine, rtol=0.0, atol=AFFINE_ATOL):
         diff = float(np.max(np.abs(image.affine - label.affine)))
-        out.add(case_id, label_path,
-                f"label affine differs from image affine (max difference {diff:.4g}): "
-                f"image spacing {_fmt_tuple(image.zooms)} mm, origin {_fmt_tuple(tuple(image.affine[:3, 3]), 5)}, "
-                f"orientation {image.axcodes}; label spacing {_fmt_tuple(label.zooms)} mm, "
-                f"origin {_fmt_tuple(tuple(label.affine[:3, 3]), 5)}, orientation {label.axcodes}; "
-                "the label must be on the image's voxel grid (resample it with nearest neighbour)")
+        out.add(
+            case_id,
+            label_path,
+            f"label affine differs from image affine (max difference {diff:.4g}): "
+            f"image spacing {_fmt_tuple(image.zooms)} mm, origin {_fmt_tuple(tuple(image.affine[:3, 3]), 5)}, "
+            f"orientation {image.axcodes}; label spacing {_fmt_tuple(label.zooms)} mm, "
+            f"origin {_fmt_tuple(tuple(label.affine[:3, 3]), 5)}, orientation {label.axcodes}; "
+            "the label must be on the image's voxel grid (resample it with nearest neighbour)",
+        )
 
 
-def _check_case(case_id: str, image_path: Path | None, label_path: Path | None, label_map: LabelMap,
-                out: _Collector) -> None:
+def _check_case(case_id: str, image_path: Path | None, label_path: Path | None, label_map: LabelMap, out: _Collector) -> None:
     """Check one case's files, loading each once (the image's voxels are freed before the label's)."""
     image_vol = None
     loaded = _load(image_path, case_id, "image", out) if image_path is not None else None
@@ -291,8 +317,9 @@ def _check_case(case_id: str, image_path: Path | None, label_path: Path | None, 
 # public API
 
 
-def _run_checks(cases_csv: Path, label_map: LabelMap, require_label: bool, require_pni: bool,
-                progress: bool) -> tuple[int, list[Problem]]:
+def _run_checks(
+    cases_csv: Path, label_map: LabelMap, require_label: bool, require_pni: bool, progress: bool
+) -> tuple[int, list[Problem]]:
     """Run every check; returns (number of manifest rows, problems)."""
     cases_csv = Path(cases_csv)
     out = _Collector()
@@ -314,8 +341,11 @@ def _run_checks(cases_csv: Path, label_map: LabelMap, require_label: bool, requi
             if not cid:
                 out.add("", cases_csv, f"row {row_no}: empty case_id")
             elif cid in first_row:
-                out.add(cid, cases_csv, f"row {row_no}: duplicate case_id {cid!r} (first used in row "
-                                        f"{first_row[cid]}); case ids must be unique")
+                out.add(
+                    cid,
+                    cases_csv,
+                    f"row {row_no}: duplicate case_id {cid!r} (first used in row {first_row[cid]}); case ids must be unique",
+                )
             else:
                 first_row[cid] = row_no
         if has["pni"]:
@@ -325,9 +355,13 @@ def _run_checks(cases_csv: Path, label_map: LabelMap, require_label: bool, requi
                 out.add(cid, cases_csv, f"row {row_no}: {exc}")
             else:
                 if pni is None and require_pni:
-                    out.add(cid, cases_csv, f"row {row_no}: empty pni; every case needs a PNI label "
-                                            "(0 or 1) for classification (--require_pni false allows "
-                                            "segmentation-only cases)")
+                    out.add(
+                        cid,
+                        cases_csv,
+                        f"row {row_no}: empty pni; every case needs a PNI label "
+                        "(0 or 1) for classification (--require_pni false allows "
+                        "segmentation-only cases)",
+                    )
         image_path: Path | None = None
         if has["image"]:
             text = row.get("image", "")
@@ -337,8 +371,7 @@ def _run_checks(cases_csv: Path, label_map: LabelMap, require_label: bool, requi
                 image_path = _resolve(base, text)
                 key = image_path.resolve()
                 if key in image_owner:
-                    out.add(cid, cases_csv, f"row {row_no}: image {text} is also the image of case "
-                                            f"{image_owner[key]!r}", WARNING)
+                    out.add(cid, cases_csv, f"row {row_no}: image {text} is also the image of case {image_owner[key]!r}", WARNING)
                 else:
                     image_owner[key] = cid or f"row {row_no}"
         label_path: Path | None = None
@@ -346,12 +379,15 @@ def _run_checks(cases_csv: Path, label_map: LabelMap, require_label: bool, requi
             text = row.get("label", "")
             if not text:
                 if require_label:
-                    out.add(cid, cases_csv, f"row {row_no}: empty label path; a label (liver + tumour "
-                                            "mask) is required here (--require_label false allows cases "
-                                            "without a mask)")
+                    out.add(
+                        cid,
+                        cases_csv,
+                        f"row {row_no}: empty label path; a label (liver + tumour "
+                        "mask) is required here (--require_label false allows cases "
+                        "without a mask)",
+                    )
                 else:
-                    out.add(cid, cases_csv, f"row {row_no}: no label; the case is used without a "
-                                            "manual mask", WARNING)
+                    out.add(cid, cases_csv, f"row {row_no}: no label; the case is used without a manual mask", WARNING)
             else:
                 label_path = _resolve(base, text)
                 if image_path is not None and label_path.resolve() == image_path.resolve():
@@ -361,8 +397,11 @@ def _run_checks(cases_csv: Path, label_map: LabelMap, require_label: bool, requi
             _check_case(cid or f"row {row_no}", image_path, label_path, label_map, out)
         except Exception as exc:  # noqa: BLE001 - one bad case must not stop the run
             log.debug("unexpected error checking case %r", cid, exc_info=True)
-            out.add(cid or f"row {row_no}", image_path or label_path or cases_csv,
-                    f"unexpected error while checking: {type(exc).__name__}: {exc}")
+            out.add(
+                cid or f"row {row_no}",
+                image_path or label_path or cases_csv,
+                f"unexpected error while checking: {type(exc).__name__}: {exc}",
+            )
     return len(rows), out.problems
 
 
@@ -387,8 +426,7 @@ def check_cases(
     """
     n_rows, problems = _run_checks(Path(cases_csv), label_map, require_label, require_pni, progress)
     n_err = sum(p.severity == ERROR for p in problems)
-    log.info("%s: %d case(s) checked, %d error(s), %d warning(s)", cases_csv, n_rows, n_err,
-             len(problems) - n_err)
+    log.info("%s: %d case(s) checked, %d error(s), %d warning(s)", cases_csv, n_rows, n_err, len(problems) - n_err)
     return problems
 
 
@@ -440,13 +478,16 @@ def _write_report(report: Path, cases: Path, n_cases: int, problems: list[Proble
 
     n_err = sum(p.severity == ERROR for p in problems)
     if report.suffix.lower() == ".json":
-        write_json(report, {
-            "cases_csv": str(cases),
-            "n_cases": n_cases,
-            "n_errors": n_err,
-            "n_warnings": len(problems) - n_err,
-            "problems": [asdict(p) for p in problems],
-        })
+        write_json(
+            report,
+            {
+                "cases_csv": str(cases),
+                "n_cases": n_cases,
+                "n_errors": n_err,
+                "n_warnings": len(problems) - n_err,
+                "problems": [asdict(p) for p in problems],
+            },
+        )
         return
     import io
 

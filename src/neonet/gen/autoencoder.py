@@ -56,8 +56,9 @@ def build_perceptual_loss(weights: str, network: str = "resnet50") -> nn.Module:
     from monai.losses import PerceptualLoss
 
     try:
-        return PerceptualLoss(spatial_dims=3, network_type="resnet50", is_fake_3d=True, pretrained=True,
-                              pretrained_path=str(path))
+        return PerceptualLoss(
+            spatial_dims=3, network_type="resnet50", is_fake_3d=True, pretrained=True, pretrained_path=str(path)
+        )
     except ImportError as exc:
         raise NeonetError(f"the perceptual loss needs torchvision ({exc}); install it or disable the loss") from exc
 
@@ -130,7 +131,9 @@ class AutoencoderModule(StageModule):
         """(reconstruction, z_mu, z_sigma) with a sampled latent."""
         return self.autoencoder(image)
 
-    def generator_loss(self, image: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> dict[str, torch.Tensor]:
+    def generator_loss(
+        self, image: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Reconstruction terms of the autoencoder loss (without the adversarial term)."""
         terms = {"l1": (recon.float() - image.float()).abs().mean(), "kl": kl_divergence(mu.float(), sigma.float())}
         total = terms["l1"] + self.hparams.kl_weight * terms["kl"]
@@ -264,8 +267,11 @@ class AutoencoderModule(StageModule):
         assert self._panel is not None
         title = f"epoch {self.current_epoch}: PSNR {values['val/psnr']:.2f} dB, SSIM {values['val/ssim']:.3f}"
         path = reconstruction_panel(
-            self._panel_path(), np.asarray(self._panel["images"]), np.asarray(self._panel["recons"]),
-            self._panel["case_ids"], title=title,
+            self._panel_path(),
+            np.asarray(self._panel["images"]),
+            np.asarray(self._panel["recons"]),
+            self._panel["case_ids"],
+            title=title,
         )
         if self.hparams.wandb_images:
             for lg in self.loggers:

@@ -30,13 +30,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.networks.utils import copy_model_state
 from torch import nn
 
-from neonet.run.atomic import sha256_file
 from neonet.errors import NeonetError
 from neonet.gen.common import drop_module_hparams, freeze, label_onehot, region_weight_map
 from neonet.gen.diffusion import DiffusionModule, check_class_embeds, class_labels
-from neonet.gen.sampling import NoiseSchedule, training_target
 from neonet.gen.hooks import write_stage_summary
+from neonet.gen.sampling import NoiseSchedule, training_target
 from neonet.gen.upstream import require_checkpoint
+from neonet.run.atomic import sha256_file
 from neonet.run.reload import build_network, load_checkpoint_fold
 from neonet.stage import CVContext, FoldContext, StageModule
 
@@ -124,12 +124,16 @@ class ControlNetModule(StageModule):
         if not isinstance(spec, dict):
             raise NeonetError(f"{ckpt}: the checkpoint has no UNet config; train the diffusion stage with `neonet fit`")
         self._adopt(
-            freeze(copy.deepcopy(diffusion.sampling_unet())), diffusion.noise_schedule, diffusion.num_classes,
+            freeze(copy.deepcopy(diffusion.sampling_unet())),
+            diffusion.noise_schedule,
+            diffusion.num_classes,
             float(diffusion.hparams.get("class_dropout", 0.1)),
         )
         self.scale_factor.fill_(float(diffusion.scale_factor))
         self.unet_meta = {
-            "spec": spec, "noise_schedule": diffusion.noise_schedule.as_dict(), "num_classes": diffusion.num_classes,
+            "spec": spec,
+            "noise_schedule": diffusion.noise_schedule.as_dict(),
+            "num_classes": diffusion.num_classes,
             "class_dropout": float(diffusion.hparams.get("class_dropout", 0.1)),
             "diffusion_checkpoint": {"path": str(ckpt), "sha256": sha256_file(ckpt)},
         }
@@ -151,7 +155,7 @@ class ControlNetModule(StageModule):
         if self.unet is not None:
             return
         try:
-            trainer = self.trainer
+            self.trainer  # noqa: B018 - raises outside a Trainer
         except RuntimeError:  # reloaded outside a Trainer: the UNet is rebuilt from the checkpoint instead
             return
         ckpt = self.hparams.get("diffusion_checkpoint")
@@ -176,8 +180,9 @@ class ControlNetModule(StageModule):
         if not meta:
             raise NeonetError("this ControlNet checkpoint has no `neonet_unet` record (not written by ControlNetModule)")
         unet = build_network(meta.get("spec"), key="neonet_unet.spec")
-        self._adopt(freeze(unet), NoiseSchedule(**meta["noise_schedule"]), meta["num_classes"],
-                    float(meta.get("class_dropout", 0.1)))
+        self._adopt(
+            freeze(unet), NoiseSchedule(**meta["noise_schedule"]), meta["num_classes"], float(meta.get("class_dropout", 0.1))
+        )
         self.unet_meta = meta
 
     # ------------------------------------------------------------------ model
@@ -190,14 +195,22 @@ class ControlNetModule(StageModule):
         """Class indices (unknown labels and a ``drop`` fraction → null class)."""
         return class_labels(pni, self.num_classes, drop)
 
-    def forward(self, zt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, labels: torch.Tensor | None = None,
-                conditioning_scale: float = 1.0) -> torch.Tensor:
+    def forward(
+        self,
+        zt: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        conditioning_scale: float = 1.0,
+    ) -> torch.Tensor:
         """UNet prediction with the ControlNet's residuals added."""
         assert self.unet is not None, "call configure_model() or attach_diffusion() first"
-        down, mid = self.controlnet(x=zt, timesteps=t, controlnet_cond=cond, conditioning_scale=conditioning_scale,
-                                    class_labels=labels)
-        return self.unet(x=zt, timesteps=t, class_labels=labels, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid)
+        down, mid = self.controlnet(
+            x=zt, timesteps=t, controlnet_cond=cond, conditioning_scale=conditioning_scale, class_labels=labels
+        )
+        return self.unet(
+            x=zt, timesteps=t, class_labels=labels, down_block_additional_residuals=down, mid_block_additional_residual=mid
+        )
 
     def _check_shapes(self, z: torch.Tensor, label: torch.Tensor) -> None:
         if self._checked:
@@ -232,7 +245,9 @@ class ControlNetModule(StageModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.step(batch, float(self.class_dropout or 0.0))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage controlnet, step {self.global_step}: loss is {loss.item()} — lower the learning rate")
+            raise FloatingPointError(
+                f"stage controlnet, step {self.global_step}: loss is {loss.item()} — lower the learning rate"
+            )
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=batch["z"].shape[0])
         return loss
 
@@ -245,8 +260,12 @@ class ControlNetModule(StageModule):
         """Record the adopted scale factor in ``artifact.json`` (rank zero)."""
         dm = self.fold_data
         if self.trainer.is_global_zero and dm is not None:
-            dm.workspace.write_artifact(self.stage, dm.fold, scale_factor=float(self.scale_factor),
-                                        noise_schedule=self.noise_schedule.as_dict() if self.noise_schedule else None)
+            dm.workspace.write_artifact(
+                self.stage,
+                dm.fold,
+                scale_factor=float(self.scale_factor),
+                noise_schedule=self.noise_schedule.as_dict() if self.noise_schedule else None,
+            )
 
     def upstream(self) -> dict[str, Any]:
         """The diffusion checkpoint this ControlNet builds on, with the latent cache and its autoencoder checkpoint."""

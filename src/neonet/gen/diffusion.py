@@ -153,8 +153,9 @@ class DiffusionModule(StageModule):
             self.scale_factor.fill_(value)
             log.info("%s: scale factor %.5f (1/std of the first batch's latents)", self.stage, value)
 
-    def noisy_step(self, z0: torch.Tensor, pni: torch.Tensor, drop: float, generator: torch.Generator | None = None,
-                   **net_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def noisy_step(
+        self, z0: torch.Tensor, pni: torch.Tensor, drop: float, generator: torch.Generator | None = None, **net_kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(prediction, target, timesteps) for scaled latents ``z0``; ``net_kwargs`` go to the denoiser."""
         noise = torch.randn(z0.shape, generator=generator, device="cpu").to(z0) if generator else torch.randn_like(z0)
         T = int(self.noise_schedule.num_train_timesteps)
@@ -167,8 +168,9 @@ class DiffusionModule(StageModule):
         pred = self.denoise(zt, t, self.class_labels(pni, drop), **net_kwargs)
         return pred, target, t
 
-    def denoise(self, zt: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, unet: nn.Module | None = None,
-                **_: Any) -> torch.Tensor:
+    def denoise(
+        self, zt: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, unet: nn.Module | None = None, **_: Any
+    ) -> torch.Tensor:
         """The denoiser's output (the trained UNet unless ``unet`` is given)."""
         return (unet or self.unet)(x=zt, timesteps=t, class_labels=labels)
 
@@ -182,7 +184,9 @@ class DiffusionModule(StageModule):
         pred, target, _ = self.noisy_step(z0, batch["pni"], float(self.hparams.class_dropout))
         loss = self.loss(pred, target, batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage {self.stage}, step {self.global_step}: loss is {loss.item()} — lower the learning rate")
+            raise FloatingPointError(
+                f"stage {self.stage}, step {self.global_step}: loss is {loss.item()} — lower the learning rate"
+            )
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=z0.shape[0], sync_dist=True)
         return loss
 
@@ -223,8 +227,9 @@ class DiffusionModule(StageModule):
         """Record the scale factor and schedule in ``artifact.json`` (rank zero)."""
         dm = self.fold_data
         if self.trainer.is_global_zero and dm is not None:
-            dm.workspace.write_artifact(self.stage, dm.fold, scale_factor=float(self.scale_factor),
-                                        noise_schedule=self.noise_schedule.as_dict())
+            dm.workspace.write_artifact(
+                self.stage, dm.fold, scale_factor=float(self.scale_factor), noise_schedule=self.noise_schedule.as_dict()
+            )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The UNet's parameters (the EMA copy is updated by averaging, not by the optimizer)."""

@@ -9,10 +9,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from neonet.run.atomic import write_csv, write_json, write_text
 from neonet.data.patches import patch_records
 from neonet.gen.latents import build_latent_cache, read_fold
 from neonet.gen.upstream import load_autoencoder, require_checkpoint
+from neonet.run.atomic import write_csv, write_json, write_text
 from neonet.stage import FoldContext
 from neonet.workspace import Workspace
 
@@ -51,8 +51,13 @@ def stage_summary_rows(ws: Workspace, stage: str, folds: list[int]) -> pd.DataFr
     rows = []
     for k in folds:
         art = ws.read_artifact(stage, k) or {}
-        row: dict[str, Any] = {"fold": k, "monitor": art.get("monitor"), "best_score": art.get("best_score"),
-                               "epochs": art.get("epochs"), "global_step": art.get("global_step")}
+        row: dict[str, Any] = {
+            "fold": k,
+            "monitor": art.get("monitor"),
+            "best_score": art.get("best_score"),
+            "epochs": art.get("epochs"),
+            "global_step": art.get("global_step"),
+        }
         row.update({k2: v for k2, v in (art.get("evaluation") or {}).items()})
         row.update({f"final/{k2}": v for k2, v in (art.get("final_metrics") or {}).items() if k2.startswith("val/")})
         rows.append(row)
@@ -67,8 +72,10 @@ def write_stage_summary(ws: Workspace, stage: str, folds: list[int]) -> None:
     reports = ws.reports_dir
     write_csv(reports / f"{stage}_summary.csv", frame)
     numeric = frame.drop(columns=["fold"]).select_dtypes("number")
-    summary = {c: {"mean": float(numeric[c].mean()), "sd": float(numeric[c].std(ddof=1)) if len(numeric) > 1 else 0.0}
-               for c in numeric.columns}
+    summary = {
+        c: {"mean": float(numeric[c].mean()), "sd": float(numeric[c].std(ddof=1)) if len(numeric) > 1 else 0.0}
+        for c in numeric.columns
+    }
     write_json(reports / f"{stage}_summary.json", {"per_fold": frame.to_dict(orient="records"), "summary": summary})
     md = frame.to_markdown(index=False) if _has_tabulate() else frame.to_string(index=False)
     write_text(reports / f"{stage}_summary.md", f"# NeoGen {stage}: per fold\n\n{md}\n")
@@ -93,7 +100,8 @@ def autoencoder_after_fold(ctx: FoldContext) -> dict[str, Any]:
     log.info("fold %d: autoencoder best.ckpt on inner validation: %s", ctx.fold, evaluation)
     flips = margs.get("latent_flip_axes")
     out = build_latent_cache(
-        ctx.ws, ctx.fold,
+        ctx.ws,
+        ctx.fold,
         samples=int(margs.get("latent_samples") or 4),
         flip_axes=[0, 1] if flips is None else list(flips),
         force=False,

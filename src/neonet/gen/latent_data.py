@@ -96,8 +96,13 @@ class LatentDataModule(FoldDataModule):
             raise DataError(f"fold {self.fold}: the latent cache {self.workspace.latents_dir(self.fold)} has no training latents")
         self.train_ds = LatentDataset(cache, train, self.masks)
         self.val_ds = LatentDataset(cache, val or train[: self.val_batch_size], self.masks)
-        log.info("fold %d: %d training / %d validation latents of shape %s", self.fold, len(train), len(val),
-                 tuple(cache["z"].shape[1:]))
+        log.info(
+            "fold %d: %d training / %d validation latents of shape %s",
+            self.fold,
+            len(train),
+            len(val),
+            tuple(cache["z"].shape[1:]),
+        )
 
     def latent_shape(self) -> tuple[int, ...]:
         """(C, x, y, z) of the cached latents."""

@@ -32,12 +32,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from neonet.run.atomic import atomic_path, read_json, write_csv
 from neonet.data.patches import patch_records
 from neonet.data.splits import Fold, get_fold
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.gen.patch_data import load_patch
 from neonet.gen.upstream import cache_command, load_autoencoder, require_checkpoint, stage_command
+from neonet.run.atomic import atomic_path, read_json, write_csv
 from neonet.run.provenance import FileRecord, Provenance, UnreadableRecordError, differences, ensure_current, read_provenance
 from neonet.run.reload import safe_torch_load
 from neonet.workspace import Workspace
@@ -74,8 +74,10 @@ def _legacy_record(data: dict[str, Any], split: Fold, cache_path: Path) -> Prove
     inside = set(train) <= set(split.train) and set(val) <= set(split.val)
     ae = data.get("autoencoder_checkpoint") or {}
     return Provenance(
-        settings={**(data.get("settings") or {}),
-                  SPLIT: _split_setting(split) if inside else {"train": sorted(train), "val": sorted(val)}},
+        settings={
+            **(data.get("settings") or {}),
+            SPLIT: _split_setting(split) if inside else {"train": sorted(train), "val": sorted(val)},
+        },
         inputs={AUTOENCODER: FileRecord.from_json(ae)},
         outputs={CACHE: FileRecord(str(cache_path), data["cache_sha256"])} if data.get("cache_sha256") else {},
         extra={k: v for k, v in data.items() if k not in ("settings", "autoencoder_checkpoint", "cache_sha256")},
@@ -88,15 +90,22 @@ def read_cache_record(ws: Workspace, fold: int, split: Fold) -> Provenance | Non
     Raises:
         UnreadableRecordError: ``cache.json`` is truncated or corrupt.
     """
-    return read_provenance(ws.latent_record(fold), _what(fold),
-                           lambda data: _legacy_record(data, split, ws.latent_cache_file(fold)), cache_command(ws, fold))
+    return read_provenance(
+        ws.latent_record(fold),
+        _what(fold),
+        lambda data: _legacy_record(data, split, ws.latent_cache_file(fold)),
+        cache_command(ws, fold),
+    )
 
 
 def cache_meta(record: Provenance) -> dict[str, Any]:
     """The cache description the data modules record in their artifacts: the record's informational
     fields, the encoding ``settings`` and the ``autoencoder_checkpoint`` (path, sha256)."""
-    return {**record.extra, "settings": {k: v for k, v in record.settings.items() if k != SPLIT},
-            "autoencoder_checkpoint": record.inputs[AUTOENCODER].to_json() if AUTOENCODER in record.inputs else None}
+    return {
+        **record.extra,
+        "settings": {k: v for k, v in record.settings.items() if k != SPLIT},
+        "autoencoder_checkpoint": record.inputs[AUTOENCODER].to_json() if AUTOENCODER in record.inputs else None,
+    }
 
 
 def flip_variants(flip_axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -139,8 +148,12 @@ def build_latent_cache(
     out = ws.latents_dir(fold)
     ckpt = require_checkpoint(ws, "autoencoder", fold)
     split = read_fold(ws, fold)
-    settings = {"samples": int(samples), "flip_axes": sorted(int(a) for a in flip_axes), "seed": int(seed),
-                SPLIT: _split_setting(split)}
+    settings = {
+        "samples": int(samples),
+        "flip_axes": sorted(int(a) for a in flip_axes),
+        "seed": int(seed),
+        SPLIT: _split_setting(split),
+    }
     now = Provenance(settings, inputs={AUTOENCODER: FileRecord.of(ckpt)})
     meta_path, cache_path = ws.latent_record(fold), ws.latent_cache_file(fold)
     if not force:
@@ -180,13 +193,24 @@ def build_latent_cache(
         for j, (name, rec, axes) in enumerate(chunk):
             label_index = len(labels)
             labels.append(labs[j])
-            draws = [("mean", mu[j])] if name == "val" else [
-                (str(s), mu[j] + sigma[j] * torch.randn(mu[j].shape, generator=gen)) for s in range(int(samples))
-            ]
+            draws = (
+                [("mean", mu[j])]
+                if name == "val"
+                else [(str(s), mu[j] + sigma[j] * torch.randn(mu[j].shape, generator=gen)) for s in range(int(samples))]
+            )
             for tag, z in draws:
-                rows.append({"case_id": rec.case_id, "patient_id": rec.patient_id, "pni": -1 if rec.pni is None else rec.pni,
-                             "split": name, "flip": "".join(str(a) for a in axes) or "none", "sample": tag,
-                             "index": len(zs), "label_index": label_index})
+                rows.append(
+                    {
+                        "case_id": rec.case_id,
+                        "patient_id": rec.patient_id,
+                        "pni": -1 if rec.pni is None else rec.pni,
+                        "split": name,
+                        "flip": "".join(str(a) for a in axes) or "none",
+                        "sample": tag,
+                        "index": len(zs),
+                        "label_index": label_index,
+                    }
+                )
                 zs.append(z)
     if not zs:
         raise NeonetError(f"fold {fold}: no training patches to encode (see {ws.patches_manifest})")

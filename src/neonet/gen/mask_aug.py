@@ -87,8 +87,11 @@ def apply_params(label: np.ndarray, affine: np.ndarray, params: dict[str, Any]) 
             )
         )
     s = float(params["scale"])
-    transforms.append(tio.Affine(scales=(s, s, s), degrees=tuple(params["degrees"]), translation=tuple(params["translation_mm"]),
-                                 default_pad_label=0))
+    transforms.append(
+        tio.Affine(
+            scales=(s, s, s), degrees=tuple(params["degrees"]), translation=tuple(params["translation_mm"]), default_pad_label=0
+        )
+    )
     out = tio.Compose(transforms)(subject)["label"].data[0].numpy()
     out = out[tuple(slice(int(m), int(m) + int(n)) for m, n in zip(margin, shape))]
     for axis in params["flip"]:

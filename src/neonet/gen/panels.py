@@ -62,8 +62,9 @@ def save_grid(
                         ax.contour((lab == value).astype(float), levels=[0.5], colors=color, linewidths=0.6)
             if i == 0 and col_titles and j < len(col_titles):
                 ax.set_title(col_titles[j], fontsize=7)
-        axes[i][0].text(-0.08, 0.5, row_titles[i], transform=axes[i][0].transAxes, rotation=90, va="center",
-                        ha="right", fontsize=8)
+        axes[i][0].text(
+            -0.08, 0.5, row_titles[i], transform=axes[i][0].transAxes, rotation=90, va="center", ha="right", fontsize=8
+        )
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -138,9 +138,7 @@ class PatchDataModule(FoldDataModule):
         if stage in (None, "fit", "validate") and self.val_ds is None:
             records = self.val_records()
             if not records:
-                raise DataError(
-                    f"fold {self.fold}: no inner validation patches; raise --data.val_fraction or add cases"
-                )
+                raise DataError(f"fold {self.fold}: no inner validation patches; raise --data.val_fraction or add cases")
             self.val_ds = PatchDataset(records, self.with_label, None)
 
     def patch_shape(self) -> tuple[int, int, int]:
@@ -156,7 +154,11 @@ class PatchDataModule(FoldDataModule):
         assert self.train_ds is not None
         drop = self.drop_last(len(self.train_ds), self.batch_size)
         return DataLoader(
-            self.train_ds, batch_size=self.batch_size, shuffle=True, drop_last=drop, num_workers=self.num_workers,
+            self.train_ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=drop,
+            num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 

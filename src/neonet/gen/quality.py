@@ -37,7 +37,6 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from neonet.run.atomic import read_json, write_csv, write_text
 from neonet.data.nifti import load_nifti, read_array
 from neonet.data.patches import PATCH_LIVER, PATCH_TUMOR, patch_records
 from neonet.errors import MissingUpstreamError
@@ -46,6 +45,7 @@ from neonet.gen.latents import read_fold
 from neonet.gen.panels import save_grid
 from neonet.gen.patch_data import load_patch
 from neonet.gen.upstream import load_seg_network
+from neonet.run.atomic import read_json, write_csv, write_text
 from neonet.run.provenance import FileRecord, Provenance, UnreadableRecordError, differences, read_provenance
 from neonet.workspace import Workspace
 
@@ -62,9 +62,12 @@ class RandomConvFeatures(nn.Module):
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.body = nn.Sequential(
-                nn.Conv3d(1, 8, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-                nn.Conv3d(8, 16, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-                nn.Conv3d(16, 32, 3, stride=1, padding=1), nn.LeakyReLU(0.2),
+                nn.Conv3d(1, 8, 3, stride=2, padding=1),
+                nn.LeakyReLU(0.2),
+                nn.Conv3d(8, 16, 3, stride=2, padding=1),
+                nn.LeakyReLU(0.2),
+                nn.Conv3d(16, 32, 3, stride=1, padding=1),
+                nn.LeakyReLU(0.2),
             )
         self.eval()
 
@@ -126,8 +129,13 @@ def kid_with_baseline(f_syn: np.ndarray, f_real: np.ndarray, repeats: int = 50, 
         a, b = zr[perm[:n]], zr[perm[n : 2 * n]]
         syn_vals.append(kid(zs[rng.permutation(len(zs))[:n]], b))
         real_vals.append(kid(a, b))
-    return {"kid": float(np.mean(syn_vals)), "kid_sd": float(np.std(syn_vals)), "kid_real": float(np.mean(real_vals)),
-            "kid_real_sd": float(np.std(real_vals)), "kid_n": n}
+    return {
+        "kid": float(np.mean(syn_vals)),
+        "kid_sd": float(np.std(syn_vals)),
+        "kid_real": float(np.mean(real_vals)),
+        "kid_real_sd": float(np.std(real_vals)),
+        "kid_n": n,
+    }
 
 
 # ----------------------------------------------------------------------------- diversity, memorisation
@@ -257,18 +265,25 @@ def fold_quality(
         if row["neoseg_dice_real"] >= min_segmenter_dice:
             segmenter, d_real = seg_tumour, d_seg
         else:
-            segmenter.name = (f"intensity rule (the fold NeoSeg model reaches only tumour Dice "
-                              f"{row['neoseg_dice_real']:.2f} on real patches without whole-volume context)")
+            segmenter.name = (
+                f"intensity rule (the fold NeoSeg model reaches only tumour Dice "
+                f"{row['neoseg_dice_real']:.2f} on real patches without whole-volume context)"
+            )
     row["segmenter"] = segmenter.name
     d_syn = [dice(segmenter(s_img[i], s_lab[i]), s_lab[i] == PATCH_TUMOR) for i in range(len(s_img))]
     row["dice_synthetic"] = float(np.nanmean(d_syn))
     row["dice_real"] = float(np.nanmean(d_real))
-    per = pd.DataFrame({
-        "case_id": frame["case_id"], "source_case": frame["source_case"],
-        "nearest_real": [r_ids[j] for j in nearest], "nearest_corr": corr.max(1),
-        "nearest_is_source": [r_ids[j] == s for j, s in zip(nearest, frame["source_case"])],
-        "near_copy": corr.max(1) >= near_copy_threshold, "tumour_dice": d_syn,
-    })
+    per = pd.DataFrame(
+        {
+            "case_id": frame["case_id"],
+            "source_case": frame["source_case"],
+            "nearest_real": [r_ids[j] for j in nearest],
+            "nearest_corr": corr.max(1),
+            "nearest_is_source": [r_ids[j] == s for j, s in zip(nearest, frame["source_case"])],
+            "near_copy": corr.max(1) >= near_copy_threshold,
+            "tumour_dice": d_syn,
+        }
+    )
     n = min(6, len(s_img))
     pos = [i for i, it in enumerate(real_items) if it["pni"] == 1][:n] or list(range(min(n, len(r_img))))
     save_grid(
@@ -295,8 +310,11 @@ def _input_files(ws: Workspace, folds: list[int]) -> dict[str, Path]:
 def quality_inputs(ws: Workspace, folds: list[int], near_copy_threshold: float, min_segmenter_dice: float) -> Provenance:
     """The report's provenance now: its settings and the SHA-256 of every file of ``folds`` it depends
     on that exists (for :func:`quality_is_current`)."""
-    settings = {"folds": [int(k) for k in folds], "near_copy_threshold": near_copy_threshold,
-                "min_segmenter_dice": min_segmenter_dice}
+    settings = {
+        "folds": [int(k) for k in folds],
+        "near_copy_threshold": near_copy_threshold,
+        "min_segmenter_dice": min_segmenter_dice,
+    }
     return Provenance(settings, {name: FileRecord.of(path) for name, path in _input_files(ws, folds).items() if path.is_file()})
 
 
@@ -306,13 +324,16 @@ def _legacy_record(data: dict[str, Any], files: dict[str, Path]) -> Provenance:
     if not isinstance(old, dict):
         raise ValueError("no `inputs` of the report")
     digests = old.get("sha256") or {}
-    return Provenance({k: v for k, v in old.items() if k != "sha256"},
-                      {name: FileRecord(str(files.get(name, name)), str(d)) for name, d in digests.items() if d},
-                      extra={k: v for k, v in data.items() if k != "inputs"})
+    return Provenance(
+        {k: v for k, v in old.items() if k != "sha256"},
+        {name: FileRecord(str(files.get(name, name)), str(d)) for name, d in digests.items() if d},
+        extra={k: v for k, v in data.items() if k != "inputs"},
+    )
 
 
-def quality_is_current(ws: Workspace, folds: list[int], near_copy_threshold: float = 0.95,
-                       min_segmenter_dice: float = 0.5) -> bool:
+def quality_is_current(
+    ws: Workspace, folds: list[int], near_copy_threshold: float = 0.95, min_segmenter_dice: float = 0.5
+) -> bool:
     """True when ``reports/gen_quality.json`` was made from exactly the current inputs of ``folds``."""
     files = _input_files(ws, folds)
     try:
@@ -352,9 +373,25 @@ def quality_report(
     summary = {c: float(numeric[c].mean()) for c in numeric.columns}
     now = quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice)
     Provenance(now.settings, now.inputs, extra={"per_fold": table.to_dict(orient="records"), "mean": summary}).write(
-        ws.gen_quality_report())
-    cols = [c for c in ("fold", "n_synthetic", "ae_val_psnr", "kid", "kid_real", "ms_ssim_synthetic", "ms_ssim_real",
-                        "near_copies", "dice_synthetic", "dice_real", "neoseg_dice_real") if c in table.columns]
+        ws.gen_quality_report()
+    )
+    cols = [
+        c
+        for c in (
+            "fold",
+            "n_synthetic",
+            "ae_val_psnr",
+            "kid",
+            "kid_real",
+            "ms_ssim_synthetic",
+            "ms_ssim_real",
+            "near_copies",
+            "dice_synthetic",
+            "dice_real",
+            "neoseg_dice_real",
+        )
+        if c in table.columns
+    ]
     write_text(ws.gen_quality_report("md"), "# NeoGen synthetic patch quality\n\n" + table[cols].to_string(index=False) + "\n")
     log.info("NeoGen quality (%s):\n%s", ws.gen_quality_report("csv"), table[cols].to_string(index=False))
     from neonet.report.wandb_summary import log_cv_summary
@@ -384,7 +421,8 @@ def gen_quality(
         n = int(read_json(ws.splits_path)["folds"]) if ws.splits_path.is_file() else 0
         folds = [k for k in range(n) if ws.synthetic_manifest(k).is_file()]
     if not folds:
-        raise MissingUpstreamError("synthetic patches", ws.root / "synthetic",
-                                   f"neonet synthesize --experiment {experiment} --runs_dir {runs_dir}")
+        raise MissingUpstreamError(
+            "synthetic patches", ws.root / "synthetic", f"neonet synthesize --experiment {experiment} --runs_dir {runs_dir}"
+        )
     quality_report(ws, [int(k) for k in folds], near_copy_threshold, min_segmenter_dice)
     return 0

@@ -52,15 +52,21 @@ class NoiseSchedule:
     def ddpm(self) -> DDPMScheduler:
         """A DDPM scheduler (training noise and ancestral sampling), ``clip_sample=False``."""
         return DDPMScheduler(
-            num_train_timesteps=int(self.num_train_timesteps), schedule=self.schedule, clip_sample=False,
-            prediction_type=self.prediction_type, **self._args(),
+            num_train_timesteps=int(self.num_train_timesteps),
+            schedule=self.schedule,
+            clip_sample=False,
+            prediction_type=self.prediction_type,
+            **self._args(),
         )
 
     def ddim(self) -> DDIMScheduler:
         """A DDIM scheduler (fast deterministic or eta-stochastic sampling), ``clip_sample=False``."""
         return DDIMScheduler(
-            num_train_timesteps=int(self.num_train_timesteps), schedule=self.schedule, clip_sample=False,
-            prediction_type=self.prediction_type, **self._args(),
+            num_train_timesteps=int(self.num_train_timesteps),
+            schedule=self.schedule,
+            clip_sample=False,
+            prediction_type=self.prediction_type,
+            **self._args(),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -114,8 +120,9 @@ class Denoiser:
             down, mid = self.controlnet(
                 x=z, timesteps=t, controlnet_cond=cond, conditioning_scale=self.conditioning_scale, class_labels=labels
             )
-        return self.unet(x=z, timesteps=t, class_labels=labels, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid)
+        return self.unet(
+            x=z, timesteps=t, class_labels=labels, down_block_additional_residuals=down, mid_block_additional_residual=mid
+        )
 
     def __call__(self, z: torch.Tensor, t: int) -> torch.Tensor:
         ts = torch.full((z.shape[0],), int(t), device=z.device, dtype=torch.long)

@@ -30,7 +30,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from neonet.run.atomic import read_json, sha256_file, write_csv
 from neonet.data.nifti import save_nifti
 from neonet.data.patches import PatchRecord, patch_records
 from neonet.errors import DataError, NeonetError
@@ -41,6 +40,7 @@ from neonet.gen.mask_aug import MaskAugmentation, augment_mask, mask_digest
 from neonet.gen.patch_data import load_patch
 from neonet.gen.sampling import SAMPLERS, Denoiser, effective_steps, sample_latents
 from neonet.gen.upstream import load_autoencoder, require_checkpoint
+from neonet.run.atomic import read_json, sha256_file, write_csv
 from neonet.run.provenance import UNRECORDED, FileRecord, Provenance, check_current
 from neonet.run.reload import load_checkpoint_fold
 from neonet.workspace import Workspace
@@ -55,9 +55,26 @@ PATCH_MANIFEST = "patch manifest"
 RECORD_DEFAULTS = {PATCH_MANIFEST: UNRECORDED}
 #: Columns of ``synthetic/fold<k>/manifest.csv`` (paths relative to the manifest's folder).
 MANIFEST_COLUMNS = [
-    "case_id", "patient_id", "pni", "image", "label", "status", "synthetic", "fold", "source_case", "source_patient",
-    "seed", "mask_aug", "sampler", "steps", "eta", "guidance_scale", "conditioning_scale",
-    "autoencoder_sha256", "diffusion_sha256", "controlnet_sha256",
+    "case_id",
+    "patient_id",
+    "pni",
+    "image",
+    "label",
+    "status",
+    "synthetic",
+    "fold",
+    "source_case",
+    "source_patient",
+    "seed",
+    "mask_aug",
+    "sampler",
+    "steps",
+    "eta",
+    "guidance_scale",
+    "conditioning_scale",
+    "autoencoder_sha256",
+    "diffusion_sha256",
+    "controlnet_sha256",
 ]
 
 
@@ -100,14 +117,27 @@ class FoldGenerator:
         self.hashes["diffusion"] = record.get("sha256")
         current = ws.best_checkpoint("diffusion", fold)
         if current.is_file() and record.get("sha256") and sha256_file(current) != record["sha256"]:
-            log.warning("fold %d: %s changed after the ControlNet was trained; sampling uses the UNet stored in the "
-                        "ControlNet checkpoint (retrain the ControlNet to use the new diffusion model)", fold, current)
+            log.warning(
+                "fold %d: %s changed after the ControlNet was trained; sampling uses the UNet stored in the "
+                "ControlNet checkpoint (retrain the ControlNet to use the new diffusion model)",
+                fold,
+                current,
+            )
         self.checkpoints = {"autoencoder": str(ae_ckpt), "controlnet": str(cn_ckpt), "diffusion": record.get("path")}
         self.device = device
 
     @torch.no_grad()
-    def generate(self, mask: np.ndarray, seed: int, sampler: str, steps: int, eta: float,
-                 guidance_scale: float, conditioning_scale: float, latent_shape: tuple[int, ...]) -> np.ndarray:
+    def generate(
+        self,
+        mask: np.ndarray,
+        seed: int,
+        sampler: str,
+        steps: int,
+        eta: float,
+        guidance_scale: float,
+        conditioning_scale: float,
+        latent_shape: tuple[int, ...],
+    ) -> np.ndarray:
         """One PNI+ image patch (X, Y, Z) in [0, 1] that follows ``mask`` (reproducible from ``seed``)."""
         cond = label_onehot(torch.as_tensor(mask)[None]).to(self.device)
         labels = None
@@ -115,8 +145,15 @@ class FoldGenerator:
             labels = torch.full((1,), PNI_POSITIVE, dtype=torch.long, device=self.device)
         elif guidance_scale != 1.0:
             raise NeonetError("guidance_scale != 1 needs a class-conditioned diffusion model (num_classes)")
-        denoiser = Denoiser(self.unet, self.controlnet, cond, conditioning_scale, labels,
-                            None if self.num_classes is None else int(self.num_classes), guidance_scale)
+        denoiser = Denoiser(
+            self.unet,
+            self.controlnet,
+            cond,
+            conditioning_scale,
+            labels,
+            None if self.num_classes is None else int(self.num_classes),
+            guidance_scale,
+        )
         noise = torch.randn((1, *latent_shape), generator=torch.Generator().manual_seed(int(seed))).to(self.device)
         step_gen = torch.Generator(device=self.device).manual_seed(int(seed) + 1)  # DDPM / eta > 0 noise
         z = sample_latents(denoiser, self.schedule, noise, sampler, steps, eta, generator=step_gen)
@@ -142,8 +179,9 @@ def _legacy_record(data: dict[str, Any]) -> Provenance:
     """A ``synth_config.json`` of before :mod:`neonet.run.provenance`: the settings beside ``checkpoints``
     (paths) and ``sha256`` (hashes) of the autoencoder, ControlNet and diffusion model."""
     paths, hashes = data.get("checkpoints") or {}, data.get("sha256") or {}
-    inputs = {f"{name} checkpoint": FileRecord(str(paths.get(name)), str(hashes[name]))
-              for name in CHECKPOINTS if hashes.get(name)}
+    inputs = {
+        f"{name} checkpoint": FileRecord(str(paths.get(name)), str(hashes[name])) for name in CHECKPOINTS if hashes.get(name)
+    }
     return Provenance({k: v for k, v in data.items() if k not in ("checkpoints", "sha256")}, inputs)
 
 
@@ -152,8 +190,9 @@ def _latent_shape(gen: FoldGenerator, patch_shape: tuple[int, ...]) -> tuple[int
     return (int(gen.autoencoder.latent_channels), *[int(s) // factor for s in patch_shape])
 
 
-def synthesize_fold(ws: Workspace, fold: int, settings: dict[str, Any], aug: MaskAugmentation, device: torch.device,
-                    force: bool = False) -> pd.DataFrame:
+def synthesize_fold(
+    ws: Workspace, fold: int, settings: dict[str, Any], aug: MaskAugmentation, device: torch.device, force: bool = False
+) -> pd.DataFrame:
     """Write the synthetic patches of one fold; returns its manifest."""
     split = read_fold(ws, fold)
     train = patch_records(ws, split.train, require_pni=True)
@@ -167,14 +206,19 @@ def synthesize_fold(ws: Workspace, fold: int, settings: dict[str, Any], aug: Mas
     gen = FoldGenerator(ws, fold, device) if n_target else None
     record = _record(ws, dict(settings, fold=fold, n_synthetic=n_target), gen)
     cfg_path = ws.synthetic_config(fold)
-    stored = None if force else check_current(cfg_path, record, _what(fold), output=out, legacy=_legacy_record,
-                                              defaults=RECORD_DEFAULTS)
+    stored = (
+        None
+        if force
+        else check_current(cfg_path, record, _what(fold), output=out, legacy=_legacy_record, defaults=RECORD_DEFAULTS)
+    )
     if force and out.exists():
         shutil.rmtree(out)
     manifest_path = ws.synthetic_manifest(fold)
     previous = {}
     if manifest_path.is_file():
-        previous = {row["case_id"]: row for row in pd.read_csv(manifest_path, dtype=str, keep_default_na=False).to_dict("records")}
+        previous = {
+            row["case_id"]: row for row in pd.read_csv(manifest_path, dtype=str, keep_default_na=False).to_dict("records")
+        }
     if stored is None:  # a current record stays as it is (its hash is an input of the quality report)
         record.write(cfg_path)
     rows: list[dict[str, Any]] = []
@@ -199,19 +243,42 @@ def synthesize_fold(ws: Workspace, fold: int, settings: dict[str, Any], aug: Mas
         if old and old.get("source_case") == source.case_id and (out / image_rel).is_file() and (out / label_rel).is_file():
             rows.append(old)  # made by an earlier (interrupted) run with the same settings
             continue
-        image = gen.generate(mask, int(seq.generate_state(1)[0]), settings["sampler"], settings["steps"], settings["eta"],
-                             settings["guidance_scale"], settings["conditioning_scale"], latent_shape)
+        image = gen.generate(
+            mask,
+            int(seq.generate_state(1)[0]),
+            settings["sampler"],
+            settings["steps"],
+            settings["eta"],
+            settings["guidance_scale"],
+            settings["conditioning_scale"],
+            latent_shape,
+        )
         save_nifti(out / image_rel, image.astype(np.float32), item["affine"])
         save_nifti(out / label_rel, mask.astype(np.uint8), item["affine"])
-        rows.append({
-            "case_id": sid, "patient_id": source.patient_id, "pni": PNI_POSITIVE, "image": image_rel, "label": label_rel,
-            "status": "ok", "synthetic": True, "fold": fold, "source_case": source.case_id,
-            "source_patient": source.patient_id, "seed": int(seq.generate_state(1)[0]), "mask_aug": json.dumps(params),
-            "sampler": settings["sampler"], "steps": steps, "eta": settings["eta"],
-            "guidance_scale": settings["guidance_scale"], "conditioning_scale": settings["conditioning_scale"],
-            "autoencoder_sha256": gen.hashes["autoencoder"], "diffusion_sha256": gen.hashes["diffusion"],
-            "controlnet_sha256": gen.hashes["controlnet"],
-        })
+        rows.append(
+            {
+                "case_id": sid,
+                "patient_id": source.patient_id,
+                "pni": PNI_POSITIVE,
+                "image": image_rel,
+                "label": label_rel,
+                "status": "ok",
+                "synthetic": True,
+                "fold": fold,
+                "source_case": source.case_id,
+                "source_patient": source.patient_id,
+                "seed": int(seq.generate_state(1)[0]),
+                "mask_aug": json.dumps(params),
+                "sampler": settings["sampler"],
+                "steps": steps,
+                "eta": settings["eta"],
+                "guidance_scale": settings["guidance_scale"],
+                "conditioning_scale": settings["conditioning_scale"],
+                "autoencoder_sha256": gen.hashes["autoencoder"],
+                "diffusion_sha256": gen.hashes["diffusion"],
+                "controlnet_sha256": gen.hashes["controlnet"],
+            }
+        )
         write_csv(manifest_path, pd.DataFrame(rows, columns=MANIFEST_COLUMNS))  # an interrupted run keeps its work
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     write_csv(manifest_path, frame)
@@ -275,10 +342,22 @@ def synthesize(
         folds = list(range(n))
         if not folds:
             read_fold(ws, 0)  # raises MissingUpstreamError naming the command
-    settings = {"ratio": float(ratio), "sampler": sampler, "steps": int(steps), "eta": float(eta),
-                "guidance_scale": float(guidance_scale), "conditioning_scale": float(conditioning_scale), "seed": int(seed)}
-    aug = MaskAugmentation(tuple(int(a) for a in mask_flip_axes), float(mask_degrees), float(mask_scale),
-                           float(mask_translation_mm), float(mask_elastic_mm))
+    settings = {
+        "ratio": float(ratio),
+        "sampler": sampler,
+        "steps": int(steps),
+        "eta": float(eta),
+        "guidance_scale": float(guidance_scale),
+        "conditioning_scale": float(conditioning_scale),
+        "seed": int(seed),
+    }
+    aug = MaskAugmentation(
+        tuple(int(a) for a in mask_flip_axes),
+        float(mask_degrees),
+        float(mask_scale),
+        float(mask_translation_mm),
+        float(mask_elastic_mm),
+    )
     settings["mask_augmentation"] = aug.as_dict()
     settings["mask_augmentation"]["flip_axes"] = list(aug.flip_axes)
     dev = resolve_device(device)
@@ -288,8 +367,10 @@ def synthesize(
         from neonet.gen.quality import quality_is_current, quality_report
 
         if quality_is_current(ws, [int(k) for k in folds]):
-            log.info("quality report %s is up to date with these synthetic patches; `neonet gen-quality` recomputes it",
-                     ws.gen_quality_report())
+            log.info(
+                "quality report %s is up to date with these synthetic patches; `neonet gen-quality` recomputes it",
+                ws.gen_quality_report(),
+            )
         else:
             quality_report(ws, [int(k) for k in folds])
     return 0

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from neonet.run.atomic import write_csv
 from neonet.data.nifti import save_nifti
+from neonet.run.atomic import write_csv
 from neonet.workspace import Workspace
 
 
@@ -85,10 +85,20 @@ def write_toy_cohort(
         for base in (root / "data", ws.patches_dir):
             save_nifti(base / "images" / f"{cid}.nii.gz", image, affine)
             save_nifti(base / "labels" / f"{cid}.nii.gz", label, affine)
-        case_rows.append({"case_id": cid, "image": f"images/{cid}.nii.gz", "label": f"labels/{cid}.nii.gz",
-                          "pni": int(pni), "patient_id": cid})
-        patch_rows.append({"case_id": cid, "patient_id": cid, "pni": int(pni), "image": f"images/{cid}.nii.gz",
-                           "label": f"labels/{cid}.nii.gz", "source": "manual", "status": "ok"})
+        case_rows.append(
+            {"case_id": cid, "image": f"images/{cid}.nii.gz", "label": f"labels/{cid}.nii.gz", "pni": int(pni), "patient_id": cid}
+        )
+        patch_rows.append(
+            {
+                "case_id": cid,
+                "patient_id": cid,
+                "pni": int(pni),
+                "image": f"images/{cid}.nii.gz",
+                "label": f"labels/{cid}.nii.gz",
+                "source": "manual",
+                "status": "ok",
+            }
+        )
     cases_csv = write_csv(root / "data" / "cases.csv", pd.DataFrame(case_rows))
     write_csv(ws.patches_manifest, pd.DataFrame(patch_rows))
     return cases_csv

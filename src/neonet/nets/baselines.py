@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.networks.nets import ViT, resnet18
 from monai.networks.nets import DenseNet121 as MonaiDenseNet121
 from monai.networks.nets import SEResNet50 as MonaiSEResNet50
+from monai.networks.nets import ViT, resnet18
 from torch import nn
 
 __all__ = [
@@ -158,9 +158,7 @@ class DenseNet121Classifier(SqueezeLogit):
         dropout_prob: float = 0.0,
         pretrained_path: str | None = None,
     ) -> None:
-        net = MonaiDenseNet121(
-            spatial_dims=3, in_channels=in_channels, out_channels=num_classes, dropout_prob=dropout_prob
-        )
+        net = MonaiDenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, dropout_prob=dropout_prob)
         if pretrained_path:
             load_backbone_weights(net, pretrained_path, head_prefixes=("class_layers.out.",))
         super().__init__(net)
@@ -183,9 +181,7 @@ class SEResNet50Classifier(SqueezeLogit):
         dropout_prob: float | None = None,
         pretrained_path: str | None = None,
     ) -> None:
-        net = MonaiSEResNet50(
-            spatial_dims=3, in_channels=in_channels, num_classes=num_classes, dropout_prob=dropout_prob
-        )
+        net = MonaiSEResNet50(spatial_dims=3, in_channels=in_channels, num_classes=num_classes, dropout_prob=dropout_prob)
         if pretrained_path:
             load_backbone_weights(net, pretrained_path, head_prefixes=("last_linear.",))
         super().__init__(net)

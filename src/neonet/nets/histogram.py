@@ -39,8 +39,9 @@ class SoftHistogramPool3d(nn.Module):
             region).
     """
 
-    def __init__(self, channels: int, bins: int = 8, low: float = -2.0, high: float = 2.0,
-                 norm: Literal["batch", "region"] = "batch") -> None:
+    def __init__(
+        self, channels: int, bins: int = 8, low: float = -2.0, high: float = 2.0, norm: Literal["batch", "region"] = "batch"
+    ) -> None:
         super().__init__()
         if norm not in ("batch", "region"):
             raise ValueError(f"norm must be 'batch' or 'region', got {norm!r}")

@@ -68,11 +68,12 @@ class AutoencoderKLEncoder(nn.Module):
         self.spatial_dims = int(encoder.spatial_dims)
         self.quant_conv_mu: nn.Module | None = None
         if tap.startswith("level"):
-            level = int(tap[len("level"):])
+            level = int(tap[len("level") :])
             downsamples = [i for i, b in enumerate(blocks) if type(b).__name__.endswith("Downsample")]
             if len(downsamples) != levels - 1:
-                raise TypeError(f"unexpected AutoencoderKL encoder layout: {len(downsamples)} downsampling blocks "
-                                f"for {levels} levels")
+                raise TypeError(
+                    f"unexpected AutoencoderKL encoder layout: {len(downsamples)} downsampling blocks for {levels} levels"
+                )
             if level < levels - 1:
                 end = downsamples[level]
             else:  # the last level's blocks, without the non-local (mid) blocks that follow them
@@ -245,11 +246,15 @@ class PattenNet(nn.Module):
         w = None if label is None else self.region_weights(label, feats.shape[2:]).to(feats.dtype)
         parts = []
         if self.pool_mode in ("avg", "avgmax", "avgmaxhist"):
-            parts.append(feats.mean(dim=(2, 3, 4)) if w is None
-                         else (feats * w).sum(dim=(2, 3, 4)) / w.sum(dim=(2, 3, 4)).clamp_min(1e-6))
+            parts.append(
+                feats.mean(dim=(2, 3, 4)) if w is None else (feats * w).sum(dim=(2, 3, 4)) / w.sum(dim=(2, 3, 4)).clamp_min(1e-6)
+            )
         if self.pool_mode in ("max", "avgmax", "avgmaxhist"):
-            parts.append(feats.amax(dim=(2, 3, 4)) if w is None
-                         else feats.masked_fill(w <= 0, torch.finfo(feats.dtype).min).amax(dim=(2, 3, 4)))
+            parts.append(
+                feats.amax(dim=(2, 3, 4))
+                if w is None
+                else feats.masked_fill(w <= 0, torch.finfo(feats.dtype).min).amax(dim=(2, 3, 4))
+            )
         if self.histogram is not None:
             parts.append(self.histogram(feats, w))
         return torch.cat(parts, dim=1)

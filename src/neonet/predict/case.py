@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from neonet import __version__
-from neonet.run.atomic import write_json
 from neonet.data.cases import LIVER, TUMOR, LabelMap
 from neonet.data.nifti import load_nifti, read_array, save_nifti
-from neonet.predict.ensemble import train_command, trained_folds
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
+from neonet.predict.ensemble import train_command, trained_folds
+from neonet.run.atomic import write_json
 from neonet.run.reload import TrainedFold, load_trained_fold
 from neonet.workspace import Workspace, git_sha
 
@@ -62,10 +62,16 @@ def crop_settings(ws: Workspace) -> dict[str, Any]:
     if record is None:
         raise MissingUpstreamError("the experiment's TLCR settings", path, train_command(ws, "crop", verb="crop"))
     cfg = record.settings
-    return {"spacing": tuple(float(s) for s in cfg["spacing"]), "patch_size": tuple(int(p) for p in cfg["patch_size"]),
-            "shell_mm": float(cfg["shell_mm"]), "source": cfg.get("source"), "config": str(path),
-            "liver_level": None if cfg.get("liver_level") is None else float(cfg["liver_level"]),
-            "liver_region": cfg.get("liver_region") or "volume", "shell_region": cfg.get("shell_region") or "all"}
+    return {
+        "spacing": tuple(float(s) for s in cfg["spacing"]),
+        "patch_size": tuple(int(p) for p in cfg["patch_size"]),
+        "shell_mm": float(cfg["shell_mm"]),
+        "source": cfg.get("source"),
+        "config": str(path),
+        "liver_level": None if cfg.get("liver_level") is None else float(cfg["liver_level"]),
+        "liver_region": cfg.get("liver_region") or "volume",
+        "shell_region": cfg.get("shell_region") or "all",
+    }
 
 
 def resolve_device(device: str) -> torch.device:
@@ -93,8 +99,10 @@ def segment(image: Path, models: list[TrainedFold], out_dir: Path, device: torch
 
     grids = {(tuple(m.data.spacing), int(m.data.divisible)) for m in models}
     if len(grids) > 1:
-        raise NeonetError(f"the seg folds were trained on different grids (spacing, divisible) {sorted(grids)}; "
-                          "pick folds of one config with --folds")
+        raise NeonetError(
+            f"the seg folds were trained on different grids (spacing, divisible) {sorted(grids)}; "
+            "pick folds of one config with --folds"
+        )
     min_voxels = {int(m.module.hparams.min_tumor_voxels) for m in models}
     if len(min_voxels) > 1:
         log.warning("seg folds differ in min_tumor_voxels %s; the ensemble uses %d", sorted(min_voxels), max(min_voxels))
@@ -121,7 +129,9 @@ def write_given_mask(mask: Path, reference: nib.Nifti1Image, out_dir: Path) -> P
     """Copy a user's mask (0 background, 1 liver, 2 tumour, nothing else) as the segmentation."""
     img = load_nifti(mask)
     if img.shape[:3] != reference.shape[:3] or not np.allclose(img.affine, reference.affine, atol=1e-3):
-        raise DataError(f"{mask}: the mask's grid {img.shape} does not match the image's {reference.shape} (shape and affine must agree)")
+        raise DataError(
+            f"{mask}: the mask's grid {img.shape} does not match the image's {reference.shape} (shape and affine must agree)"
+        )
     raw = np.rint(np.asarray(read_array(img, mask), dtype=np.float64))
     unknown = sorted(set(np.unique(raw).tolist()) - {0.0, float(LIVER), float(TUMOR)})
     if unknown:
@@ -187,8 +197,10 @@ def _message(result: Any, seg_from: str, liver_ml: float, probs: dict[str, float
         what = "no liver and no tumour" if result.status == "no_liver_no_tumor" else f"no tumour (liver {liver_ml:.0f} ml)"
         if seg_from.startswith("the given mask"):
             return f"NO TUMOUR FOUND: {seg_from} has {what}, so no PNI prediction was made."
-        return (f"NO TUMOUR FOUND: {seg_from} found {what} in this scan, so no PNI prediction was made. "
-                "Check that it is a contrast-enhanced liver MRI like the training cohort, or give a mask with --mask.")
+        return (
+            f"NO TUMOUR FOUND: {seg_from} found {what} in this scan, so no PNI prediction was made. "
+            "Check that it is a contrast-enhanced liver MRI like the training cohort, or give a mask with --mask."
+        )
     text = f"tumour found: {result.n_tumors} component(s), largest {result.tumor_volume_ml:.1f} ml"
     if not probs:
         return text + f"; no classifier run (--classifier {classifier})"
@@ -200,8 +212,10 @@ def _warnings(result: Any) -> list[str]:
     if result.fits is False:
         out.append(f"the largest tumour does not fit entirely in the {'x'.join(map(str, result.patch_size))} patch")
     if result.n_tumors >= FRAGMENTED:
-        out.append(f"{result.n_tumors} separate tumour components: the segmentation may be unreliable on this scan "
-                   "(check overlay.png and segmentation.nii.gz)")
+        out.append(
+            f"{result.n_tumors} separate tumour components: the segmentation may be unreliable on this scan "
+            "(check overlay.png and segmentation.nii.gz)"
+        )
     return out
 
 
@@ -255,8 +269,10 @@ def predict_case(
         raise NeonetError(f"experiment {experiment!r} not found at {ws.root} (experiments in {runs_dir}: {known or 'none'})")
     seg_folds = None if mask is not None else trained_folds(ws, "seg", folds)
     crop = crop_settings(ws)
-    cls_folds = None if classifier == "none" else trained_folds(
-        ws, classifier, folds, hint="\nor stop after segmentation and TLCR: --classifier none"
+    cls_folds = (
+        None
+        if classifier == "none"
+        else trained_folds(ws, classifier, folds, hint="\nor stop after segmentation and TLCR: --classifier none")
     )
     out_dir = Path(out) if out is not None else ws.root / "predict_case" / image_name(image)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -285,8 +301,17 @@ def predict_case(
     from neonet.seg.tlcr import patch_affine, tlcr
 
     image_c, mask_c, affine_c = load_case(image, seg_path, crop["spacing"], LabelMap())
-    result = tlcr(image_c, mask_c, crop["spacing"], patch_size=crop["patch_size"], shell_mm=crop["shell_mm"], no_tumor="skip",
-                  liver_level=crop["liver_level"], liver_region=crop["liver_region"], shell_region=crop["shell_region"])
+    result = tlcr(
+        image_c,
+        mask_c,
+        crop["spacing"],
+        patch_size=crop["patch_size"],
+        shell_mm=crop["shell_mm"],
+        no_tumor="skip",
+        liver_level=crop["liver_level"],
+        liver_region=crop["liver_region"],
+        shell_region=crop["shell_region"],
+    )
     probs: dict[str, float] = {}
     thresholds: dict[str, float] = {}
     saliency_c: np.ndarray | None = None
@@ -306,18 +331,25 @@ def predict_case(
         if cls_folds is not None:
             # 3. classifier folds + Grad-CAM
             models = [load_trained_fold(ws, classifier, k) for k in cls_folds]
-            probs, thresholds, heat, layer = classify(patch_path, models, dev, saliency_layer,
-                                                      label=out_dir / OUTPUTS["patch_label"])
-            cls_record = {"stage": classifier, "folds": cls_folds,
-                          "checkpoints": [ws.checkpoint_record(m.checkpoint) for m in models]}
+            probs, thresholds, heat, layer = classify(
+                patch_path, models, dev, saliency_layer, label=out_dir / OUTPUTS["patch_label"]
+            )
+            cls_record = {
+                "stage": classifier,
+                "folds": cls_folds,
+                "checkpoints": [ws.checkpoint_record(m.checkpoint) for m in models],
+            }
             if heat is None:
                 saliency_record = {"error": layer}
             else:
                 sal = patch_to_image(heat, p_affine, src.shape, src.affine)
                 outputs["saliency"] = str(save_nifti(out_dir / OUTPUTS["saliency"], sal, src.affine))
                 saliency_c = patch_to_image(heat, p_affine, image_c.shape, affine_c)
-                saliency_record = {"method": "Grad-CAM (monai.visualize.GradCAM) of the PNI+ logit", "layer": layer,
-                                   "scaling": "each fold's map divided by its maximum, then averaged over the folds"}
+                saliency_record = {
+                    "method": "Grad-CAM (monai.visualize.GradCAM) of the PNI+ logit",
+                    "layer": layer,
+                    "scaling": "each fold's map divided by its maximum, then averaged over the folds",
+                }
             del models
 
     # 4. overlay, then the JSON (last: its presence means the folder is complete)
@@ -326,9 +358,12 @@ def predict_case(
     message = _message(result, seg_from, liver_ml, probs, classifier)
     mean = float(np.mean(list(probs.values()))) if probs else None
     title = f"{image_name(image)}: " + (f"PNI probability {mean:.2f}" if mean is not None else message.split(":")[0])
-    outputs["overlay"] = str(write_overlay(out_dir / OUTPUTS["overlay"], image_c, mask_c, crop["spacing"], result.box,
-                                           saliency_c, title))
-    box = None if result.box is None else {k: [int(v) for v in result.box[k]] for k in ("start", "stop", "pad_before", "pad_after")}
+    outputs["overlay"] = str(
+        write_overlay(out_dir / OUTPUTS["overlay"], image_c, mask_c, crop["spacing"], result.box, saliency_c, title)
+    )
+    box = (
+        None if result.box is None else {k: [int(v) for v in result.box[k]] for k in ("start", "stop", "pad_before", "pad_after")}
+    )
     record: dict[str, Any] = {
         "image": str(image.resolve()),
         "experiment": experiment,
@@ -344,13 +379,22 @@ def predict_case(
         "crop_box": box,
         "crop_box_input_voxels": box_input,
         "warnings": _warnings(result),
-        "crop": {"status": result.status, "grid": "canonical RAS grid at the crop spacing (as neonet crop)",
-                 "grid_affine": affine_c.tolist(), "grid_shape": list(image_c.shape),
-                 "centroid_voxel": None if result.centroid is None else [round(c, 3) for c in result.centroid],
-                 "fits": result.fits, "spacing": list(crop["spacing"]), "patch_size": list(crop["patch_size"]),
-                 "shell_mm": crop["shell_mm"], "liver_level": crop["liver_level"],
-                 "intensity_scale": round(float(result.intensity_scale), 6),
-                 "intensity_reference": result.intensity_reference, "settings": crop["config"], "training_patches_from": crop["source"]},
+        "crop": {
+            "status": result.status,
+            "grid": "canonical RAS grid at the crop spacing (as neonet crop)",
+            "grid_affine": affine_c.tolist(),
+            "grid_shape": list(image_c.shape),
+            "centroid_voxel": None if result.centroid is None else [round(c, 3) for c in result.centroid],
+            "fits": result.fits,
+            "spacing": list(crop["spacing"]),
+            "patch_size": list(crop["patch_size"]),
+            "shell_mm": crop["shell_mm"],
+            "liver_level": crop["liver_level"],
+            "intensity_scale": round(float(result.intensity_scale), 6),
+            "intensity_reference": result.intensity_reference,
+            "settings": crop["config"],
+            "training_patches_from": crop["source"],
+        },
         "segmentation": seg_record,
         "classifier": cls_record,
         "saliency": saliency_record,

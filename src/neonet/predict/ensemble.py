@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neonet.run.atomic import read_json
 from neonet.errors import MissingUpstreamError, NeonetError
+from neonet.run.atomic import read_json
 from neonet.run.reload import TrainedFold, load_trained_fold
 from neonet.workspace import Workspace
 
@@ -59,9 +59,11 @@ def trained_folds(ws: Workspace, stage: str, folds: list[int] | None = None, hin
 
     def usable(k: int) -> bool:
         art = ws.read_artifact(stage, k) or {}
-        return art.get("status") in USABLE_STATUSES and ws.best_checkpoint(stage, k).is_file() and (
-            ws.config_path(stage, k)
-        ).is_file()
+        return (
+            art.get("status") in USABLE_STATUSES
+            and ws.best_checkpoint(stage, k).is_file()
+            and (ws.config_path(stage, k)).is_file()
+        )
 
     missing = [k for k in folds if not usable(k)]
     if missing:

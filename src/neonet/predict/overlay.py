@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neonet.run.atomic import atomic_path
 from neonet.data.cases import LIVER, TUMOR
+from neonet.run.atomic import atomic_path
 
 #: (name, axis cut, horizontal axis, vertical axis, flip horizontally)
 VIEWS = (("axial", 2, 0, 1, True), ("coronal", 1, 0, 2, True), ("sagittal", 0, 1, 2, False))
@@ -74,12 +74,29 @@ def write_overlay(
                 if region.any() and not region.all():
                     ax.contour(region.astype(float), levels=[0.5], colors=colour, linewidths=0.8)
             if box is not None:
-                ax.add_patch(Rectangle((box["start"][h] - 0.5, box["start"][v] - 0.5), box["stop"][h] - box["start"][h],
-                                       box["stop"][v] - box["start"][v], fill=False, edgecolor="yellow", linestyle="--", linewidth=0.8))
+                ax.add_patch(
+                    Rectangle(
+                        (box["start"][h] - 0.5, box["start"][v] - 0.5),
+                        box["stop"][h] - box["start"][h],
+                        box["stop"][v] - box["start"][v],
+                        fill=False,
+                        edgecolor="yellow",
+                        linestyle="--",
+                        linewidth=0.8,
+                    )
+                )
             if row == 1 and sal is not None:
                 shown = np.ma.masked_less_equal(sal, 0.05)
-                handle = ax.imshow(shown, cmap="inferno", origin="lower", vmin=0, vmax=1, alpha=0.55,
-                                   aspect=spacing[v] / spacing[h], interpolation="bilinear")
+                handle = ax.imshow(
+                    shown,
+                    cmap="inferno",
+                    origin="lower",
+                    vmin=0,
+                    vmax=1,
+                    alpha=0.55,
+                    aspect=spacing[v] / spacing[h],
+                    interpolation="bilinear",
+                )
                 if col == 2:
                     fig.colorbar(handle, ax=ax, fraction=0.046, pad=0.04, label="Grad-CAM")
             ax.set_xlim(img.shape[1] - 0.5, -0.5) if flip else ax.set_xlim(-0.5, img.shape[1] - 0.5)

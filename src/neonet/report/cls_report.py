@@ -35,13 +35,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neonet.run.atomic import read_json, write_csv, write_json, write_text
 from neonet.cls.module import REAL, SYNTHETIC
 from neonet.errors import NeonetError
-from neonet.report.stats import auc, binary_metrics, bootstrap_auc_ci, delong_ci, delong_test, log_odds
+from neonet.report.stats import binary_metrics, bootstrap_auc_ci, delong_ci, delong_test, log_odds
+from neonet.run.atomic import read_json, write_csv, write_json, write_text
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
+
 
 def identity_of(ws: Workspace, stage: str) -> tuple[str, str]:
     """(model name, variant) of a classifier stage, from its folds' ``artifact.json``.
@@ -55,13 +56,19 @@ def identity_of(ws: Workspace, stage: str) -> tuple[str, str]:
         if isinstance(record, dict) and record.get("model") and record.get("variant"):
             found.add((str(record["model"]), str(record["variant"])))
     if len(found) > 1:
-        raise NeonetError(f"stage {stage}: its folds record different models or variants {sorted(found)}; "
-                          f"re-train the stage with `neonet cv ... --force`")
+        raise NeonetError(
+            f"stage {stage}: its folds record different models or variants {sorted(found)}; "
+            f"re-train the stage with `neonet cv ... --force`"
+        )
     if found:
         return found.pop()
     legacy = (stage.split("_syn")[0], SYNTHETIC if "_syn" in stage else REAL)
-    log.info("stage %s: no classifier record in its artifact.json (trained before neonet recorded it); "
-             "read by its name as model %s, %s", stage, *legacy)
+    log.info(
+        "stage %s: no classifier record in its artifact.json (trained before neonet recorded it); "
+        "read by its name as model %s, %s",
+        stage,
+        *legacy,
+    )
     return legacy
 
 
@@ -85,8 +92,10 @@ def load_predictions(ws: Workspace, stages: list[str]) -> pd.DataFrame:
     for stage in stages:
         model, variant = identity_of(ws, stage)
         if (model, variant) in seen:
-            raise NeonetError(f"stages {seen[(model, variant)]} and {stage} are both model {model!r}, {variant}: give one "
-                              "of them its own --model.model_name (or compare them in separate reports with --stages)")
+            raise NeonetError(
+                f"stages {seen[(model, variant)]} and {stage} are both model {model!r}, {variant}: give one "
+                "of them its own --model.model_name (or compare them in separate reports with --stages)"
+            )
         seen[(model, variant)] = stage
         files = [ws.test_predictions(stage, k) for k in ws.stage_folds(stage) if ws.test_predictions(stage, k).is_file()]
         if not files:
@@ -139,18 +148,30 @@ def per_fold_table(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (stage, fold), part in frame.groupby(["stage", "fold"], sort=False):
         logits, y = log_odds(part["prob"]), part["y_true"].to_numpy(int)
-        medians = {f"logit_median_{name}": float(np.median(logits[y == v])) if (y == v).any() else math.nan
-                   for name, v in (("neg", 0), ("pos", 1))}
-        rows.append({"stage": stage, "model": part["model"].iloc[0], "variant": part["variant"].iloc[0], "fold": int(fold),
-                     "threshold_youden_val": float(part["threshold_youden_val"].iloc[0]), **_metrics(part), **medians})
+        medians = {
+            f"logit_median_{name}": float(np.median(logits[y == v])) if (y == v).any() else math.nan
+            for name, v in (("neg", 0), ("pos", 1))
+        }
+        rows.append(
+            {
+                "stage": stage,
+                "model": part["model"].iloc[0],
+                "variant": part["variant"].iloc[0],
+                "fold": int(fold),
+                "threshold_youden_val": float(part["threshold_youden_val"].iloc[0]),
+                **_metrics(part),
+                **medians,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def clusters_of(splits: dict[str, Any]) -> dict[str, str] | None:
     """case_id -> resampling cluster (its ``group``, else its patient), or None when every cluster is one case."""
     records = splits.get("cases", {})
-    clusters = {cid: f"group:{r['group']}" if r.get("group") else f"patient:{r.get('patient_id', cid)}"
-                for cid, r in records.items()}
+    clusters = {
+        cid: f"group:{r['group']}" if r.get("group") else f"patient:{r.get('patient_id', cid)}" for cid, r in records.items()
+    }
     return clusters if len(set(clusters.values())) < len(clusters) else None
 
 
@@ -159,14 +180,21 @@ def cluster_array(case_ids: pd.Series, clusters: dict[str, str] | None) -> np.nd
     return None if clusters is None else case_ids.map(lambda c: clusters.get(c, f"case:{c}")).to_numpy()
 
 
-def summary_table(frame: pd.DataFrame, folds: pd.DataFrame, n_boot: int, alpha: float, seed: int, n_folds: int | None,
-                  clusters: dict[str, str] | None = None) -> pd.DataFrame:
+def summary_table(
+    frame: pd.DataFrame,
+    folds: pd.DataFrame,
+    n_boot: int,
+    alpha: float,
+    seed: int,
+    n_folds: int | None,
+    clusters: dict[str, str] | None = None,
+) -> pd.DataFrame:
     """Per stage: fold mean ± sd, pooled out-of-fold AUC with bootstrap and DeLong CIs, pooled metrics.
 
     ``clusters`` (case_id -> cluster) switches the bootstrap to resampling whole clusters.
     """
-    from torchmetrics.functional.classification import binary_calibration_error
     import torch
+    from torchmetrics.functional.classification import binary_calibration_error
 
     rows = []
     for stage, part in frame.groupby("stage", sort=False):
@@ -180,16 +208,28 @@ def summary_table(frame: pd.DataFrame, folds: pd.DataFrame, n_boot: int, alpha: 
         except ValueError:
             dlo = dhi = math.nan
         ece = float(binary_calibration_error(torch.tensor(p), torch.tensor(y), n_bins=10))
-        rows.append({
-            "stage": stage, "model": part["model"].iloc[0], "variant": part["variant"].iloc[0],
-            "folds": int(f["fold"].nunique()), "folds_expected": n_folds,
-            "n": pooled["n"], "n_pos": pooled["n_pos"],
-            "auc_mean": float(f["auc"].mean()), "auc_sd": float(f["auc"].std(ddof=1)) if len(f) > 1 else math.nan,
-            "auc_pooled": pooled["auc"], "auc_ci_lo": lo, "auc_ci_hi": hi, "auc_delong_lo": dlo, "auc_delong_hi": dhi,
-            "ap_pooled": pooled["ap"],
-            **{k: pooled[k] for k in pooled if k.endswith(("_youden", "_05"))},
-            "brier": pooled["brier"], "ece": ece,
-        })
+        rows.append(
+            {
+                "stage": stage,
+                "model": part["model"].iloc[0],
+                "variant": part["variant"].iloc[0],
+                "folds": int(f["fold"].nunique()),
+                "folds_expected": n_folds,
+                "n": pooled["n"],
+                "n_pos": pooled["n_pos"],
+                "auc_mean": float(f["auc"].mean()),
+                "auc_sd": float(f["auc"].std(ddof=1)) if len(f) > 1 else math.nan,
+                "auc_pooled": pooled["auc"],
+                "auc_ci_lo": lo,
+                "auc_ci_hi": hi,
+                "auc_delong_lo": dlo,
+                "auc_delong_hi": dhi,
+                "ap_pooled": pooled["ap"],
+                **{k: pooled[k] for k in pooled if k.endswith(("_youden", "_05"))},
+                "brier": pooled["brier"],
+                "ece": ece,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -203,8 +243,12 @@ def delong_table(frame: pd.DataFrame, reference: str, clusters: dict[str, str] |
     model, variant = ident["model"].to_dict(), ident["variant"].to_dict()
     refs = [s for s in stages if model[s] == reference]
     pairs = [(r, b, "reference vs baseline") for r in refs for b in stages if model[b] != reference]
-    pairs += [(s, r, "synthetic vs real only") for s in stages for r in stages
-              if variant[s] == SYNTHETIC and variant[r] == REAL and model[s] == model[r]]
+    pairs += [
+        (s, r, "synthetic vs real only")
+        for s in stages
+        for r in stages
+        if variant[s] == SYNTHETIC and variant[r] == REAL and model[s] == model[r]
+    ]
     rows = []
     for a, b, kind in pairs:
         pa = frame[frame["stage"] == a][["case_id", "y_true", "prob"]]
@@ -232,7 +276,9 @@ def ablation_table(summary: pd.DataFrame) -> pd.DataFrame:
             hit = part[part["variant"] == variant]
             if len(hit):
                 r = hit.iloc[0]
-                row[variant] = f"{r.auc_pooled:.3f} [{r.auc_ci_lo:.3f}, {r.auc_ci_hi:.3f}]; folds {r.auc_mean:.3f} ± {r.auc_sd:.3f}"
+                row[variant] = (
+                    f"{r.auc_pooled:.3f} [{r.auc_ci_lo:.3f}, {r.auc_ci_hi:.3f}]; folds {r.auc_mean:.3f} ± {r.auc_sd:.3f}"
+                )
                 row[f"auc_pooled ({variant})"] = r.auc_pooled
             else:
                 row[variant] = "not run"
@@ -242,6 +288,7 @@ def ablation_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
     """A DataFrame as a GitHub markdown table."""
+
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return "—" if math.isnan(v) else format(v, floatfmt)
@@ -283,7 +330,9 @@ def report(
     ws = Workspace(runs_dir, experiment)
     stages = list(stages) if stages else discover_stages(ws)
     if not stages:
-        raise NeonetError(f"no test predictions under {ws.root}/<stage>/fold<k>/: run `neonet cv` for a classification stage first")
+        raise NeonetError(
+            f"no test predictions under {ws.root}/<stage>/fold<k>/: run `neonet cv` for a classification stage first"
+        )
     ident = {s: identity_of(ws, s) for s in stages}
     stages = sorted(stages, key=lambda s: (ident[s][0] != reference, ident[s][1] != REAL, s))
     splits = read_json(ws.splits_path) if ws.splits_path.exists() else {}
@@ -298,7 +347,9 @@ def report(
     ablation = ablation_table(summary)
     for row in summary.itertuples():
         if n_folds is not None and row.folds < n_folds:
-            log.warning("stage %s has predictions for %d of %d folds: its pooled AUC covers only those", row.stage, row.folds, n_folds)
+            log.warning(
+                "stage %s has predictions for %d of %d folds: its pooled AUC covers only those", row.stage, row.folds, n_folds
+            )
 
     out = ws.reports_dir
     from neonet.cls.plots import plot_calibration, plot_fold_scores, plot_roc_pooled, plot_roc_stage
@@ -308,50 +359,107 @@ def report(
     ci = {r.stage: (r.auc_ci_lo, r.auc_ci_hi) for r in summary.itertuples()}
     images["roc_pooled"] = plot_roc_pooled(frame, out / "roc_pooled.png", ci)
     images["calibration"] = plot_calibration(frame, out / "calibration.png", calibration_bins)
-    tables = {"cls_summary": summary, "cls_per_fold": folds, "cls_delong": delong, "cls_ablation": ablation,
-              "cls_oof_predictions": frame}
+    tables = {
+        "cls_summary": summary,
+        "cls_per_fold": folds,
+        "cls_delong": delong,
+        "cls_ablation": ablation,
+        "cls_oof_predictions": frame,
+    }
     for name, table in tables.items():
         write_csv(out / f"{name}.csv", table)
     doc = {
-        "experiment": experiment, "stages": stages, "reference": reference, "folds": n_folds,
-        "settings": {"n_boot": n_boot, "alpha": alpha, "seed": seed, "bootstrap": bootstrap,
-                     "delong_variance": delong_variance, "threshold": "Youden on each fold's inner validation split"},
-        "summary": summary.to_dict("records"), "per_fold": folds.to_dict("records"),
-        "delong": delong.to_dict("records"), "ablation": ablation.to_dict("records"),
+        "experiment": experiment,
+        "stages": stages,
+        "reference": reference,
+        "folds": n_folds,
+        "settings": {
+            "n_boot": n_boot,
+            "alpha": alpha,
+            "seed": seed,
+            "bootstrap": bootstrap,
+            "delong_variance": delong_variance,
+            "threshold": "Youden on each fold's inner validation split",
+        },
+        "summary": summary.to_dict("records"),
+        "per_fold": folds.to_dict("records"),
+        "delong": delong.to_dict("records"),
+        "ablation": ablation.to_dict("records"),
         "figures": {k: str(v) for k, v in images.items()},
     }
     write_json(out / "cls_report.json", doc)
     write_text(out / "cls_report.md", _markdown_report(doc, summary, folds, delong, ablation, alpha))
-    log.info("classification report: %s\n%s", out / "cls_report.md", markdown(summary[["stage", "folds", "n", "auc_mean", "auc_sd", "auc_pooled", "auc_ci_lo", "auc_ci_hi"]]))
+    log.info(
+        "classification report: %s\n%s",
+        out / "cls_report.md",
+        markdown(summary[["stage", "folds", "n", "auc_mean", "auc_sd", "auc_pooled", "auc_ci_lo", "auc_ci_hi"]]),
+    )
     if log_wandb:
         from neonet.report.wandb_summary import log_cv_summary
 
-        numbers = {f"{r.stage}/{k}": float(getattr(r, k)) for r in summary.itertuples()
-                   for k in ("auc_pooled", "auc_ci_lo", "auc_ci_hi", "auc_mean", "auc_sd")}
+        numbers = {
+            f"{r.stage}/{k}": float(getattr(r, k))
+            for r in summary.itertuples()
+            for k in ("auc_pooled", "auc_ci_lo", "auc_ci_hi", "auc_mean", "auc_sd")
+        }
         log_cv_summary(ws, "cls", {k: v for k, v in tables.items() if k != "cls_oof_predictions"}, numbers, images)
     return doc
 
 
-def _markdown_report(doc: dict[str, Any], summary: pd.DataFrame, folds: pd.DataFrame, delong: pd.DataFrame,
-                     ablation: pd.DataFrame, alpha: float) -> str:
+def _markdown_report(
+    doc: dict[str, Any], summary: pd.DataFrame, folds: pd.DataFrame, delong: pd.DataFrame, ablation: pd.DataFrame, alpha: float
+) -> str:
     level = round(100 * (1 - alpha))
-    main_cols = ["stage", "folds", "n", "n_pos", "auc_mean", "auc_sd", "auc_pooled", "auc_ci_lo", "auc_ci_hi",
-                 "sensitivity_youden", "specificity_youden", "brier"]
-    fold_cols = ["stage", "fold", "n", "n_pos", "auc", "ap", "threshold_youden_val", "sensitivity_youden",
-                 "specificity_youden", "accuracy_05", "f1_05", "logit_median_neg", "logit_median_pos"]
-    delong_cols = [c for c in ["comparison", "stage_a", "stage_b", "n", "auc1", "auc2", "diff", "p_value", "note"] if c in delong.columns]
+    main_cols = [
+        "stage",
+        "folds",
+        "n",
+        "n_pos",
+        "auc_mean",
+        "auc_sd",
+        "auc_pooled",
+        "auc_ci_lo",
+        "auc_ci_hi",
+        "sensitivity_youden",
+        "specificity_youden",
+        "brier",
+    ]
+    fold_cols = [
+        "stage",
+        "fold",
+        "n",
+        "n_pos",
+        "auc",
+        "ap",
+        "threshold_youden_val",
+        "sensitivity_youden",
+        "specificity_youden",
+        "accuracy_05",
+        "f1_05",
+        "logit_median_neg",
+        "logit_median_pos",
+    ]
+    delong_cols = [
+        c for c in ["comparison", "stage_a", "stage_b", "n", "auc1", "auc2", "diff", "p_value", "note"] if c in delong.columns
+    ]
     parts = [
         f"# Classification report: {doc['experiment']}\n",
         f"Out-of-fold predictions of {doc['folds']} folds; every metric is on real held-out patients. "
         f"Pooled AUC: all folds' test predictions together, with a {level} % {doc['settings']['bootstrap']} bootstrap CI "
         f"({doc['settings']['n_boot']} resamples). Thresholded metrics use each fold's Youden threshold from its "
         "inner validation split (`_youden`).\n",
-        "## Summary\n", markdown(summary[main_cols]),
+        "## Summary\n",
+        markdown(summary[main_cols]),
         "\n## Ablation: real only vs real + synthetic (pooled AUC [CI]; fold mean ± sd)\n",
         markdown(ablation[[c for c in ablation.columns if not c.startswith("auc_pooled")]]),
-        f"\n## DeLong tests (paired, pooled predictions; {doc['settings']['delong_variance']} variance)\n", markdown(delong[delong_cols], ".4f") if len(delong) else "(one stage only)\n",
-        "\n## Per fold\n", markdown(folds[fold_cols]), _scale_note(summary), _below_chance_note(summary, level),
-        "\n## Figures\n", "".join(f"- `{Path(p).name}`\n" for p in doc["figures"].values()),
+        f"\n## DeLong tests (paired, pooled predictions; {doc['settings']['delong_variance']} variance)\n",
+        markdown(delong[delong_cols], ".4f") if len(delong) else "(one stage only)\n",
+        "\n## Per fold\n",
+        markdown(folds[fold_cols]),
+        _scale_note(summary),
+        _below_chance_note(summary, level),
+        "\n## Figures\n",
+        "".join(f"- `{Path(p).name}`\n" for p in doc["figures"].values()),
     ]
     return "\n".join(parts)
 
@@ -362,25 +470,35 @@ SCALE_GAP = 0.03
 
 def _scale_note(summary: pd.DataFrame) -> str:
     """A paragraph naming the stages whose pooled AUC is well below their fold mean (scores not on one scale)."""
-    gaps = [(r.stage, r.auc_mean, r.auc_pooled) for r in summary.itertuples()
-            if np.isfinite(r.auc_mean) and np.isfinite(r.auc_pooled) and r.auc_mean - r.auc_pooled > SCALE_GAP]
+    gaps = [
+        (r.stage, r.auc_mean, r.auc_pooled)
+        for r in summary.itertuples()
+        if np.isfinite(r.auc_mean) and np.isfinite(r.auc_pooled) and r.auc_mean - r.auc_pooled > SCALE_GAP
+    ]
     if not gaps:
         return ""
     listed = "; ".join(f"{s}: fold mean {m:.3f}, pooled {p:.3f}" for s, m, p in gaps)
-    return (f"\nPooled AUC more than {SCALE_GAP} below the fold mean ({listed}): the folds rank their own "
-            "patients better than the pooled predictions rank all of them, i.e. the fold models do not score on one "
-            "scale. Compare `logit_median_neg` / `logit_median_pos` across folds above and `scores_<stage>.png`.\n")
+    return (
+        f"\nPooled AUC more than {SCALE_GAP} below the fold mean ({listed}): the folds rank their own "
+        "patients better than the pooled predictions rank all of them, i.e. the fold models do not score on one "
+        "scale. Compare `logit_median_neg` / `logit_median_pos` across folds above and `scores_<stage>.png`.\n"
+    )
 
 
 def _below_chance_note(summary: pd.DataFrame, level: int) -> str:
     """A paragraph naming the stages whose pooled AUC CI lies wholly below 0.5 (ranking against the labels)."""
-    low = [(r.stage, r.auc_pooled, r.auc_ci_lo, r.auc_ci_hi) for r in summary.itertuples()
-           if np.isfinite(r.auc_ci_hi) and r.auc_ci_hi < 0.5]
+    low = [
+        (r.stage, r.auc_pooled, r.auc_ci_lo, r.auc_ci_hi)
+        for r in summary.itertuples()
+        if np.isfinite(r.auc_ci_hi) and r.auc_ci_hi < 0.5
+    ]
     if not low:
         return ""
     listed = "; ".join(f"{s}: {a:.3f} [{lo:.3f}, {hi:.3f}]" for s, a, lo, hi in low)
-    return (f"\nPooled AUC below chance, the whole {level} % CI under 0.5 ({listed}): the model ranks held-out "
-            "patients against their labels. Training and test labels both come from the `pni` column of `cases.csv`, "
-            "so this is not a label flipped between them: the model learned associations of its training folds "
-            "that reverse in its test folds (likely with few training patients). Other training seeds will not "
-            "average them away, since the cohort, not the seed, holds them; see `scores_<stage>.png`.\n")
+    return (
+        f"\nPooled AUC below chance, the whole {level} % CI under 0.5 ({listed}): the model ranks held-out "
+        "patients against their labels. Training and test labels both come from the `pni` column of `cases.csv`, "
+        "so this is not a label flipped between them: the model learned associations of its training folds "
+        "that reverse in its test folds (likely with few training patients). Other training seeds will not "
+        "average them away, since the cohort, not the seed, holds them; see `scores_<stage>.png`.\n"
+    )

@@ -160,8 +160,7 @@ def _cluster_ids(clusters: ArrayLike, size: int) -> np.ndarray:
     return np.unique(ids, return_inverse=True)[1].reshape(-1)
 
 
-def _cluster_bootstrap(y: np.ndarray, p: np.ndarray, clusters: np.ndarray, n_boot: int,
-                       rng: np.random.Generator) -> np.ndarray:
+def _cluster_bootstrap(y: np.ndarray, p: np.ndarray, clusters: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """AUCs of ``n_boot`` resamples of whole clusters (with replacement)."""
     index = _cluster_ids(clusters, y.size)
     members = [np.flatnonzero(index == g) for g in range(index.max() + 1)]
@@ -272,8 +271,7 @@ def delong_test(y: ArrayLike, p1: ArrayLike, p2: ArrayLike, clusters: ArrayLike 
     return {"auc1": float(aucs[0]), "auc2": float(aucs[1]), "diff": diff, "se": se, "z": z, "p_value": p_value}
 
 
-def delong_ci(y: ArrayLike, p: ArrayLike, alpha: float = 0.05,
-              clusters: ArrayLike | None = None) -> tuple[float, float, float]:
+def delong_ci(y: ArrayLike, p: ArrayLike, alpha: float = 0.05, clusters: ArrayLike | None = None) -> tuple[float, float, float]:
     """AUC with a Wald confidence interval from the DeLong variance, clipped to [0, 1].
 
     Args:

@@ -69,9 +69,7 @@ def summary(experiment: str = "demo", runs_dir: Path = Path("runs")) -> int:
         lines.append(f"  splits        {info['splits']} ({info['folds']} folds)")
     for stage, folds in info["stages"].items():
         done = sum(1 for f in folds.values() if f["status"] == "complete")
-        scores = ", ".join(
-            f"fold{k} {v['best_score']:.3f}" for k, v in sorted(folds.items()) if v["best_score"] is not None
-        )
+        scores = ", ".join(f"fold{k} {v['best_score']:.3f}" for k, v in sorted(folds.items()) if v["best_score"] is not None)
         monitor = next((v["monitor"] for v in folds.values() if v["monitor"]), "")
         lines.append(f"  {stage:<13} {done}/{len(folds)} folds complete; best {monitor}: {scores}")
     if "seg_oof_dice" in info:

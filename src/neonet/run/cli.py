@@ -59,15 +59,21 @@ PROJECT_VERBS: dict[str, Verb] = {
     "check-data": Verb("neonet.data.validate:check_data", "validate a case manifest and all its files; report every problem"),
     "cv": Verb("neonet.run.cv:cv", "run a stage over the folds (each fold its own process), then its cross-fold summary"),
     "crop": Verb("neonet.seg.crop:crop", "TLCR: tumour-centred image and label patches + manifest.csv"),
-    "synthesize": Verb("neonet.gen.synthesize:synthesize",
-                       "NeoGen: PNI+ patches from each fold's ControlNet until its training set is balanced"),
-    "gen-quality": Verb("neonet.gen.quality:gen_quality",
-                        "NeoGen: recompute the synthetic-patch quality report (synthesize writes it too)"),
-    "report": Verb("neonet.report.cls_report:report", "NeoCls cross-validation report: per-fold and pooled AUC with CI, DeLong, ROC"),
+    "synthesize": Verb(
+        "neonet.gen.synthesize:synthesize", "NeoGen: PNI+ patches from each fold's ControlNet until its training set is balanced"
+    ),
+    "gen-quality": Verb(
+        "neonet.gen.quality:gen_quality", "NeoGen: recompute the synthetic-patch quality report (synthesize writes it too)"
+    ),
+    "report": Verb(
+        "neonet.report.cls_report:report", "NeoCls cross-validation report: per-fold and pooled AUC with CI, DeLong, ROC"
+    ),
     "summary": Verb("neonet.report.summary:summary", "print and save where an experiment's results are, with its metrics"),
-    "predict-case": Verb("neonet.predict.case:predict_case",
-                         "PNI for one new MRI: NeoSeg -> TLCR -> classifier folds, Grad-CAM, JSON + NIfTI + PNG",
-                         positional="image"),
+    "predict-case": Verb(
+        "neonet.predict.case:predict_case",
+        "PNI for one new MRI: NeoSeg -> TLCR -> classifier folds, Grad-CAM, JSON + NIfTI + PNG",
+        positional="image",
+    ),
 }
 
 LIGHTNING_VERBS: dict[str, str] = {

@@ -9,7 +9,8 @@ that into the error every out-of-date output gives (:class:`neonet.run.provenanc
 naming the fold, the settings and what to do.
 
 Every setting of the new command's resolved config is compared (an option the saved config lacks
-because neonet added it later counts only when it is set to something other than None), and settings that do not change what is learned (devices, loggers, progress bars,
+because neonet added it later counts only when it is set to something other than None), and settings
+that do not change what is learned (devices, loggers, progress bars,
 data-loader workers) are left out. The callbacks the new command names must each have been among the
 fit's (a fit may have had more, e.g. a probe added on the command line).
 """
@@ -107,6 +108,7 @@ def same_value(stored: Any, requested: Any) -> bool:
 
 def _same_path(a: str, b: str) -> bool:
     """Whether two strings are paths of one file or folder from the current folder (``runs/x``, ``./runs/x``)."""
+
     def looks_like_path(p: str) -> bool:
         return "/" in p or p.startswith((".", "~"))
 
@@ -121,8 +123,9 @@ def _same_path(a: str, b: str) -> bool:
         return False
 
 
-def config_drift(requested: dict[str, Any], stored: dict[str, Any],
-                 ignore: Iterable[str] = RUNTIME_KEYS) -> list[tuple[str, Any, Any]]:
+def config_drift(
+    requested: dict[str, Any], stored: dict[str, Any], ignore: Iterable[str] = RUNTIME_KEYS
+) -> list[tuple[str, Any, Any]]:
     """Settings of ``requested`` that ``stored`` does not have: ``(key, stored value, requested value)``.
 
     Args:
@@ -151,8 +154,9 @@ def config_drift(requested: dict[str, Any], stored: dict[str, Any],
     return out
 
 
-def check_fold_configs(ws: Workspace, stage: str, folds: Iterable[int], requested: dict[str, Any],
-                       stage_option: bool = False) -> None:
+def check_fold_configs(
+    ws: Workspace, stage: str, folds: Iterable[int], requested: dict[str, Any], stage_option: bool = False
+) -> None:
     """Refuse to skip or resume folds whose saved ``config.yaml`` differs from ``requested``.
 
     Args:
@@ -176,8 +180,9 @@ def check_fold_configs(ws: Workspace, stage: str, folds: Iterable[int], requeste
         try:
             stored = yaml.safe_load(saved.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise UnreadableRecordError(saved, f"{stage} fold {k}", f"not YAML: {' '.join(str(exc).split())}",
-                                        experiment_option=EXPERIMENT_OPTION) from exc
+            raise UnreadableRecordError(
+                saved, f"{stage} fold {k}", f"not YAML: {' '.join(str(exc).split())}", experiment_option=EXPERIMENT_OPTION
+            ) from exc
         drift = config_drift(requested, stored)
         if drift:
             shown = [setting_difference(key, old, new) for key, old, new in drift[:6]]
@@ -186,8 +191,10 @@ def check_fold_configs(ws: Workspace, stage: str, folds: Iterable[int], requeste
             outdated.append(Outdated(f"{stage} fold {k}", saved, shown))
     if not outdated:
         return
-    way_on = ("neonet cv neither skips nor resumes a fold under changed settings: with --force it re-trains the "
-              "fold(s) (their checkpoints are replaced).")
+    way_on = (
+        "neonet cv neither skips nor resumes a fold under changed settings: with --force it re-trains the "
+        "fold(s) (their checkpoints are replaced)."
+    )
     if stage_option:
         way_on += f" Or train the new settings beside them under their own stage name: `-- --model.stage={stage}_v2`."
     else:

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neonet.errors import NeonetError
 from neonet.run.atomic import read_json
 from neonet.run.config_drift import check_fold_configs
-from neonet.errors import NeonetError
 from neonet.run.fold_lock import fold_lock
 from neonet.stage import CVContext, FoldContext, StageModule
 from neonet.workspace import Workspace
@@ -94,8 +94,9 @@ def fold_env(jobs: int) -> dict[str, str]:
     return env
 
 
-def run_parallel(configs: list[Path], overrides: list[str], todo: list[int], jobs: int, force: bool, ws: Workspace,
-                 stage: str) -> None:
+def run_parallel(
+    configs: list[Path], overrides: list[str], todo: list[int], jobs: int, force: bool, ws: Workspace, stage: str
+) -> None:
     """Run ``neonet cv`` for each fold of ``todo`` as its own process, ``jobs`` at a time (no summary).
 
     Each fold's output goes to ``<stage>/fold<k>/cv.log``; a failed fold is named with the tail of its log.
@@ -119,8 +120,9 @@ def run_parallel(configs: list[Path], overrides: list[str], todo: list[int], job
         results = list(pool.map(one, todo))
     failed = [(k, f) for k, code, _, f in results if code != 0]
     if failed:
-        tails = "\n".join(f"--- fold {k} ({f}):\n" + "".join(f.read_text(errors="replace").splitlines(True)[-15:])
-                          for k, f in failed)
+        tails = "\n".join(
+            f"--- fold {k} ({f}):\n" + "".join(f.read_text(errors="replace").splitlines(True)[-15:]) for k, f in failed
+        )
         raise NeonetError(
             f"{len(failed)} fold(s) of stage {stage} failed: {[k for k, _ in failed]}. Last lines of their logs:\n{tails}\n"
             "Fix the cause and run the same `neonet cv` command again: finished folds are skipped."

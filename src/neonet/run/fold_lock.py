@@ -57,7 +57,9 @@ def fold_lock(path: str | os.PathLike, stage: str, fold: int) -> Iterator[int | 
                 "Wait for it to finish, or stop it, then run the same command again."
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"started by pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        os.write(
+            fd, f"started by pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode()
+        )
         yield fd
     finally:
         os.close(fd)

@@ -30,11 +30,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, WandbLogger
 
+from neonet.data.base import FoldDataModule
+from neonet.errors import NeonetError
 from neonet.run.atomic import atomic_path
 from neonet.run.callbacks import FiniteLossGuard
 from neonet.run.csv_log import ResumableCSVLogger
-from neonet.data.base import FoldDataModule
-from neonet.errors import NeonetError
 from neonet.stage import StageModule
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,7 @@ def checkpoint_callbacks(dirpath: Path, monitor: str | None, mode: str = "min", 
     common = {"dirpath": str(dirpath), "auto_insert_metric_name": False, "enable_version_counter": False}
     out = [
         ModelCheckpoint(filename="best", monitor=monitor, mode=mode, **common),
-        ModelCheckpoint(filename="last", monitor=None, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True,
-                        **common),
+        ModelCheckpoint(filename="last", monitor=None, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True, **common),
     ]
     if every_n_steps > 0:  # mid-epoch resume points, also written to last.ckpt
         out.append(ModelCheckpoint(save_top_k=0, save_last=True, every_n_train_steps=every_n_steps, **common))
@@ -178,8 +177,10 @@ class NeonetCLI(LightningCLI):
     def _stage_fold(self) -> tuple[str, int, Any]:
         model, dm = self.model, self.datamodule
         if not isinstance(model, StageModule):
-            raise NeonetError(f"{type(model).__name__} is not a neonet stage module (neonet.stage.StageModule): "
-                              "`neonet fit` files each run under <experiment>/<stage>/fold<k>")
+            raise NeonetError(
+                f"{type(model).__name__} is not a neonet stage module (neonet.stage.StageModule): "
+                "`neonet fit` files each run under <experiment>/<stage>/fold<k>"
+            )
         if not isinstance(dm, FoldDataModule):
             raise NeonetError(f"{type(dm).__name__} is not a neonet FoldDataModule: it must know the experiment and fold")
         return model.stage, int(dm.fold), dm.workspace

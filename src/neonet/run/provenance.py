@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neonet.run.atomic import sha256_file, write_json
 from neonet.errors import NeonetError
+from neonet.run.atomic import sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,12 @@ class Provenance:
 
     def to_json(self) -> dict[str, Any]:
         """The record as written: format version, informational fields, settings, inputs, outputs."""
-        data: dict[str, Any] = {"provenance": FORMAT, **_plain(dict(self.extra)), "settings": dict(self.settings),
-                                "inputs": {name: rec.to_json() for name, rec in self.inputs.items()}}
+        data: dict[str, Any] = {
+            "provenance": FORMAT,
+            **_plain(dict(self.extra)),
+            "settings": dict(self.settings),
+            "inputs": {name: rec.to_json() for name, rec in self.inputs.items()},
+        }
         if self.outputs:
             data["outputs"] = {name: rec.to_json() for name, rec in self.outputs.items()}
         return data
@@ -167,8 +171,9 @@ class Provenance:
         write_json(path, data)
         return True
 
-    def differences(self, now: Provenance, defaults: Mapping[str, Any] | None = None,
-                    only: Collection[str] | None = None) -> list[str]:
+    def differences(
+        self, now: Provenance, defaults: Mapping[str, Any] | None = None, only: Collection[str] | None = None
+    ) -> list[str]:
         """What differs between this (stored) record and ``now``; see :func:`differences`."""
         return differences(self, now, defaults, only)
 
@@ -205,8 +210,9 @@ def _sha(digest: str) -> str:
     return f"{digest[:12]}…"
 
 
-def differences(stored: Provenance, now: Provenance, defaults: Mapping[str, Any] | None = None,
-                only: Collection[str] | None = None) -> list[str]:
+def differences(
+    stored: Provenance, now: Provenance, defaults: Mapping[str, Any] | None = None, only: Collection[str] | None = None
+) -> list[str]:
     """Everything of ``stored`` that ``now`` (the record the command would write) does not have.
 
     Args:
@@ -250,14 +256,15 @@ def differences(stored: Provenance, now: Provenance, defaults: Mapping[str, Any]
     for name, old_file in stored.outputs.items():
         new_file = now.outputs.get(name)
         if new_file is not None and new_file.sha256 != old_file.sha256:
-            out.append(f"output {name} {new_file.path} changed after it was recorded "
-                       f"(sha256 {_sha(old_file.sha256)} -> {_sha(new_file.sha256)})")
+            out.append(
+                f"output {name} {new_file.path} changed after it was recorded "
+                f"(sha256 {_sha(old_file.sha256)} -> {_sha(new_file.sha256)})"
+            )
     return out
 
 
 # ----------------------------------------------------------------------------- errors
-def remedy(count: int = 1, command: str | None = None, way_on: str | None = None,
-           experiment_option: str = "--experiment") -> str:
+def remedy(count: int = 1, command: str | None = None, way_on: str | None = None, experiment_option: str = "--experiment") -> str:
     """The one remedy of out-of-date outputs, with the command to re-run and a verb's other way on.
 
     Args:
@@ -289,8 +296,10 @@ class Outdated:
 
     def sentence(self) -> str:
         """``<what> at <path> was made from other settings or inputs than this command's: <differences>.``"""
-        return (f"{self.what} at {_shown(self.path)} was made from other settings or inputs than this command's: "
-                f"{'; '.join(self.differences)}.")
+        return (
+            f"{self.what} at {_shown(self.path)} was made from other settings or inputs than this command's: "
+            f"{'; '.join(self.differences)}."
+        )
 
 
 class OutOfDateError(NeonetError):
@@ -303,8 +312,9 @@ class OutOfDateError(NeonetError):
         experiment_option: how the verb names another experiment.
     """
 
-    def __init__(self, *outdated: Outdated, command: str | None = None, way_on: str | None = None,
-                 experiment_option: str = "--experiment") -> None:
+    def __init__(
+        self, *outdated: Outdated, command: str | None = None, way_on: str | None = None, experiment_option: str = "--experiment"
+    ) -> None:
         self.outdated = outdated
         lines = [o.sentence() for o in outdated]
         super().__init__("\n".join([*lines, remedy(len(outdated), command, way_on, experiment_option)]))
@@ -322,17 +332,26 @@ class UnreadableRecordError(NeonetError):
         experiment_option: how the verb names another experiment.
     """
 
-    def __init__(self, path: str | os.PathLike, what: str, cause: str, command: str | None = None,
-                 way_on: str | None = None, experiment_option: str = "--experiment") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        what: str,
+        cause: str,
+        command: str | None = None,
+        way_on: str | None = None,
+        experiment_option: str = "--experiment",
+    ) -> None:
         self.path = Path(path)
-        super().__init__(f"{_shown(path)}: unreadable record of {what} ({cause}), so whether it is current "
-                         f"cannot be told. {remedy(1, command, way_on, experiment_option)}")
+        super().__init__(
+            f"{_shown(path)}: unreadable record of {what} ({cause}), so whether it is current "
+            f"cannot be told. {remedy(1, command, way_on, experiment_option)}"
+        )
 
 
 # ----------------------------------------------------------------------------- reading
-def read_provenance(path: str | os.PathLike, what: str,
-                    legacy: Callable[[dict[str, Any]], Provenance] | None = None,
-                    command: str | None = None) -> Provenance | None:
+def read_provenance(
+    path: str | os.PathLike, what: str, legacy: Callable[[dict[str, Any]], Provenance] | None = None, command: str | None = None
+) -> Provenance | None:
     """The record at ``path``; None when there is none.
 
     Args:
@@ -359,10 +378,17 @@ def read_provenance(path: str | os.PathLike, what: str,
         raise UnreadableRecordError(path, what, cause, command) from exc
 
 
-def check_current(path: str | os.PathLike, now: Provenance, what: str, output: str | os.PathLike | None = None,
-                  legacy: Callable[[dict[str, Any]], Provenance] | None = None,
-                  defaults: Mapping[str, Any] | None = None, only: Collection[str] | None = None,
-                  command: str | None = None, way_on: str | None = None) -> Provenance | None:
+def check_current(
+    path: str | os.PathLike,
+    now: Provenance,
+    what: str,
+    output: str | os.PathLike | None = None,
+    legacy: Callable[[dict[str, Any]], Provenance] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    only: Collection[str] | None = None,
+    command: str | None = None,
+    way_on: str | None = None,
+) -> Provenance | None:
     """The stored record at ``path`` after checking that it matches ``now``; None when there is none.
 
     Args:
@@ -386,9 +412,16 @@ def check_current(path: str | os.PathLike, now: Provenance, what: str, output: s
     return stored
 
 
-def ensure_current(stored: Provenance, now: Provenance, what: str, output: str | os.PathLike,
-                   defaults: Mapping[str, Any] | None = None, only: Collection[str] | None = None,
-                   command: str | None = None, way_on: str | None = None) -> None:
+def ensure_current(
+    stored: Provenance,
+    now: Provenance,
+    what: str,
+    output: str | os.PathLike,
+    defaults: Mapping[str, Any] | None = None,
+    only: Collection[str] | None = None,
+    command: str | None = None,
+    way_on: str | None = None,
+) -> None:
     """Raise :class:`OutOfDateError` when ``stored`` differs from ``now`` (arguments as :func:`check_current`)."""
     found = differences(stored, now, defaults, only)
     if found:

@@ -322,7 +322,9 @@ def _load_weights(module: nn.Module, checkpoint: dict[str, Any], ckpt: Path, con
     except NeonetError as exc:
         raise NeonetError(f"{ckpt}: {exc}. {fix}") from exc
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise NeonetError(f"{ckpt}: cannot restore {type(module).__name__} ({type(exc).__name__}: {_first_line(exc)}). {fix}") from exc
+        raise NeonetError(
+            f"{ckpt}: cannot restore {type(module).__name__} ({type(exc).__name__}: {_first_line(exc)}). {fix}"
+        ) from exc
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:

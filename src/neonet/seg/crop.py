@@ -26,15 +26,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from neonet.run.atomic import sha256_file, write_csv
 from neonet.data.cases import Case, LabelMap, read_cases
 from neonet.data.nifti import load_nifti, save_nifti
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
+from neonet.run.atomic import sha256_file, write_csv
 from neonet.run.provenance import Provenance, check_current, read_provenance
 from neonet.seg.tlcr import (
     LIVER_REGIONS,
-    SHELL_REGIONS,
     NO_TUMOR_POLICIES,
+    SHELL_REGIONS,
     STATUS_LIVER_FALLBACK,
     STATUS_NO_LIVER,
     STATUS_OK,
@@ -49,8 +49,19 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("manual", "predicted")
 #: Arguments that change the patches; a different value needs ``--force``.
-SETTINGS_KEYS = ("source", "spacing", "patch_size", "shell_mm", "no_tumor", "liver", "tumor", "other", "liver_level",
-                 "liver_region", "shell_region")
+SETTINGS_KEYS = (
+    "source",
+    "spacing",
+    "patch_size",
+    "shell_mm",
+    "no_tumor",
+    "liver",
+    "tumor",
+    "other",
+    "liver_level",
+    "liver_region",
+    "shell_region",
+)
 #: Settings that older crop configs lack, with the value those crops were made with (a config written
 #: before liver normalisation existed read as ``None`` for both of its settings).
 SETTINGS_DEFAULTS = {"shell_region": "all", "liver_level": None, "liver_region": None}
@@ -120,8 +131,9 @@ def _settings(
 def _legacy_record(data: dict[str, Any]) -> Provenance:
     """A ``crop_config.json`` of before :mod:`neonet.run.provenance`: the settings and the command's
     ``cases``/``experiment``/``runs_dir`` side by side in one object."""
-    return Provenance(settings={k: data[k] for k in SETTINGS_KEYS if k in data},
-                      extra={k: v for k, v in data.items() if k not in SETTINGS_KEYS})
+    return Provenance(
+        settings={k: data[k] for k in SETTINGS_KEYS if k in data}, extra={k: v for k, v in data.items() if k not in SETTINGS_KEYS}
+    )
 
 
 def crop_record(ws: Workspace) -> Provenance | None:
@@ -155,8 +167,11 @@ def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         log.warning("ignoring unreadable %s (%s); all cases are cropped again", path, exc)
         return {}
-    backfill = {"intensity_scale": "1.0", "intensity_reference": "none",  # before liver normalisation
-                "shell_region": "all"}  # before the shell could be kept inside the liver
+    backfill = {
+        "intensity_scale": "1.0",
+        "intensity_reference": "none",  # before liver normalisation
+        "shell_region": "all",
+    }  # before the shell could be kept inside the liver
     if not set(MANIFEST_COLUMNS) - set(backfill) <= set(frame.columns):
         return {}
     for column, value in backfill.items():
@@ -282,12 +297,18 @@ def crop(
     patches_dir = workspace.patches_dir
     manifest_path = workspace.patches_manifest
     case_list = read_cases(cases)
-    settings = _settings(source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other, liver_level, liver_region,
-                         shell_region)
+    settings = _settings(
+        source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other, liver_level, liver_region, shell_region
+    )
     record = Provenance(settings, extra={"cases": str(cases), "experiment": experiment, "runs_dir": str(runs_dir)})
     # same settings: the patches are current and each case is reused unless its inputs changed
-    current = not force and check_current(workspace.crop_config, record, WHAT, output=patches_dir,
-                                          legacy=_legacy_record, defaults=SETTINGS_DEFAULTS) is not None
+    current = (
+        not force
+        and check_current(
+            workspace.crop_config, record, WHAT, output=patches_dir, legacy=_legacy_record, defaults=SETTINGS_DEFAULTS
+        )
+        is not None
+    )
 
     if source == "predicted":
         missing = [c.case_id for c in case_list if not workspace.seg_prediction(c.case_id).is_file()]
@@ -340,8 +361,17 @@ def crop(
                 reused += 1
                 continue
             image, mask, affine = load_case(case.image, mask_path, spacing, mask_map, case.case_id)
-            result = tlcr(image, mask, spacing, patch_size=patch_size, shell_mm=shell_mm, no_tumor=no_tumor,
-                          liver_level=liver_level, liver_region=liver_region, shell_region=shell_region)
+            result = tlcr(
+                image,
+                mask,
+                spacing,
+                patch_size=patch_size,
+                shell_mm=shell_mm,
+                no_tumor=no_tumor,
+                liver_level=liver_level,
+                liver_region=liver_region,
+                shell_region=shell_region,
+            )
             row.update(_result_fields(result))
             row["intensity_scale"] = round(float(result.intensity_scale), 6)
             row["intensity_reference"] = result.intensity_reference

@@ -130,13 +130,19 @@ class SegDataModule(FoldDataModule):
         split = self.split
         if stage in (None, "fit"):
             self.train_ds = CacheDataset(
-                self._items(self.cases_of(split.train)), self.train_transform(), cache_rate=self.cache_rate,
-                num_workers=max(self.num_workers, 1), progress=False,
+                self._items(self.cases_of(split.train)),
+                self.train_transform(),
+                cache_rate=self.cache_rate,
+                num_workers=max(self.num_workers, 1),
+                progress=False,
             )
         if stage in (None, "fit", "validate"):
             self.val_ds = CacheDataset(
-                self._items(self.cases_of(split.val)), self.base_transform(True), cache_rate=self.cache_rate,
-                num_workers=max(self.num_workers, 1), progress=False,
+                self._items(self.cases_of(split.val)),
+                self.base_transform(True),
+                cache_rate=self.cache_rate,
+                num_workers=max(self.num_workers, 1),
+                progress=False,
             )
         if stage in (None, "test"):
             self.test_ds = Dataset(self._items(self.cases_of(split.test)), self.base_transform(True))
@@ -155,8 +161,12 @@ class SegDataModule(FoldDataModule):
     def train_dataloader(self) -> DataLoader:
         """Random training crops or volumes."""
         return DataLoader(
-            self.train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-            collate_fn=list_data_collate, persistent_workers=self.num_workers > 0,
+            self.train_ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            collate_fn=list_data_collate,
+            persistent_workers=self.num_workers > 0,
         )
 
     def val_dataloader(self) -> DataLoader:

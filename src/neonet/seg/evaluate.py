@@ -12,9 +12,9 @@ import torch
 from monai.metrics import compute_dice
 from tqdm.auto import tqdm
 
-from neonet.run.atomic import read_json, write_csv, write_json, write_text
 from neonet.data.cases import LIVER, TUMOR, LabelMap, read_cases
 from neonet.data.nifti import load_nifti, read_array
+from neonet.run.atomic import read_json, write_csv, write_json, write_text
 from neonet.stage import CVContext
 from neonet.workspace import Workspace
 
@@ -32,17 +32,13 @@ def dice_pair(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     return {"dice_liver": float(dice[0]), "dice_tumor": float(dice[1])}
 
 
-def evaluate_oof(
-    ws: Workspace, cases_csv: str | Path, label_map: LabelMap, folds: list[int] | None = None
-) -> pd.DataFrame:
+def evaluate_oof(ws: Workspace, cases_csv: str | Path, label_map: LabelMap, folds: list[int] | None = None) -> pd.DataFrame:
     """Dice per case of the out-of-fold masks in ``seg/predictions`` (original image space).
 
     Only test cases of ``folds`` (default: all folds) are evaluated.
     """
     splits = read_json(ws.splits_path)
-    fold_of = {
-        cid: s["fold"] for s in splits["splits"] if folds is None or s["fold"] in folds for cid in s["test"]
-    }
+    fold_of = {cid: s["fold"] for s in splits["splits"] if folds is None or s["fold"] in folds for cid in s["test"]}
     rows: list[dict[str, Any]] = []
     for case in tqdm(read_cases(cases_csv), desc="OOF Dice", unit="case"):
         if case.label is None or case.case_id not in fold_of:
@@ -75,8 +71,16 @@ def summarise(frame: pd.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {"n_cases": int(len(ok)), "n_missing": int((frame["status"] != "ok").sum())}
     for col in ("dice_liver", "dice_tumor"):
         vals = ok[col].dropna()
-        out[col] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                    "median": float(vals.median()), "min": float(vals.min())} if len(vals) else None
+        out[col] = (
+            {
+                "mean": float(vals.mean()),
+                "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                "median": float(vals.median()),
+                "min": float(vals.min()),
+            }
+            if len(vals)
+            else None
+        )
     out["per_fold"] = {
         int(k): {"n": int(len(g)), "dice_liver": float(g["dice_liver"].mean()), "dice_tumor": float(g["dice_tumor"].mean())}
         for k, g in ok.groupby("fold")

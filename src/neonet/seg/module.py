@@ -69,9 +69,7 @@ class SegModule(StageModule):
         self.net = net.to(memory_format=torch.channels_last_3d) if channels_last else net
         self.channels_last = channels_last
         self.roi_size = tuple(roi_size) if roi_size else None
-        self.loss = DiceCELoss(
-            to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce, batch=batch_dice
-        )
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce, batch=batch_dice)
         self.val_dice = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True)
         self.test_dice = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True)
 

@@ -85,9 +85,7 @@ def _round_half_up(values: Sequence[float]) -> tuple[int, ...]:
     return tuple(int(np.floor(float(v) + 0.5)) for v in values)
 
 
-def crop_box(
-    center_vox: Sequence[float], patch_size: Sequence[int], volume_shape: Sequence[int]
-) -> dict[str, tuple[int, ...]]:
+def crop_box(center_vox: Sequence[float], patch_size: Sequence[int], volume_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
     """Crop box of ``patch_size`` voxels centred on ``center_vox``.
 
     The centre is rounded half-up to a voxel ``c``; along each axis the box is

@@ -55,9 +55,7 @@ class SegMaskWriter(BasePredictionWriter):
             src = nib.load(item["source"])
             mask = np.rint(np.asarray(restored.detach().cpu())[0]).astype(np.uint8)
             if mask.shape != src.shape[:3]:
-                raise RuntimeError(
-                    f"case {item['case_id']}: inverted mask shape {mask.shape} differs from image {src.shape}"
-                )
+                raise RuntimeError(f"case {item['case_id']}: inverted mask shape {mask.shape} differs from image {src.shape}")
             path = save_nifti(Path(out_dir) / f"{item['case_id']}.nii.gz", mask, src.affine)
             self.written.append(path)
             log.info("wrote %s", path)
