@@ -33,12 +33,12 @@ from torch import nn
 from neonet.errors import NeonetError
 from neonet.gen.common import drop_module_hparams, freeze, label_onehot, region_weight_map
 from neonet.gen.diffusion import DiffusionModule, check_class_embeds, class_labels
-from neonet.gen.hooks import write_stage_summary
+from neonet.gen.hooks import SummaryHooks
 from neonet.gen.sampling import NoiseSchedule, training_target
 from neonet.gen.upstream import require_checkpoint
 from neonet.run.atomic import sha256_file
 from neonet.run.reload import build_network, load_checkpoint_fold
-from neonet.stage import CVContext, FoldContext, StageModule
+from neonet.stage import StageModule
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def cond_downsampling(controlnet: nn.Module) -> int:
     return 2 ** (len(blocks) // 2) if blocks is not None else 1
 
 
-class ControlNetModule(StageModule):
+class ControlNetModule(SummaryHooks, StageModule):
     """Trains a ControlNet that makes the frozen diffusion UNet follow a label patch.
 
     Args:
@@ -274,14 +274,3 @@ class ControlNetModule(StageModule):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The ControlNet's parameters (the diffusion UNet and the autoencoder stay frozen)."""
         return list(self.controlnet.parameters())
-
-    # ------------------------------------------------------------------ cv hooks
-    @classmethod
-    def after_fold(cls, ctx: FoldContext) -> dict[str, Any]:
-        """Nothing after the fit (the fold's ``artifact.json`` already holds its metrics)."""
-        return {}
-
-    @classmethod
-    def after_folds(cls, ctx: CVContext) -> None:
-        """Per-fold table of the stage in ``reports/<stage>_summary.*`` and a W&B summary run."""
-        write_stage_summary(ctx.ws, cls.stage, ctx.folds)

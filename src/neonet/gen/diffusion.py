@@ -32,9 +32,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from neonet.errors import NeonetError
 from neonet.gen.common import drop_module_hparams
-from neonet.gen.hooks import write_stage_summary
+from neonet.gen.hooks import SummaryHooks
 from neonet.gen.sampling import NoiseSchedule, training_target
-from neonet.stage import CVContext, FoldContext, StageModule
+from neonet.stage import StageModule
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def class_labels(pni: torch.Tensor, num_classes: int | None, drop: float = 0.0) 
     return labels
 
 
-class DiffusionModule(StageModule):
+class DiffusionModule(SummaryHooks, StageModule):
     """Denoising diffusion model on latents of the fold's autoencoder.
 
     Args:
@@ -234,14 +234,3 @@ class DiffusionModule(StageModule):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The UNet's parameters (the EMA copy is updated by averaging, not by the optimizer)."""
         return [p for p in self.unet.parameters() if p.requires_grad]
-
-    # ------------------------------------------------------------------ cv hooks
-    @classmethod
-    def after_fold(cls, ctx: FoldContext) -> dict[str, Any]:
-        """Nothing after the fit (the fold's ``artifact.json`` already holds its metrics)."""
-        return {}
-
-    @classmethod
-    def after_folds(cls, ctx: CVContext) -> None:
-        """Per-fold table of the stage in ``reports/<stage>_summary.*`` and a W&B summary run."""
-        write_stage_summary(ctx.ws, cls.stage, ctx.folds)

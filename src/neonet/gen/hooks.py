@@ -4,7 +4,7 @@ writes a cross-fold table to ``reports/<stage>_summary.{csv,json,md}`` and a W&B
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -13,7 +13,7 @@ from neonet.data.patches import patch_records
 from neonet.gen.latents import build_latent_cache, read_fold
 from neonet.gen.upstream import load_autoencoder, require_checkpoint
 from neonet.run.atomic import write_csv, write_json, write_text
-from neonet.stage import FoldContext
+from neonet.stage import CVContext, FoldContext
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,27 @@ def write_stage_summary(ws: Workspace, stage: str, folds: list[int]) -> None:
     from neonet.report.wandb_summary import log_cv_summary
 
     log_cv_summary(ws, stage, {f"{stage}_folds": frame}, {f"{k}_mean": v["mean"] for k, v in summary.items()})
+
+
+class SummaryHooks:
+    """Cross-fold hooks of a NeoGen stage whose folds need nothing after the fit (diffusion, ControlNet).
+
+    Mixed in before :class:`~neonet.stage.StageModule`: ``after_fold`` adds nothing (the fold's
+    ``artifact.json`` already holds its metrics); ``after_folds`` writes the stage's per-fold table
+    (``reports/<stage>_summary.*``) and its W&B summary run.
+    """
+
+    stage: ClassVar[str]
+
+    @classmethod
+    def after_fold(cls, ctx: FoldContext) -> dict[str, Any]:
+        """Nothing after the fit."""
+        return {}
+
+    @classmethod
+    def after_folds(cls, ctx: CVContext) -> None:
+        """Per-fold table of the stage in ``reports/<stage>_summary.*`` and a W&B summary run."""
+        write_stage_summary(ctx.ws, cls.stage, ctx.folds)
 
 
 def _has_tabulate() -> bool:
