@@ -51,3 +51,20 @@ def test_a_stage_that_forgets_a_member_cannot_be_defined_or_built() -> None:
 
     module = Complete()
     assert module.upstream() == {} and module.describe() == {} and module.fold_data is None
+
+
+def test_stage_records_every_init_argument_of_the_subclass_chain_once() -> None:
+    """StageModule records the hyper-parameters of every __init__ in the chain (defaults included), networks left out."""
+    import torch
+
+    from neonet.cls.module import PattenNetModule
+
+    module = PattenNetModule(torch.nn.Linear(2, 1), encoder_checkpoint=None, loss="focal", monitor="val/auc")
+    hp = dict(module.hparams)
+    assert hp["loss"] == "focal" and hp["monitor"] == "val/auc"  # ClassifierModule's, given
+    assert hp["select_from_epoch"] == 0 and hp["cosine"] is True  # ClassifierModule's, defaults
+    assert hp["encoder_stage"] == "autoencoder" and hp["encoder_checkpoint"] is None  # PattenNetModule's
+    assert hp["optimizer"] is torch.optim.AdamW and hp["scheduler"] is None  # StageModule's
+    assert "net" not in hp  # a network built in Python is not pickled into checkpoints
+    for cls in stage_modules():  # one place records them: a second call would drop the defaults above
+        assert "save_hyperparameters" not in vars(cls).get("__init__", lambda: None).__code__.co_names, cls.__name__

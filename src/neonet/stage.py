@@ -10,7 +10,9 @@ per-stage code and a new stage is added by filling them in:
 - :meth:`StageModule.after_fold`: the work ``neonet cv`` does after a fold's fit (NeoSeg's
   out-of-fold masks, the autoencoder's latent cache, a classifier's test predictions);
 - :meth:`StageModule.after_folds`: the stage's cross-fold summary (tables, figures, W&B run);
-- optimiser and scheduler factories, wired once here (:meth:`StageModule.configure_optimizers`).
+- optimiser and scheduler factories, wired once here (:meth:`StageModule.configure_optimizers`);
+- every ``__init__`` argument recorded as a hyper-parameter, once, here (subclasses do not call
+  ``save_hyperparameters``).
 
 The class attributes are checked when a subclass is created and the hooks are abstract, so a stage
 that forgets one cannot be defined (or instantiated).
@@ -18,9 +20,12 @@ that forgets one cannot be defined (or instantiated).
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -110,6 +115,24 @@ class StageModule(LightningModule, metaclass=ABCMeta):
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self._record_hparams(inspect.currentframe())
+
+    def _record_hparams(self, frame: FrameType | None) -> None:
+        """Every ``__init__`` argument of the stage (its subclasses' included) as hyper-parameters, without networks.
+
+        ``save_hyperparameters`` walks up the ``__init__`` frames from this one, so a subclass records
+        nothing itself (a second call would drop the defaults of the arguments it did not get). Under
+        LightningCLI the hyper-parameters hold each network's *config* (class path + arguments); a
+        network built in Python is left out instead of being pickled into every checkpoint (which could
+        then be read only with ``weights_only=False``). Trained folds are rebuilt from their
+        ``config.yaml`` by :mod:`neonet.run.reload`.
+        """
+        with warnings.catch_warnings():  # Lightning warns about nn.Module arguments: they are dropped below
+            warnings.simplefilter("ignore")
+            self.save_hyperparameters(frame=frame)
+        for store in (self._hparams, self._hparams_initial):
+            for key in [k for k, v in store.items() if isinstance(v, torch.nn.Module)]:
+                del store[key]
 
     # ------------------------------------------------------------------ context
     @property

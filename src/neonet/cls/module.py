@@ -23,7 +23,6 @@ from typing import Any, ClassVar, Literal
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.losses import FocalLoss
 from torch import nn
 
@@ -52,9 +51,6 @@ class ClassifierModule(StageModule):
 
     Args:
         net: the classifier, e.g. ``neonet.nets.PattenNet`` or ``neonet.nets.ResNet18Classifier``.
-        optimizer: optimizer factory (AdamW by default); only trainable parameters are passed.
-        scheduler: learning-rate scheduler factory; None uses cosine annealing over
-            ``trainer.max_epochs`` when ``cosine`` is true.
         cosine: with no ``scheduler``, anneal the learning rate with a cosine to ``min_lr_ratio * lr``.
         min_lr_ratio: final learning rate of the cosine schedule relative to the initial one.
         stage: stage folder name (``resnet18``, ``resnet18_syn``, ...).
@@ -78,6 +74,8 @@ class ClassifierModule(StageModule):
             demo's has 9 patients) often gives an undertrained epoch 0 or 1 the highest AUC by
             chance; this makes the selected model one that has trained for a while. 0 keeps every
             epoch in the running. Applies to the ``val/selection`` monitor.
+        **kwargs: ``optimizer`` (AdamW by default; only trainable parameters are passed) and ``scheduler``
+            of :class:`~neonet.stage.StageModule`; with no scheduler, ``cosine`` applies.
     """
 
     stage = "classifier"
@@ -87,8 +85,6 @@ class ClassifierModule(StageModule):
     def __init__(
         self,
         net: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        scheduler: LRSchedulerCallable | None = None,
         cosine: bool = True,
         min_lr_ratio: float = 0.01,
         stage: str = "classifier",
@@ -100,8 +96,9 @@ class ClassifierModule(StageModule):
         write_predictions: bool = True,
         monitor: Literal["val/selection", "val/auc", "val/loss"] = "val/selection",
         select_from_epoch: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer, scheduler)
+        super().__init__(**kwargs)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", stage or ""):
             raise ValueError(f"stage must be a plain folder name, got {stage!r}")
         if loss not in ("bce", "focal"):
@@ -110,7 +107,6 @@ class ClassifierModule(StageModule):
             raise ValueError("pos_weight is for the BCE loss; use focal_alpha to weight positives in the focal loss")
         if model_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", model_name):
             raise ValueError(f"model_name must be a plain name (letters, digits, _ . + -), got {model_name!r}")
-        self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.stage = stage  # type: ignore[misc]  # per instance: NeonetCLI files the run under <stage>/fold<k>
         self.monitor = monitor  # type: ignore[misc]  # per instance: NeonetCLI's best.ckpt criterion
@@ -344,7 +340,6 @@ class PattenNetModule(ClassifierModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(net, stage=stage, **kwargs)
-        self.save_hyperparameters(ignore=["net"])
 
     def setup(self, stage: str) -> None:
         """Before fitting: load the fold's encoder into the network, then the classifier's setup."""

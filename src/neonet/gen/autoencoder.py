@@ -15,7 +15,6 @@ monitor), ``val/ssim``, ``val/ms_ssim``, and writes a mid-slice reconstruction p
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from monai.metrics import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
 from torch import nn
 
 from neonet.errors import NeonetError
-from neonet.gen.common import autoencoder_factor, check_divisible, drop_module_hparams, ms_ssim_settings, ssim_window
+from neonet.gen.common import autoencoder_factor, check_divisible, ms_ssim_settings, ssim_window
 from neonet.gen.hooks import write_stage_summary
 from neonet.gen.panels import reconstruction_panel
 from neonet.gen.patch_data import PatchDataModule
@@ -108,10 +107,6 @@ class AutoencoderModule(StageModule):
         latent_flip_axes: list[int] | None = None,
     ) -> None:
         super().__init__(optimizer)
-        with warnings.catch_warnings():  # networks are stored as config under the CLI, dropped otherwise
-            warnings.simplefilter("ignore")
-            self.save_hyperparameters()
-        drop_module_hparams(self)
         self.autoencoder = autoencoder
         self.discriminator = discriminator
         self.disc_optimizer_factory = disc_optimizer

@@ -9,7 +9,6 @@ clipped to [0, 1] and written in the same range, so real and synthetic patches r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,21 +22,6 @@ CONDITION_VALUES: tuple[int, ...] = (PATCH_LIVER, PATCH_SHELL, PATCH_TUMOR)
 
 #: Default MS-SSIM scale weights (Wang et al. 2003), truncated to the scales a patch allows.
 MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-def drop_module_hparams(module: Any) -> None:
-    """Remove ``nn.Module`` instances from ``module.hparams`` (kept only when built outside the CLI).
-
-    Under LightningCLI the hyperparameters hold the networks' *config* (class path + arguments); a
-    module built in Python would otherwise pickle whole networks into its hyperparameters (and its
-    checkpoint could then only be read with ``weights_only=False``). Trained folds are rebuilt from
-    their ``config.yaml`` by :mod:`neonet.run.reload`.
-    """
-    for store in (getattr(module, "_hparams", None), getattr(module, "_hparams_initial", None)):
-        if store is None:
-            continue
-        for key in [k for k, v in store.items() if isinstance(v, nn.Module)]:
-            del store[key]
 
 
 def freeze(module: nn.Module) -> nn.Module:

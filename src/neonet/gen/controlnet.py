@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import copy
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.networks.utils import copy_model_state
 from torch import nn
 
 from neonet.errors import NeonetError
-from neonet.gen.common import drop_module_hparams, freeze, label_onehot, region_weight_map
+from neonet.gen.common import freeze, label_onehot, region_weight_map
 from neonet.gen.diffusion import DiffusionModule, check_class_embeds, class_labels
 from neonet.gen.hooks import SummaryHooks
 from neonet.gen.sampling import NoiseSchedule, training_target
@@ -75,14 +73,14 @@ class ControlNetModule(SummaryHooks, StageModule):
         controlnet: e.g. ``monai.networks.nets.ControlNet`` with the diffusion UNet's architecture,
             ``conditioning_embedding_in_channels: 3`` and as many
             ``conditioning_embedding_num_channels`` entries as the autoencoder has levels.
-        optimizer: optimizer factory (ControlNet parameters only).
-        scheduler: optional learning-rate scheduler factory (stepped per epoch).
         diffusion_checkpoint: diffusion checkpoint to build on; None uses the fold's
             ``diffusion/fold<k>/checkpoints/best.ckpt``.
         region_weight: extra loss weight inside tumour + shell (0 = uniform).
         class_dropout: fraction of training samples given the null class (classifier-free guidance);
             None uses the diffusion model's value.
         val_seed: seed of the fixed validation noise.
+        **kwargs: ``optimizer`` (ControlNet parameters only) and ``scheduler`` (stepped per epoch) of
+            :class:`~neonet.stage.StageModule`.
     """
 
     stage = "controlnet"
@@ -92,18 +90,13 @@ class ControlNetModule(SummaryHooks, StageModule):
     def __init__(
         self,
         controlnet: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        scheduler: LRSchedulerCallable | None = None,
         diffusion_checkpoint: str | None = None,
         region_weight: float = 0.0,
         class_dropout: float | None = None,
         val_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer, scheduler)
-        with warnings.catch_warnings():  # networks are stored as config under the CLI, dropped otherwise
-            warnings.simplefilter("ignore")
-            self.save_hyperparameters()
-        drop_module_hparams(self)
+        super().__init__(**kwargs)
         self.controlnet = controlnet
         self.unet: nn.Module | None = None
         self.noise_schedule: NoiseSchedule | None = None

@@ -21,17 +21,14 @@ Validation loss (``val/loss``, the checkpoint monitor) uses fixed noise and time
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from neonet.errors import NeonetError
-from neonet.gen.common import drop_module_hparams
 from neonet.gen.hooks import SummaryHooks
 from neonet.gen.sampling import NoiseSchedule, training_target
 from neonet.stage import StageModule
@@ -68,8 +65,6 @@ class DiffusionModule(SummaryHooks, StageModule):
     Args:
         unet: the denoiser, e.g. ``monai.networks.nets.DiffusionModelUNet`` with in/out channels equal
             to the autoencoder's latent channels (at most 3 levels for a 24x24x12 latent grid).
-        optimizer: optimizer factory.
-        scheduler: optional learning-rate scheduler factory (stepped per epoch).
         num_train_timesteps: diffusion steps T.
         schedule: MONAI noise schedule name.
         beta_start: first beta of the schedule.
@@ -80,6 +75,7 @@ class DiffusionModule(SummaryHooks, StageModule):
         ema_decay: EMA decay of the sampling weights; 0 disables the EMA (the raw UNet samples).
         ema_start_step: optimizer steps before the EMA starts (it copies the weights until then).
         val_seed: seed of the fixed validation noise.
+        **kwargs: ``optimizer`` and ``scheduler`` (stepped per epoch) of :class:`~neonet.stage.StageModule`.
     """
 
     stage = "diffusion"
@@ -89,8 +85,6 @@ class DiffusionModule(SummaryHooks, StageModule):
     def __init__(
         self,
         unet: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        scheduler: LRSchedulerCallable | None = None,
         num_train_timesteps: int = 1000,
         schedule: str = "scaled_linear_beta",
         beta_start: float = 0.0015,
@@ -101,12 +95,9 @@ class DiffusionModule(SummaryHooks, StageModule):
         ema_decay: float = 0.999,
         ema_start_step: int = 0,
         val_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer, scheduler)
-        with warnings.catch_warnings():  # networks are stored as config under the CLI, dropped otherwise
-            warnings.simplefilter("ignore")
-            self.save_hyperparameters()
-        drop_module_hparams(self)
+        super().__init__(**kwargs)
         check_class_embeds(unet, num_classes)
         self.unet = unet
         self.noise_schedule = NoiseSchedule(num_train_timesteps, schedule, beta_start, beta_end, prediction_type)

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
@@ -32,8 +31,6 @@ class SegModule(StageModule):
 
     Args:
         net: the network (e.g. ``monai.networks.nets.DynUNet``) with 1 input and 3 output channels.
-        optimizer: optimizer factory (e.g. ``torch.optim.AdamW`` with its init args in the config).
-        scheduler: optional learning-rate scheduler factory.
         roi_size: sliding-window size for inference; None uses the whole volume.
         sw_batch_size: windows per forward pass.
         overlap: sliding-window overlap.
@@ -44,6 +41,7 @@ class SegModule(StageModule):
         min_tumor_voxels: tumour components smaller than this are removed at prediction.
         channels_last: run the network in ``channels_last_3d`` memory format (much faster 3D
             convolution backward passes on CPU, and usually on GPU with mixed precision).
+        **kwargs: ``optimizer`` and ``scheduler`` of :class:`~neonet.stage.StageModule`.
     """
 
     stage = "seg"
@@ -53,8 +51,6 @@ class SegModule(StageModule):
     def __init__(
         self,
         net: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        scheduler: LRSchedulerCallable | None = None,
         roi_size: Sequence[int] | None = None,
         sw_batch_size: int = 2,
         overlap: float = 0.25,
@@ -63,9 +59,9 @@ class SegModule(StageModule):
         batch_dice: bool = True,
         min_tumor_voxels: int = 10,
         channels_last: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer, scheduler)
-        self.save_hyperparameters(ignore=["net"])
+        super().__init__(**kwargs)
         self.net = net.to(memory_format=torch.channels_last_3d) if channels_last else net
         self.channels_last = channels_last
         self.roi_size = tuple(roi_size) if roi_size else None
