@@ -13,6 +13,10 @@ from neonet.workspace import Workspace
 #: Label-patch values (TLCR output).
 PATCH_BACKGROUND, PATCH_LIVER, PATCH_SHELL, PATCH_TUMOR = 0, 1, 2, 3
 
+#: The columns every patch manifest starts with: TLCR's ``patches/manifest.csv`` and NeoGen's
+#: ``synthetic/fold<k>/manifest.csv`` (the fields of :class:`PatchRecord`); each adds its own after them.
+PATCH_COLUMNS = ("case_id", "patient_id", "pni", "image", "label")
+
 
 @dataclass(frozen=True)
 class PatchRecord:

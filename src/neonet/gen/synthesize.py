@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from neonet.data.nifti import save_nifti
-from neonet.data.patches import PatchRecord, patch_records
+from neonet.data.patches import PATCH_COLUMNS, PatchRecord, patch_records
 from neonet.errors import DataError, NeonetError
 from neonet.gen.common import label_onehot
 from neonet.gen.controlnet import ControlNetModule
@@ -55,11 +55,7 @@ PATCH_MANIFEST = "patch manifest"
 RECORD_DEFAULTS = {PATCH_MANIFEST: UNRECORDED}
 #: Columns of ``synthetic/fold<k>/manifest.csv`` (paths relative to the manifest's folder).
 MANIFEST_COLUMNS = [
-    "case_id",
-    "patient_id",
-    "pni",
-    "image",
-    "label",
+    *PATCH_COLUMNS,
     "status",
     "synthetic",
     "fold",

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from neonet.data.cases import Case, LabelMap, read_cases
 from neonet.data.nifti import load_nifti, save_nifti
+from neonet.data.patches import PATCH_COLUMNS
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
 from neonet.run.atomic import sha256_file, write_csv
 from neonet.run.provenance import Provenance, check_current, read_provenance
@@ -72,11 +73,7 @@ REUSABLE_STATUSES = (STATUS_OK, STATUS_LIVER_FALLBACK, STATUS_SKIPPED, STATUS_NO
 _AXES = ("x", "y", "z")
 
 MANIFEST_COLUMNS = [
-    "case_id",
-    "patient_id",
-    "pni",
-    "image",
-    "label",
+    *PATCH_COLUMNS,
     "source",
     "status",
     "n_tumors",
