@@ -14,6 +14,9 @@ import docstring_parser
 import pytest
 import yaml
 
+import neonet.cls
+import neonet.gen
+import neonet.seg  # noqa: F401 - defines the stage DataModules listed below
 from neonet.data.base import FoldDataModule
 from neonet.run.cli import main
 

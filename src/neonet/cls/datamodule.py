@@ -109,8 +109,6 @@ class ClsDataModule(FoldDataModule):
     Args:
         use_synthetic: add the fold's synthetic patches (``synthetic/fold<k>/manifest.csv``) to training.
         max_synthetic: use at most this many synthetic patches (the first rows); None uses all.
-        batch_size: batch size.
-        num_workers: data loader workers.
         cache_rate: fraction of loaded patches kept in memory.
         augment: apply torchio MRI augmentation to training patches.
         aug_prob: probability of each augmentation.
@@ -126,7 +124,8 @@ class ClsDataModule(FoldDataModule):
             with ``region_labels`` uses it to pool over the peritumoral region; a baseline given
             ``in_channels: 2`` sees it as input. Synthetic patches need their conditioning mask
             (the ``label`` column of the synthetic manifest).
-        **kwargs: the cohort and fold (:class:`~neonet.data.base.FoldDataModule`).
+        **kwargs: the cohort, the fold, ``batch_size`` (training, validation and test) and
+            ``num_workers`` (:class:`~neonet.data.base.FoldDataModule`).
     """
 
     def __init__(
@@ -134,8 +133,6 @@ class ClsDataModule(FoldDataModule):
         *,
         use_synthetic: bool = False,
         max_synthetic: int | None = None,
-        batch_size: int = 8,
-        num_workers: int = 0,
         cache_rate: float = 1.0,
         augment: bool = True,
         aug_prob: float = 0.3,
@@ -151,8 +148,6 @@ class ClsDataModule(FoldDataModule):
             raise ValueError(f"predict_split must be test, val, train or all, not {predict_split!r}")
         self.use_synthetic = bool(use_synthetic)
         self.max_synthetic = max_synthetic
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
         self.cache_rate = float(cache_rate)
         self.augment = bool(augment)
         self.aug_prob = float(aug_prob)
@@ -296,31 +291,21 @@ class ClsDataModule(FoldDataModule):
         if stage in (None, "predict"):
             self.predict_ds = self._dataset("predict")
 
-    def _loader(self, ds: CacheDataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
     def train_dataloader(self) -> DataLoader:
         """Shuffled training patches; the last incomplete batch is dropped (BatchNorm needs > 1 sample)."""
-        return self._loader(self.train_ds, shuffle=True, drop_last=self.drop_last(len(self.train_ds), self.batch_size))
+        return self.loader(self.train_ds, shuffle=True, drop_last=self.drop_last(len(self.train_ds), self.batch_size))
 
     def val_dataloader(self) -> DataLoader:
         """Real inner-validation patches."""
-        return self._loader(self.val_ds)
+        return self.loader(self.val_ds)
 
     def test_dataloader(self) -> DataLoader:
         """Real held-out test patches."""
-        return self._loader(self.test_ds)
+        return self.loader(self.test_ds)
 
     def predict_dataloader(self) -> DataLoader:
         """Patches of ``predict_split``."""
-        return self._loader(self.predict_ds)
+        return self.loader(self.predict_ds)
 
 
 def labels_of(batch: dict[str, Any]) -> torch.Tensor:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lightning.pytorch import LightningDataModule
+from monai.data import DataLoader as MonaiDataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from neonet.data.cases import Case, LabelMap, read_cases
 from neonet.data.splits import Fold, ensure_splits, get_fold
@@ -36,7 +39,15 @@ class FoldDataModule(LightningDataModule):
             the patch stages accept them so that one data block can serve every stage).
         tumor: raw label values meaning tumour.
         other: raw label values mapped to background (e.g. other organs).
+        batch_size: training batch size (each stage's docstring says what validation uses).
+        num_workers: data-loader worker processes (kept alive between epochs when > 0).
     """
+
+    #: The DataLoader class of :meth:`loader`. MONAI's (the default) collates MetaTensors and lists of
+    #: random crops and seeds each worker's random transforms; NeoGen's patch and latent stages, whose
+    #: items are plain tensors, keep PyTorch's (switching reorders their shuffling, and with it the
+    #: demo's published figures).
+    loader_class: ClassVar[type[DataLoader]] = MonaiDataLoader
 
     def __init__(
         self,
@@ -50,6 +61,8 @@ class FoldDataModule(LightningDataModule):
         liver: list[int] | None = None,
         tumor: list[int] | None = None,
         other: list[int] | None = None,
+        batch_size: int = 2,
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
         self.cases_csv = Path(cases)
@@ -64,6 +77,8 @@ class FoldDataModule(LightningDataModule):
             tumor=tuple(tumor if tumor is not None else [2]),
             other=tuple(other or []),
         )
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
         self.workspace = Workspace(self.runs_dir, experiment)
         self._cases: list[Case] | None = None
         self._fold: Fold | None = None
@@ -108,6 +123,35 @@ class FoldDataModule(LightningDataModule):
         trainer = self.trainer
         world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
         return n_train // world > batch_size
+
+    def loader(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+    ) -> DataLoader:
+        """The one way a stage's DataLoader is built: ``num_workers`` workers, persistent when there are any.
+
+        Args:
+            dataset: what to load.
+            batch_size: None uses the training ``batch_size``.
+            shuffle: reshuffle every epoch (training).
+            drop_last: drop the last incomplete batch (see :meth:`drop_last`).
+            collate_fn: None uses the loader class's default collation.
+        """
+        extra = {} if collate_fn is None else {"collate_fn": collate_fn}  # MONAI's default applies only when absent
+        return self.loader_class(
+            dataset,
+            batch_size=self.batch_size if batch_size is None else int(batch_size),
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            **extra,
+        )
 
     def check_inputs(self) -> None:
         """Check the fold's inputs before ``neonet fit`` spends compute (subclasses add their checks)."""

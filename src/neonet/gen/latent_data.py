@@ -57,26 +57,23 @@ class LatentDataModule(FoldDataModule):
     The fold's test cases are not in the cache.
 
     Args:
-        batch_size: training batch size.
         val_batch_size: validation batch size.
-        num_workers: data loader workers.
         masks: also serve the label patches (the ControlNet's conditioning).
-        **kwargs: the cohort and fold (:class:`~neonet.data.base.FoldDataModule`).
+        **kwargs: the cohort, the fold, ``batch_size`` (training) and ``num_workers``
+            (:class:`~neonet.data.base.FoldDataModule`).
     """
+
+    loader_class = DataLoader  # PyTorch's: see FoldDataModule.loader_class
 
     def __init__(
         self,
         *,
-        batch_size: int = 16,
         val_batch_size: int = 16,
-        num_workers: int = 0,
         masks: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.batch_size = int(batch_size)
         self.val_batch_size = int(val_batch_size)
-        self.num_workers = int(num_workers)
         self.masks = bool(masks)
         self.cache_meta: dict[str, Any] | None = None
         self.train_ds: LatentDataset | None = None
@@ -114,12 +111,12 @@ class LatentDataModule(FoldDataModule):
         """Shuffled training latents."""
         assert self.train_ds is not None
         drop = self.drop_last(len(self.train_ds), self.batch_size)
-        return DataLoader(self.train_ds, batch_size=self.batch_size, shuffle=True, drop_last=drop, num_workers=self.num_workers)
+        return self.loader(self.train_ds, shuffle=True, drop_last=drop)
 
     def val_dataloader(self) -> DataLoader:
         """Inner validation latents (posterior means) in a fixed order."""
         assert self.val_ds is not None
-        return DataLoader(self.val_ds, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers)
+        return self.loader(self.val_ds, batch_size=self.val_batch_size)
 
     def upstream(self) -> dict[str, Any]:
         """The latent cache this fold trains on and the autoencoder checkpoint that encoded it (for ``artifact.json``)."""

@@ -83,30 +83,27 @@ class PatchDataModule(FoldDataModule):
     The fold's test cases are never read.
 
     Args:
-        batch_size: training batch size.
         val_batch_size: validation batch size.
-        num_workers: data loader workers.
         augment: random flips during training (torchio ``RandomFlip``).
         flip_axes: axes to flip with probability 0.5 each (0 = left-right in the RAS patch grid).
         with_label: also serve the label patches (0 bg, 1 liver, 2 shell, 3 tumour).
-        **kwargs: the cohort and fold (:class:`~neonet.data.base.FoldDataModule`).
+        **kwargs: the cohort, the fold, ``batch_size`` (training) and ``num_workers``
+            (:class:`~neonet.data.base.FoldDataModule`).
     """
+
+    loader_class = DataLoader  # PyTorch's: see FoldDataModule.loader_class
 
     def __init__(
         self,
         *,
-        batch_size: int = 4,
         val_batch_size: int = 4,
-        num_workers: int = 0,
         augment: bool = True,
         flip_axes: Sequence[int] = (0, 1),
         with_label: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.batch_size = int(batch_size)
         self.val_batch_size = int(val_batch_size)
-        self.num_workers = int(num_workers)
         self.augment = bool(augment)
         self.flip_axes = tuple(int(a) for a in flip_axes)
         self.with_label = bool(with_label)
@@ -153,19 +150,12 @@ class PatchDataModule(FoldDataModule):
         """Shuffled, augmented training patches (the last incomplete batch is dropped when possible)."""
         assert self.train_ds is not None
         drop = self.drop_last(len(self.train_ds), self.batch_size)
-        return DataLoader(
-            self.train_ds,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=drop,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self.loader(self.train_ds, shuffle=True, drop_last=drop)
 
     def val_dataloader(self) -> DataLoader:
         """Inner validation patches in a fixed order."""
         assert self.val_ds is not None
-        return DataLoader(self.val_ds, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers)
+        return self.loader(self.val_ds, batch_size=self.val_batch_size)
 
     def split_record(self) -> dict[str, list[str]]:
         """The fold's split plus the case ids this module actually served (for the leakage check)."""

@@ -29,8 +29,6 @@ class SegDataModule(FoldDataModule):
         patch_size: training crop size (voxels); None trains on whole (padded) volumes.
         samples_per_volume: random crops per volume and step when ``patch_size`` is set.
         divisible: pad volumes to a multiple of this (the network's total downsampling).
-        batch_size: training batch size (validation and prediction use 1 whole volume).
-        num_workers: data loader workers.
         cache_rate: fraction of preprocessed volumes kept in memory.
         augment: whether to apply torchio MRI augmentation during training.
         aug_prob: probability of each augmentation.
@@ -38,7 +36,8 @@ class SegDataModule(FoldDataModule):
         predict_split: which cases ``predict`` uses when ``predict_cases`` is not given:
             ``test`` (out-of-fold), ``val``, ``train`` or ``all``.
         check: run the ``check-data`` checks on the manifest before fitting.
-        **kwargs: the cohort and fold (:class:`~neonet.data.base.FoldDataModule`).
+        **kwargs: the cohort, the fold, ``batch_size`` (training; validation and prediction use 1 whole
+            volume) and ``num_workers`` (:class:`~neonet.data.base.FoldDataModule`).
     """
 
     def __init__(
@@ -48,8 +47,6 @@ class SegDataModule(FoldDataModule):
         patch_size: Sequence[int] | None = None,
         samples_per_volume: int = 2,
         divisible: int = 16,
-        batch_size: int = 2,
-        num_workers: int = 0,
         cache_rate: float = 1.0,
         augment: bool = True,
         aug_prob: float = 0.3,
@@ -63,8 +60,6 @@ class SegDataModule(FoldDataModule):
         self.patch_size = tuple(int(p) for p in patch_size) if patch_size else None
         self.samples_per_volume = samples_per_volume
         self.divisible = divisible
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.cache_rate = cache_rate
         self.augment = augment
         self.aug_prob = aug_prob
@@ -160,26 +155,19 @@ class SegDataModule(FoldDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Random training crops or volumes."""
-        return DataLoader(
-            self.train_ds,
-            batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            collate_fn=list_data_collate,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self.loader(self.train_ds, shuffle=True, collate_fn=list_data_collate)
 
     def val_dataloader(self) -> DataLoader:
         """Whole inner-validation volumes, one at a time."""
-        return DataLoader(self.val_ds, batch_size=1, num_workers=self.num_workers)
+        return self.loader(self.val_ds, batch_size=1)
 
     def test_dataloader(self) -> DataLoader:
         """Whole held-out volumes, one at a time."""
-        return DataLoader(self.test_ds, batch_size=1, num_workers=self.num_workers)
+        return self.loader(self.test_ds, batch_size=1)
 
     def predict_dataloader(self) -> DataLoader:
         """Whole volumes to predict, one at a time (keeps the metadata needed to invert)."""
-        return DataLoader(self.predict_ds, batch_size=1, num_workers=self.num_workers)
+        return self.loader(self.predict_ds, batch_size=1)
 
     def output_dir(self) -> Path:
         """Where ``predict`` writes masks (out-of-fold predictions of the experiment)."""
