@@ -28,6 +28,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
+
     from neonet.data.base import FoldDataModule
     from neonet.workspace import Workspace
 
@@ -110,6 +112,11 @@ class StageModule(LightningModule, metaclass=ABCMeta):
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+
+    if TYPE_CHECKING:  # for type checkers only: ``save_hyperparameters()`` always stores an AttributeDict
+
+        @property
+        def hparams(self) -> AttributeDict: ...
 
     # ------------------------------------------------------------------ context
     @property
