@@ -86,7 +86,7 @@ class SegDataModule(FoldDataModule):
     # ------------------------------------------------------------------ transforms
     def base_transform(self, with_label: bool = True) -> mt.Compose:
         """Deterministic preprocessing (invertible spatial steps)."""
-        steps = [canonical_transforms(self.spacing, self.label_map, with_label=with_label)]
+        steps: list[mt.Transform] = [canonical_transforms(self.spacing, self.label_map, with_label=with_label)]
         keys = ["image", "label"] if with_label else ["image"]
         steps.append(mt.DivisiblePadd(keys=keys, k=self.divisible))
         return mt.Compose(steps).flatten()
