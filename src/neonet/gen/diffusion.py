@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,8 @@ class DiffusionModule(StageModule):
     monitor = "val/loss"
     monitor_mode = "min"
 
+    scale_factor: torch.Tensor  # a registered buffer
+
     def __init__(
         self,
         unet: nn.Module,
@@ -140,7 +142,7 @@ class DiffusionModule(StageModule):
         z = z.detach().float()
         stats = torch.stack([z.sum(), (z * z).sum(), torch.tensor(float(z.numel()), device=z.device)])
         trainer = self._trainer  # None outside a Trainer (then there is only this process)
-        gathered = self.all_gather(stats) if trainer is not None and trainer.world_size > 1 else stats
+        gathered = cast(torch.Tensor, self.all_gather(stats)) if trainer is not None and trainer.world_size > 1 else stats
         if gathered.dim() > 1:
             gathered = gathered.sum(0)
         total, sq, n = gathered.tolist()
