@@ -23,16 +23,18 @@ from __future__ import annotations
 import inspect
 import warnings
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
+
     from neonet.data.base import FoldDataModule
     from neonet.workspace import Workspace
 
@@ -130,9 +132,14 @@ class StageModule(LightningModule, metaclass=ABCMeta):
         with warnings.catch_warnings():  # Lightning warns about nn.Module arguments: they are dropped below
             warnings.simplefilter("ignore")
             self.save_hyperparameters(frame=frame)
-        for store in (self._hparams, self._hparams_initial):
+        for store in cast("tuple[MutableMapping[str, Any], ...]", (self._hparams, self._hparams_initial)):
             for key in [k for k, v in store.items() if isinstance(v, torch.nn.Module)]:
                 del store[key]
+
+    if TYPE_CHECKING:  # for type checkers only: ``save_hyperparameters()`` always stores an AttributeDict
+
+        @property
+        def hparams(self) -> AttributeDict: ...
 
     # ------------------------------------------------------------------ context
     @property

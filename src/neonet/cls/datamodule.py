@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
 from monai import transforms as mt
-from monai.data import CacheDataset, DataLoader
+from monai.data import CacheDataset
+from torch.utils.data import DataLoader
 
 from neonet.data.base import FoldDataModule
 from neonet.data.patches import patch_records
@@ -175,7 +176,7 @@ class ClsDataModule(FoldDataModule):
             {
                 "image": str(r.image),
                 "region": str(r.label),
-                "label": float(r.pni),
+                "label": float(cast(int, r.pni)),  # patch_records(require_pni=True) leaves no None
                 "case_id": r.case_id,
                 "patient_id": r.patient_id,
                 "synthetic": 0,
@@ -222,7 +223,7 @@ class ClsDataModule(FoldDataModule):
         """The common patch shape of ``items`` (NIfTI headers only); DataError when they differ."""
         shapes: dict[tuple[int, ...], list[str]] = {}
         for item in items:
-            shape = tuple(int(d) for d in nib.load(item["image"]).shape[:3])
+            shape = tuple(int(d) for d in cast(nib.Nifti1Image, nib.load(item["image"])).shape[:3])
             shapes.setdefault(shape, []).append(item["case_id"])
         if len(shapes) > 1:
             parts = "; ".join(f"{k}: {len(v)} (e.g. {v[:3]})" for k, v in shapes.items())

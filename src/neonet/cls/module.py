@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import pandas as pd
 import torch
@@ -81,6 +81,8 @@ class ClassifierModule(StageModule):
     stage = "classifier"
     monitor = "val/selection"
     monitor_mode = "max"
+
+    val_threshold: torch.Tensor  # a registered buffer
 
     def __init__(
         self,
@@ -181,6 +183,10 @@ class ClassifierModule(StageModule):
         report(experiment=ctx.ws.experiment, runs_dir=ctx.ws.runs_dir)
 
     # ------------------------------------------------------------------ steps
+    def _scores(self, split: str) -> ScoreCollector:
+        """The split's score collector (``nn.ModuleDict`` types its items as plain modules)."""
+        return cast(ScoreCollector, self.scores[f"{split}_scores"])
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits of shape (B,)."""
         return self.net(image).reshape(image.shape[0])
@@ -204,18 +210,18 @@ class ClassifierModule(StageModule):
             raise FloatingPointError(
                 f"stage {self.stage}, step {self.global_step}: loss is {loss.item()}; lower the learning rate"
             )
-        self.scores["train_scores"].update(logits, labels)
+        self._scores("train").update(logits, labels)
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=labels.numel())
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, logits, labels = self.model_step(batch)
-        self.scores["val_scores"].update(logits, labels)
+        self._scores("val").update(logits, labels)
         self.log("val/loss", loss, on_epoch=True, batch_size=labels.numel(), sync_dist=True)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, logits, labels = self.model_step(batch)
-        self.scores["test_scores"].update(logits, labels)
+        self._scores("test").update(logits, labels)
         self.log("test/loss", loss, on_epoch=True, batch_size=labels.numel(), sync_dist=True)
         for i, logit in enumerate(logits.detach().float().cpu().tolist()):
             self._test_rows.append(
@@ -235,8 +241,8 @@ class ClassifierModule(StageModule):
 
     # ------------------------------------------------------------------ epoch ends
     def _log_split(self, split: str, threshold: float | None = None) -> dict[str, float] | None:
-        collected = self.scores[f"{split}_scores"].compute()
-        self.scores[f"{split}_scores"].reset()
+        collected = self._scores(split).compute()
+        self._scores(split).reset()
         if collected is None:
             return None
         logits, labels = collected
@@ -251,7 +257,7 @@ class ClassifierModule(StageModule):
         self._log_split("train")
 
     def on_validation_epoch_end(self) -> None:
-        collected = self.scores["val_scores"].compute()
+        collected = self._scores("val").compute()
         if collected is None:
             return
         logits, labels = collected

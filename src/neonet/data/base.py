@@ -142,7 +142,8 @@ class FoldDataModule(LightningDataModule):
             drop_last: drop the last incomplete batch (see :meth:`drop_last`).
             collate_fn: None uses the loader class's default collation.
         """
-        extra = {} if collate_fn is None else {"collate_fn": collate_fn}  # MONAI's default applies only when absent
+        # MONAI's default collation applies only when collate_fn is absent (not when it is None)
+        extra: dict[str, Any] = {} if collate_fn is None else {"collate_fn": collate_fn}
         return self.loader_class(
             dataset,
             batch_size=self.batch_size if batch_size is None else int(batch_size),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -22,7 +23,7 @@ def load_nifti(path: str | os.PathLike, case_id: str | None = None) -> nib.Nifti
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several exception types for bad files
         raise DataError(f"{where}{path}: not a readable NIfTI file ({exc})") from exc
-    return img
+    return cast(nib.Nifti1Image, img)
 
 
 def read_array(img: nib.Nifti1Image, path: str | os.PathLike, case_id: str | None = None) -> np.ndarray:

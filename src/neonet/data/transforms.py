@@ -10,7 +10,7 @@ to the input's original grid with ``monai.transforms.Invertd``.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -84,15 +84,20 @@ class TorchioAugmentd(mt.RandomizableTransform, mt.MapTransform):
             label = torch.as_tensor(d[label_key])
             subject_args["label"] = tio.LabelMap(tensor=_own(label.float()))
         out = self.transform(tio.Subject(**subject_args))
+        out_image = cast(tio.Image, out["image"])  # a Subject's items are typed as plain objects
         d[image_key] = (
-            _like(d[image_key], out["image"].data.numpy())
-            if isinstance(d[image_key], torch.Tensor)
-            else out["image"].data.numpy()
+            _like(d[image_key], out_image.data.numpy()) if isinstance(d[image_key], torch.Tensor) else out_image.data.numpy()
         )
         if "label" in subject_args:
-            lab = out["label"].data.numpy()
+            lab = cast(tio.Image, out["label"]).data.numpy()
             d[label_key] = _like(d[label_key], lab) if isinstance(d[label_key], torch.Tensor) else lab
         return d
+
+
+class _NoCopy(TypedDict):
+    """torchio's ``copy`` keyword, typed for ``**`` unpacking into the transforms."""
+
+    copy: bool
 
 
 def _own(tensor: torch.Tensor) -> torch.Tensor:
@@ -122,7 +127,7 @@ def mri_augmentation(
     transform (about a third of the per-sample time on small patches). Feed it a subject that owns
     its tensors, as :class:`TorchioAugmentd` does.
     """
-    nc = {"copy": False}
+    nc: _NoCopy = {"copy": False}
     return tio.Compose(
         [
             tio.RandomFlip(axes=tuple(flip_axes), flip_probability=0.5, **nc) if flip_axes else tio.Lambda(lambda x: x, **nc),

@@ -197,7 +197,7 @@ def _check_volume(img: nib.Nifti1Image, data: np.ndarray, path: Path, case_id: s
             f"{kind} has an invalid (singular or non-finite) affine; the voxel spacing / orientation in the header is broken",
         )
         ok = False
-    if not ok:
+    if not ok or spatial is None:
         return None
     try:
         axcodes = "".join(nib.aff2axcodes(affine))
@@ -294,7 +294,7 @@ def _check_case(case_id: str, image_path: Path | None, label_path: Path | None, 
     """Check one case's files, loading each once (the image's voxels are freed before the label's)."""
     image_vol = None
     loaded = _load(image_path, case_id, "image", out) if image_path is not None else None
-    if loaded is not None:
+    if image_path is not None and loaded is not None:
         img, data = loaded
         image_vol = _check_volume(img, data, image_path, case_id, "image", out)
         if np.issubdtype(data.dtype, np.number):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.loggers import WandbLogger
 from monai.losses import PatchAdversarialLoss
 from monai.metrics import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
+from monai.networks.nets import AutoencoderKL
 from torch import nn
 
 from neonet.errors import NeonetError
@@ -165,7 +166,11 @@ class AutoencoderModule(StageModule):
             self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=False, on_epoch=True, batch_size=bs)
             return terms["loss"]
 
-        opt_g, opt_d = self.optimizers()
+        discriminator = self.discriminator
+        if discriminator is None:  # manual optimisation is switched on only with a discriminator
+            raise NeonetError("the autoencoder trains with manual optimisation but has no discriminator")
+        # two LightningOptimizers; each is also an instance of the optimizer class it wraps
+        opt_g, opt_d = cast("list[torch.optim.Optimizer]", self.optimizers())
         adversarial = self.adversarial_active()
         # generator (autoencoder) step
         self.toggle_optimizer(opt_g)
@@ -173,7 +178,7 @@ class AutoencoderModule(StageModule):
         terms = self.generator_loss(image, recon, mu, sigma)
         loss_g = terms["loss"]
         if adversarial:
-            logits_fake = self.discriminator(recon.contiguous().float())[-1]
+            logits_fake = discriminator(recon.contiguous().float())[-1]
             terms["adv_g"] = self.adv_loss(logits_fake, target_is_real=True, for_discriminator=False)
             loss_g = loss_g + self.hparams.adv_weight * terms["adv_g"]
         self._check_finite(loss_g, "the autoencoder loss")
@@ -186,8 +191,8 @@ class AutoencoderModule(StageModule):
         # discriminator step
         if adversarial:
             self.toggle_optimizer(opt_d)
-            logits_fake = self.discriminator(recon.detach().contiguous().float())[-1]
-            logits_real = self.discriminator(image.contiguous().float())[-1]
+            logits_fake = discriminator(recon.detach().contiguous().float())[-1]
+            logits_real = discriminator(image.contiguous().float())[-1]
             loss_d = 0.5 * (
                 self.adv_loss(logits_fake, target_is_real=False, for_discriminator=True)
                 + self.adv_loss(logits_real, target_is_real=True, for_discriminator=True)
@@ -216,7 +221,7 @@ class AutoencoderModule(StageModule):
     @torch.no_grad()
     def reconstruct(self, image: torch.Tensor) -> torch.Tensor:
         """Deterministic reconstruction from the posterior mean, clipped to [0, 1]."""
-        return self.autoencoder.reconstruct(image).clamp(0.0, 1.0)
+        return cast(AutoencoderKL, self.autoencoder).reconstruct(image).clamp(0.0, 1.0)  # an AutoencoderKL by contract
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image = batch["image"].float()
@@ -239,9 +244,10 @@ class AutoencoderModule(StageModule):
             return  # no validation batches
         ssim, ms_ssim = self._ssim, self._ms_ssim
         values = {
-            "val/psnr": float(self.val_psnr.aggregate().item()),
-            "val/ssim": float(ssim.aggregate().item()),
-            "val/ms_ssim": float(ms_ssim.aggregate().item()),
+            # built without get_not_nans, so each aggregates to one tensor
+            "val/psnr": float(cast(torch.Tensor, self.val_psnr.aggregate()).item()),
+            "val/ssim": float(cast(torch.Tensor, ssim.aggregate()).item()),
+            "val/ms_ssim": float(cast(torch.Tensor, ms_ssim.aggregate()).item()),
         }
         for metric in (self.val_psnr, ssim, ms_ssim):
             metric.reset()

@@ -9,6 +9,7 @@ clipped to [0, 1] and written in the same range, so real and synthetic patches r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ from torch import nn
 from neonet.data.patches import PATCH_LIVER, PATCH_SHELL, PATCH_TUMOR
 from neonet.errors import NeonetError
 
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
+
 #: Label-patch values that become the conditioning channels of the ControlNet (in this order).
 CONDITION_VALUES: tuple[int, ...] = (PATCH_LIVER, PATCH_SHELL, PATCH_TUMOR)
 
@@ -24,7 +27,7 @@ CONDITION_VALUES: tuple[int, ...] = (PATCH_LIVER, PATCH_SHELL, PATCH_TUMOR)
 MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
-def freeze(module: nn.Module) -> nn.Module:
+def freeze(module: _ModuleT) -> _ModuleT:
     """Set ``requires_grad=False`` on every parameter and put the module in eval mode."""
     for p in module.parameters():
         p.requires_grad_(False)
@@ -52,7 +55,7 @@ def region_weight_map(label: torch.Tensor, latent_shape: Sequence[int], extra: f
     region = ((label == PATCH_TUMOR) | (label == PATCH_SHELL)).float()
     if region.dim() == 4:
         region = region[:, None]
-    frac = F.adaptive_avg_pool3d(region, tuple(int(s) for s in latent_shape))
+    frac = F.adaptive_avg_pool3d(region, cast("tuple[int, int, int]", tuple(int(s) for s in latent_shape)))
     return 1.0 + float(extra) * frac
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.networks.utils import copy_model_state
@@ -87,6 +87,8 @@ class ControlNetModule(SummaryHooks, StageModule):
     monitor = "val/loss"
     monitor_mode = "min"
 
+    scale_factor: torch.Tensor  # a registered buffer
+
     def __init__(
         self,
         controlnet: nn.Module,
@@ -110,14 +112,15 @@ class ControlNetModule(SummaryHooks, StageModule):
     def attach_diffusion(self, ckpt: str | Path, init_controlnet: bool = True) -> None:
         """Adopt a diffusion checkpoint: frozen EMA UNet, scale factor, schedule, class conditioning."""
         trained = load_checkpoint_fold(ckpt, expect=DiffusionModule)
-        diffusion = trained.module
+        diffusion = cast(DiffusionModule, trained.module)  # load_checkpoint_fold has checked its class
         if float(diffusion.scale_factor) == 0.0:
             raise NeonetError(f"{ckpt}: the diffusion model has no scale factor (it never trained a step)")
         spec = diffusion.network_spec() or ((trained.cfg.get("model") or {}).get("init_args") or {}).get("unet")
         if not isinstance(spec, dict):
             raise NeonetError(f"{ckpt}: the checkpoint has no UNet config; train the diffusion stage with `neonet fit`")
+        unet = freeze(copy.deepcopy(diffusion.sampling_unet()))
         self._adopt(
-            freeze(copy.deepcopy(diffusion.sampling_unet())),
+            unet,
             diffusion.noise_schedule,
             diffusion.num_classes,
             float(diffusion.hparams.get("class_dropout", 0.1)),
@@ -131,7 +134,7 @@ class ControlNetModule(SummaryHooks, StageModule):
             "diffusion_checkpoint": {"path": str(ckpt), "sha256": sha256_file(ckpt)},
         }
         if init_controlnet:
-            n = init_controlnet_from_unet(self.controlnet, self.unet)
+            n = init_controlnet_from_unet(self.controlnet, unet)
             log.info("controlnet: initialised %d tensors from the diffusion UNet of %s", n, ckpt)
 
     def _adopt(self, unet: nn.Module, schedule: NoiseSchedule, num_classes: int | None, class_dropout: float) -> None:

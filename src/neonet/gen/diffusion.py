@@ -21,7 +21,7 @@ Validation loss (``val/loss``, the checkpoint monitor) uses fixed noise and time
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,8 @@ class DiffusionModule(SummaryHooks, StageModule):
     monitor = "val/loss"
     monitor_mode = "min"
 
+    scale_factor: torch.Tensor  # a registered buffer
+
     def __init__(
         self,
         unet: nn.Module,
@@ -131,7 +133,7 @@ class DiffusionModule(SummaryHooks, StageModule):
         z = z.detach().float()
         stats = torch.stack([z.sum(), (z * z).sum(), torch.tensor(float(z.numel()), device=z.device)])
         trainer = self._trainer  # None outside a Trainer (then there is only this process)
-        gathered = self.all_gather(stats) if trainer is not None and trainer.world_size > 1 else stats
+        gathered = cast(torch.Tensor, self.all_gather(stats)) if trainer is not None and trainer.world_size > 1 else stats
         if gathered.dim() > 1:
             gathered = gathered.sum(0)
         total, sq, n = gathered.tolist()

@@ -215,7 +215,7 @@ def build_latent_cache(
     if not zs:
         raise NeonetError(f"fold {fold}: no training patches to encode (see {ws.patches_manifest})")
     frame = pd.DataFrame(rows)
-    cache = {
+    cache: dict[str, Any] = {
         "z": torch.stack(zs).contiguous(),
         "label": torch.stack(labels).contiguous(),
         "label_index": torch.tensor(frame["label_index"].to_numpy(), dtype=torch.long),

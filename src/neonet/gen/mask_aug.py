@@ -4,7 +4,7 @@ patch, with every drawn parameter returned so the manifest can record (and recre
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -92,7 +92,7 @@ def apply_params(label: np.ndarray, affine: np.ndarray, params: dict[str, Any]) 
             scales=(s, s, s), degrees=tuple(params["degrees"]), translation=tuple(params["translation_mm"]), default_pad_label=0
         )
     )
-    out = tio.Compose(transforms)(subject)["label"].data[0].numpy()
+    out = cast(tio.Image, tio.Compose(transforms)(subject)["label"]).data[0].numpy()
     out = out[tuple(slice(int(m), int(m) + int(n)) for m, n in zip(margin, shape))]
     for axis in params["flip"]:
         out = np.flip(out, axis=int(axis))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -71,9 +71,9 @@ class PatchDataset(Dataset):
             if self.with_label:
                 subject.add_image(tio.LabelMap(tensor=out["label"]), "label")
             subject = self.transform(subject)
-            out["image"] = subject["image"].data.float()
+            out["image"] = cast(tio.Image, subject["image"]).data.float()
             if self.with_label:
-                out["label"] = subject["label"].data.to(torch.uint8)
+                out["label"] = cast(tio.Image, subject["label"]).data.to(torch.uint8)
         return out
 
 

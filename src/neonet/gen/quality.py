@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -91,7 +91,8 @@ class BottleneckFeatures(nn.Module):
         super().__init__()
         self.net = net
         self._out: torch.Tensor | None = None
-        net.bottleneck.register_forward_hook(lambda _m, _i, out: setattr(self, "_out", out))
+        bottleneck = cast(nn.Module, net.bottleneck)  # e.g. DynUNet's bottleneck block
+        bottleneck.register_forward_hook(lambda _m, _i, out: setattr(self, "_out", out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.net(_pad_divisible(x))
@@ -153,7 +154,7 @@ def mean_pairwise_ms_ssim(images: np.ndarray, max_pairs: int = 300, seed: int = 
     metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=1.0, kernel_size=kernel, weights=weights, reduction="none")
     a = torch.as_tensor(np.stack([images[i] for i, _ in pairs]), dtype=torch.float32)[:, None]
     b = torch.as_tensor(np.stack([images[j] for _, j in pairs]), dtype=torch.float32)[:, None]
-    return float(metric(a, b).mean())
+    return float(cast(torch.Tensor, metric(a, b)).mean())
 
 
 def correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -128,9 +128,12 @@ class Denoiser:
         ts = torch.full((z.shape[0],), int(t), device=z.device, dtype=torch.long)
         if self.guidance == 1.0:
             return self._eps(z, ts, self.class_label, self.cond)
-        null = torch.full_like(self.class_label, int(self.null_class))
+        label, null_class = self.class_label, self.null_class
+        if label is None or null_class is None:  # ruled out in __init__
+            raise ValueError("classifier-free guidance needs a class-conditioned model (class_label and null_class)")
+        null = torch.full_like(label, int(null_class))
         cond = None if self.cond is None else torch.cat([self.cond, self.cond])
-        eps = self._eps(torch.cat([z, z]), torch.cat([ts, ts]), torch.cat([self.class_label, null]), cond)
+        eps = self._eps(torch.cat([z, z]), torch.cat([ts, ts]), torch.cat([label, null]), cond)
         eps_c, eps_u = eps.chunk(2)
         return eps_u + self.guidance * (eps_c - eps_u)
 
@@ -169,10 +172,10 @@ def sample_latents(
     z = noise
     for t in tqdm(scheduler.timesteps, desc=f"{sampler}", leave=False, disable=not progress):
         model_out = denoiser(z, int(t))
-        if sampler == "ddpm":
-            z, _ = scheduler.step(model_out, int(t), z, generator=generator)
-        else:
+        if isinstance(scheduler, DDIMScheduler):
             z, _ = scheduler.step(model_out, int(t), z, eta=float(eta), generator=generator)
+        else:
+            z, _ = scheduler.step(model_out, int(t), z, generator=generator)
     return z
 
 

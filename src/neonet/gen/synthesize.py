@@ -23,11 +23,12 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
+from monai.networks.nets.autoencoderkl import Encoder
 from tqdm.auto import tqdm
 
 from neonet.data.nifti import save_nifti
@@ -94,16 +95,19 @@ class FoldGenerator:
     def __init__(self, ws: Workspace, fold: int, device: torch.device) -> None:
         ae_ckpt = require_checkpoint(ws, "autoencoder", fold)
         cn_ckpt = require_checkpoint(ws, "controlnet", fold)
-        self.hashes = {"autoencoder": sha256_file(ae_ckpt), "controlnet": sha256_file(cn_ckpt)}
+        ae_hash = sha256_file(ae_ckpt)
+        self.hashes: dict[str, str | None] = {"autoencoder": ae_hash, "controlnet": sha256_file(cn_ckpt)}
         art = ws.read_artifact("controlnet", fold) or {}
         trained_on = ((art.get("upstream") or {}).get("autoencoder") or {}).get("sha256")
-        if trained_on and trained_on != self.hashes["autoencoder"]:
+        if trained_on and trained_on != ae_hash:
             raise NeonetError(
                 f"fold {fold}: the ControlNet ({cn_ckpt}) was trained on latents of autoencoder sha256 {trained_on[:12]}..., "
-                f"but {ae_ckpt} is now {self.hashes['autoencoder'][:12]}...; retrain the diffusion and ControlNet stages"
+                f"but {ae_ckpt} is now {ae_hash[:12]}...; retrain the diffusion and ControlNet stages"
             )
         self.autoencoder = load_autoencoder(ae_ckpt).to(device)
-        module = load_checkpoint_fold(cn_ckpt, expect=ControlNetModule).module
+        module = cast(ControlNetModule, load_checkpoint_fold(cn_ckpt, expect=ControlNetModule).module)  # class checked there
+        if module.unet is None or module.noise_schedule is None:  # on_load_checkpoint adopts both or raises
+            raise NeonetError(f"{cn_ckpt}: the ControlNet checkpoint did not restore its diffusion UNet and noise schedule")
         self.controlnet = module.controlnet.to(device).eval()
         self.unet = module.unet.to(device).eval()
         self.schedule = module.noise_schedule
@@ -182,7 +186,7 @@ def _legacy_record(data: dict[str, Any]) -> Provenance:
 
 
 def _latent_shape(gen: FoldGenerator, patch_shape: tuple[int, ...]) -> tuple[int, ...]:
-    factor = 2 ** (len(gen.autoencoder.encoder.channels) - 1)
+    factor = 2 ** (len(cast(Encoder, gen.autoencoder.encoder).channels) - 1)  # AutoencoderKL types it as nn.Module
     return (int(gen.autoencoder.latent_channels), *[int(s) // factor for s in patch_shape])
 
 
@@ -338,7 +342,7 @@ def synthesize(
         folds = list(range(n))
         if not folds:
             read_fold(ws, 0)  # raises MissingUpstreamError naming the command
-    settings = {
+    settings: dict[str, Any] = {
         "ratio": float(ratio),
         "sampler": sampler,
         "steps": int(steps),

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
+from monai.networks.nets import AutoencoderKL
 from torch import nn
 
 from neonet.errors import MissingUpstreamError
@@ -40,11 +42,12 @@ def require_checkpoint(ws: Workspace, stage: str, fold: int, path: str | Path | 
     return ckpt
 
 
-def load_autoencoder(ckpt: str | Path) -> nn.Module:
+def load_autoencoder(ckpt: str | Path) -> AutoencoderKL:
     """The frozen ``AutoencoderKL`` of an autoencoder-stage checkpoint (rebuilt by :mod:`neonet.run.reload`)."""
     from neonet.gen.autoencoder import AutoencoderModule
 
-    return freeze(load_checkpoint_fold(ckpt, expect=AutoencoderModule).module.autoencoder)
+    module = cast(AutoencoderModule, load_checkpoint_fold(ckpt, expect=AutoencoderModule).module)  # class checked there
+    return cast(AutoencoderKL, freeze(module.autoencoder))
 
 
 def load_seg_network(ws: Workspace, fold: int) -> nn.Module | None:

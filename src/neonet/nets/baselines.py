@@ -14,7 +14,7 @@ MedicalNet weights) into the backbone, strictly except for the classification he
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +237,7 @@ class ViTClassifier(SqueezeLogit):
         super().__init__(net)
 
 
-BASELINES: dict[str, type[SqueezeLogit]] = {
+BASELINES: dict[str, Callable[..., SqueezeLogit]] = {
     "resnet18": ResNet18Classifier,
     "densenet121": DenseNet121Classifier,
     "seresnet50": SEResNet50Classifier,

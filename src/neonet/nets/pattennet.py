@@ -9,11 +9,12 @@ the input then carries as its last channel.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import AutoencoderKL
+from monai.networks.nets.autoencoderkl import Encoder
 from torch import nn
 
 from neonet.nets.attention import DualAttentionBlock3d
@@ -52,7 +53,7 @@ class AutoencoderKLEncoder(nn.Module):
 
     def __init__(self, autoencoder: AutoencoderKL, tap: str = "features") -> None:
         super().__init__()
-        encoder = autoencoder.encoder
+        encoder = cast(Encoder, autoencoder.encoder)  # AutoencoderKL types it as a plain nn.Module
         blocks = list(encoder.blocks)
         if len(blocks) < 3 or not isinstance(blocks[-2], nn.GroupNorm):
             raise TypeError(
@@ -237,7 +238,7 @@ class PattenNet(nn.Module):
         inside = torch.zeros_like(label, dtype=torch.float32)
         for value in self.region_labels or []:
             inside = inside + (label.round() == value).float()
-        weights = F.adaptive_avg_pool3d(inside, tuple(grid))
+        weights = F.adaptive_avg_pool3d(inside, cast("tuple[int, int, int]", tuple(grid)))
         empty = weights.flatten(1).sum(1) <= 0
         return torch.where(empty.view(-1, 1, 1, 1, 1), torch.ones_like(weights), weights)
 

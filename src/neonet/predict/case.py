@@ -23,7 +23,7 @@ import logging
 import math
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -37,6 +37,14 @@ from neonet.predict.ensemble import train_command, trained_folds
 from neonet.run.atomic import write_json
 from neonet.run.reload import TrainedFold, load_trained_fold
 from neonet.workspace import Workspace, git_sha
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
+    from neonet.cls.datamodule import ClsDataModule
+    from neonet.cls.module import ClassifierModule
+    from neonet.seg.datamodule import SegDataModule
+    from neonet.seg.module import SegModule
 
 log = logging.getLogger(__name__)
 
@@ -97,31 +105,37 @@ def segment(image: Path, models: list[TrainedFold], out_dir: Path, device: torch
     from neonet.seg import SegMaskWriter
     from neonet.seg.postprocess import postprocess_labels
 
-    grids = {(tuple(m.data.spacing), int(m.data.divisible)) for m in models}
+    # a seg fold's config.yaml builds these classes
+    nets = [cast("SegModule", m.module) for m in models]
+    datas = [cast("SegDataModule", m.data) for m in models]
+    grids = {(tuple(d.spacing), int(d.divisible)) for d in datas}
     if len(grids) > 1:
         raise NeonetError(
             f"the seg folds were trained on different grids (spacing, divisible) {sorted(grids)}; "
             "pick folds of one config with --folds"
         )
-    min_voxels = {int(m.module.hparams.min_tumor_voxels) for m in models}
+    min_voxels = {int(net.hparams.min_tumor_voxels) for net in nets}
     if len(min_voxels) > 1:
         log.warning("seg folds differ in min_tumor_voxels %s; the ensemble uses %d", sorted(min_voxels), max(min_voxels))
-    dm = models[0].data
+    dm = datas[0]
     dm.predict_transform = dm.base_transform(with_label=False)
     name = OUTPUTS["segmentation"].removesuffix(".nii.gz")
     batch = list_data_collate([dm.predict_transform({"image": str(image), "case_id": name, "source": str(image)})])
     x = batch["image"].as_tensor().to(device)
     total = None
     with torch.inference_mode():
-        for m in models:
+        for m, net in zip(models, nets):
             log.info("NeoSeg fold %d on %s", m.fold, device)
-            prob = torch.softmax(m.module.to(device).infer(x).float(), dim=1)
+            prob = torch.softmax(net.to(device).infer(x).float(), dim=1)
             total = prob if total is None else total + prob
-            m.module.cpu()
+            net.cpu()
+        if total is None:  # no folds: datas[0] above has failed already
+            raise NeonetError("no NeoSeg folds to segment with")
         labels = (total / len(models)).argmax(1, keepdim=True).to(torch.uint8).cpu()
     cleaned = torch.stack([postprocess_labels(lab, max(min_voxels)) for lab in labels])
     writer = SegMaskWriter(output_dir=str(out_dir))
-    writer.write_on_batch_end(SimpleNamespace(datamodule=dm), models[0].module, {"pred": cleaned}, [0], batch, 0)
+    trainer = cast("Trainer", SimpleNamespace(datamodule=dm))  # the writer reads only the trainer's datamodule
+    writer.write_on_batch_end(trainer, models[0].module, {"pred": cleaned}, [0], batch, 0)
     return out_dir / OUTPUTS["segmentation"]
 
 
@@ -153,11 +167,12 @@ def classify(
     from neonet.cls.saliency import SaliencyUnavailable, grad_cam
 
     probs, thresholds, maps, used = {}, {}, [], ""
-    shape = nib.load(str(patch)).shape[:3]
+    shape = cast(nib.Nifti1Image, nib.load(str(patch))).shape[:3]
     failed: str | None = None
     for m in models:
-        x = m.data.transform(train=False)({"image": str(patch), "region": str(label)})["image"][None].to(device)
-        module = m.module.to(device)
+        data = cast("ClsDataModule", m.data)  # a classifier fold's config.yaml builds these classes
+        x = data.transform(train=False)({"image": str(patch), "region": str(label)})["image"][None].to(device)
+        module = cast("ClassifierModule", m.module).to(device)
         with torch.no_grad():
             logit = float(module(x).float()[0])
         probs[str(m.fold)] = 1.0 / (1.0 + math.exp(-logit))
@@ -292,7 +307,7 @@ def predict_case(
         seg_record = {"source": "neoseg", "folds": seg_folds, "checkpoints": [ws.checkpoint_record(m.checkpoint) for m in models]}
         del models
     outputs["segmentation"] = str(seg_path)
-    labels = np.asarray(nib.load(str(seg_path)).dataobj)
+    labels = np.asarray(cast(nib.Nifti1Image, nib.load(str(seg_path))).dataobj)
     liver_ml, tumor_ml = _volumes_ml(labels, src.affine)
     seg_record |= {"liver_volume_ml": round(liver_ml, 3), "tumor_volume_ml": round(tumor_ml, 3)}
 

@@ -28,7 +28,7 @@ def _centre(mask: np.ndarray, box: dict | None) -> tuple[int, int, int]:
     liver = np.argwhere(mask > 0)
     if len(liver):
         return tuple(int(round(c)) for c in liver.mean(axis=0))  # type: ignore[return-value]
-    return tuple(s // 2 for s in mask.shape)  # type: ignore[return-value]
+    return tuple(s // 2 for s in mask.shape)
 
 
 def write_overlay(

@@ -137,7 +137,7 @@ def config_drift(
         One entry per differing setting, with ``<missing>`` for a setting the fold's config lacks.
     """
     skip = set(ignore)
-    out = []
+    out: list[tuple[str, Any, Any]] = []
     for path, value in _leaves(requested):
         key = _display(path)
         if not path or key in skip or any(key.startswith(s + ".") for s in skip):

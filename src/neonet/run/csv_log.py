@@ -73,6 +73,8 @@ def _step(row: dict[str, Any]) -> float:
 class ResumableCSVLogger(CSVLogger):
     """``CSVLogger`` that keeps ``metrics.csv`` across a resumed fit (see the module docstring)."""
 
+    _experiment: KeepingExperimentWriter | None  # set only by ``experiment`` below
+
     @property
     @rank_zero_experiment
     def experiment(self) -> KeepingExperimentWriter:

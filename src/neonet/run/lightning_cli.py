@@ -21,7 +21,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import torch
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
@@ -127,6 +127,14 @@ def _tensors(node: Any) -> list[torch.Tensor]:
     return []
 
 
+class _CheckpointCommon(TypedDict):
+    """The :class:`ModelCheckpoint` arguments every neonet checkpoint callback shares."""
+
+    dirpath: str
+    auto_insert_metric_name: bool
+    enable_version_counter: bool
+
+
 def checkpoint_callbacks(dirpath: Path, monitor: str | None, mode: str = "min", every_n_steps: int = 0) -> list[ModelCheckpoint]:
     """``best.ckpt`` (best ``monitor``), ``last.ckpt`` after every epoch and, optionally, every N steps.
 
@@ -134,7 +142,7 @@ def checkpoint_callbacks(dirpath: Path, monitor: str | None, mode: str = "min", 
     its own callback: with ``save_last=True`` on the ``best`` one, Lightning rewrites ``last.ckpt``
     only in epochs where ``best`` improves, and a resumed fit would go back to that epoch.
     """
-    common = {"dirpath": str(dirpath), "auto_insert_metric_name": False, "enable_version_counter": False}
+    common: _CheckpointCommon = {"dirpath": str(dirpath), "auto_insert_metric_name": False, "enable_version_counter": False}
     out = [
         ModelCheckpoint(filename="best", monitor=monitor, mode=mode, **common),
         ModelCheckpoint(filename="last", monitor=None, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True, **common),
@@ -233,7 +241,8 @@ class NeonetCLI(LightningCLI):
             )
         if trainer.is_global_zero and not trainer.interrupted:
             stage, fold, ws = self._stage_fold()
-            ckpt_cb = trainer.checkpoint_callback
+            # the "best" callback of checkpoint_callbacks(), or a ModelCheckpoint the config gave instead
+            ckpt_cb = cast("ModelCheckpoint | None", trainer.checkpoint_callback)
             best = Path(ckpt_cb.best_model_path) if ckpt_cb and ckpt_cb.best_model_path else None
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
             fields: dict[str, Any] = {

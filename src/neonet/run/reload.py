@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import torch
 import yaml
@@ -127,7 +127,7 @@ def allowed_class(class_path: Any, source: str | Path | None = None, key: str = 
     return obj
 
 
-def _is_spec(node: Any) -> bool:
+def _is_spec(node: Any) -> TypeGuard[Mapping[str, Any]]:
     return isinstance(node, Mapping) and "class_path" in node
 
 
@@ -312,7 +312,7 @@ def _fold_specs(cfg: dict[str, Any], config: Path) -> tuple[dict[str, Any], dict
     return {**model, "init_args": init}, dict(data)
 
 
-def _load_weights(module: nn.Module, checkpoint: dict[str, Any], ckpt: Path, config: Path, fix: str) -> None:
+def _load_weights(module: LightningModule, checkpoint: dict[str, Any], ckpt: Path, config: Path, fix: str) -> None:
     """Lightning's reload order: ``on_load_checkpoint`` (e.g. rebuilding recorded sub-networks), then the weights."""
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):

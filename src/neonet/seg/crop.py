@@ -373,7 +373,7 @@ def crop(
             row["intensity_scale"] = round(float(result.intensity_scale), 6)
             row["intensity_reference"] = result.intensity_reference
             if result.has_patch:
-                assert result.box is not None and result.label_patch is not None
+                assert result.box is not None and result.image_patch is not None and result.label_patch is not None
                 patch_aff = patch_affine(affine, result.box["start"])
                 save_nifti(patches_dir / image_rel, result.image_patch.astype(np.float32), patch_aff)
                 save_nifti(patches_dir / label_rel, result.label_patch.astype(np.uint8), patch_aff)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from monai import transforms as mt
-from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
+from monai.data import CacheDataset, Dataset, list_data_collate
+from torch.utils.data import DataLoader
 
 from neonet.data.base import FoldDataModule
 from neonet.data.cases import Case, read_cases
@@ -81,7 +82,7 @@ class SegDataModule(FoldDataModule):
     # ------------------------------------------------------------------ transforms
     def base_transform(self, with_label: bool = True) -> mt.Compose:
         """Deterministic preprocessing (invertible spatial steps)."""
-        steps = [canonical_transforms(self.spacing, self.label_map, with_label=with_label)]
+        steps: list[mt.Transform] = [canonical_transforms(self.spacing, self.label_map, with_label=with_label)]
         keys = ["image", "label"] if with_label else ["image"]
         steps.append(mt.DivisiblePadd(keys=keys, k=self.divisible))
         return mt.Compose(steps).flatten()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -62,7 +62,8 @@ class SegModule(StageModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.net = net.to(memory_format=torch.channels_last_3d) if channels_last else net
+        # Module.to accepts memory_format at runtime; torch's overloads leave it out
+        self.net = net.to(memory_format=torch.channels_last_3d) if channels_last else net  # type: ignore[call-overload]
         self.channels_last = channels_last
         self.roi_size = tuple(roi_size) if roi_size else None
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce, batch=batch_dice)
@@ -79,7 +80,8 @@ class SegModule(StageModule):
     def infer(self, image: torch.Tensor) -> torch.Tensor:
         """Sliding-window (or whole-volume) logits."""
         roi = self.roi_size or tuple(image.shape[2:])
-        return sliding_window_inference(image, roi, self.hparams.sw_batch_size, self.forward, overlap=self.hparams.overlap)
+        logits = sliding_window_inference(image, roi, self.hparams.sw_batch_size, self.forward, overlap=self.hparams.overlap)
+        return cast(torch.Tensor, logits)  # a tensor, as forward returns one
 
     def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Shared step: (loss, logits)."""

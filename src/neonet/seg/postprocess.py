@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from monai.transforms import KeepLargestConnectedComponent, RemoveSmallObjects
 
@@ -20,10 +22,10 @@ def postprocess_labels(labels: torch.Tensor, min_tumor_voxels: int = 10) -> torc
     """
     region = (labels >= LIVER).to(torch.uint8)
     if region.any():
-        region = KeepLargestConnectedComponent(applied_labels=[1], connectivity=3)(region)
+        region = cast(torch.Tensor, KeepLargestConnectedComponent(applied_labels=[1], connectivity=3)(region))
     tumor = ((labels == TUMOR) & (region > 0)).to(torch.uint8)
     if min_tumor_voxels > 0 and tumor.any():
-        tumor = RemoveSmallObjects(min_size=min_tumor_voxels, connectivity=3)(tumor)
+        tumor = cast(torch.Tensor, RemoveSmallObjects(min_size=min_tumor_voxels, connectivity=3)(tumor))
     out = torch.zeros_like(labels)
     out[region > 0] = LIVER
     out[tumor > 0] = TUMOR

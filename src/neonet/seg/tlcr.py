@@ -19,9 +19,9 @@ no file io. Conventions (see ``NEONET.md``, "our decisions"):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from scipy import ndimage
@@ -111,7 +111,7 @@ def crop_box(center_vox: Sequence[float], patch_size: Sequence[int], volume_shap
     return {"center": center, "start": start, "stop": stop, "pad_before": pad_before, "pad_after": pad_after}
 
 
-def extract_patch(array: np.ndarray, box: dict[str, Sequence[int]], pad_value: float = 0) -> np.ndarray:
+def extract_patch(array: np.ndarray, box: Mapping[str, Sequence[int]], pad_value: float = 0) -> np.ndarray:
     """The part of ``array`` inside ``box``, padded with ``pad_value`` outside the volume.
 
     Args:
@@ -155,6 +155,14 @@ def patch_affine(affine: np.ndarray, start: Sequence[int]) -> np.ndarray:
     out = affine.copy()
     out[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=np.float64) + affine[:3, 3]
     return out
+
+
+class _Common(TypedDict):
+    """The :class:`TLCRResult` fields every outcome of :func:`tlcr` sets."""
+
+    spacing: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    shell_mm: float
 
 
 @dataclass
@@ -305,7 +313,7 @@ def tlcr(
     voxel_ml = float(np.prod(spacing)) / 1000.0
     liver = mask == 1
     tumor = mask == 2
-    common = {"spacing": spacing, "patch_size": patch_size, "shell_mm": float(shell_mm)}
+    common: _Common = {"spacing": spacing, "patch_size": patch_size, "shell_mm": float(shell_mm)}
 
     largest, n_tumors = largest_component(tumor)
     if n_tumors:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -44,7 +44,7 @@ class SegMaskWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        dm = trainer.datamodule
+        dm = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at runtime, not declared on Trainer
         out_dir = self.output_dir or dm.output_dir()
         inverter = Invertd(keys="pred", transform=dm.predict_transform, orig_keys="image", nearest_interp=True)
         items = decollate_batch(batch)
@@ -52,7 +52,7 @@ class SegMaskWriter(BasePredictionWriter):
             image = item["image"]
             item["pred"] = MetaTensor(pred.cpu().float(), affine=image.affine, meta=dict(image.meta))
             restored = inverter(item)["pred"]
-            src = nib.load(item["source"])
+            src = cast(nib.Nifti1Image, nib.load(item["source"]))
             mask = np.rint(np.asarray(restored.detach().cpu())[0]).astype(np.uint8)
             if mask.shape != src.shape[:3]:
                 raise RuntimeError(f"case {item['case_id']}: inverted mask shape {mask.shape} differs from image {src.shape}")
