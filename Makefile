@@ -49,9 +49,9 @@ install: $(VENV)/.installed ## create .venv: torch first (CPU here), then neonet
 test: install ## run the default test suite (excludes tests marked slow)
 	$(PY) -m pytest -m "not slow" -q
 
-lint: install ## ruff (lint + format check) and mypy on src/
+lint: install ## ruff (lint + format check on src, tests, benchmarks) and mypy on src/
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
 test-slow: install ## run only the slow tests
