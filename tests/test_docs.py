@@ -53,3 +53,20 @@ def test_every_config_is_documented_and_every_documented_config_exists() -> None
     assert not undocumented, f"configs not in README: {undocumented}"
     stale = [w for w in written if w.startswith("experiments/") and not any(fnmatch.fnmatch(c, w) for c in configs)]
     assert not stale, f"README names configs that do not exist: {stale}"
+
+
+def test_every_config_a_config_table_row_names_exists() -> None:
+    """A row may name configs by path and then by name alone (`crop.yaml`): each name exists in that folder."""
+    rows = [ln for ln in README.splitlines() if re.match(r"\| `experiments/[\w/]+\.yaml`", ln)]
+    assert len(rows) > 5
+    missing = []
+    for row in rows:
+        cell = row.split("|")[1]
+        names = re.findall(r"`([\w/*]+\.yaml)`", cell)
+        first = Path(names[0])
+        for name in names:
+            # a short name is relative to the first path's folder or one above it (`null/crop.yaml`)
+            where = [name] if name.startswith("experiments/") else [f"{d.as_posix()}/{name}" for d in first.parents[:-1]]
+            if not any(list(REPO.glob(w)) for w in where):
+                missing.append(where[0])
+    assert not missing, f"README's config table names configs that do not exist: {missing}"
