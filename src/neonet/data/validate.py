@@ -524,10 +524,11 @@ def check_data(
 ) -> int:
     """Check a case manifest and all its NIfTI files, listing every problem in one run.
 
-    Checks the manifest (columns, unique non-empty case ids, pni 0/1, label paths), each file
-    (exists, readable NIfTI, voxel data not truncated, 3D, no NaN/inf voxels), each image/label
-    pair (same shape and affine) and each label (integer values, all in the label map, liver and
-    tumour present). Prints a table of problems, or ``N cases OK``.
+    Checks the manifest (columns, unique case ids that are safe file names, pni 0/1, label paths;
+    rows are named by their line in the file), each file (exists, readable NIfTI, voxel data not
+    truncated, 3D, no NaN/inf voxels), each image/label pair (same shape and affine) and each label
+    (integer values, all in the label map, liver and tumour present). Prints a table of problems,
+    or ``N cases OK``.
 
     Args:
         cases: the case manifest CSV (``case_id, image, label, pni[, patient_id]``).
