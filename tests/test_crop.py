@@ -13,7 +13,7 @@ import pytest
 
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.run.provenance import OutOfDateError, UnreadableRecordError
-from neonet.seg.crop import MANIFEST_COLUMNS, crop
+from neonet.seg.crop import MANIFEST_COLUMNS, CropFailedError, crop
 from neonet.workspace import Workspace
 
 SHAPE = (40, 40, 16)
@@ -80,9 +80,13 @@ def cohort(tmp_path_factory):
 
 
 def _crop(cases, runs, **kw):
+    """Crop the cohort; c5 (not NIfTI) always fails, so crop raises after writing the manifest, naming c5."""
     args = dict(experiment="t", runs_dir=runs, spacing=SPACING, patch_size=PATCH, shell_mm=4.0, other=[KIDNEY])
     args.update(kw)
-    return crop(cases, **args)
+    with pytest.raises(CropFailedError) as info:
+        crop(cases, **args)
+    assert list(info.value.failed) == ["c5"] and "case c5: error: " in str(info.value)
+    return info.value.manifest
 
 
 def _manifest(path):

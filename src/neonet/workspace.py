@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from neonet import __version__
+from neonet.data.cases import case_file
 from neonet.run.atomic import read_json, sha256_file, write_json
 
 STAGES = ("seg", "autoencoder", "diffusion", "controlnet", "pattennet")
@@ -129,8 +130,12 @@ class Workspace:
         return self.root / "seg" / "predictions"
 
     def seg_prediction(self, case_id: str) -> Path:
-        """The out-of-fold NeoSeg mask of one case."""
-        return self.seg_predictions_dir / f"{case_id}.nii.gz"
+        """The out-of-fold NeoSeg mask of one case.
+
+        Raises:
+            DataError: ``case_id`` is not one safe file name (the path would leave the folder).
+        """
+        return case_file(self.seg_predictions_dir, case_id)
 
     @property
     def patches_dir(self) -> Path:

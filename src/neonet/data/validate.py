@@ -6,10 +6,12 @@ every problem of a cohort. Training stages call :func:`assert_valid`, which rais
 
 Checks:
 
-* manifest: file missing or unreadable, missing columns, no rows, empty ``case_id``, duplicate
-  ``case_id``, ``pni`` not 0/1, empty ``pni`` (error only when ``require_pni``), empty ``image``,
-  empty ``label`` (error when ``require_label``, else a warning), the same image listed twice
-  (warning), label path equal to the image path.
+* manifest: file missing or unreadable (not UTF-8, not CSV), missing or repeated columns, no rows,
+  a row with more fields than the header, empty ``case_id``, a ``case_id`` that is not one safe
+  file name (:func:`neonet.data.cases.case_id_problem`), duplicate ``case_id``, ``pni`` not 0/1,
+  empty ``pni`` (error only when ``require_pni``), empty ``image``, empty ``label`` (error when
+  ``require_label``, else a warning), the same image listed twice (warning), label path equal to
+  the image path. Rows are named by their line number in the file (blank lines are skipped).
 * each file: missing, not a readable NIfTI file, truncated or corrupt voxel data, not 3D (a
   singleton 4th dimension is accepted), singular affine, non-numeric voxels; image: NaN or
   infinite voxels, constant image (warning).
@@ -29,7 +31,17 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from neonet.data.cases import REQUIRED_COLUMNS, LabelMap, _resolve, parse_pni, read_cases_raw
+from neonet.data.cases import (
+    REQUIRED_COLUMNS,
+    LabelMap,
+    ManifestRow,
+    _resolve,
+    case_id_problem,
+    header_problem,
+    parse_manifest,
+    parse_pni,
+    surplus_problem,
+)
 from neonet.data.nifti import load_nifti, read_array
 from neonet.errors import DataError
 
@@ -51,7 +63,8 @@ class Problem:
 
     Args:
         case_id: the case it belongs to; "" for manifest-level problems (an unreadable manifest,
-            an empty case_id); ``row N`` for the files of a row whose case_id is empty.
+            an empty case_id); ``line N`` for the files of a row whose case_id is empty (N: the
+            row's line number in the manifest).
         file: the file the problem is in (the CSV for manifest problems).
         problem: what is wrong and, where useful, what to do about it.
         severity: "error" (the cohort cannot be used as is) or "warning".
@@ -123,25 +136,20 @@ class _Collector:
 # manifest
 
 
-def _read_manifest(cases_csv: Path, out: _Collector) -> tuple[list[str], list[dict[str, str]]] | None:
-    """Read the manifest; report missing/unreadable files and missing columns.
+def _read_manifest(cases_csv: Path, out: _Collector) -> tuple[list[str], list[ManifestRow]] | None:
+    """Read the manifest; report missing/unreadable files and header problems (missing columns).
 
-    With missing columns the rows are still returned so that the columns that are there can be
+    With a header problem the rows are still returned so that the columns that are there can be
     checked; returns None when the file cannot be read at all.
     """
     try:
-        return read_cases_raw(cases_csv)
+        header, rows = parse_manifest(cases_csv)
     except DataError as exc:
         out.add("", cases_csv, _strip_path(str(exc), cases_csv))
-    if not cases_csv.is_file():
         return None
-    try:
-        with open(cases_csv, newline="") as handle:
-            reader = csv.DictReader(handle)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None  # already reported by read_cases_raw
+    problem = header_problem(cases_csv, header)
+    if problem is not None:
+        out.add("", cases_csv, _strip_path(problem, cases_csv))
     return header, rows
 
 
@@ -335,16 +343,21 @@ def _run_checks(
     first_row: dict[str, int] = {}
     image_owner: dict[Path, str] = {}
     log.info("checking %d case(s) of %s", len(rows), cases_csv)
-    for row_no, row in enumerate(tqdm(rows, desc="check-data", unit="case", disable=not progress), start=2):
+    for row in tqdm(rows, desc="check-data", unit="case", disable=not progress):
+        row_no = row.line
         cid = row.get("case_id", "") if has["case_id"] else ""
+        surplus = surplus_problem(row, len(header))
+        if surplus is not None:
+            out.add(cid, cases_csv, f"line {row_no}: {surplus}")
         if has["case_id"]:
-            if not cid:
-                out.add("", cases_csv, f"row {row_no}: empty case_id")
+            bad_id = case_id_problem(cid)
+            if bad_id is not None:
+                out.add(cid, cases_csv, f"line {row_no}: {bad_id}")
             elif cid in first_row:
                 out.add(
                     cid,
                     cases_csv,
-                    f"row {row_no}: duplicate case_id {cid!r} (first used in row {first_row[cid]}); case ids must be unique",
+                    f"line {row_no}: duplicate case_id {cid!r} (first used on line {first_row[cid]}); case ids must be unique",
                 )
             else:
                 first_row[cid] = row_no
@@ -352,13 +365,13 @@ def _run_checks(
             try:
                 pni = parse_pni(row.get("pni", ""))
             except ValueError as exc:
-                out.add(cid, cases_csv, f"row {row_no}: {exc}")
+                out.add(cid, cases_csv, f"line {row_no}: {exc}")
             else:
                 if pni is None and require_pni:
                     out.add(
                         cid,
                         cases_csv,
-                        f"row {row_no}: empty pni; every case needs a PNI label "
+                        f"line {row_no}: empty pni; every case needs a PNI label "
                         "(0 or 1) for classification (--require_pni false allows "
                         "segmentation-only cases)",
                     )
@@ -366,14 +379,15 @@ def _run_checks(
         if has["image"]:
             text = row.get("image", "")
             if not text:
-                out.add(cid, cases_csv, f"row {row_no}: empty image path")
+                out.add(cid, cases_csv, f"line {row_no}: empty image path")
             else:
                 image_path = _resolve(base, text)
                 key = image_path.resolve()
                 if key in image_owner:
-                    out.add(cid, cases_csv, f"row {row_no}: image {text} is also the image of case {image_owner[key]!r}", WARNING)
+                    also = f"line {row_no}: image {text} is also the image of case {image_owner[key]!r}"
+                    out.add(cid, cases_csv, also, WARNING)
                 else:
-                    image_owner[key] = cid or f"row {row_no}"
+                    image_owner[key] = cid or f"line {row_no}"
         label_path: Path | None = None
         if has["label"]:
             text = row.get("label", "")
@@ -382,23 +396,23 @@ def _run_checks(
                     out.add(
                         cid,
                         cases_csv,
-                        f"row {row_no}: empty label path; a label (liver + tumour "
+                        f"line {row_no}: empty label path; a label (liver + tumour "
                         "mask) is required here (--require_label false allows cases "
                         "without a mask)",
                     )
                 else:
-                    out.add(cid, cases_csv, f"row {row_no}: no label; the case is used without a manual mask", WARNING)
+                    out.add(cid, cases_csv, f"line {row_no}: no label; the case is used without a manual mask", WARNING)
             else:
                 label_path = _resolve(base, text)
                 if image_path is not None and label_path.resolve() == image_path.resolve():
-                    out.add(cid, cases_csv, f"row {row_no}: label path is the same file as the image")
+                    out.add(cid, cases_csv, f"line {row_no}: label path is the same file as the image")
                     label_path = None
         try:
-            _check_case(cid or f"row {row_no}", image_path, label_path, label_map, out)
+            _check_case(cid or f"line {row_no}", image_path, label_path, label_map, out)
         except Exception as exc:  # noqa: BLE001 - one bad case must not stop the run
             log.debug("unexpected error checking case %r", cid, exc_info=True)
             out.add(
-                cid or f"row {row_no}",
+                cid or f"line {row_no}",
                 image_path or label_path or cases_csv,
                 f"unexpected error while checking: {type(exc).__name__}: {exc}",
             )
@@ -510,10 +524,11 @@ def check_data(
 ) -> int:
     """Check a case manifest and all its NIfTI files, listing every problem in one run.
 
-    Checks the manifest (columns, unique non-empty case ids, pni 0/1, label paths), each file
-    (exists, readable NIfTI, voxel data not truncated, 3D, no NaN/inf voxels), each image/label
-    pair (same shape and affine) and each label (integer values, all in the label map, liver and
-    tumour present). Prints a table of problems, or ``N cases OK``.
+    Checks the manifest (columns, unique case ids that are safe file names, pni 0/1, label paths;
+    rows are named by their line in the file), each file (exists, readable NIfTI, voxel data not
+    truncated, 3D, no NaN/inf voxels), each image/label pair (same shape and affine) and each label
+    (integer values, all in the label map, liver and tumour present). Prints a table of problems,
+    or ``N cases OK``.
 
     Args:
         cases: the case manifest CSV (``case_id, image, label, pni[, patient_id]``).

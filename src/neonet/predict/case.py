@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from neonet import __version__
-from neonet.data.cases import LIVER, TUMOR, LabelMap
+from neonet.data.cases import LIVER, TUMOR, LabelMap, safe_file_name
 from neonet.data.nifti import load_nifti, read_array, save_nifti
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
 from neonet.predict.ensemble import train_command, trained_folds
@@ -194,12 +194,17 @@ def classify(
 
 
 def image_name(path: Path) -> str:
-    """File name without ``.nii.gz`` / ``.nii``."""
+    """File name without ``.nii.gz`` / ``.nii``, made one safe folder name (the default output folder's):
+    characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_`` (as for case ids), so
+    ``...nii.gz`` or ``.nii`` cannot name the parent folder or ``predict_case`` itself."""
     name = Path(path).name
     for suffix in (".nii.gz", ".nii"):
         if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = Path(name).stem
+    return safe_file_name(name, default="image")
 
 
 def _volumes_ml(labels: np.ndarray, affine: np.ndarray) -> tuple[float, float]:

@@ -9,7 +9,9 @@ takes ``--config FILE`` (a YAML of its options; for ``cv``, the stage configs) a
 
 Conveniences, the same for every project verb: ``--pni-fraction`` is ``--pni_fraction``; a bare
 boolean flag (``--force``) is ``--force=true``; a list option takes several values
-(``--folds 0 1`` is ``--folds [0,1]``) or repeats (``--config a.yaml --config b.yaml``); a verb with
+(``--folds 0 1`` is ``--folds [0,1]``) or repeats (``--config a.yaml --config b.yaml``), and a list of
+numbers may also be written ``48,48,16``, ``48 48 16``, ``(48,48,16)`` or ``[48,48,16]`` (so may a
+list of numbers given to a Lightning verb or after ``--``: ``--data.patch_size 32,32,16``); a verb with
 a ``positional`` parameter takes it first without its option name (``neonet predict-case scan.nii.gz``);
 a verb with an ``override`` parameter takes the options after ``--`` (``neonet cv ... -- --trainer.max_epochs=5``).
 """
@@ -21,6 +23,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 import sys
 import types
 import typing
@@ -145,9 +148,48 @@ def _is_list(hint: Any) -> bool:
     return origin in (typing.Union, types.UnionType) and any(_is_list(h) for h in typing.get_args(hint))
 
 
+def _item_types(hint: Any) -> set[Any]:
+    """The element types of a list/tuple annotation (through unions; ``Ellipsis`` left out)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return {t for h in typing.get_args(hint) for t in _item_types(h)}
+    if origin in (list, tuple):
+        return {t for t in typing.get_args(hint) if t is not Ellipsis}
+    return set()
+
+
+def _is_number_list(hint: Any) -> bool:
+    """Whether an annotation is a list/tuple of numbers only (``tuple[int, int, int]``, ``list[float] | None``)."""
+    items = _item_types(hint)
+    return bool(items) and items <= {int, float}
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _number_list(values: list[str]) -> str | None:
+    """``48,48,16``, ``48 48 16``, ``(48, 48, 16)``, ``[48,48,16]`` or the tokens ``48`` ``48`` ``16`` → ``[48,48,16]``.
+
+    None unless every item is a number and there are several of them or brackets around them (a
+    single plain number stays a number).
+    """
+    text = " ".join(values).strip()
+    bracketed = len(text) >= 2 and text[0] in "([" and text[-1] in ")]"
+    items = [t for t in re.split(r"[\s,]+", text[1:-1] if bracketed else text) if t]
+    if not items or not all(_NUMBER.fullmatch(t) for t in items) or (len(items) < 2 and not bracketed):
+        return None
+    return "[" + ",".join(items) + "]"
+
+
 def _list_values(func: Any, args: list[str]) -> list[str]:
-    """``--folds 0 1`` → ``--folds [0,1]``; a repeated list option collects every value; ``--folds [0,1]`` stays."""
-    lists = {f"--{name}" for name, hint in _hints(func).items() if _is_list(hint)}
+    """``--folds 0 1`` → ``--folds [0,1]``; a repeated list option collects every value; ``--folds [0,1]`` stays.
+
+    A list of numbers also takes ``48,48,16``, ``48 48 16`` (one argument or three), ``48, 48, 16``
+    and ``(48,48,16)``.
+    """
+    hints = _hints(func)
+    lists = {f"--{name}" for name, hint in hints.items() if _is_list(hint)}
+    numbers = {f"--{name}" for name, hint in hints.items() if _is_number_list(hint)}
     values: dict[str, list[str]] = {}
     order: list[str] = []
     rest: list[str] = []
@@ -172,7 +214,10 @@ def _list_values(func: Any, args: list[str]) -> list[str]:
     for arg in rest:
         if arg in values and arg in order:
             given = values[arg]
-            if len(given) == 1 and given[0].lstrip().startswith(("[", "null", "None")):
+            as_numbers = _number_list(given) if arg in numbers else None
+            if as_numbers is not None:
+                out += [arg, as_numbers]
+            elif len(given) == 1 and given[0].lstrip().startswith(("[", "null", "None")):
                 out += [arg, given[0]]
             else:
                 out += [arg, "[" + ",".join(given) + "]"]
@@ -218,28 +263,78 @@ def run_project_verb(verb: str, args: list[str]) -> int:
 
 
 def normalise_overrides(extra: list[str]) -> list[str]:
-    """``--a.b value`` and ``--a.b=value`` → ``--a.b=value`` (the form every fold's ``neonet fit`` gets)."""
+    """``--a.b value`` and ``--a.b=value`` → ``--a.b=value`` (the form every fold's ``neonet fit`` gets).
+
+    A bare ``--a.b`` is ``--a.b=true``; a list of numbers (``--a.b 48 48 16``, ``--a.b=48,48,16``,
+    ``(48,48,16)``) becomes ``--a.b=[48,48,16]``.
+    """
     out: list[str] = []
     i = 0
     while i < len(extra):
         item = extra[i]
         if not item.startswith("--"):
             raise NeonetError(f"unexpected argument {item!r} after `--`: use --key=value")
-        if "=" in item or i + 1 >= len(extra) or extra[i + 1].startswith("--"):
-            out.append(item if "=" in item else f"{item}=true")
+        key, sep, value = item.partition("=")
+        given = [value] if sep else []
+        i += 1
+        while not sep and i < len(extra) and not extra[i].startswith("--"):
+            given.append(extra[i])
             i += 1
+        if not given:
+            out.append(f"{key}=true")
+        elif (as_numbers := _number_list(given)) is not None:
+            out.append(f"{key}={as_numbers}")
+        elif len(given) == 1:
+            out.append(f"{key}={given[0]}")
         else:
-            out.append(f"{item}={extra[i + 1]}")
-            i += 2
+            raise NeonetError(
+                f"`{key}` after `--` got {len(given)} values ({' '.join(given)}): give one value, or a list as {key}=[a,b]"
+            )
+    return out
+
+
+def _lightning_number_lists(args: list[str]) -> list[str]:
+    """For a Lightning verb: ``--data.patch_size 32,32,16`` (or ``32 32 16``, ``(32,32,16)``) → ``--data.patch_size=[32,32,16]``.
+
+    Only lists of numbers are rewritten; every other argument is passed on as given.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        item = args[i]
+        i += 1
+        if not item.startswith("--"):
+            out.append(item)
+            continue
+        key, sep, value = item.partition("=")
+        given = [value] if sep else []
+        j = i
+        while not sep and j < len(args) and not args[j].startswith("--"):
+            given.append(args[j])
+            j += 1
+        as_numbers = _number_list(given) if given and not given[0].lstrip().startswith("[") else None
+        if as_numbers is None:
+            out.append(item)
+            continue
+        out.append(f"{key}={as_numbers}")
+        i = j
     return out
 
 
 def run_lightning(args: list[str]) -> int:
     """Run a Lightning verb through :class:`neonet.run.lightning_cli.NeonetCLI`."""
+    import warnings
+
     from neonet.run.lightning_cli import NeonetCLI
 
+    given = _lightning_number_lists(args)
     # LightningCLI reads sys.argv itself (and warns about a given list) when we were called from the command line
-    NeonetCLI(args=None if args == sys.argv[1:] else args)
+    if args == sys.argv[1:] and given == args:
+        NeonetCLI(args=None)
+        return 0
+    with warnings.catch_warnings():  # a list of numbers rewritten: this list replaces the command line
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
+        NeonetCLI(args=given)
     return 0
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from neonet.data.cases import Case, LabelMap, read_cases
+from neonet.data.cases import Case, LabelMap, case_file, read_cases
 from neonet.data.nifti import load_nifti, save_nifti
 from neonet.data.patches import PATCH_COLUMNS
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
@@ -70,6 +70,10 @@ SETTINGS_DEFAULTS = {"shell_region": "all", "liver_level": None, "liver_region":
 WHAT = "the TLCR patch folder"
 #: Statuses whose rows (and files) a re-run with the same settings and inputs may reuse.
 REUSABLE_STATUSES = (STATUS_OK, STATUS_LIVER_FALLBACK, STATUS_SKIPPED, STATUS_NO_LIVER)
+#: Status prefix of a case that failed.
+STATUS_ERROR = "error"
+#: At most this many failed cases are listed in the error message.
+MAX_LISTED_FAILURES = 20
 _AXES = ("x", "y", "z")
 
 MANIFEST_COLUMNS = [
@@ -123,6 +127,30 @@ def _settings(
         "liver_region": None if liver_level is None else liver_region,
         "shell_region": shell_region,
     }
+
+
+class CropFailedError(NeonetError):
+    """Some cases of a ``neonet crop`` failed (the others were cropped and the manifest written).
+
+    Attributes:
+        manifest: the ``manifest.csv`` written (every case's row, failed ones with ``error: ...``).
+        failed: case id → why it failed, in manifest order.
+    """
+
+    def __init__(self, manifest: Path, failed: dict[str, str], n_cases: int, cases: Path) -> None:
+        shown = list(failed.items())[:MAX_LISTED_FAILURES]
+        lines = [f"  case {cid}: {why}" for cid, why in shown]
+        if len(failed) > len(shown):
+            lines.append(f"  ... and {len(failed) - len(shown)} more (see the manifest's status column)")
+        super().__init__(
+            f"{len(failed)} of {n_cases} case(s) failed and have no patches:\n"
+            + "\n".join(lines)
+            + f"\nThe {n_cases - len(failed)} other case(s) were cropped; {manifest} lists every case with its status. "
+            f"Fix the failed cases (`neonet check-data --cases {cases}` checks every file) or remove them from "
+            f"the case manifest, then run the same command again: the cases already cropped are reused."
+        )
+        self.manifest = manifest
+        self.failed = failed
 
 
 def _legacy_record(data: dict[str, Any]) -> Provenance:
@@ -235,7 +263,8 @@ def crop(
     Writes ``<runs_dir>/<experiment>/patches/{images,labels}/<case>.nii.gz``, ``manifest.csv``
     (one row per case with status, tumour count and volume, centroid, crop box, padding) and
     ``crop_config.json``. A re-run skips cases whose patches exist with the same settings and
-    unchanged inputs; a case that fails is recorded as ``error: ...`` and the others continue.
+    unchanged inputs; a case that fails is recorded as ``error: ...`` and the others continue, and
+    once the manifest is written the command fails (exit code 2) naming every failed case.
 
     Args:
         cases: the case manifest (``cases.csv``).
@@ -269,6 +298,10 @@ def crop(
 
     Returns:
         The path of ``manifest.csv``.
+
+    Raises:
+        CropFailedError: some cases failed; raised after the patches of the others and the manifest
+            (every case, failed ones with ``error: ...``) were written.
     """
     if source not in SOURCES:
         raise NeonetError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -338,8 +371,7 @@ def crop(
             "shell_region": shell_region,
             "source_image": str(case.image),
         }
-        image_rel = Path("images") / f"{case.case_id}.nii.gz"
-        label_rel = Path("labels") / f"{case.case_id}.nii.gz"
+        image_rel, label_rel = case_file("images", case.case_id), case_file("labels", case.case_id)
         try:
             mask_path = _mask_path(case, source, workspace)
             if mask_path is None:
@@ -384,7 +416,7 @@ def crop(
             if result.fits is False:
                 log.warning("case %s: the largest tumour does not fit in a %s patch", case.case_id, patch_size)
         except Exception as exc:  # one bad case must not stop the cohort; it is recorded instead
-            row["status"] = f"error: {_one_line(exc)}"
+            row["status"] = f"{STATUS_ERROR}: {_one_line(exc)}"
             log.warning("case %s: %s", case.case_id, row["status"])
         rows.append(row)
 
@@ -402,6 +434,9 @@ def crop(
         summary or "none",
         manifest_path,
     )
+    failed = {str(r["case_id"]): str(r["status"]) for r in rows if str(r["status"]).startswith(f"{STATUS_ERROR}:")}
+    if failed:
+        raise CropFailedError(manifest_path, failed, len(rows), Path(cases))
     return manifest_path
 
 

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Invertd
 
+from neonet.data.cases import case_file
 from neonet.data.nifti import save_nifti
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,6 @@ class SegMaskWriter(BasePredictionWriter):
             mask = np.rint(np.asarray(restored.detach().cpu())[0]).astype(np.uint8)
             if mask.shape != src.shape[:3]:
                 raise RuntimeError(f"case {item['case_id']}: inverted mask shape {mask.shape} differs from image {src.shape}")
-            path = save_nifti(Path(out_dir) / f"{item['case_id']}.nii.gz", mask, src.affine)
+            path = save_nifti(case_file(out_dir, item["case_id"]), mask, src.affine)
             self.written.append(path)
             log.info("wrote %s", path)
