@@ -494,3 +494,22 @@ def test_fuzzed_nifti_headers_are_reported_or_pass_never_crash(tmp_path: Path) -
     assert result["outcomes"]["error"] > 50 and sum(result["outcomes"].values()) == 150
     assert result["maxrss_kb"] < 700 * 1024, f"fuzz peaked at {result['maxrss_kb'] / 1024:.0f} MB"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fuzz.py", "lab.nii"]  # nothing else written
+
+
+@pytest.mark.slow
+def test_fit_on_a_cohort_of_singleton_4d_images(tmp_path: Path) -> None:
+    """The row as met: ``(x, y, z, 1)`` images pass check-data and NeoSeg trains on them (it died in ``Orientationd``)."""
+    out = tmp_path / "cohort"
+    assert (
+        main(["synth", "--out", str(out), "--cases", "6", "--seed", "4", "--shape", "[48,48,16]", "--spacing", "[7,7,12]"]) == 0
+    )
+    cases = out / "cases.csv"
+    for image in pd.read_csv(cases)["image"]:
+        src = nib.load(str(out / image))
+        _save_like(out / image, np.asanyarray(src.dataobj)[..., None], src)
+        assert nib.load(str(out / image)).shape == (48, 48, 16, 1)
+    assert check_data(cases) == 0
+    runs = tmp_path / "runs"
+    fit = ["fit", "--config", str(REPO / "tests" / "conf" / "seg.yaml"), f"--data.cases={cases}", f"--data.runs_dir={runs}"]
+    assert main([*fit, "--data.fold=0", "--trainer.enable_progress_bar=false"]) == 0
+    assert list((runs / "test" / "seg" / "fold0").rglob("*.ckpt")), "fit left no checkpoint"
