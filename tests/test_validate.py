@@ -97,7 +97,7 @@ def _bad_cohort(root: Path) -> tuple[Path, dict[str, list[str]]]:
             "pni": "1",
         }
     )
-    expected["four_d"] = ["image is 4D"]
+    expected["four_d"] = ["image is 4D with shape (8, 8, 4, 3)"]
 
     # shape mismatch
     rows.append(

@@ -9,6 +9,7 @@ to the input's original grid with ``monai.transforms.Invertd``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, TypedDict, cast
 
@@ -17,11 +18,53 @@ import torch
 import torchio as tio
 from monai import transforms as mt
 from monai.config import KeysCollection
-from monai.data import MetaTensor
+from monai.data import MetaTensor, NibabelReader
+from monai.data.utils import correct_nifti_header_if_necessary
+from monai.utils import ensure_tuple
 
 from neonet.data.cases import LabelMap
+from neonet.data.nifti import load_nifti
 
 DEFAULT_SPACING: tuple[float, float, float] = (1.5625, 1.5625, 4.0)
+
+
+class NeonetNiftiReader(NibabelReader):
+    """MONAI's ``NibabelReader`` opening each file with :func:`neonet.data.nifti.load_nifti`.
+
+    So the training, crop and prediction transforms read a volume exactly when ``check-data`` accepts
+    it: the size limit and the voxel-size check come from the header before any voxel is read, a
+    trailing singleton axis (``(x, y, z, 1)``) is dropped, and a real 4D volume is refused with a
+    :class:`~neonet.errors.DataError` naming the file (MONAI wraps it in its "applying transform"
+    error). A 3D volume is read exactly as ``NibabelReader`` reads it.
+    """
+
+    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
+        """Open one file or several (stacked as channels by ``get_data``), header-checked."""
+        filenames = ensure_tuple(data)
+        self.filenames = filenames
+        images = [correct_nifti_header_if_necessary(load_nifti(name)) for name in filenames]
+        return images if len(filenames) > 1 else images[0]
+
+
+class LoadNiftid(mt.LoadImaged):
+    """``LoadImaged`` that reads every file with :class:`NeonetNiftiReader`, and only with it.
+
+    Given a reader, MONAI's ``LoadImage`` falls back on its other readers when that one fails, so a
+    volume the header checks refuse would still be read by a plain reader; the reader is passed at
+    call time here, which MONAI uses without a fallback (its ``DataError`` then ends the transform).
+
+    Args:
+        keys: keys of the file paths.
+        kwargs: the other ``LoadImaged`` arguments (``image_only``, ``dtype``, ...).
+    """
+
+    def __init__(self, keys: KeysCollection, **kwargs: Any) -> None:
+        super().__init__(keys, reader=NeonetNiftiReader, **kwargs)
+        self.nifti_reader = NeonetNiftiReader()
+
+    def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
+        """Load each key's file with the neonet reader (a reader given here takes its place)."""
+        return super().__call__(data, reader or self.nifti_reader)
 
 
 class MapLabeld(mt.MapTransform):
@@ -162,7 +205,7 @@ def canonical_transforms(
     label_map = label_map or LabelMap()
     keys = [image_key, label_key] if with_label else [image_key]
     steps: list[Any] = [
-        mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True, dtype=np.float32),
+        LoadNiftid(keys=keys, image_only=True, dtype=np.float32),
         mt.EnsureChannelFirstd(keys=keys, channel_dim="no_channel"),
     ]
     if with_label:

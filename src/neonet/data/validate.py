@@ -12,12 +12,15 @@ Checks:
   empty ``pni`` (error only when ``require_pni``), empty ``image``, empty ``label`` (error when
   ``require_label``, else a warning), the same image listed twice (warning), label path equal to
   the image path. Rows are named by their line number in the file (blank lines are skipped).
-* each file: missing, not a readable NIfTI file, truncated or corrupt voxel data, not 3D (a
-  singleton 4th dimension is accepted), singular affine, non-numeric voxels; image: NaN or
-  infinite voxels, constant image (warning).
+* each file (the header checks are :func:`neonet.data.nifti.load_nifti`'s, which every loader
+  uses): missing, a folder (e.g. a DICOM series) or a symlink loop, not a readable NIfTI file,
+  larger than the voxel limit (``NEONET_MAX_VOXELS``), no voxel size in the header, not 3D (a
+  trailing singleton axis is dropped, as when training), truncated or corrupt voxel data,
+  singular affine, non-numeric voxels; image: NaN or infinite voxels, constant image, no
+  orientation in the header (warning), sheared voxel axes (warning).
 * image vs label: shape mismatch, affine mismatch (``np.allclose``, ``atol`` 1e-3 mm).
 * label: NaN/inf values, non-integer values, values outside the label map, no liver voxels, no
-  tumour voxels.
+  tumour voxels, tumour voxels outside the liver (warning).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 from tqdm import tqdm
 
 from neonet.data.cases import (
@@ -42,7 +46,7 @@ from neonet.data.cases import (
     parse_pni,
     surplus_problem,
 )
-from neonet.data.nifti import load_nifti, read_array
+from neonet.data.nifti import MAX_VOXELS_ENV, load_nifti, max_voxels, read_array
 from neonet.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,8 @@ AFFINE_ATOL = 1e-3
 INTEGER_ATOL = 1e-3
 #: At most this many distinct values are listed in a message.
 MAX_LISTED = 10
+#: Voxel axes whose directions' cosine exceeds this are sheared (1e-3: about 0.06 degrees off square).
+SHEAR_COS = 1e-3
 
 ERROR, WARNING = "error", "warning"
 
@@ -111,13 +117,12 @@ def _strip_path(message: str, path: Path) -> str:
     return message[len(prefix) :] if message.startswith(prefix) else message
 
 
-def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
-    """The 3D shape of a volume, accepting trailing singleton dimensions; None if not 3D."""
-    if len(shape) < 3:
-        return None
-    if len(shape) > 3 and any(s != 1 for s in shape[3:]):
-        return None
-    return tuple(int(s) for s in shape[:3])
+def _path_key(path: Path) -> Path:
+    """``path`` resolved, for telling whether two manifest entries are one file (a symlink loop stays as given)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: load_nifti reports it with the case
+        return path.absolute()
 
 
 class _Collector:
@@ -159,41 +164,64 @@ def _read_manifest(cases_csv: Path, out: _Collector) -> tuple[list[str], list[Ma
 
 def _load(path: Path, case_id: str, kind: str, out: _Collector) -> tuple[nib.Nifti1Image, np.ndarray] | None:
     """Load a NIfTI file and its voxels once; report and return None if that fails."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         out.add(
             case_id,
             path,
             f"{kind} file not found (check the path in the manifest; relative paths are relative to the manifest's folder)",
         )
         return None
-    if not path.is_file():
-        out.add(case_id, path, f"{kind} path is not a file")
-        return None
     try:
-        img = load_nifti(path)
-        data = read_array(img, path)
+        img = load_nifti(path, kind=kind)  # header checks (size, voxel size, 3D) before any voxel is read
+        data = read_array(img, path, kind=kind)
     except DataError as exc:
-        out.add(case_id, path, f"{kind}: {_strip_path(str(exc), path)}")
+        out.add(case_id, path, _strip_path(str(exc), path))
         return None
     return img, data
 
 
+def _shear_degrees(affine: np.ndarray) -> tuple[int, int, float] | None:
+    """The most sheared pair of voxel axes ``(i, j, angle in degrees)``, or None if they are square."""
+    cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    cos = cols.T @ cols
+    i, j = max(((0, 1), (0, 2), (1, 2)), key=lambda ij: abs(cos[ij]))
+    if abs(cos[i, j]) <= SHEAR_COS:
+        return None
+    return i, j, float(np.degrees(np.arccos(np.clip(cos[i, j], -1.0, 1.0))))
+
+
+def _check_geometry(img: nib.Nifti1Image, affine: np.ndarray, path: Path, case_id: str, out: _Collector) -> None:
+    """Warnings about an image's geometry that the pipeline handles, but that may be a mistake."""
+    header = img.header
+    if isinstance(header, nib.Nifti1Header) and not int(header["qform_code"]) and not int(header["sform_code"]):
+        out.add(
+            case_id,
+            path,
+            f"image header has no orientation (qform_code and sform_code 0): read with voxel size "
+            f"{_fmt_tuple(tuple(float(z) for z in header.get_zooms()[:3]))} mm from pixdim and nibabel's default "
+            f"orientation {''.join(nib.aff2axcodes(affine))}; set the sform/qform (e.g. re-convert with dcm2niix) "
+            "if the scan is oriented otherwise",
+            WARNING,
+        )
+    shear = _shear_degrees(affine)
+    if shear is not None:
+        i, j, angle = shear
+        out.add(
+            case_id,
+            path,
+            f"image affine is sheared: voxel axes {'ijk'[i]} and {'ijk'[j]} meet at {angle:.2f} degrees, not 90; "
+            "neonet resamples it onto a square grid at its world position (a gantry tilt does this), "
+            "but a shear can also be a mis-written sform: check the header if the scan should be square",
+            WARNING,
+        )
+
+
 def _check_volume(img: nib.Nifti1Image, data: np.ndarray, path: Path, case_id: str, kind: str, out: _Collector) -> _Volume | None:
-    """Checks common to images and labels; returns the geometry if the file is a 3D volume."""
-    shape = tuple(int(s) for s in data.shape)
-    spatial = _spatial_shape(shape)
-    ok = True
-    if spatial is None:
-        if len(shape) < 3:
-            out.add(case_id, path, f"{kind} is {len(shape)}D (shape {shape}); expected a 3D volume")
-        else:
-            out.add(
-                case_id,
-                path,
-                f"{kind} is {len(shape)}D with shape {shape}; expected a 3D volume "
-                "(extract the single volume / phase to use into its own file)",
-            )
-        ok = False
+    """Checks common to images and labels; returns the geometry if the volume can be used.
+
+    ``load_nifti`` has made the volume 3D (or refused it) already.
+    """
+    shape = tuple(int(s) for s in data.shape[:3])
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         out.add(case_id, path, f"{kind} has unsupported voxel type {data.dtype} (expected real numbers)")
         return None
@@ -204,15 +232,15 @@ def _check_volume(img: nib.Nifti1Image, data: np.ndarray, path: Path, case_id: s
             path,
             f"{kind} has an invalid (singular or non-finite) affine; the voxel spacing / orientation in the header is broken",
         )
-        ok = False
-    if not ok or spatial is None:
         return None
+    if kind == "image":
+        _check_geometry(img, affine, path, case_id, out)
     try:
         axcodes = "".join(nib.aff2axcodes(affine))
     except Exception:  # noqa: BLE001 - only used in messages
         axcodes = "?"
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return _Volume(shape=spatial, affine=affine, zooms=zooms, axcodes=axcodes)
+    return _Volume(shape=shape, affine=affine, zooms=zooms, axcodes=axcodes)
 
 
 def _check_image_voxels(data: np.ndarray, path: Path, case_id: str, out: _Collector) -> None:
@@ -227,7 +255,14 @@ def _check_image_voxels(data: np.ndarray, path: Path, case_id: str, out: _Collec
     else:
         finite = data
     if finite.size and float(finite.min()) == float(finite.max()):
-        out.add(case_id, path, f"image is constant (every voxel is {_fmt_number(finite.min())})", WARNING)
+        value = _fmt_number(finite.min())
+        what = "all zeros" if float(finite.min()) == 0.0 else f"every voxel is {value}"
+        out.add(
+            case_id,
+            path,
+            f"image is constant ({what}): it holds no scan to segment or crop; "
+            "re-export or re-convert the scan (a blank volume is what a failed conversion often leaves)",
+        )
 
 
 def _check_label_values(data: np.ndarray, path: Path, case_id: str, label_map: LabelMap, out: _Collector) -> None:
@@ -273,6 +308,26 @@ def _check_label_values(data: np.ndarray, path: Path, case_id: str, label_map: L
             case_id,
             path,
             f"label has no tumour voxels (tumour values {list(label_map.tumor)}; values present {_fmt_values(present.tolist())})",
+        )
+    elif np.isin(present, label_map.liver).any():
+        _check_tumour_in_liver(raw, path, case_id, label_map, out)
+
+
+def _check_tumour_in_liver(raw: np.ndarray, path: Path, case_id: str, label_map: LabelMap, out: _Collector) -> None:
+    """Warn when tumour voxels lie in parts of the mask that touch no liver voxel (a shifted or foreign mask)."""
+    tumour = np.isin(raw, label_map.tumor)
+    components, _ = ndimage.label(tumour | np.isin(raw, label_map.liver))
+    with_liver = np.unique(components[np.isin(raw, label_map.liver)])
+    outside = tumour & ~np.isin(components, with_liver)
+    n_out, n_all = int(outside.sum()), int(tumour.sum())
+    if n_out:
+        out.add(
+            case_id,
+            path,
+            f"{100.0 * n_out / n_all:.1f}% of the tumour voxels ({n_out} of {n_all}) lie outside the liver "
+            "(in parts of the mask that touch no liver voxel); check that this mask belongs to this image and "
+            "that --liver/--tumor name the right label values",
+            WARNING,
         )
 
 
@@ -330,6 +385,7 @@ def _run_checks(
 ) -> tuple[int, list[Problem]]:
     """Run every check; returns (number of manifest rows, problems)."""
     cases_csv = Path(cases_csv)
+    max_voxels()  # a malformed NEONET_MAX_VOXELS is one error for the run, not one per file
     out = _Collector()
     manifest = _read_manifest(cases_csv, out)
     if manifest is None:
@@ -382,7 +438,7 @@ def _run_checks(
                 out.add(cid, cases_csv, f"line {row_no}: empty image path")
             else:
                 image_path = _resolve(base, text)
-                key = image_path.resolve()
+                key = _path_key(image_path)
                 if key in image_owner:
                     also = f"line {row_no}: image {text} is also the image of case {image_owner[key]!r}"
                     out.add(cid, cases_csv, also, WARNING)
@@ -404,11 +460,18 @@ def _run_checks(
                     out.add(cid, cases_csv, f"line {row_no}: no label; the case is used without a manual mask", WARNING)
             else:
                 label_path = _resolve(base, text)
-                if image_path is not None and label_path.resolve() == image_path.resolve():
+                if image_path is not None and _path_key(label_path) == _path_key(image_path):
                     out.add(cid, cases_csv, f"line {row_no}: label path is the same file as the image")
                     label_path = None
         try:
             _check_case(cid or f"line {row_no}", image_path, label_path, label_map, out)
+        except MemoryError:
+            out.add(
+                cid or f"line {row_no}",
+                image_path or label_path or cases_csv,
+                f"ran out of memory while checking this case's volumes; free memory, or lower {MAX_VOXELS_ENV} "
+                "so that volumes this large are refused from their header",
+            )
         except Exception as exc:  # noqa: BLE001 - one bad case must not stop the run
             log.debug("unexpected error checking case %r", cid, exc_info=True)
             out.add(

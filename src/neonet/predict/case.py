@@ -141,12 +141,12 @@ def segment(image: Path, models: list[TrainedFold], out_dir: Path, device: torch
 
 def write_given_mask(mask: Path, reference: nib.Nifti1Image, out_dir: Path) -> Path:
     """Copy a user's mask (0 background, 1 liver, 2 tumour, nothing else) as the segmentation."""
-    img = load_nifti(mask)
+    img = load_nifti(mask, kind="mask")
     if img.shape[:3] != reference.shape[:3] or not np.allclose(img.affine, reference.affine, atol=1e-3):
         raise DataError(
             f"{mask}: the mask's grid {img.shape} does not match the image's {reference.shape} (shape and affine must agree)"
         )
-    raw = np.rint(np.asarray(read_array(img, mask), dtype=np.float64))
+    raw = np.rint(np.asarray(read_array(img, mask, kind="mask"), dtype=np.float64))
     unknown = sorted(set(np.unique(raw).tolist()) - {0.0, float(LIVER), float(TUMOR)})
     if unknown:
         raise DataError(f"{mask}: values {unknown[:10]} in the mask; give 0 background, {LIVER} liver, {TUMOR} tumour only")
@@ -280,9 +280,7 @@ def predict_case(
         The content of ``prediction.json``.
     """
     image = Path(image)
-    src = load_nifti(image)
-    if len(src.shape) != 3:
-        raise DataError(f"{image}: expected a 3D volume, got shape {src.shape}")
+    src = load_nifti(image, kind="image")  # header checks first: size limit, voxel size, 3D (a trailing singleton axis dropped)
     ws = Workspace(runs_dir, experiment)
     if not ws.root.is_dir():
         known = sorted(p.name for p in Path(runs_dir).glob("*") if p.is_dir()) if Path(runs_dir).is_dir() else []

@@ -454,8 +454,8 @@ def load_case(
     """
     from neonet.data.transforms import load_canonical  # heavy import (MONAI, torchio): only when cropping
 
-    for path in (image, mask):
-        load_nifti(path, case_id)  # header only: a clear error for a file that is not NIfTI
+    for path, kind in ((image, "image"), (mask, "mask")):
+        load_nifti(path, case_id, kind)  # header only: a clear error for a file that is not NIfTI, too large, ...
     try:
         image_arr, mask_arr, affine = load_canonical(str(image), str(mask), spacing, label_map)
     except Exception as exc:  # MONAI wraps the reader's error in "applying transform <...>"

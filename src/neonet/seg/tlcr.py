@@ -245,6 +245,11 @@ def liver_reference_scale(image: np.ndarray, liver: np.ndarray, level: float) ->
     if not liver.any():
         raise ValueError("liver_level needs liver voxels in the mask to normalise to; this mask has none")
     median = float(np.median(image[liver]))
+    if not median > 0 and float(image.min()) == float(image.max()):
+        raise ValueError(
+            f"the image is constant (every voxel is {float(image.min()):g} after loading), so there is no liver intensity "
+            "to normalise to; re-export or re-convert the scan (`neonet check-data` names constant images)"
+        )
     if not median > 0:
         raise ValueError(f"the median liver intensity is {median:g}; cannot normalise to it (is the image scaled to [0, 1]?)")
     return level / median
