@@ -39,6 +39,7 @@ from neonet.run.callbacks import FiniteLossGuard
 from neonet.run.csv_log import ResumableCSVLogger
 from neonet.run.fold_lock import worker_lock
 from neonet.run.reload import check_checkpoint_path
+from neonet.run.wandb_privacy import PrivateWandbLogger
 from neonet.stage import StageModule
 from neonet.workspace import Workspace
 
@@ -51,14 +52,18 @@ def wandb_mode() -> str:
 
 
 def make_loggers(stage: str, fold: int, experiment: str, stage_dir: Path, job: str = "fit") -> list[Logger]:
-    """CSV log in the stage folder, plus a W&B run unless ``WANDB_MODE=disabled``."""
+    """CSV log in the stage folder, plus a W&B run unless ``WANDB_MODE=disabled``.
+
+    The W&B run gets no case ids, paths or host name unless the user opts in
+    (:mod:`neonet.run.wandb_privacy`); the CSV log keeps every value.
+    """
     # fit logs to <stage_dir>/metrics.csv; other verbs to <stage_dir>/<verb>/ so they never overwrite it
     loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(stage_dir), name="", version="" if job == "fit" else job)]
     mode = wandb_mode()
     if mode != "disabled":
         (stage_dir / "wandb").mkdir(parents=True, exist_ok=True)
         loggers.append(
-            WandbLogger(
+            PrivateWandbLogger(
                 project=os.environ.get("WANDB_PROJECT", "neonet"),
                 group=experiment,
                 job_type=stage if job == "fit" else f"{stage}-{job}",
