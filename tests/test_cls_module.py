@@ -71,8 +71,9 @@ def trainer(steps: int = 3, **kwargs) -> Trainer:
 def test_frozen_encoder_is_the_folds_autoencoder_and_stays_bit_identical_and_eval(cohort: dict) -> None:
     seed_everything(0)
     dm = datamodule(cohort, fold=1)
+    train_cases = list(dm.split.train)  # the split file first: it is never made once folds hold checkpoints
     write_fake_autoencoder(cohort["ws"], 0, seed=10)
-    _, ae1 = write_fake_autoencoder(cohort["ws"], 1, seed=11, train_cases=list(dm.split.train))
+    _, ae1 = write_fake_autoencoder(cohort["ws"], 1, seed=11, train_cases=train_cases)
     module = PattenNetModule(pattennet(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     head_before = {k: v.clone() for k, v in module.net.head.state_dict().items()}
     trainer(steps=4).fit(module, datamodule=dm)

@@ -29,7 +29,7 @@ def test_lock_outlives_its_taker_while_a_child_holds_it(tmp_path: Path) -> None:
         child = sleeper(fd)
     try:
         # the taker is gone (as a SIGKILLed cv driver would be), its fit child still runs
-        with pytest.raises(NeonetError, match=r"fold 1 of stage seg is being run by another process \(started by pid"):
+        with pytest.raises(NeonetError, match=r"fold 1 of stage seg is being run by another process \(neonet cv, pid \d+ on "):
             with fold_lock(lock, "seg", 1):
                 pass
     finally:

@@ -26,6 +26,7 @@ from typing import Any
 
 from neonet import __version__
 from neonet.data.cases import case_file
+from neonet.errors import NeonetError
 from neonet.run.atomic import read_json, sha256_file, write_json
 
 STAGES = ("seg", "autoencoder", "diffusion", "controlnet", "pattennet")
@@ -103,8 +104,18 @@ class Workspace:
         return self.stage_dir(stage, fold) / "cv.log"
 
     def fold_lock(self, stage: str, fold: int) -> Path:
-        """The lock held by the process training the fold."""
+        """The lock held by the process working on the fold (``neonet fit``, or ``neonet cv`` around it)."""
         return self.stage_dir(stage, fold) / ".cv.lock"
+
+    def fold_outputs(self, stage: str, fold: int) -> list[Path]:
+        """What a fold's fit and post-fit work write in its folder, and ``neonet cv --force`` replaces."""
+        d = self.stage_dir(stage, fold)
+        files = [self.artifact_path(stage, fold), self.config_path(stage, fold), d / "metrics.csv", d / "hparams.yaml"]
+        return [self.checkpoint_dir(stage, fold), *files, self.test_predictions(stage, fold)]
+
+    def replaced_dir(self, stage: str, fold: int) -> Path:
+        """Where ``neonet cv --force`` keeps a fold's earlier results until the fit that replaces them succeeds."""
+        return self.stage_dir(stage, fold) / "replaced"
 
     def reconstruction_panel(self, stage: str, fold: int) -> Path:
         """The autoencoder's latest validation reconstructions (PNG)."""
@@ -191,11 +202,37 @@ class Workspace:
         name = "gen_quality" if fold is None else f"gen_quality_fold{int(fold)}"
         return self.reports_dir / f"{name}.{ext}"
 
+    def fold_results(self) -> list[Path]:
+        """What trained folds left in the experiment: every ``<stage>/fold<k>/artifact.json`` and checkpoint."""
+        if not self.root.is_dir():
+            return []
+        return sorted([*self.root.glob("*/fold*/artifact.json"), *self.root.glob("*/fold*/checkpoints/*.ckpt")])
+
+    def retrain_command(self, stage: str, fold: int) -> str:
+        """The ``neonet cv ... --force`` command that re-trains one fold of ``stage`` from scratch."""
+        from neonet.predict.ensemble import train_command
+
+        return train_command(self, stage, [int(fold)], force=True)
+
     # ----------------------------------------------------------------------------- artifacts
     def read_artifact(self, stage: str, fold: int) -> dict[str, Any] | None:
-        """The artifact of a stage folder, or None when the stage has not finished a fit."""
+        """The artifact of a stage folder, or None when the stage has not finished a fit.
+
+        Raises:
+            NeonetError: ``artifact.json`` is truncated or not JSON (the message names it and the way on).
+        """
         path = self.artifact_path(stage, fold)
-        return read_json(path) if path.exists() else None
+        if not path.exists():
+            return None
+        remedy = (
+            f"It records how {stage} fold {int(fold)} was trained. Restore it from a backup, or re-train the fold "
+            f"(its current results are moved aside to {self.replaced_dir(stage, fold)} until the new fit "
+            f"succeeds):\n    {self.retrain_command(stage, fold)}"
+        )
+        data = read_json(path, remedy=remedy)
+        if not isinstance(data, dict):
+            raise NeonetError(f"{path}: cannot read this JSON file: it is not a JSON object. {remedy}")
+        return data
 
     def write_artifact(self, stage: str, fold: int, **fields: Any) -> Path:
         """Merge ``fields`` into ``artifact.json`` (atomically), stamping time, host and git sha."""
@@ -224,3 +261,44 @@ class Workspace:
         """``{"path", "sha256"}`` of a checkpoint, for provenance fields."""
         path = Path(path)
         return {"path": str(path), "sha256": sha256_file(path)}
+
+    def verify_checkpoint(self, stage: str, fold: int, path: str | os.PathLike | None = None, remedy: str | None = None) -> None:
+        """Check a finished fold's checkpoint against the SHA-256 its ``artifact.json`` recorded.
+
+        A fold records its best checkpoint's hash when its fit ends (``best_checkpoint``); that file is
+        trusted (a finished fold skipped, its weights reloaded) only while its content is still the one
+        recorded. Files the artifact records no hash for pass unchecked. The recorded file is matched by
+        name inside the fold's ``checkpoints/`` folder, so a moved runs folder still verifies.
+
+        Args:
+            stage: the stage folder.
+            fold: the fold k.
+            path: the checkpoint about to be trusted (default: the one the artifact records).
+            remedy: what to do about a mismatch (default: restore the file or re-train the fold with --force).
+
+        Raises:
+            NeonetError: the recorded checkpoint is missing or its content changed since the fold finished.
+        """
+        record = (self.read_artifact(stage, fold) or {}).get("best_checkpoint")
+        if not isinstance(record, dict) or not isinstance(record.get("sha256"), str) or not record.get("path"):
+            return
+        path = self.checkpoint_dir(stage, fold) / Path(str(record["path"])).name if path is None else Path(path)
+        if path.name != Path(str(record["path"])).name or path.parent.resolve() != self.checkpoint_dir(stage, fold).resolve():
+            return
+        remedy = remedy or (
+            f"Restore the file from a backup, or re-train the fold (its current results are moved aside to "
+            f"{self.replaced_dir(stage, fold)} until the new fit succeeds):\n    {self.retrain_command(stage, fold)}"
+        )
+        artifact = self.artifact_path(stage, fold)
+        if not path.is_file():
+            raise NeonetError(
+                f"{path}: the checkpoint of {stage} fold {int(fold)} that {artifact} records (sha256 "
+                f"{record['sha256'][:12]}…) is missing, so the fold cannot be used as trained. {remedy}"
+            )
+        now = sha256_file(path)
+        if now != record["sha256"]:
+            raise NeonetError(
+                f"{path}: this checkpoint of {stage} fold {int(fold)} is not the file {artifact} recorded when the "
+                f"fold finished (sha256 now {now[:12]}…, recorded {record['sha256'][:12]}…): it was damaged (e.g. "
+                f"truncated) or replaced since, so it is not trusted. {remedy}"
+            )

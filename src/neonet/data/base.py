@@ -101,6 +101,7 @@ class FoldDataModule(LightningDataModule):
                 folds=self.folds,
                 seed=self.split_seed,
                 val_fraction=self.val_fraction,
+                workspace=self.workspace,
             )
             self._fold = get_fold(doc, self.fold)
         return self._fold

@@ -5,7 +5,10 @@ of the inner validation split); groups are stratified by their make-up of PNI la
 
 ``splits.json`` holds for every fold the test patients' cases, the training cases and an inner
 validation split taken from the training patients (used for model selection, never the test fold).
-Once written it is only read: if the case manifest changes, the run stops instead of re-splitting.
+Once written it is only read: if the case manifest changes, the run stops instead of re-splitting,
+and once any fold of the experiment is trained a missing split file is an error, never re-made (the
+trained folds' test patients would land in other folds). Every reader goes through :func:`read_splits`,
+which names the file and the way on when it is damaged.
 """
 
 from __future__ import annotations
@@ -14,13 +17,23 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from neonet.data.cases import Case
 from neonet.errors import DataError, SplitMismatchError
 from neonet.run.atomic import read_json, write_json
+
+if TYPE_CHECKING:
+    from neonet.workspace import Workspace
+
+#: The way on when ``splits.json`` is damaged: it cannot be re-made without invalidating trained folds.
+SPLITS_REMEDY = (
+    "It is the experiment's split file, which every trained fold of the experiment was trained and tested "
+    "by: restore it from a backup or a copy of the experiment (neonet never re-makes it while folds exist). "
+    "To start over with new splits, use a new experiment name (--data.experiment NAME)."
+)
 
 
 @dataclass(frozen=True)
@@ -183,13 +196,74 @@ def check_splits_match(doc: dict[str, Any], cases: list[Case], path: Path) -> No
     )
 
 
+def read_splits(path: str | Path) -> dict[str, Any]:
+    """A split file written by :func:`ensure_splits`, checked for its shape.
+
+    Raises:
+        FileNotFoundError: there is no split file at ``path``.
+        NeonetError: the file is truncated, not JSON, or not a split file; the message names it and the way on.
+    """
+    path = Path(path)
+    doc = read_json(path, remedy=SPLITS_REMEDY)
+    try:
+        n = int(doc["folds"])
+        entries = doc["splits"]
+        shaped = n >= 2 and isinstance(entries, list) and len(entries) == n
+        shaped = shaped and all(isinstance(e, dict) and {"train", "val", "test"} <= set(e) for e in entries)
+    except (TypeError, KeyError, ValueError):
+        shaped = False
+    if not shaped:
+        raise SplitMismatchError(
+            f"{path}: not a split file written by neonet (it needs `folds` and "
+            f"one `splits` entry with train/val/test per fold). {SPLITS_REMEDY}"
+        )
+    return dict(doc)
+
+
+def check_missing_splits(ws: Workspace) -> None:
+    """Refuse to make a new split file for an experiment whose folds are already trained.
+
+    Raises:
+        SplitMismatchError: ``splits.json`` is missing but fold results (``artifact.json``, checkpoints)
+            exist; the message names them and the ways on.
+    """
+    if ws.splits_path.exists():
+        return
+    found = ws.fold_results()
+    if not found:
+        return
+    shown = ", ".join(str(p) for p in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    raise SplitMismatchError(
+        f"{ws.splits_path} is missing, but experiment {ws.experiment!r} has trained folds ({shown}). They were "
+        "trained and tested by that split file, and a new one would put cases they trained on into other folds' "
+        "test sets, so it is not re-made. Restore splits.json from a backup or a copy of the experiment; or train "
+        "in a new experiment (--data.experiment NAME); or, to re-split this one, move its fold folders "
+        f"(<stage>/fold<k> under {ws.root}) elsewhere first."
+    )
+
+
 def ensure_splits(
-    path: str | Path, cases: list[Case], folds: int = 5, seed: int = 0, val_fraction: float = 0.2
+    path: str | Path,
+    cases: list[Case],
+    folds: int = 5,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    workspace: Workspace | None = None,
 ) -> dict[str, Any]:
-    """Read the split file, or write it if it does not exist yet; check it matches ``cases``."""
+    """Read the split file, or write it if it does not exist yet; check it matches ``cases``.
+
+    Args:
+        path: the split file.
+        cases: every case of the manifest.
+        folds: number of folds of a new split file (an existing one must have as many).
+        seed: random seed of a new split file.
+        val_fraction: inner validation fraction of a new split file.
+        workspace: the experiment ``path`` belongs to; when given, a missing split file is refused
+            while the experiment has trained folds (:func:`check_missing_splits`).
+    """
     path = Path(path)
     if path.exists():
-        doc = read_json(path)
+        doc = read_splits(path)
         check_splits_match(doc, cases, path)
         if int(doc["folds"]) != int(folds):
             raise SplitMismatchError(
@@ -197,6 +271,8 @@ def ensure_splits(
                 "use the recorded number of folds or a new experiment name"
             )
         return doc
+    if workspace is not None:
+        check_missing_splits(workspace)
     doc = make_splits(cases, folds=folds, seed=seed, val_fraction=val_fraction)
     write_json(path, doc)
     return doc

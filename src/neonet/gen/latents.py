@@ -33,11 +33,11 @@ import torch
 from tqdm.auto import tqdm
 
 from neonet.data.patches import patch_records
-from neonet.data.splits import Fold, get_fold
+from neonet.data.splits import Fold, get_fold, read_splits
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.gen.patch_data import load_patch
 from neonet.gen.upstream import cache_command, load_autoencoder, require_checkpoint, stage_command
-from neonet.run.atomic import atomic_path, read_json, write_csv
+from neonet.run.atomic import atomic_path, write_csv
 from neonet.run.provenance import FileRecord, Provenance, UnreadableRecordError, differences, ensure_current, read_provenance
 from neonet.run.reload import safe_torch_load
 from neonet.workspace import Workspace
@@ -52,7 +52,7 @@ def read_fold(ws: Workspace, fold: int) -> Fold:
     """The fold's case ids from the experiment's split file (MissingUpstreamError if absent)."""
     if not ws.splits_path.is_file():
         raise MissingUpstreamError("split file", ws.splits_path, stage_command(ws, "autoencoder", fold))
-    return get_fold(read_json(ws.splits_path), fold)
+    return get_fold(read_splits(ws.splits_path), fold)
 
 
 def _what(fold: int) -> str:
@@ -309,7 +309,7 @@ def cache_latents(
     """
     ws = Workspace(runs_dir, experiment)
     if folds is None:
-        n = int(read_json(ws.splits_path)["folds"]) if ws.splits_path.is_file() else 0
+        n = int(read_splits(ws.splits_path)["folds"]) if ws.splits_path.is_file() else 0
         folds = [k for k in range(n) if ws.best_checkpoint("autoencoder", k).is_file()]
         if not folds:
             raise MissingUpstreamError("autoencoder checkpoints", ws.root / "autoencoder", stage_command(ws, "autoencoder", 0))

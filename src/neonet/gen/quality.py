@@ -39,13 +39,14 @@ from torch import nn
 
 from neonet.data.nifti import load_nifti, read_array
 from neonet.data.patches import PATCH_LIVER, PATCH_TUMOR, patch_records
+from neonet.data.splits import read_splits
 from neonet.errors import MissingUpstreamError
 from neonet.gen.common import ms_ssim_settings
 from neonet.gen.latents import read_fold
 from neonet.gen.panels import save_grid
 from neonet.gen.patch_data import load_patch
 from neonet.gen.upstream import load_seg_network
-from neonet.run.atomic import read_json, write_csv, write_text
+from neonet.run.atomic import write_csv, write_text
 from neonet.run.provenance import FileRecord, Provenance, UnreadableRecordError, differences, read_provenance
 from neonet.workspace import Workspace
 
@@ -397,7 +398,8 @@ def quality_report(
     log.info("NeoGen quality (%s):\n%s", ws.gen_quality_report("csv"), table[cols].to_string(index=False))
     from neonet.report.wandb_summary import log_cv_summary
 
-    log_cv_summary(ws, "gen", {"gen_quality": table}, {f"gen/{k}": v for k, v in summary.items()}, images)
+    # the panels show real training patches: patient images, sent to W&B only when the user opts in
+    log_cv_summary(ws, "gen", {"gen_quality": table}, {f"gen/{k}": v for k, v in summary.items()}, patient_images=images)
     return table
 
 
@@ -419,7 +421,7 @@ def gen_quality(
     """
     ws = Workspace(runs_dir, experiment)
     if folds is None:
-        n = int(read_json(ws.splits_path)["folds"]) if ws.splits_path.is_file() else 0
+        n = int(read_splits(ws.splits_path)["folds"]) if ws.splits_path.is_file() else 0
         folds = [k for k in range(n) if ws.synthetic_manifest(k).is_file()]
     if not folds:
         raise MissingUpstreamError(

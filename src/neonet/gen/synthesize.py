@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from neonet.data.nifti import save_nifti
 from neonet.data.patches import PATCH_COLUMNS, PatchRecord, patch_records
+from neonet.data.splits import read_splits
 from neonet.errors import DataError, NeonetError
 from neonet.gen.common import label_onehot
 from neonet.gen.controlnet import ControlNetModule
@@ -41,7 +42,7 @@ from neonet.gen.mask_aug import MaskAugmentation, augment_mask, mask_digest
 from neonet.gen.patch_data import load_patch
 from neonet.gen.sampling import SAMPLERS, Denoiser, effective_steps, sample_latents
 from neonet.gen.upstream import load_autoencoder, require_checkpoint
-from neonet.run.atomic import read_json, sha256_file, write_csv
+from neonet.run.atomic import sha256_file, write_csv
 from neonet.run.provenance import UNRECORDED, FileRecord, Provenance, check_current
 from neonet.run.reload import load_checkpoint_fold
 from neonet.workspace import Workspace
@@ -338,7 +339,7 @@ def synthesize(
         raise NeonetError(f"--ratio must be positive, got {ratio}")
     ws = Workspace(runs_dir, experiment)
     if folds is None:
-        n = int(read_json(ws.splits_path)["folds"]) if ws.splits_path.is_file() else 0
+        n = int(read_splits(ws.splits_path)["folds"]) if ws.splits_path.is_file() else 0
         folds = list(range(n))
         if not folds:
             read_fold(ws, 0)  # raises MissingUpstreamError naming the command

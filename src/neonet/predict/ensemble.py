@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neonet.data.splits import read_splits
 from neonet.errors import MissingUpstreamError, NeonetError
-from neonet.run.atomic import read_json
 from neonet.run.reload import TrainedFold, load_trained_fold
 from neonet.workspace import Workspace
 
@@ -24,8 +24,8 @@ USABLE_STATUSES = ("complete", "fit-complete")
 FoldModel = TrainedFold
 
 
-def train_command(ws: Workspace, stage: str, folds: list[int] | None = None, verb: str = "cv") -> str:
-    """The command that trains ``stage`` (or, for ``crop``, makes the crop settings)."""
+def train_command(ws: Workspace, stage: str, folds: list[int] | None = None, verb: str = "cv", force: bool = False) -> str:
+    """The command that trains ``stage`` (or, for ``crop``, makes the crop settings); ``force``: re-trains finished folds."""
     base, extra = stage, []
     if stage.endswith("_syn"):
         base, extra = stage[: -len("_syn")], [f"--model.stage={stage}", "--data.use_synthetic=true"]
@@ -37,6 +37,7 @@ def train_command(ws: Workspace, stage: str, folds: list[int] | None = None, ver
     if str(ws.runs_dir) != "runs":
         extra += [f"--data.runs_dir={ws.runs_dir}", f"--data.experiment={ws.experiment}"]
     cmd = f"neonet cv --config {shown}" + (f" --folds {' '.join(map(str, folds))}" if folds else "")
+    cmd += " --force" if force else ""
     return cmd + (" -- " + " ".join(extra) if extra else "")
 
 
@@ -50,7 +51,7 @@ def trained_folds(ws: Workspace, stage: str, folds: list[int] | None = None, hin
     """
     if folds is None:
         if ws.splits_path.is_file():
-            folds = list(range(int(read_json(ws.splits_path)["folds"])))
+            folds = list(range(int(read_splits(ws.splits_path)["folds"])))
         else:
             found = sorted(int(p.name[4:]) for p in (ws.root / stage).glob("fold*") if p.name[4:].isdigit())
             folds = found or [0]

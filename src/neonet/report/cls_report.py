@@ -36,9 +36,10 @@ import numpy as np
 import pandas as pd
 
 from neonet.cls.module import REAL, SYNTHETIC
+from neonet.data.splits import read_splits
 from neonet.errors import NeonetError
 from neonet.report.stats import binary_metrics, bootstrap_auc_ci, delong_ci, delong_test, log_odds
-from neonet.run.atomic import read_json, write_csv, write_json, write_text
+from neonet.run.atomic import write_csv, write_json, write_text
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def load_predictions(ws: Workspace, stages: list[str]) -> pd.DataFrame:
     """
     test_of: dict[str, int] | None = None
     if ws.splits_path.exists():
-        test_of = {cid: int(s["fold"]) for s in read_json(ws.splits_path)["splits"] for cid in s["test"]}
+        test_of = {cid: int(s["fold"]) for s in read_splits(ws.splits_path)["splits"] for cid in s["test"]}
     frames = []
     seen: dict[tuple[str, str], str] = {}
     for stage in stages:
@@ -335,7 +336,7 @@ def report(
         )
     ident = {s: identity_of(ws, s) for s in stages}
     stages = sorted(stages, key=lambda s: (ident[s][0] != reference, ident[s][1] != REAL, s))
-    splits = read_json(ws.splits_path) if ws.splits_path.exists() else {}
+    splits = read_splits(ws.splits_path) if ws.splits_path.exists() else {}
     n_folds = int(splits["folds"]) if splits else None
     clusters = clusters_of(splits)
     bootstrap = "stratified percentile" if clusters is None else "cluster percentile (whole patients / groups)"

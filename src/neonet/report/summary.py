@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from neonet.data.splits import read_splits
 from neonet.run.atomic import read_json, write_json
 from neonet.workspace import STAGES, Workspace
 
@@ -18,12 +19,14 @@ def collect(ws: Workspace) -> dict[str, Any]:
     info: dict[str, Any] = {"experiment": ws.experiment, "root": str(ws.root), "stages": {}}
     if ws.splits_path.exists():
         info["splits"] = str(ws.splits_path)
-        info["folds"] = int(read_json(ws.splits_path)["folds"])
+        info["folds"] = int(read_splits(ws.splits_path)["folds"])
     stage_names = sorted({p.parent.parent.name for p in ws.root.glob("*/fold*/artifact.json")})
     for stage in [s for s in STAGES if s in stage_names] + [s for s in stage_names if s not in STAGES]:
         folds = {}
-        for art_path in sorted(ws.root.glob(f"{stage}/fold*/artifact.json")):
-            art = read_json(art_path)
+        for k in ws.stage_folds(stage):
+            art = ws.read_artifact(stage, k)
+            if art is None:
+                continue
             folds[int(art["fold"])] = {
                 "status": art.get("status"),
                 "best_score": art.get("best_score"),

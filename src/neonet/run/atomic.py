@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from neonet.errors import NeonetError
+
 
 def _umask() -> int:
     """The process umask (read by setting and restoring it)."""
@@ -72,9 +74,45 @@ def write_json(target: str | os.PathLike, data: Any) -> Path:
     return write_text(target, json.dumps(data, indent=2, sort_keys=False, default=default) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file."""
-    return json.loads(Path(path).read_text())
+#: What to do about an unreadable JSON file when its reader names nothing more specific.
+JSON_REMEDY = (
+    "It was cut short or damaged (a crash, a full disk or a partial copy): restore it from a backup, "
+    "or delete it and run the command that wrote it again."
+)
+
+
+def read_json(path: str | os.PathLike, remedy: str = JSON_REMEDY) -> Any:
+    """Read a JSON file; an unreadable one is an error that names the file and ``remedy``.
+
+    Every JSON file neonet reads back from a runs folder (``splits.json``, ``artifact.json``,
+    reports) is read here, so a truncated or damaged one never surfaces as a bare ``JSONDecodeError``.
+
+    Args:
+        path: the file.
+        remedy: what to do when it cannot be read (a sentence naming the way on).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        NeonetError: the file cannot be read, is not UTF-8 text, or is truncated or not JSON.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise  # a missing file means something else to each reader (not run yet, deleted...)
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise NeonetError(f"{path}: cannot read this JSON file: {_json_problem(exc)}. {remedy}") from exc
+
+
+def _json_problem(exc: Exception) -> str:
+    """What is wrong with a JSON file, in words."""
+    if isinstance(exc, json.JSONDecodeError):
+        if not exc.doc.strip():
+            return "it is empty"
+        return f"it is truncated or not JSON ({exc.msg}: line {exc.lineno} column {exc.colno})"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"it is not text ({exc.reason} at byte {exc.start})"
+    return f"it cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})"
 
 
 def write_csv(target: str | os.PathLike, frame: Any) -> Path:

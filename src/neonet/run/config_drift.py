@@ -11,14 +11,20 @@ naming the fold, the settings and what to do.
 Every setting of the new command's resolved config is compared (an option the saved config lacks
 because neonet added it later counts only when it is set to something other than None), and settings
 that do not change what is learned (devices, loggers, progress bars,
-data-loader workers) are left out. The callbacks the new command names must each have been among the
-fit's (a fit may have had more, e.g. a probe added on the command line).
+data-loader workers) are left out. So is where the runs folder is (``data.runs_dir``): the folds
+compared are the ones found under the new command's runs folder, so a runs folder that was moved or
+renamed holds the same folds, and a path of the saved config that lay under the folder the runs folder
+moved with (``/old/project/runs`` → ``/new/project/runs``: any path under ``/old``, e.g. the cohort
+``/old/project/data/cases.csv``) counts as the same path under the new place. The callbacks the new
+command names must each have been among the fit's (a fit may have had more, e.g. a probe added on the
+command line).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -42,6 +48,7 @@ RUNTIME_KEYS = (
     "trainer.profiler",
     "data.fold",
     "data.num_workers",
+    "data.runs_dir",
 )
 
 #: How ``neonet cv`` names another experiment (in the remedy of an out-of-date fold).
@@ -87,36 +94,72 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def same_value(stored: Any, requested: Any) -> bool:
+def same_value(stored: Any, requested: Any, moved: tuple[str, str] | None = None) -> bool:
     """Whether two config values mean the same (``1e-3`` and ``0.001``; ``Class`` and ``pkg.mod.Class``;
-    ``runs/demo/data/cases.csv`` and ``./runs/demo/../demo/data/cases.csv`` or a symlink to it)."""
+    ``runs/demo/data/cases.csv`` and ``./runs/demo/../demo/data/cases.csv`` or a symlink to it).
+
+    Args:
+        stored: the value of the fold's saved config.
+        requested: the value of the new command.
+        moved: ``(old, new)`` folders: a stored path under ``old`` stands for the same path under ``new``
+            (:func:`moved_root`: the runs folder moved with ``old``).
+    """
     if stored == requested:
         return True
     if isinstance(stored, (list, tuple)) and isinstance(requested, (list, tuple)):
-        return len(stored) == len(requested) and all(same_value(s, r) for s, r in zip(stored, requested))
+        return len(stored) == len(requested) and all(same_value(s, r, moved) for s, r in zip(stored, requested))
     if isinstance(stored, dict) and isinstance(requested, dict):
-        return all(same_value(_lookup(stored, p), v) for p, v in _leaves(requested))
+        return all(same_value(_lookup(stored, p), v, moved) for p, v in _leaves(requested))
     a, b = _as_float(stored), _as_float(requested)
     if a is not None and b is not None:
         return a == b
     if isinstance(stored, str) and isinstance(requested, str):
         if stored.endswith("." + requested) or requested.endswith("." + stored):
             return True
-        return _same_path(stored, requested)
+        return _same_path(stored, requested, moved)
     return False
 
 
-def _same_path(a: str, b: str) -> bool:
-    """Whether two strings are paths of one file or folder from the current folder (``runs/x``, ``./runs/x``)."""
+def _norm(p: str) -> str:
+    return os.path.normpath(os.path.abspath(os.path.expanduser(p)))
+
+
+def moved_root(stored_runs_dir: Any, requested_runs_dir: Any) -> tuple[str, str] | None:
+    """The folders ``(old, new)`` the runs folder moved with, from the saved and the new ``data.runs_dir``.
+
+    The runs folder's path minus the trailing folders both paths share: ``/old/project/runs`` and
+    ``/new/project/runs`` give ``("/old", "/new")``; a renamed runs folder gives the two runs folders.
+    None when the runs folder did not move, or when only the file system root would be left.
+    """
+    if not isinstance(stored_runs_dir, str) or not isinstance(requested_runs_dir, str):
+        return None
+    a, b = Path(_norm(stored_runs_dir)).parts, Path(_norm(requested_runs_dir)).parts
+    if a == b:
+        return None
+    shared = 0
+    while shared < min(len(a), len(b)) - 1 and a[-1 - shared] == b[-1 - shared]:
+        shared += 1
+    old, new = a[: len(a) - shared], b[: len(b) - shared]
+    if len(old) < 2 or len(new) < 2:
+        return None
+    return str(Path(*old)), str(Path(*new))
+
+
+def _same_path(a: str, b: str, moved: tuple[str, str] | None = None) -> bool:
+    """Whether two strings are paths of one file or folder from the current folder (``runs/x``, ``./runs/x``),
+    ``a`` read under the new place of a moved folder (``moved``)."""
 
     def looks_like_path(p: str) -> bool:
         return "/" in p or p.startswith((".", "~"))
 
-    def norm(p: str) -> str:
-        return os.path.normpath(os.path.abspath(os.path.expanduser(p)))
-
-    if (looks_like_path(a) or looks_like_path(b)) and norm(a) == norm(b):
+    pathlike = looks_like_path(a) or looks_like_path(b)
+    if pathlike and _norm(a) == _norm(b):
         return True
+    if pathlike and moved is not None:
+        old, new = moved
+        rest = os.path.relpath(_norm(a), old)
+        if rest != ".." and not rest.startswith(".." + os.sep) and _norm(os.path.join(new, rest)) == _norm(b):
+            return True
     try:
         return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
     except OSError:
@@ -137,6 +180,7 @@ def config_drift(
         One entry per differing setting, with ``<missing>`` for a setting the fold's config lacks.
     """
     skip = set(ignore)
+    moved = moved_root(_lookup(stored, ("data", "runs_dir")), _lookup(requested, ("data", "runs_dir")))
     out: list[tuple[str, Any, Any]] = []
     for path, value in _leaves(requested):
         key = _display(path)
@@ -147,9 +191,9 @@ def config_drift(
             if value is not None:  # an option added to neonet after the fold was trained, left at None: no change
                 out.append((key, "<missing>", value))
         elif key in SUBSET_KEYS and isinstance(have, list) and isinstance(value, list):
-            if not all(any(same_value(h, v) for h in have) for v in value):
+            if not all(any(same_value(h, v, moved) for h in have) for v in value):
                 out.append((key, have, value))
-        elif not same_value(have, value):
+        elif not same_value(have, value, moved):
             out.append((key, have, value))
     return out
 
@@ -193,7 +237,7 @@ def check_fold_configs(
         return
     way_on = (
         "neonet cv neither skips nor resumes a fold under changed settings: with --force it re-trains the "
-        "fold(s) (their checkpoints are replaced)."
+        "fold(s) (their results are moved to <stage>/fold<k>/replaced/ until the new fit succeeds)."
     )
     if stage_option:
         way_on += f" Or train the new settings beside them under their own stage name: `-- --model.stage={stage}_v2`."

@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neonet.data.splits import check_missing_splits, check_splits_match, read_splits
 from neonet.errors import NeonetError
-from neonet.run.atomic import read_json
 from neonet.run.config_drift import check_fold_configs
-from neonet.run.fold_lock import fold_lock
+from neonet.run.fold_lock import child_env, fold_lock, restamp
+from neonet.run.reload import check_resume_checkpoint
 from neonet.stage import CVContext, FoldContext, StageModule
 from neonet.workspace import Workspace
 
@@ -30,13 +31,18 @@ log = logging.getLogger(__name__)
 
 
 class FoldRunner:
-    """Runs ``python -m neonet <verb>`` for one fold with the cv's configs and overrides."""
+    """Runs ``python -m neonet <verb>`` for one fold with the cv's configs and overrides.
 
-    def __init__(self, configs: list[Path], overrides: list[str], fold: int, pass_fds: tuple[int, ...] = ()) -> None:
+    The fold lock ``lock_fd`` (held by cv) is handed to each child, which adopts it
+    (:func:`neonet.run.fold_lock.worker_lock`): the lock file then names the child while it runs, and cv
+    names itself in it again when the child is done.
+    """
+
+    def __init__(self, configs: list[Path], overrides: list[str], fold: int, lock_fd: int | None = None) -> None:
         self.configs = configs
         self.overrides = overrides
         self.fold = fold
-        self.pass_fds = pass_fds  # the fold lock, so that it is held while the child runs
+        self.lock_fd = lock_fd
 
     def command(self, verb: str, extra: list[str] | None = None) -> list[str]:
         """The command line of a verb for this fold."""
@@ -51,7 +57,9 @@ class FoldRunner:
         cmd = self.command(verb, extra)
         log.info("fold %d: %s", self.fold, " ".join(cmd[2:]))
         start = time.time()
-        proc = subprocess.run(cmd, check=False, pass_fds=self.pass_fds)
+        fds = () if self.lock_fd is None else (self.lock_fd,)
+        proc = subprocess.run(cmd, check=False, pass_fds=fds, env=child_env(self.lock_fd))
+        restamp(self.lock_fd, "neonet cv")
         if proc.returncode != 0:
             raise NeonetError(
                 f"fold {self.fold}: `neonet {verb}` failed with exit code {proc.returncode} (its output is above). "
@@ -129,6 +137,89 @@ def run_parallel(
         )
 
 
+def check_manifest(dargs: dict[str, Any], ws: Workspace) -> None:
+    """Check the stage's case manifest against the experiment's split file, as every fold's fit will.
+
+    Raises:
+        NeonetError: the manifest cannot be read, or no longer matches ``splits.json`` (the message
+            names the cases), before ``--force`` has touched any fold.
+    """
+    cases = dargs.get("cases")
+    if not cases or not ws.splits_path.exists():
+        return
+    from neonet.data.cases import read_cases
+
+    check_splits_match(read_splits(ws.splits_path), read_cases(cases), ws.splits_path)
+
+
+def put_aside(ws: Workspace, stage: str, fold: int) -> Path | None:
+    """Move a fold's results into ``<stage>/fold<k>/replaced/`` before ``--force`` re-trains it.
+
+    They stay there until a fit of the fold succeeds (:func:`drop_replaced`), and go back in place
+    when the new fit fails before saving a checkpoint (:func:`after_failed_fit`). When ``replaced/``
+    is already there (an earlier ``--force`` whose fit failed after saving checkpoints), it keeps the
+    fold's last finished results: what the failed fit left is removed, unless it finished after all.
+
+    Returns:
+        The ``replaced/`` folder, or None when the fold had no results.
+    """
+    present = [p for p in ws.fold_outputs(stage, fold) if p.exists()]
+    dest = ws.replaced_dir(stage, fold)
+    if not present:
+        return dest if dest.is_dir() else None
+    if dest.is_dir() and not _finished(ws, stage, fold):
+        log.warning("fold %d: removing what a failed --force fit left (%s); %s keeps the earlier results", fold, present, dest)
+        for item in present:
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+        return dest
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for item in present:
+        os.replace(item, dest / item.name)
+    log.info("fold %d: earlier results moved to %s until the new fit succeeds", fold, dest)
+    return dest
+
+
+def _finished(ws: Workspace, stage: str, fold: int) -> bool:
+    """Whether the fold's ``artifact.json`` says its fit finished (a damaged one says nothing)."""
+    try:
+        return (ws.read_artifact(stage, fold) or {}).get("status") in ("fit-complete", "complete")
+    except NeonetError:
+        return False
+
+
+def after_failed_fit(ws: Workspace, stage: str, fold: int, replaced: Path | None) -> str:
+    """After a failed fit under ``--force``: put the earlier results back when the fit saved no checkpoint.
+
+    Returns:
+        A sentence for the error message saying where the fold's earlier results are ("" without ``--force``).
+    """
+    if replaced is None or not replaced.is_dir():
+        return ""
+    if any(ws.checkpoint_dir(stage, fold).glob("*.ckpt")):
+        return (
+            f"\nThe fold's earlier results (checkpoints, artifact.json, config.yaml, metrics.csv) are kept in {replaced}; "
+            "they are removed when a fit of this fold succeeds. To go back to them, move them into "
+            f"{ws.stage_dir(stage, fold)} in place of the new ones."
+        )
+    for item in ws.fold_outputs(stage, fold):  # what the failed fit wrote before it stopped (no checkpoint)
+        if item.exists():
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    for item in replaced.iterdir():
+        os.replace(item, ws.stage_dir(stage, fold) / item.name)
+    replaced.rmdir()
+    return f"\nThe fit saved no checkpoint, so the fold's earlier results are back in place in {ws.stage_dir(stage, fold)}."
+
+
+def drop_replaced(ws: Workspace, stage: str, fold: int) -> None:
+    """Remove the results ``--force`` moved aside, now that a fit of the fold has succeeded."""
+    dest = ws.replaced_dir(stage, fold)
+    if dest.is_dir():
+        shutil.rmtree(dest)
+        log.info("fold %d: the new fit succeeded; the earlier results in %s were removed", fold, dest)
+
+
 def cv(
     config: list[Path],
     folds: list[int] | None = None,
@@ -152,7 +243,8 @@ def cv(
     Args:
         config: stage config file(s), merged in order (as ``neonet fit --config``).
         folds: folds to run (default: all folds of the experiment).
-        force: re-run folds that are already complete (their checkpoints are replaced).
+        force: re-run folds that are already complete (after checking the manifest, their results are moved to
+            ``<stage>/fold<k>/replaced/`` until the new fit succeeds).
         jobs: folds trained at the same time, each its own process with ``cpu_count // jobs`` CPU
             threads (unless ``OMP_NUM_THREADS`` is set) and its output in ``<stage>/fold<k>/cv.log``.
             Small CPU models finish sooner this way; on GPUs give each fold its own devices.
@@ -178,17 +270,38 @@ def cv(
     stage = stage_of(cfg)
     dargs = dict((cfg.get("data") or {}).get("init_args") or {})
     ws = Workspace(dargs.get("runs_dir") or "runs", dargs.get("experiment") or "default")
-    n_folds = int(read_json(ws.splits_path)["folds"]) if ws.splits_path.exists() else int(dargs.get("folds") or 5)
+    check_missing_splits(ws)  # a deleted splits.json is never re-made under trained folds
+    n_folds = int(read_splits(ws.splits_path)["folds"]) if ws.splits_path.exists() else int(dargs.get("folds") or 5)
     todo = list(range(n_folds)) if folds is None else [int(k) for k in folds]
     bad = [k for k in todo if not 0 <= k < n_folds]
     if bad:
         raise NeonetError(f"fold(s) {bad} do not exist: the experiment has folds 0..{n_folds - 1}")
-    if not force:  # a finished fold is skipped and an interrupted one resumed only under the same settings
+
+    def command(k: int, force_it: bool) -> str:
+        """This command for fold ``k`` alone (what a message tells the user to run)."""
+        cmd = ["neonet cv", *(f"--config {c}" for c in configs), f"--folds {k}", *(["--force"] if force_it else [])]
+        return " ".join(cmd + (["--", *overrides] if overrides else []))
+
+    def verified_complete(k: int) -> bool:
+        """Whether fold ``k`` is complete, with its recorded best checkpoint still intact (else an error)."""
+        if not ws.is_complete(stage, k):
+            return False
+        ws.verify_checkpoint(
+            stage,
+            k,
+            remedy=f"Restore the file from a backup, or re-train the fold (its current results are moved aside to "
+            f"{ws.replaced_dir(stage, k)} until the new fit succeeds):\n    {command(k, True)}",
+        )
+        return True
+
+    if force:  # checks first: --force moves a fold's results aside only once the inputs are known to be usable
+        check_manifest(dargs, ws)
+    else:  # a finished fold is skipped and an interrupted one resumed only under the same settings
         started = [k for k in todo if ws.is_complete(stage, k) or ws.last_checkpoint(stage, k).exists()]
         check_fold_configs(ws, stage, started, cfg, stage_option="stage" in inspect.signature(module).parameters)
     log.info("cv: stage %s, experiment %s, folds %s", stage, ws.experiment, todo)
     ran_any = False
-    pending = [k for k in todo if force or not ws.is_complete(stage, k)]
+    pending = [k for k in todo if force or not verified_complete(k)]
     if jobs > 1 and len(pending) > 1:
         log.info("cv: folds %s, %d at a time", pending, jobs)
         run_parallel(configs, overrides, pending, jobs, force, ws, stage)
@@ -196,25 +309,30 @@ def cv(
     else:
         todo_serial = todo
     for k in todo_serial:
-        if ws.is_complete(stage, k) and not force:
+        if not force and verified_complete(k):
             log.info("fold %d: %s already complete (%s) — skipped", k, stage, ws.artifact_path(stage, k))
             continue
-        with fold_lock(ws.fold_lock(stage, k), stage, k) as lock_fd:
-            if ws.is_complete(stage, k) and not force:  # finished by another process since the check above
+        with fold_lock(ws.fold_lock(stage, k), stage, k, holder="neonet cv") as lock_fd:
+            if not force and verified_complete(k):  # finished by another process since the check above
                 log.info("fold %d: %s already complete (%s) — skipped", k, stage, ws.artifact_path(stage, k))
                 continue
-            run = FoldRunner(configs, overrides, k, pass_fds=() if lock_fd is None else (lock_fd,))
+            run = FoldRunner(configs, overrides, k, lock_fd)
+            last = ws.last_checkpoint(stage, k)
+            if not force and last.exists() and (ws.read_artifact(stage, k) or {}).get("status") != "fit-complete":
+                check_resume_checkpoint(ws, stage, k, last, rerun=f"`{command(k, False)}`", retrain=command(k, True))
+            replaced = put_aside(ws, stage, k) if force else None
             art = ws.read_artifact(stage, k) or {}
-            if force and ws.stage_dir(stage, k).exists():
-                shutil.rmtree(ws.checkpoint_dir(stage, k), ignore_errors=True)
-                ws.artifact_path(stage, k).unlink(missing_ok=True)
-                art = {}
             if art.get("status") != "fit-complete":
-                last = ws.last_checkpoint(stage, k)
                 extra = ["--ckpt_path", str(last)] if last.exists() else []
                 if extra:
                     log.info("fold %d: resuming from %s", k, last)
-                run("fit", extra)
+                try:
+                    run("fit", extra)
+                except NeonetError as exc:
+                    raise NeonetError(f"{exc}{after_failed_fit(ws, stage, k, replaced)}") from exc
+            else:
+                ws.verify_checkpoint(stage, k, remedy=f"Re-train the fold:\n    {command(k, True)}")
+            drop_replaced(ws, stage, k)
             ran_any = True
             fields = module.after_fold(FoldContext(ws, k, cfg, run))
             ws.write_artifact(stage, k, status="complete", **fields)

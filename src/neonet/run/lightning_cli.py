@@ -16,6 +16,7 @@ writes checkpoints, ``config.yaml``, the CSV log, the W&B run and ``artifact.jso
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -29,13 +30,18 @@ from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from neonet.data.base import FoldDataModule
 from neonet.errors import NeonetError
 from neonet.run.atomic import atomic_path
 from neonet.run.callbacks import FiniteLossGuard
 from neonet.run.csv_log import ResumableCSVLogger
+from neonet.run.fold_lock import worker_lock
+from neonet.run.reload import check_checkpoint_path
+from neonet.run.wandb_privacy import PrivateWandbLogger
 from neonet.stage import StageModule
+from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +52,18 @@ def wandb_mode() -> str:
 
 
 def make_loggers(stage: str, fold: int, experiment: str, stage_dir: Path, job: str = "fit") -> list[Logger]:
-    """CSV log in the stage folder, plus a W&B run unless ``WANDB_MODE=disabled``."""
+    """CSV log in the stage folder, plus a W&B run unless ``WANDB_MODE=disabled``.
+
+    The W&B run gets no case ids, paths or host name unless the user opts in
+    (:mod:`neonet.run.wandb_privacy`); the CSV log keeps every value.
+    """
     # fit logs to <stage_dir>/metrics.csv; other verbs to <stage_dir>/<verb>/ so they never overwrite it
     loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(stage_dir), name="", version="" if job == "fit" else job)]
     mode = wandb_mode()
     if mode != "disabled":
         (stage_dir / "wandb").mkdir(parents=True, exist_ok=True)
         loggers.append(
-            WandbLogger(
+            PrivateWandbLogger(
                 project=os.environ.get("WANDB_PROJECT", "neonet"),
                 group=experiment,
                 job_type=stage if job == "fit" else f"{stage}-{job}",
@@ -169,7 +179,9 @@ class NeonetCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_kwargs", {"default_env": False, "prog": "neonet"})
-        super().__init__(LightningModule, FoldDataModule, *args, **kwargs)
+        self._fold_locks = contextlib.ExitStack()  # the fold lock of this run (see _lock_fold), released on return
+        with self._fold_locks:
+            super().__init__(LightningModule, FoldDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Options of every neonet Lightning verb beyond the trainer, model and data."""
@@ -180,6 +192,15 @@ class NeonetCLI(LightningCLI):
             help="fit: also save checkpoints/last.ckpt every N optimizer steps (mid-epoch resume point "
             "after a crash or kill); 0 = only at epoch ends",
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before Lightning reads it: a truncated file is named with the way on
+        (:func:`neonet.run.reload.check_checkpoint_path`), not left to torch's zip reader."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if isinstance(ckpt_path, (str, os.PathLike)) and Path(ckpt_path).is_file():
+            check_checkpoint_path(Path(ckpt_path), resume=subcommand == "fit")
+        super()._parse_ckpt_path()
 
     # ------------------------------------------------------------------ trainer wiring
     def _stage_fold(self) -> tuple[str, int, Any]:
@@ -193,8 +214,20 @@ class NeonetCLI(LightningCLI):
             raise NeonetError(f"{type(dm).__name__} is not a neonet FoldDataModule: it must know the experiment and fold")
         return model.stage, int(dm.fold), dm.workspace
 
+    def _lock_fold(self, stage: str, fold: int, ws: Workspace) -> None:
+        """Hold the fold lock (``neonet.run.fold_lock``) for the rest of this run, before anything is written.
+
+        ``fit`` takes it (rank zero only: the other ranks belong to the same fit), so a second fit of the
+        fold is refused; a verb started by ``neonet cv`` adopts the lock cv handed down and names itself in it.
+        """
+        if self.subcommand is None or getattr(rank_zero_only, "rank", 0) != 0:
+            return
+        lock = worker_lock(ws.fold_lock(stage, fold), stage, fold, f"neonet {self.subcommand}", take=self.subcommand == "fit")
+        self._fold_locks.enter_context(lock)
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
         stage, fold, ws = self._stage_fold()
+        self._lock_fold(stage, fold, ws)
         stage_dir = ws.stage_dir(stage, fold)
         stage_dir.mkdir(parents=True, exist_ok=True)
         if not config.get("default_root_dir") or config.get("default_root_dir") == os.getcwd():

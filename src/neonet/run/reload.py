@@ -9,7 +9,9 @@ folders are shared, so neither file is trusted:
   ``torch.`` (the path is checked before anything is imported, the class's ``__module__`` after).
   Optimizer and scheduler entries are training-only: dropped, never imported.
 - checkpoints are read with ``torch.load(weights_only=True)`` (tensors and plain Python values only:
-  a pickled object that would run code is refused) and loaded with ``load_state_dict(strict=True)``.
+  a pickled object that would run code is refused) and loaded with ``load_state_dict(strict=True)``;
+  a finished fold's best checkpoint must still have the SHA-256 its ``artifact.json`` recorded
+  (:meth:`~neonet.workspace.Workspace.verify_checkpoint`), or it is not used.
 
 Every failure is a :class:`~neonet.errors.NeonetError` naming the file and what to do.
 """
@@ -20,6 +22,7 @@ import importlib
 import logging
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,9 @@ __all__ = [
     "allowed_class",
     "build",
     "build_network",
+    "check_checkpoint_path",
+    "check_resume_checkpoint",
+    "checkpoint_problem",
     "load_checkpoint_fold",
     "load_trained_fold",
     "read_checkpoint",
@@ -232,6 +238,72 @@ def safe_torch_load(path: str | Path, what: str, fix: str) -> Any:
         ) from exc
 
 
+def checkpoint_problem(path: str | Path) -> str | None:
+    """What is wrong with a checkpoint file's container, or None when it reads whole.
+
+    ``torch.save`` writes a zip archive; a truncated or damaged one fails its directory or CRC check
+    here (every byte is read, nothing is unpickled), before Lightning or torch stop on it with a bare
+    zip error.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        return f"it is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)})"
+    return f"it is corrupt (entry {bad} fails its CRC check)" if bad else None
+
+
+def check_resume_checkpoint(
+    ws: Workspace, stage: str, fold: int, path: str | Path, rerun: str = "the same command", retrain: str | None = None
+) -> None:
+    """Refuse to resume a fold from a checkpoint that cannot be read, saying what to do instead.
+
+    Args:
+        ws: the experiment's workspace.
+        stage: the stage folder.
+        fold: the fold k.
+        path: the checkpoint to resume from (usually the fold's ``last.ckpt``).
+        rerun: the command to run once the file is out of the way.
+        retrain: the command that re-trains the fold from scratch (default: :meth:`Workspace.retrain_command`).
+
+    Raises:
+        NeonetError: naming the file, what is wrong with it and the ways on (nothing is moved or deleted).
+    """
+    path = Path(path)
+    problem = checkpoint_problem(path)
+    if problem is None:
+        return
+    aside = path.with_name(path.name + ".unreadable")
+    raise NeonetError(
+        f"{path}: cannot resume {stage} fold {int(fold)} from this checkpoint: {problem}. Running the same command "
+        f"again would fail the same way, and nothing was changed. Move the file aside and run {rerun} again; "
+        f"without it the fold trains from the start:\n    mv {path} {aside}\n"
+        f"or re-train the fold from scratch (its current results are moved aside to {ws.replaced_dir(stage, fold)} "
+        f"until the new fit succeeds):\n    {retrain or ws.retrain_command(stage, fold)}"
+    )
+
+
+def check_checkpoint_path(path: str | Path, resume: bool) -> None:
+    """Check a checkpoint named on the command line (``--ckpt_path``) before Lightning reads it.
+
+    Args:
+        path: the checkpoint.
+        resume: whether a fit resumes from it (then :func:`check_resume_checkpoint`'s message when it is a
+            fold's checkpoint); otherwise a verb evaluates or predicts with it.
+
+    Raises:
+        NeonetError: the file is truncated or corrupt; the message names it and the way on.
+    """
+    path = Path(path)
+    found = _fold_of(path)
+    if resume and found is not None:
+        check_resume_checkpoint(*found, path, rerun="the fit without --ckpt_path")
+        return
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise NeonetError(f"{path}: cannot read this checkpoint: {problem}. {_retrain_fix(path)}")
+
+
 def retrain_command(ws: Workspace, stage: str, fold: int) -> str:
     """The ``neonet cv`` command that re-trains ``stage`` for ``fold``."""
     from neonet.predict.ensemble import train_command
@@ -274,6 +346,10 @@ def read_checkpoint(path: str | Path, fix: str | None = None) -> dict[str, Any]:
     content = safe_torch_load(path, "checkpoint", fix)
     if not isinstance(content, dict):
         raise NeonetError(f"{path}: not a checkpoint (it holds a {type(content).__name__}, not a dict). {fix}")
+    found = _fold_of(path)
+    if found is not None:  # a finished fold's checkpoint must still be the file its artifact.json recorded
+        ws, stage, fold = found
+        ws.verify_checkpoint(stage, fold, path)
     return content
 
 

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from neonet.data.cases import LIVER, TUMOR, LabelMap, read_cases
 from neonet.data.nifti import load_nifti, read_array
-from neonet.run.atomic import read_json, write_csv, write_json, write_text
+from neonet.data.splits import read_splits
+from neonet.run.atomic import write_csv, write_json, write_text
 from neonet.stage import CVContext
 from neonet.workspace import Workspace
 
@@ -37,7 +38,7 @@ def evaluate_oof(ws: Workspace, cases_csv: str | Path, label_map: LabelMap, fold
 
     Only test cases of ``folds`` (default: all folds) are evaluated.
     """
-    splits = read_json(ws.splits_path)
+    splits = read_splits(ws.splits_path)
     fold_of = {cid: s["fold"] for s in splits["splits"] if folds is None or s["fold"] in folds for cid in s["test"]}
     rows: list[dict[str, Any]] = []
     for case in tqdm(read_cases(cases_csv), desc="OOF Dice", unit="case"):
@@ -107,7 +108,7 @@ def write_oof_report(ctx: CVContext) -> None:
     label_map = LabelMap(
         liver=tuple(dargs.get("liver") or [1]), tumor=tuple(dargs.get("tumor") or [2]), other=tuple(dargs.get("other") or [])
     )
-    n_folds = int(read_json(ws.splits_path)["folds"])
+    n_folds = int(read_splits(ws.splits_path)["folds"])
     done = [k for k in range(n_folds) if ws.is_complete("seg", k)]  # folds may run in separate calls
     frame = evaluate_oof(ws, dargs["cases"], label_map, done)
     if frame.empty:
