@@ -11,19 +11,11 @@ import torch
 
 from neonet.cls import ClsDataModule
 from neonet.errors import DataError, MissingUpstreamError
-from test_cls_fixtures import one_thread, save_nifti, write_patch_cohort, write_synthetic  # noqa: F401
+from test_cls_fixtures import cls_datamodule, one_thread, save_nifti, write_patch_cohort, write_synthetic  # noqa: F401
 
 
 def datamodule(cohort: dict, fold: int = 0, **kwargs) -> ClsDataModule:
-    return ClsDataModule(
-        cases=cohort["cases"],
-        experiment=cohort["experiment"],
-        runs_dir=cohort["runs_dir"],
-        fold=fold,
-        folds=3,
-        batch_size=4,
-        **kwargs,
-    )
+    return cls_datamodule(cohort, fold, **kwargs)
 
 
 @pytest.fixture()

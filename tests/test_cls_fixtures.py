@@ -18,6 +18,7 @@ import torch
 import yaml
 from monai.networks.nets import AutoencoderKL
 
+from neonet.cls.datamodule import ClsDataModule
 from neonet.run.atomic import write_json
 from neonet.workspace import Workspace
 
@@ -144,3 +145,16 @@ def write_synthetic(ws: Workspace, fold: int, sources: list[str], per_source: in
     manifest = folder / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
+
+
+def cls_datamodule(cohort: dict, fold: int = 0, **kwargs: Any) -> ClsDataModule:
+    """A ClsDataModule over a :func:`write_patch_cohort` cohort (3 folds, batches of 4)."""
+    return ClsDataModule(
+        cases=cohort["cases"],
+        experiment=cohort["experiment"],
+        runs_dir=cohort["runs_dir"],
+        fold=fold,
+        folds=3,
+        batch_size=4,
+        **kwargs,
+    )

@@ -15,7 +15,14 @@ from torch import nn
 from neonet.cls import ClassifierModule, ClsDataModule, PattenNetModule
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.nets import AutoencoderKLEncoder, PattenNet
-from test_cls_fixtures import autoencoder_args, one_thread, write_fake_autoencoder, write_patch_cohort, write_synthetic  # noqa: F401
+from test_cls_fixtures import (  # noqa: F401
+    autoencoder_args,
+    cls_datamodule,
+    one_thread,
+    write_fake_autoencoder,
+    write_patch_cohort,
+    write_synthetic,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +32,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def datamodule(cohort: dict, fold: int = 0, **kwargs) -> ClsDataModule:
     kwargs.setdefault("augment", False)
-    return ClsDataModule(
-        cases=cohort["cases"],
-        experiment=cohort["experiment"],
-        runs_dir=cohort["runs_dir"],
-        fold=fold,
-        folds=3,
-        batch_size=4,
-        **kwargs,
-    )
+    return cls_datamodule(cohort, fold, **kwargs)
 
 
 def pattennet(seed: int = 123) -> PattenNet:
