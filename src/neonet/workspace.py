@@ -4,6 +4,7 @@
 
     <runs_dir>/<experiment>/
       splits.json                       written once, then only read
+      plans.{json,csv,md,png}           cohort fingerprint and suggested spacing / patch sizes (neonet plan)
       <stage>/fold<k>/                  config.yaml, checkpoints/{best,last}.ckpt, artifact.json,
                                         csv/ (CSV log), wandb/
       seg/predictions/<case>.nii.gz     out-of-fold NeoSeg masks in each input's original space
@@ -69,6 +70,10 @@ class Workspace:
     def root(self) -> Path:
         """``<runs_dir>/<experiment>``."""
         return self.runs_dir / self.experiment
+
+    def plans_file(self, ext: str = "json") -> Path:
+        """``neonet plan``'s output: ``plans.json`` (summary, rules, per-case fingerprints), ``.csv``, ``.md``, ``.png``."""
+        return self.root / f"plans.{ext}"
 
     @property
     def splits_path(self) -> Path:

@@ -253,3 +253,35 @@ def load_canonical(
     affine = np.asarray(img.affine, dtype=np.float64)
     lab = np.asarray(out["label"][0]).astype(np.uint8) if label is not None else None
     return np.asarray(img[0], dtype=np.float32), lab, affine
+
+
+def load_canonical_label(
+    label: str | os.PathLike,
+    spacing: Sequence[float] = DEFAULT_SPACING,
+    label_map: LabelMap | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load a label volume alone as :func:`load_canonical` loads it beside its image.
+
+    The same steps for the label key (map values, RAS, nearest-neighbour resampling to ``spacing``
+    with zero padding), so the grid and the voxels equal ``load_canonical(image, label, ...)``'s
+    label for an image on the label's grid, without reading or resampling the image.
+
+    Args:
+        label: label NIfTI path (raw values mapped with ``label_map``).
+        spacing: target spacing in mm.
+        label_map: raw label map (default: project convention).
+
+    Returns:
+        ``(label (X, Y, Z) uint8 in the project convention, affine 4x4)``.
+    """
+    steps = mt.Compose(
+        [
+            LoadNiftid(keys=["label"], image_only=True, dtype=np.float32),
+            mt.EnsureChannelFirstd(keys=["label"], channel_dim="no_channel"),
+            MapLabeld(keys=["label"], label_map=label_map or LabelMap()),
+            mt.Orientationd(keys=["label"], axcodes="RAS", labels=None),
+            mt.Spacingd(keys=["label"], pixdim=tuple(float(s) for s in spacing), mode="nearest", padding_mode="zeros"),
+        ]
+    )
+    out = steps({"label": str(label)})["label"]
+    return np.asarray(out[0]).astype(np.uint8), np.asarray(out.affine, dtype=np.float64)

@@ -60,6 +60,9 @@ class Verb:
 PROJECT_VERBS: dict[str, Verb] = {
     "synth": Verb("neonet.data.phantom:synth", "write a phantom cohort (cases.csv + NIfTI) for tests and the demo"),
     "check-data": Verb("neonet.data.validate:check_data", "validate a case manifest and all its files; report every problem"),
+    "plan": Verb(
+        "neonet.data.plans:plan", "fingerprint a cohort; suggest target spacing, NeoSeg and TLCR patch sizes (plans.json)"
+    ),
     "cv": Verb("neonet.run.cv:cv", "run a stage over the folds (each fold its own process), then its cross-fold summary"),
     "crop": Verb("neonet.seg.crop:crop", "TLCR: tumour-centred image and label patches + manifest.csv"),
     "synthesize": Verb(

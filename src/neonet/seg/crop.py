@@ -42,6 +42,7 @@ from neonet.seg.tlcr import (
     STATUS_SKIPPED,
     TLCRResult,
     patch_affine,
+    patch_for_share,
     tlcr,
 )
 from neonet.workspace import Workspace
@@ -89,6 +90,7 @@ MANIFEST_COLUMNS = [
     *(f"pad_before_{a}" for a in _AXES),
     *(f"pad_after_{a}" for a in _AXES),
     "fits",
+    *(f"needed_patch_{a}" for a in _AXES),
     *(f"spacing_{a}" for a in _AXES),
     *(f"patch_{a}" for a in _AXES),
     "shell_mm",
@@ -195,8 +197,9 @@ def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
     backfill = {
         "intensity_scale": "1.0",
         "intensity_reference": "none",  # before liver normalisation
-        "shell_region": "all",
-    }  # before the shell could be kept inside the liver
+        "shell_region": "all",  # before the shell could be kept inside the liver
+        **{f"needed_patch_{a}": "" for a in _AXES},  # before crop recorded what each tumour needs
+    }
     if not set(MANIFEST_COLUMNS) - set(backfill) <= set(frame.columns):
         return {}
     for column, value in backfill.items():
@@ -224,6 +227,8 @@ def _result_fields(result: TLCRResult) -> dict[str, Any]:
         "tumor_volume_total_ml": round(float(result.tumor_volume_total_ml), 4),
         "fits": "" if result.fits is None else bool(result.fits),
     }
+    for i, axis in enumerate(_AXES):
+        fields[f"needed_patch_{axis}"] = "" if result.needed_patch is None else int(result.needed_patch[i])
     for i, axis in enumerate(_AXES):
         fields[f"centroid_{axis}"] = "" if result.centroid is None else round(float(result.centroid[i]), 3)
         for key in ("start", "stop", "pad_before", "pad_after"):
@@ -434,10 +439,47 @@ def crop(
         summary or "none",
         manifest_path,
     )
+    warning = fit_warning(rows, workspace.plans_file("json"), spacing, patch_size)
+    if warning:
+        log.warning("%s", warning)
     failed = {str(r["case_id"]): str(r["status"]) for r in rows if str(r["status"]).startswith(f"{STATUS_ERROR}:")}
     if failed:
         raise CropFailedError(manifest_path, failed, len(rows), Path(cases))
     return manifest_path
+
+
+def fit_warning(
+    rows: list[dict[str, Any]], plans_path: Path, spacing: tuple[float, float, float], patch_size: tuple[int, int, int]
+) -> str | None:
+    """What to say when tumours do not fit the patch size: how many, and a patch size that fits 95 % of them.
+
+    The suggestion is ``plans.json``'s at this spacing (``neonet plan``) when it has one, else computed
+    from the manifest rows' ``needed_patch_*`` (what each case's largest tumour needs); None when every
+    tumour fits.
+    """
+    from neonet.data.plans import CROP_DIVISOR, FIT_SHARE, suggested_patch
+
+    flags = [str(r.get("fits", "")) for r in rows]
+    n_tumours, n_out = sum(f in ("True", "False") for f in flags), flags.count("False")
+    if not n_out:
+        return None
+    shown = "×".join(str(int(p)) for p in patch_size)
+    text = f"{n_out} of {n_tumours} tumours exceed {shown} (each case's largest tumour; the manifest's `fits` column)"
+    planned = suggested_patch(plans_path, spacing)
+    if planned is not None:
+        patch, share = planned
+        source = f"neonet plan, {plans_path}"
+    else:
+        keys = [f"needed_patch_{a}" for a in _AXES]
+        needs = [tuple(int(float(r[k])) for k in keys) for r in rows if all(str(r.get(k, "")) not in ("", "nan") for k in keys)]
+        if not needs:
+            return f"{text}; `neonet plan --cases CASES --experiment E` suggests a patch size that holds 95 % of them"
+        patch, n_fit = patch_for_share(needs, FIT_SHARE, CROP_DIVISOR)
+        share = n_fit / len(needs)
+        source = f"from these {len(needs)} patches; `neonet plan` plans for the whole cohort"
+    fitted = "×".join(str(int(p)) for p in patch)
+    held = f"{100 * share:.0f} %" if share is not None else f"at least {100 * FIT_SHARE:.0f} %"
+    return f"{text}; a {fitted} patch fits {held} ({source}): crop again with --patch_size {','.join(map(str, patch))} --force"
 
 
 def load_case(

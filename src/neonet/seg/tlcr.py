@@ -187,6 +187,8 @@ class TLCRResult:
         intensity_scale: factor the image patch was multiplied by (``liver_level`` / median liver
             intensity; 1.0 without ``liver_level``).
         intensity_reference: whose liver voxels set the scale: ``patch``, ``volume`` or ``none``.
+        needed_patch: the smallest patch size (voxels per axis) whose crop box, centred as this one
+            is, holds the largest tumour component whole (:func:`patch_needed`); None without tumour.
     """
 
     status: str
@@ -203,6 +205,7 @@ class TLCRResult:
     shell_mm: float = 10.0
     intensity_scale: float = 1.0
     intensity_reference: str = "none"
+    needed_patch: tuple[int, int, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -253,6 +256,65 @@ def liver_reference_scale(image: np.ndarray, liver: np.ndarray, level: float) ->
     if not median > 0:
         raise ValueError(f"the median liver intensity is {median:g}; cannot normalise to it (is the image scaled to [0, 1]?)")
     return level / median
+
+
+def patch_needed(component: np.ndarray, center_vox: Sequence[float]) -> tuple[int, int, int]:
+    """The smallest patch size per axis whose :func:`crop_box` around ``center_vox`` holds ``component``.
+
+    With the centre rounded half-up to voxel ``c``, a box of ``p`` voxels reaches ``p // 2`` voxels
+    before ``c`` and ``p - p // 2 - 1`` after it; a component reaching ``a`` voxels before and ``b``
+    after needs ``p = 2a`` when ``a > b``, else ``p = 2b + 1`` (and every larger ``p`` holds it too).
+
+    Args:
+        component: boolean 3D mask (e.g. the largest tumour component).
+        center_vox: the crop centre in (fractional) voxel coordinates (TLCR: the component's centroid).
+
+    Returns:
+        Voxels per axis; ``(1, 1, 1)`` for an empty mask.
+    """
+    coords = np.argwhere(np.asarray(component, dtype=bool))
+    if coords.size == 0:
+        return (1, 1, 1)
+    center = np.asarray(_round_half_up(center_vox))
+    before = np.maximum(center - coords.min(axis=0), 0)
+    after = np.maximum(coords.max(axis=0) - center, 0)
+    need = np.where(before > after, 2 * before, 2 * after + 1)
+    return tuple(int(n) for n in need)  # type: ignore[return-value]
+
+
+def patch_for_share(
+    needs: Sequence[Sequence[int]], share: float = 0.95, divisor: Sequence[int] = (1, 1, 1)
+) -> tuple[tuple[int, int, int], int]:
+    """A patch size that holds at least ``share`` of the tumours, given each one's :func:`patch_needed`.
+
+    Every axis takes the same quantile of the needed sizes, raised from ``share`` until at least
+    ``ceil(share * n)`` tumours fit on all three axes at once (per-axis quantiles alone would let
+    fewer fit jointly); each axis is then rounded up to a multiple of ``divisor``.
+
+    Args:
+        needs: per tumour, the needed patch size (x, y, z) in voxels.
+        share: the fraction of tumours that must fit, in (0, 1].
+        divisor: each axis of the result is a multiple of this.
+
+    Returns:
+        ``(patch size, number of tumours it holds)``; ``((d_x, d_y, d_z), 0)`` without tumours.
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    div = np.asarray([max(1, int(d)) for d in divisor])
+    arr = np.asarray(needs, dtype=np.int64).reshape(-1, 3)
+    if arr.shape[0] == 0:
+        return tuple(int(d) for d in div), 0  # type: ignore[return-value]
+    n = arr.shape[0]
+    wanted = int(np.ceil(share * n - 1e-9))
+    ordered = np.sort(arr, axis=0)
+    for k in range(wanted - 1, n):  # the k-th smallest need on every axis
+        patch = ordered[k]
+        held = int(np.all(arr <= patch, axis=1).sum())
+        if held >= wanted:
+            break
+    patch = -(-patch // div) * div
+    return tuple(int(p) for p in patch), int(np.all(arr <= patch, axis=1).sum())  # type: ignore[return-value]
 
 
 def _centroid(mask: np.ndarray) -> tuple[float, float, float]:
@@ -361,6 +423,7 @@ def tlcr(
         centroid=centroid,
         box=box,
         fits=_inside(largest, box) if n_tumors else None,
+        needed_patch=patch_needed(largest, centroid) if n_tumors else None,
         intensity_scale=scale,
         intensity_reference=reference,
         **common,

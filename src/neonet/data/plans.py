@@ -1,0 +1,518 @@
+"""The ``neonet plan`` verb: fingerprint a cohort and suggest spacings and patch sizes (nnU-Net's plans step).
+
+For every case (:mod:`neonet.data.fingerprint`): spacing, shape, liver intensity percentiles, tumour
+count, volumes and extents. From the cohort:
+
+* **target spacing** — nnU-Net's rule: the median spacing per axis; but when the coarsest axis is
+  anisotropic (its median spacing more than :data:`ANISOTROPY_THRESHOLD` times the finest other
+  axis's, and its median size in voxels less than 1/:data:`ANISOTROPY_THRESHOLD` of the smallest
+  other axis's), that axis takes the 10th percentile of its spacings instead (never finer than the
+  other axes), so thick-slice scans are not interpolated into many made-up slices;
+* **NeoSeg patch size** — the median image size at the target spacing, rounded up to a multiple of
+  the network's downsampling per axis; while it holds more voxels than the budget, the axis that is
+  longest in mm loses one multiple;
+* **TLCR patch size** at the crop spacing — the smallest patch (rounded up to the autoencoder's
+  multiple) that holds at least 95 % of the tumours whole (each case's largest tumour, the one TLCR
+  centres on; :func:`neonet.seg.tlcr.patch_for_share`), and the share of tumours each crop config
+  (``experiments/*/crop.yaml``) holds with its own patch size and spacing.
+
+Writes ``plans.json`` (summary, rules and per-case fingerprints), ``plans.csv`` (one row per case),
+``plans.md`` and ``plans.png`` (what each tumour needs against the suggested patch), into the
+experiment folder (``--experiment``) or beside ``--out``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from tqdm import tqdm
+
+from neonet import __version__
+from neonet.data.cases import LabelMap, read_cases
+from neonet.data.fingerprint import (
+    PERCENTILES,
+    STATUS_NO_LABEL,
+    STATUS_NO_TUMOR,
+    CaseFingerprint,
+    fingerprint_case,
+    geometry,
+)
+from neonet.data.nifti import load_nifti
+from neonet.errors import DataError, NeonetError
+from neonet.run.atomic import atomic_path, read_json, write_csv, write_json, write_text
+from neonet.seg.tlcr import patch_for_share
+from neonet.workspace import Workspace, git_sha
+
+log = logging.getLogger(__name__)
+
+#: nnU-Net's anisotropy threshold (spacing ratio, and size ratio, between the coarsest axis and the others).
+ANISOTROPY_THRESHOLD = 3.0
+#: Share of tumours the suggested TLCR patch must hold.
+FIT_SHARE = 0.95
+#: TLCR patch sizes are multiples of this per axis (the autoencoder and the diffusion UNet halve them).
+CROP_DIVISOR = (8, 8, 8)
+#: NeoSeg patch voxel budget: the paper config's 160 x 160 x 48.
+SEG_VOXELS = 160 * 160 * 48
+#: NeoSeg patch sizes are multiples of this per axis (the paper DynUNet's downsampling: strides 16, 16, 4).
+SEG_DIVISOR = (16, 16, 4)
+#: Where the shipped crop configs are looked for (relative to the working directory).
+CROP_CONFIG_GLOB = "experiments/*/crop.yaml"
+_AXES = ("x", "y", "z")
+
+Triple = tuple[float, float, float]
+
+
+# ---------------------------------------------------------------------------------------------- rules
+def target_spacing(spacings: np.ndarray, shapes: np.ndarray, threshold: float = ANISOTROPY_THRESHOLD) -> dict[str, Any]:
+    """nnU-Net's full-resolution target spacing (see the module docstring).
+
+    Args:
+        spacings: (cases, 3) voxel sizes in mm along R, A, S.
+        shapes: (cases, 3) image sizes in voxels along R, A, S.
+        threshold: the anisotropy threshold.
+
+    Returns:
+        ``{"spacing": [x, y, z], "median_spacing": [...], "anisotropic_axis": "z" or None, "rule": text}``.
+    """
+    median = np.median(spacings, axis=0)
+    size = np.median(shapes, axis=0)
+    worst = int(np.argmax(median))
+    others = [i for i in range(3) if i != worst]
+    aniso_spacing = bool(median[worst] > threshold * max(median[i] for i in others))
+    aniso_voxels = bool(size[worst] * threshold < min(size[i] for i in others))
+    target = median.astype(float).copy()
+    axis = None
+    rule = "median spacing per axis"
+    if aniso_spacing and aniso_voxels:
+        axis = _AXES[worst]
+        tenth = float(np.percentile(spacings[:, worst], 10))
+        finest_allowed = max(float(median[i]) for i in others)
+        target[worst] = max(tenth, finest_allowed)
+        rule = (
+            f"median spacing per axis, except the anisotropic {axis} axis (median spacing > {threshold:g} x the others' "
+            f"and median size < 1/{threshold:g} of the others'): the 10th percentile of its spacings, "
+            "at least the other axes' spacing"
+        )
+    else:
+        rule += (
+            f" (no anisotropic axis: the coarsest, {_AXES[worst]}, is not both more than {threshold:g} x coarser and "
+            f"{threshold:g} x shorter in voxels than the others)"
+        )
+    return {
+        "spacing": [round(float(t), 4) for t in target],
+        "median_spacing": [round(float(m), 4) for m in median],
+        "anisotropic_axis": axis,
+        "rule": rule,
+    }
+
+
+def seg_patch_size(
+    spacings: np.ndarray,
+    shapes: np.ndarray,
+    target: Sequence[float],
+    budget: int = SEG_VOXELS,
+    divisor: Sequence[int] = SEG_DIVISOR,
+) -> dict[str, Any]:
+    """The suggested NeoSeg training patch (see the module docstring).
+
+    Args:
+        spacings: (cases, 3) voxel sizes in mm.
+        shapes: (cases, 3) image sizes in voxels.
+        target: the target spacing in mm.
+        budget: the most voxels a patch may hold.
+        divisor: each axis is a multiple of this (the network's downsampling per axis).
+
+    Returns:
+        ``{"patch_size", "median_shape_at_target", "voxel_budget", "divisor", "rule"}``.
+    """
+    div = np.asarray([max(1, int(d)) for d in divisor])
+    median_shape = np.median(shapes * spacings / np.asarray(target, dtype=float), axis=0)
+    patch = np.maximum(-(-np.ceil(median_shape - 1e-6).astype(int) // div) * div, div)
+    while int(np.prod(patch)) > budget and np.any(patch > div):
+        mm = np.where(patch > div, patch * np.asarray(target, dtype=float), -1.0)
+        axis = int(np.argmax(mm))
+        patch[axis] -= div[axis]
+    return {
+        "patch_size": [int(p) for p in patch],
+        "median_shape_at_target": [round(float(m), 1) for m in median_shape],
+        "voxel_budget": int(budget),
+        "divisor": [int(d) for d in div],
+        "rule": (
+            "the median image size at the target spacing, rounded up to a multiple of the divisor; while it holds more "
+            "than the voxel budget, the axis longest in mm loses one multiple"
+        ),
+    }
+
+
+def read_crop_config(path: Path) -> tuple[Triple, tuple[int, int, int]]:
+    """The ``spacing`` and ``patch_size`` a ``neonet crop`` config crops with (``crop``'s defaults where it says none).
+
+    Raises:
+        NeonetError: the file is missing, not YAML, or its values are not three numbers.
+    """
+    from neonet.seg.crop import crop
+
+    defaults = {name: p.default for name, p in inspect.signature(crop).parameters.items()}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise NeonetError(f"{path}: cannot read this crop config ({exc}); fix it or leave it out with --crop_configs") from exc
+    if not isinstance(data, dict):
+        raise NeonetError(f"{path}: a crop config is a YAML mapping of `neonet crop` options; leave it out with --crop_configs")
+    try:
+        spacing = tuple(float(s) for s in data.get("spacing", defaults["spacing"]))
+        patch = tuple(int(p) for p in data.get("patch_size", defaults["patch_size"]))
+    except (TypeError, ValueError) as exc:
+        raise NeonetError(f"{path}: spacing and patch_size must be three numbers each ({exc})") from exc
+    if len(spacing) != 3 or len(patch) != 3:
+        raise NeonetError(f"{path}: spacing and patch_size must be three numbers each, got {spacing} and {patch}")
+    return (spacing[0], spacing[1], spacing[2]), (patch[0], patch[1], patch[2])
+
+
+def fit_summary(needs: list[tuple[int, int, int]], patch: Sequence[int]) -> dict[str, Any]:
+    """How many of the tumours (their needed patch sizes) a patch holds: ``{"n_fit", "n_tumors", "share"}``."""
+    arr = np.asarray(needs, dtype=np.int64).reshape(-1, 3)
+    n_fit = int(np.all(arr <= np.asarray(patch), axis=1).sum())
+    return {"n_fit": n_fit, "n_tumors": len(needs), "share": round(n_fit / len(needs), 4) if needs else None}
+
+
+# ---------------------------------------------------------------------------------------------- summaries
+def _stats(values: np.ndarray, digits: int = 3) -> dict[str, Any]:
+    """Median, min and max (per column for a 2D array); None for no values."""
+    if values.size == 0:
+        return {"median": None, "min": None, "max": None}
+
+    def out(v: np.ndarray) -> Any:
+        return [round(float(x), digits) for x in v] if np.ndim(v) else round(float(v), digits)
+
+    return {"median": out(np.median(values, axis=0)), "min": out(values.min(axis=0)), "max": out(values.max(axis=0))}
+
+
+def _fmt(values: Sequence[float] | None, sep: str = "×") -> str:
+    return "-" if values is None else sep.join(f"{float(v):g}" for v in values)
+
+
+def _case_row(fp: CaseFingerprint, crop_spacing: Triple, patch: Sequence[int]) -> dict[str, Any]:
+    row: dict[str, Any] = {"case_id": fp.case_id, "status": fp.status}
+    row |= {f"spacing_{a}": round(s, 4) for a, s in zip(_AXES, fp.spacing)}
+    row |= {f"shape_{a}": s for a, s in zip(_AXES, fp.shape)}
+    row["liver_ml"] = "" if fp.liver_ml is None else round(fp.liver_ml, 3)
+    for q, value in zip(PERCENTILES, fp.liver_percentiles or (None, None, None)):
+        row[f"liver_p{q:g}"] = "" if value is None else round(value, 4)
+    row["n_tumors"] = len(fp.tumours)
+    row["tumor_volume_total_ml"] = round(sum(t.volume_ml for t in fp.tumours), 4)
+    largest = fp.tumours[0] if fp.tumours else None
+    row["largest_tumor_ml"] = "" if largest is None else round(largest.volume_ml, 4)
+    for i, a in enumerate(_AXES):
+        row[f"largest_extent_{a}_mm"] = "" if largest is None else round(largest.extent_mm[i], 3)
+    need = fp.needed_patch.get(crop_spacing)
+    for i, a in enumerate(_AXES):
+        row[f"needed_patch_{a}"] = "" if need is None else need[i]
+    row["fits_suggested_patch"] = "" if need is None else bool(all(n <= p for n, p in zip(need, patch)))
+    return row
+
+
+def _case_record(fp: CaseFingerprint) -> dict[str, Any]:
+    return {
+        "case_id": fp.case_id,
+        "status": fp.status,
+        "spacing": [round(s, 4) for s in fp.spacing],
+        "shape": list(fp.shape),
+        "liver_ml": None if fp.liver_ml is None else round(fp.liver_ml, 3),
+        "liver_percentiles": None
+        if fp.liver_percentiles is None
+        else dict(zip((f"p{q:g}" for q in PERCENTILES), fp.liver_percentiles)),
+        "tumors": [{"volume_ml": round(t.volume_ml, 4), "extent_mm": [round(e, 3) for e in t.extent_mm]} for t in fp.tumours],
+        "needed_patch": [{"spacing": list(s), "patch_size": list(n)} for s, n in fp.needed_patch.items()],
+    }
+
+
+def _tables(plans: dict[str, Any]) -> str:
+    """The summary as markdown (printed and written to ``plans.md``)."""
+    fp, tlcr = plans["fingerprint"], plans["tlcr"]
+    counts = plans["counts"]
+    spacing, shape = fp["spacing_mm"], fp["shape"]
+    tum = fp["tumors"]
+    lines = [
+        f"# neonet plan: {plans['cases']}",
+        "",
+        f"{counts['cases']} case(s): {counts['with_tumor']} with tumour, {counts['without_tumor']} without tumour voxels, "
+        f"{counts['without_label']} without label; {tum['count']} tumour(s).",
+        "",
+        "| fingerprint | median | min | max |",
+        "|---|---|---|---|",
+        f"| spacing (mm) | {_fmt(spacing['median'])} | {_fmt(spacing['min'])} | {_fmt(spacing['max'])} |",
+        f"| shape (voxels) | {_fmt(shape['median'])} | {_fmt(shape['min'])} | {_fmt(shape['max'])} |",
+    ]
+    for key, stats in fp["liver_intensity"].items():
+        lines.append(f"| liver intensity {key} | {stats['median']} | {stats['min']} | {stats['max']} |")
+    lines += [
+        f"| tumours per case | {tum['per_case']['median']} | {tum['per_case']['min']} | {tum['per_case']['max']} |",
+        f"| tumour volume (ml) | {tum['volume_ml']['median']} | {tum['volume_ml']['min']} | {tum['volume_ml']['max']} |",
+        f"| tumour extent (mm) | {_fmt(tum['extent_mm']['median'])} | {_fmt(tum['extent_mm']['min'])} | "
+        f"{_fmt(tum['extent_mm']['max'])} |",
+        "",
+        "| suggestion | value | rule |",
+        "|---|---|---|",
+        f"| target spacing (mm) | {_fmt(plans['target_spacing']['spacing'])} | {plans['target_spacing']['rule']} |",
+        f"| NeoSeg patch (voxels) | {_fmt(plans['seg_patch']['patch_size'])} | {plans['seg_patch']['rule']} |",
+        f"| TLCR patch (voxels at {_fmt(tlcr['spacing'])} mm) | {_fmt(tlcr['patch_size'])} | holds "
+        f"{tlcr['n_fit']} of {tlcr['n_tumors']} tumours ({_pct(tlcr['share'])}); {tlcr['rule']} |",
+    ]
+    if plans["crop_configs"]:
+        lines += [
+            "",
+            f"| crop config | spacing (mm) | patch | tumours it holds | patch holding {_pct(plans['fit_share'])} |",
+            "|---|---|---|---|---|",
+        ]
+        for c in plans["crop_configs"]:
+            lines.append(
+                f"| {c['config']} | {_fmt(c['spacing'])} | {_fmt(c['patch_size'])} | {c['n_fit']} of {c['n_tumors']} "
+                f"({_pct(c['share'])}) | {_fmt(c['patch_size_for_share'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.0f} %"
+
+
+def _figure(path: Path, needs: list[tuple[int, int, int]], tlcr: dict[str, Any]) -> None:
+    """``plans.png``: per axis, the patch size each tumour needs at the crop spacing, and the suggested patch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arr = np.asarray(needs, dtype=int).reshape(-1, 3)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for i, ax in enumerate(axes):
+        if arr.size:
+            ax.hist(arr[:, i], bins=np.arange(arr[:, i].min() - 0.5, max(arr[:, i].max(), 1) + 1.5), color="tab:blue")
+        ax.axvline(tlcr["patch_size"][i], color="tab:red", ls="--", label=f"suggested {tlcr['patch_size'][i]}")
+        ax.set_xlabel(f"voxels along {_AXES[i]} at {tlcr['spacing'][i]:g} mm")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("tumours")
+    fig.suptitle(
+        f"patch each largest tumour needs (TLCR centring); {_fmt(tlcr['patch_size'])} holds {_pct(tlcr['share'])}", fontsize=10
+    )
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- reading plans
+def suggested_patch(plans_path: Path, spacing: Sequence[float]) -> tuple[tuple[int, int, int], float | None] | None:
+    """The patch size ``plans.json`` suggests at ``spacing`` (its TLCR suggestion or a crop config's), with its share.
+
+    None when the file is absent, unreadable (logged) or has no suggestion at that spacing.
+    """
+    if not Path(plans_path).is_file():
+        return None
+    try:
+        plans = read_json(plans_path)
+    except NeonetError as exc:
+        log.warning("ignoring %s: %s", plans_path, exc)
+        return None
+    want = np.asarray([float(s) for s in spacing])
+    tlcr = plans.get("tlcr") or {}
+    candidates = [(tlcr.get("spacing"), tlcr.get("patch_size"), tlcr.get("share"))]
+    candidates += [
+        (c.get("spacing"), c.get("patch_size_for_share"), c.get("share_for_share")) for c in plans.get("crop_configs", [])
+    ]
+    for cand_spacing, patch, share in candidates:
+        if cand_spacing and patch and np.allclose(np.asarray(cand_spacing, dtype=float), want, atol=1e-4):
+            return (int(patch[0]), int(patch[1]), int(patch[2])), share
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the verb
+def plan(
+    cases: Path,
+    experiment: str | None = None,
+    runs_dir: Path = Path("runs"),
+    out: Path | None = None,
+    crop_spacing: tuple[float, float, float] | None = None,
+    crop_configs: list[Path] | None = None,
+    fit_share: float = FIT_SHARE,
+    crop_divisor: tuple[int, int, int] = CROP_DIVISOR,
+    seg_voxels: int = SEG_VOXELS,
+    seg_divisor: tuple[int, int, int] = SEG_DIVISOR,
+    liver: list[int] = [1],  # noqa: B006 - never mutated; a list reads best in --help
+    tumor: list[int] = [2],  # noqa: B006
+    other: list[int] = [],  # noqa: B006
+) -> Path:
+    """Fingerprint a cohort and suggest target spacing, NeoSeg patch and TLCR patch (nnU-Net's plans step).
+
+    Per case: voxel spacing and shape (along R, A, S), intensity percentiles 0.5/50/99.5 inside the
+    liver, tumour count (26-connected components), each tumour's volume (ml) and bounding-box extent
+    (mm per axis). From the cohort: the target spacing (median spacing; an anisotropic axis takes the
+    10th percentile of its spacings, nnU-Net's rule), the NeoSeg patch size (median image size at the
+    target spacing within a voxel budget), and the TLCR patch size at the crop spacing that holds at
+    least ``fit_share`` of the tumours whole (each case's largest, centred as ``neonet crop`` centres
+    it), plus the share each crop config holds with its own patch size and spacing. Cases without
+    tumour voxels (or without a label) are counted, not an error. Prints a summary and writes
+    ``plans.json``, ``plans.csv`` (one row per case), ``plans.md`` and ``plans.png``.
+
+    Args:
+        cases: the case manifest (``cases.csv``).
+        experiment: write into this experiment's folder (``<runs_dir>/<experiment>/plans.json``).
+        runs_dir: folder holding all experiments.
+        out: without ``experiment``: the ``plans.json`` to write (``.csv``, ``.md``, ``.png`` beside it).
+        crop_spacing: the spacing (mm) of the suggested TLCR patch; default the suggested target spacing.
+        crop_configs: ``neonet crop`` configs whose patch size and spacing are checked (default every
+            ``experiments/*/crop.yaml`` below the working directory; ``[]`` for none).
+        fit_share: the share of tumours the suggested TLCR patch must hold, in (0, 1].
+        crop_divisor: the TLCR patch is a multiple of this per axis.
+        seg_voxels: the most voxels the suggested NeoSeg patch may hold.
+        seg_divisor: the NeoSeg patch is a multiple of this per axis (the network's downsampling).
+        liver: label values meaning liver.
+        tumor: label values meaning tumour.
+        other: label values to treat as background.
+
+    Returns:
+        The path of ``plans.json``.
+
+    Raises:
+        DataError: the manifest or a case's files cannot be read (every such case is named; nothing is written).
+    """
+    if (experiment is None) == (out is None):
+        raise NeonetError(
+            "give --experiment NAME (writes <runs_dir>/NAME/plans.json) or --out FILE.json (writes there), one of the two"
+        )
+    if not 0 < fit_share <= 1:
+        raise NeonetError(f"--fit_share must be in (0, 1], e.g. 0.95, got {fit_share}")
+    if crop_spacing is not None and (len(crop_spacing) != 3 or min(crop_spacing) <= 0):
+        raise NeonetError(f"--crop_spacing needs three positive values in mm, got {crop_spacing}")
+    for name, value in (("crop_divisor", crop_divisor), ("seg_divisor", seg_divisor)):
+        if len(value) != 3 or min(value) < 1:
+            raise NeonetError(f"--{name} needs three positive voxel counts, got {value}")
+    if seg_voxels < 1:
+        raise NeonetError(f"--seg_voxels must be positive, got {seg_voxels}")
+    try:
+        label_map = LabelMap(liver=tuple(liver), tumor=tuple(tumor), other=tuple(other))
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+    if experiment is not None:
+        ws = Workspace(runs_dir, experiment)
+        json_path, csv_path, md_path, png_path = (ws.plans_file(ext) for ext in ("json", "csv", "md", "png"))
+    else:
+        assert out is not None
+        json_path = Path(out)
+        csv_path, md_path, png_path = (json_path.with_suffix(ext) for ext in (".csv", ".md", ".png"))
+    case_list = read_cases(cases)
+    if not case_list:
+        raise DataError(f"{cases}: the case manifest has no rows; add the cases to plan for")
+    configs = sorted(Path().glob(CROP_CONFIG_GLOB)) if crop_configs is None else [Path(c) for c in crop_configs]
+    shipped = [(c, *read_crop_config(c)) for c in configs]
+
+    # the target spacing needs every case's spacing first (headers only)
+    headers: dict[str, tuple[Triple, tuple[int, int, int]]] = {}
+    failed: dict[str, str] = {}
+    for case in case_list:
+        try:
+            headers[case.case_id] = geometry(load_nifti(case.image, case.case_id, "image"))
+        except DataError as exc:
+            failed[case.case_id] = str(exc)
+    fps: list[CaseFingerprint] = []
+    if headers:
+        spacings = np.asarray([h[0] for h in headers.values()])
+        shapes = np.asarray([h[1] for h in headers.values()], dtype=float)
+        target = target_spacing(spacings, shapes)
+        seg = seg_patch_size(spacings, shapes, target["spacing"], seg_voxels, seg_divisor)
+        at = tuple(float(s) for s in (crop_spacing or target["spacing"]))
+        crop_at: Triple = (at[0], at[1], at[2])
+        wanted = list(dict.fromkeys([crop_at, *(s for _, s, _ in shipped)]))
+        for case in tqdm([c for c in case_list if c.case_id in headers], desc="plan", unit="case", dynamic_ncols=True):
+            try:
+                fps.append(fingerprint_case(case, label_map, wanted))
+            except DataError as exc:
+                failed[case.case_id] = str(exc)
+    if failed:
+        shown = "\n".join(f"  {why}" for why in list(failed.values())[:20])
+        more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
+        raise DataError(
+            f"{len(failed)} of {len(case_list)} case(s) of {cases} cannot be read, so no plan was written:\n{shown}{more}\n"
+            f"Fix them (`neonet check-data --cases {cases}` lists every problem) or remove them from the manifest."
+        )
+
+    def needs_at(spacing: Triple) -> list[tuple[int, int, int]]:
+        return [fp.needed_patch[spacing] for fp in fps if spacing in fp.needed_patch]
+
+    needs = needs_at(crop_at)
+    patch, n_fit = patch_for_share(needs, fit_share, crop_divisor)
+    tlcr = {
+        "spacing": list(crop_at),
+        "patch_size": list(patch),
+        **fit_summary(needs, patch),
+        "divisor": list(crop_divisor),
+        "rule": (
+            f"the smallest patch (a multiple of {_fmt(crop_divisor)}) holding at least {_pct(fit_share)} of the tumours whole: "
+            "each case's largest tumour, centred on its centroid as `neonet crop` centres it"
+        ),
+    }
+    config_rows = []
+    for path, spacing, config_patch in shipped:
+        at_config = needs_at(spacing)
+        for_share, _ = patch_for_share(at_config, fit_share, crop_divisor)
+        config_rows.append(
+            {
+                "config": str(path),
+                "spacing": list(spacing),
+                "patch_size": list(config_patch),
+                **fit_summary(at_config, config_patch),
+                "patch_size_for_share": list(for_share),
+                "share_for_share": fit_summary(at_config, for_share)["share"],
+            }
+        )
+    tumours = [t for fp in fps for t in fp.tumours]
+    percentiles = np.asarray([fp.liver_percentiles for fp in fps if fp.liver_percentiles is not None]).reshape(-1, 3)
+    with_label = [fp for fp in fps if fp.status != STATUS_NO_LABEL]
+    plans: dict[str, Any] = {
+        "cases": str(cases),
+        "counts": {
+            "cases": len(fps),
+            "with_tumor": sum(bool(fp.tumours) for fp in fps),
+            "without_tumor": sum(fp.status == STATUS_NO_TUMOR for fp in fps),
+            "without_label": sum(fp.status == STATUS_NO_LABEL for fp in fps),
+        },
+        "label_map": {"liver": list(label_map.liver), "tumor": list(label_map.tumor), "other": list(label_map.other)},
+        "fingerprint": {
+            "spacing_mm": _stats(spacings, 4),
+            "shape": _stats(shapes, 1),
+            "liver_intensity": {f"p{q:g}": _stats(percentiles[:, i], 4) for i, q in enumerate(PERCENTILES)},
+            "tumors": {
+                "count": len(tumours),
+                "per_case": _stats(np.asarray([len(fp.tumours) for fp in with_label], dtype=float), 2),
+                "volume_ml": _stats(np.asarray([t.volume_ml for t in tumours]), 3),
+                "extent_mm": _stats(np.asarray([t.extent_mm for t in tumours]).reshape(-1, 3), 2),
+            },
+        },
+        "target_spacing": target,
+        "seg_patch": seg,
+        "tlcr": tlcr,
+        "fit_share": fit_share,
+        "crop_configs": config_rows,
+        "per_case": [_case_record(fp) for fp in fps],
+        "neonet_version": __version__,
+        "git_sha": git_sha(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    assert n_fit == tlcr["n_fit"]
+    table = _tables(plans)
+    write_csv(csv_path, pd.DataFrame([_case_row(fp, crop_at, patch) for fp in fps]))
+    write_text(md_path, table)
+    _figure(png_path, needs, tlcr)
+    write_json(json_path, plans)  # last: plans.json exists only beside its csv, md and png
+    print(table)
+    log.info("plan: wrote %s (and %s, %s, %s)", json_path, csv_path.name, md_path.name, png_path.name)
+    return json_path
