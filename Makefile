@@ -30,7 +30,7 @@ CLASSIFIER  ?= pattennet
 DEMO_DONE   := $(RUNS)/demo/reports/demo_complete.txt
 export WANDB_MODE ?= offline
 
-.PHONY: help install lint test test-slow demo synth check-data seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case null clean-demo
+.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case null clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ $(RUNS)/demo/data/cases.csv:
 
 check-data: install ## validate the demo cohort (every problem, one run)
 	$(NEONET) check-data --cases $(RUNS)/demo/data/cases.csv
+
+plan: install $(RUNS)/demo/data/cases.csv ## fingerprint the demo cohort; suggested spacing, NeoSeg and TLCR patch sizes -> $(RUNS)/demo/plans.*
+	$(NEONET) plan --cases $(RUNS)/demo/data/cases.csv --experiment demo --runs_dir $(RUNS)
 
 seg: install ## NeoSeg: train all folds, write out-of-fold masks and the Dice report
 	$(CV) --config $(EXPERIMENTS)/seg.yaml

@@ -90,13 +90,13 @@ MANIFEST_COLUMNS = [
     *(f"pad_before_{a}" for a in _AXES),
     *(f"pad_after_{a}" for a in _AXES),
     "fits",
-    *(f"needed_patch_{a}" for a in _AXES),
     *(f"spacing_{a}" for a in _AXES),
     *(f"patch_{a}" for a in _AXES),
     "shell_mm",
     "shell_region",
     "intensity_scale",
     "intensity_reference",
+    *(f"needed_patch_{a}" for a in _AXES),
     "source_image",
     "source_mask",
     "inputs_sha256",
@@ -266,10 +266,13 @@ def crop(
     liver-relative scale (reference-tissue normalisation). Label patches hold 0 background, 1 liver,
     2 peritumoral shell (non-tumour voxels within ``shell_mm`` mm of a tumour), 3 tumour.
     Writes ``<runs_dir>/<experiment>/patches/{images,labels}/<case>.nii.gz``, ``manifest.csv``
-    (one row per case with status, tumour count and volume, centroid, crop box, padding) and
-    ``crop_config.json``. A re-run skips cases whose patches exist with the same settings and
-    unchanged inputs; a case that fails is recorded as ``error: ...`` and the others continue, and
-    once the manifest is written the command fails (exit code 2) naming every failed case.
+    (one row per case with status, tumour count and volume, centroid, crop box, padding, whether the
+    largest tumour fits and the patch size it needs) and ``crop_config.json``. When tumours do not
+    fit, a warning says how many and which patch size holds 95 % of them (``neonet plan``'s, from
+    the experiment's ``plans.json``, when it planned for this spacing). A re-run skips cases whose
+    patches exist with the same settings and unchanged inputs; a case that fails is recorded as
+    ``error: ...`` and the others continue, and once the manifest is written the command fails
+    (exit code 2) naming every failed case.
 
     Args:
         cases: the case manifest (``cases.csv``).
@@ -419,7 +422,12 @@ def crop(
                 for rel in (image_rel, label_rel):
                     (patches_dir / rel).unlink(missing_ok=True)
             if result.fits is False:
-                log.warning("case %s: the largest tumour does not fit in a %s patch", case.case_id, patch_size)
+                log.warning(
+                    "case %s: the largest tumour does not fit in a %s patch (it needs %s)",
+                    case.case_id,
+                    "×".join(map(str, patch_size)),
+                    "×".join(map(str, result.needed_patch or ())),
+                )
         except Exception as exc:  # one bad case must not stop the cohort; it is recorded instead
             row["status"] = f"{STATUS_ERROR}: {_one_line(exc)}"
             log.warning("case %s: %s", case.case_id, row["status"])
@@ -464,7 +472,8 @@ def fit_warning(
     if not n_out:
         return None
     shown = "×".join(str(int(p)) for p in patch_size)
-    text = f"{n_out} of {n_tumours} tumours exceed {shown} (each case's largest tumour; the manifest's `fits` column)"
+    text = f"{n_out} of {n_tumours} tumours exceed {shown}"
+    about = "each case's largest tumour, the one its patch is centred on: the manifest's fits and needed_patch_* columns"
     planned = suggested_patch(plans_path, spacing)
     if planned is not None:
         patch, share = planned
@@ -473,13 +482,16 @@ def fit_warning(
         keys = [f"needed_patch_{a}" for a in _AXES]
         needs = [tuple(int(float(r[k])) for k in keys) for r in rows if all(str(r.get(k, "")) not in ("", "nan") for k in keys)]
         if not needs:
-            return f"{text}; `neonet plan --cases CASES --experiment E` suggests a patch size that holds 95 % of them"
+            return f"{text} ({about}); `neonet plan --cases CASES --experiment E` suggests a patch size that holds 95 % of them"
         patch, n_fit = patch_for_share(needs, FIT_SHARE, CROP_DIVISOR)
         share = n_fit / len(needs)
         source = f"from these {len(needs)} patches; `neonet plan` plans for the whole cohort"
     fitted = "×".join(str(int(p)) for p in patch)
     held = f"{100 * share:.0f} %" if share is not None else f"at least {100 * FIT_SHARE:.0f} %"
-    return f"{text}; a {fitted} patch fits {held} ({source}): crop again with --patch_size {','.join(map(str, patch))} --force"
+    return (
+        f"{text}; a {fitted} patch fits {held} ({source}): crop again with --patch_size {','.join(map(str, patch))} "
+        f"--force ({about})"
+    )
 
 
 def load_case(

@@ -287,9 +287,10 @@ def patch_for_share(
 ) -> tuple[tuple[int, int, int], int]:
     """A patch size that holds at least ``share`` of the tumours, given each one's :func:`patch_needed`.
 
-    Every axis takes the same quantile of the needed sizes, raised from ``share`` until at least
-    ``ceil(share * n)`` tumours fit on all three axes at once (per-axis quantiles alone would let
-    fewer fit jointly); each axis is then rounded up to a multiple of ``divisor``.
+    Each axis starts at the ``share`` quantile of its needed sizes (no smaller patch can hold that
+    many); while fewer than ``ceil(share * n)`` tumours fit on all three axes at once, the axis whose
+    next larger needed size holds the most more tumours per added voxel grows to it. Each axis is
+    then rounded up to a multiple of ``divisor``.
 
     Args:
         needs: per tumour, the needed patch size (x, y, z) in voxels.
@@ -305,16 +306,28 @@ def patch_for_share(
     arr = np.asarray(needs, dtype=np.int64).reshape(-1, 3)
     if arr.shape[0] == 0:
         return tuple(int(d) for d in div), 0  # type: ignore[return-value]
-    n = arr.shape[0]
-    wanted = int(np.ceil(share * n - 1e-9))
-    ordered = np.sort(arr, axis=0)
-    for k in range(wanted - 1, n):  # the k-th smallest need on every axis
-        patch = ordered[k]
-        held = int(np.all(arr <= patch, axis=1).sum())
-        if held >= wanted:
-            break
+
+    def held(size: np.ndarray) -> int:
+        return int(np.all(arr <= size, axis=1).sum())
+
+    wanted = int(np.ceil(share * arr.shape[0] - 1e-9))
+    patch = np.sort(arr, axis=0)[wanted - 1].copy()
+    while held(patch) < wanted:  # ends: with every axis at its largest need, every tumour fits
+        best: tuple[float, float, int, int] | None = None
+        for axis in range(3):
+            larger = arr[:, axis][arr[:, axis] > patch[axis]]
+            if larger.size == 0:
+                continue
+            grown = patch.copy()
+            grown[axis] = int(larger.min())
+            cost = float(np.prod(grown) - np.prod(patch))
+            score = (held(grown) - held(patch)) / cost, -cost
+            if best is None or score > best[:2]:
+                best = (score[0], score[1], axis, int(grown[axis]))
+        assert best is not None
+        patch[best[2]] = best[3]
     patch = -(-patch // div) * div
-    return tuple(int(p) for p in patch), int(np.all(arr <= patch, axis=1).sum())  # type: ignore[return-value]
+    return tuple(int(p) for p in patch), held(patch)  # type: ignore[return-value]
 
 
 def _centroid(mask: np.ndarray) -> tuple[float, float, float]:
