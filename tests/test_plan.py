@@ -15,10 +15,10 @@ import pytest
 from scipy import ndimage
 
 from neonet.data.cases import LabelMap, read_cases, write_cases
-from neonet.data.plans import plan, read_crop_config, seg_patch_size, target_spacing
+from neonet.data.plans import plan, read_crop_config, seg_patch_size, suggested_patch, target_spacing
 from neonet.errors import DataError, NeonetError
 from neonet.run.cli import main
-from neonet.seg.crop import crop
+from neonet.seg.crop import crop, fit_warning
 from neonet.seg.tlcr import crop_box, patch_for_share, patch_needed
 from neonet.workspace import Workspace
 
@@ -267,3 +267,25 @@ def test_label_alone_resamples_as_crop_does(tmp_path):
     alone, affine_alone = load_canonical_label(label, (5.0, 4.0, 9.0), LabelMap())
     np.testing.assert_array_equal(alone, joint)
     np.testing.assert_allclose(affine_alone, affine)
+
+
+def test_crop_takes_a_suggestion_only_from_a_plan_of_its_manifest_at_its_spacing(tmp_path):
+    cases, plans_path = tmp_path / "cases.csv", tmp_path / "plans.json"
+    plans = {
+        "cases": str(cases),
+        "tlcr": {"spacing": [7.0, 7.0, 12.0], "patch_size": [8, 8, 8], "share": 1.0},
+        "crop_configs": [{"spacing": [3.5, 3.5, 6.0], "patch_size_for_share": [24, 24, 16], "share_for_share": 0.97}],
+    }
+    plans_path.write_text(json.dumps(plans))
+    assert suggested_patch(plans_path, (7.0, 7.0, 12.0), cases) == ((8, 8, 8), 1.0)
+    assert suggested_patch(plans_path, (3.5, 3.5, 6.0), cases) == ((24, 24, 16), 0.97)
+    assert suggested_patch(plans_path, (2.0, 2.0, 2.0), cases) is None
+    assert suggested_patch(plans_path, (7.0, 7.0, 12.0), tmp_path / "other.csv") is None
+    rows = [{"fits": False, "needed_patch_x": 9, "needed_patch_y": 9, "needed_patch_z": 3}, {"fits": True}]
+    planned = fit_warning(rows, plans_path, (7.0, 7.0, 12.0), (4, 4, 4), cases)
+    assert planned is not None and planned.startswith("1 of 2 tumours exceed 4×4×4; a 8×8×8 patch fits 100 % (neonet plan")
+    plans_path.write_text('{"cases": "trunc')  # a damaged plans.json: the suggestion comes from the rows
+    rows[1] |= {"needed_patch_x": 3, "needed_patch_y": 3, "needed_patch_z": 3}
+    fallback = fit_warning(rows, plans_path, (7.0, 7.0, 12.0), (4, 4, 4), cases)
+    assert fallback is not None and "a 16×16×8 patch fits 100 % (from these 2 patches" in fallback
+    assert fit_warning([{"fits": True}, {"fits": ""}], plans_path, (7.0, 7.0, 12.0), (4, 4, 4)) is None

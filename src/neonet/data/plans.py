@@ -311,10 +311,19 @@ def _figure(path: Path, needs: list[tuple[int, int, int]], tlcr: dict[str, Any])
 
 
 # ---------------------------------------------------------------------------------------------- reading plans
-def suggested_patch(plans_path: Path, spacing: Sequence[float]) -> tuple[tuple[int, int, int], float | None] | None:
+def suggested_patch(
+    plans_path: Path, spacing: Sequence[float], cases: Path | None = None
+) -> tuple[tuple[int, int, int], float | None] | None:
     """The patch size ``plans.json`` suggests at ``spacing`` (its TLCR suggestion or a crop config's), with its share.
 
-    None when the file is absent, unreadable (logged) or has no suggestion at that spacing.
+    Args:
+        plans_path: the ``plans.json`` to read.
+        spacing: the crop spacing in mm.
+        cases: when given, only a plan of this case manifest counts.
+
+    Returns:
+        ``(patch size, share of tumours it holds)``; None when the file is absent, unreadable (logged),
+        planned another manifest or has no suggestion at that spacing.
     """
     if not Path(plans_path).is_file():
         return None
@@ -322,6 +331,11 @@ def suggested_patch(plans_path: Path, spacing: Sequence[float]) -> tuple[tuple[i
         plans = read_json(plans_path)
     except NeonetError as exc:
         log.warning("ignoring %s: %s", plans_path, exc)
+        return None
+    if not isinstance(plans, dict):
+        return None
+    if cases is not None and Path(str(plans.get("cases", ""))).resolve() != Path(cases).resolve():
+        log.info("%s planned %s, not %s: not used for the patch size suggestion", plans_path, plans.get("cases"), cases)
         return None
     want = np.asarray([float(s) for s in spacing])
     tlcr = plans.get("tlcr") or {}
@@ -478,7 +492,7 @@ def plan(
     percentiles = np.asarray([fp.liver_percentiles for fp in fps if fp.liver_percentiles is not None]).reshape(-1, 3)
     with_label = [fp for fp in fps if fp.status != STATUS_NO_LABEL]
     plans: dict[str, Any] = {
-        "cases": str(cases),
+        "cases": str(Path(cases).resolve()),
         "counts": {
             "cases": len(fps),
             "with_tumor": sum(bool(fp.tumours) for fp in fps),

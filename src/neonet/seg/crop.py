@@ -447,7 +447,7 @@ def crop(
         summary or "none",
         manifest_path,
     )
-    warning = fit_warning(rows, workspace.plans_file("json"), spacing, patch_size)
+    warning = fit_warning(rows, workspace.plans_file("json"), spacing, patch_size, Path(cases))
     if warning:
         log.warning("%s", warning)
     failed = {str(r["case_id"]): str(r["status"]) for r in rows if str(r["status"]).startswith(f"{STATUS_ERROR}:")}
@@ -457,13 +457,17 @@ def crop(
 
 
 def fit_warning(
-    rows: list[dict[str, Any]], plans_path: Path, spacing: tuple[float, float, float], patch_size: tuple[int, int, int]
+    rows: list[dict[str, Any]],
+    plans_path: Path,
+    spacing: tuple[float, float, float],
+    patch_size: tuple[int, int, int],
+    cases: Path | None = None,
 ) -> str | None:
     """What to say when tumours do not fit the patch size: how many, and a patch size that fits 95 % of them.
 
-    The suggestion is ``plans.json``'s at this spacing (``neonet plan``) when it has one, else computed
-    from the manifest rows' ``needed_patch_*`` (what each case's largest tumour needs); None when every
-    tumour fits.
+    The suggestion is ``plans.json``'s at this spacing (``neonet plan`` of the manifest ``cases``) when
+    it has one, else computed from the manifest rows' ``needed_patch_*`` (what each case's largest
+    tumour needs); None when every tumour fits.
     """
     from neonet.data.plans import CROP_DIVISOR, FIT_SHARE, suggested_patch
 
@@ -474,7 +478,7 @@ def fit_warning(
     shown = "×".join(str(int(p)) for p in patch_size)
     text = f"{n_out} of {n_tumours} tumours exceed {shown}"
     about = "each case's largest tumour, the one its patch is centred on: the manifest's fits and needed_patch_* columns"
-    planned = suggested_patch(plans_path, spacing)
+    planned = suggested_patch(plans_path, spacing, cases)
     if planned is not None:
         patch, share = planned
         source = f"neonet plan, {plans_path}"
