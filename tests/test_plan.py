@@ -289,3 +289,21 @@ def test_crop_takes_a_suggestion_only_from_a_plan_of_its_manifest_at_its_spacing
     fallback = fit_warning(rows, plans_path, (7.0, 7.0, 12.0), (4, 4, 4), cases)
     assert fallback is not None and "a 16×16×8 patch fits 100 % (from these 2 patches" in fallback
     assert fit_warning([{"fits": True}, {"fits": ""}], plans_path, (7.0, 7.0, 12.0), (4, 4, 4)) is None
+
+
+def test_real_scans_without_tumours_are_counted_and_their_thick_slices_are_anisotropic(real_samples, tmp_path):
+    """CHAOS T2-SPIR samples (1.25 x 1.25 x 7.7 mm, stored L,A,S; liver 1, other organs 2-4, no tumour)."""
+    folder = real_samples / "chaos_t2spir"
+    manifest = tmp_path / "cases.csv"
+    rows = [f"chaos{k},{folder / f'image_{k}.nii.gz'},{folder / f'label_{k}.nii.gz'},\n" for k in (1, 2, 3)]
+    manifest.write_text("case_id,image,label,pni\n" + "".join(rows))
+    out = plan(manifest, out=tmp_path / "plans.json", crop_configs=[], tumor=[], other=[2, 3, 4])
+    plans = json.loads(out.read_text())
+    assert plans["counts"] == {"cases": 3, "with_tumor": 0, "without_tumor": 3, "without_label": 0}
+    assert plans["target_spacing"]["anisotropic_axis"] == "z" and plans["target_spacing"]["spacing"] == [1.25, 1.25, 7.7]
+    assert plans["tlcr"]["patch_size"] is None and plans["tlcr"]["n_tumors"] == 0
+    image = np.asarray(nib.load(str(folder / "image_2.nii.gz")).dataobj)
+    label = np.asarray(nib.load(str(folder / "label_2.nii.gz")).dataobj)
+    expected = np.percentile(image[np.rint(label) == 1], [0.5, 50, 99.5])
+    assert list(plans["per_case"][1]["liver_percentiles"].values()) == pytest.approx(expected)
+    assert "| tumour volume (ml) | - | - | - |" in out.with_suffix(".md").read_text()

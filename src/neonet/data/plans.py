@@ -200,6 +200,12 @@ def _fmt(values: Sequence[float] | None, sep: str = "×") -> str:
     return "-" if values is None else sep.join(f"{float(v):g}" for v in values)
 
 
+def _row(name: str, stats: dict[str, Any]) -> str:
+    """A markdown row ``| name | median | min | max |`` ("-" for no value)."""
+    cells = [_fmt(v) if isinstance(v, list) else ("-" if v is None else f"{v:g}") for v in stats.values()]
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
 def _case_row(fp: CaseFingerprint, crop_spacing: Triple, patch: Sequence[int]) -> dict[str, Any]:
     row: dict[str, Any] = {"case_id": fp.case_id, "status": fp.status}
     row |= {f"spacing_{a}": round(s, 4) for a, s in zip(_AXES, fp.spacing)}
@@ -249,16 +255,14 @@ def _tables(plans: dict[str, Any]) -> str:
         "",
         "| fingerprint | median | min | max |",
         "|---|---|---|---|",
-        f"| spacing (mm) | {_fmt(spacing['median'])} | {_fmt(spacing['min'])} | {_fmt(spacing['max'])} |",
-        f"| shape (voxels) | {_fmt(shape['median'])} | {_fmt(shape['min'])} | {_fmt(shape['max'])} |",
+        _row("spacing (mm)", spacing),
+        _row("shape (voxels)", shape),
     ]
-    for key, stats in fp["liver_intensity"].items():
-        lines.append(f"| liver intensity {key} | {stats['median']} | {stats['min']} | {stats['max']} |")
+    lines += [_row(f"liver intensity {key}", stats) for key, stats in fp["liver_intensity"].items()]
     lines += [
-        f"| tumours per case | {tum['per_case']['median']} | {tum['per_case']['min']} | {tum['per_case']['max']} |",
-        f"| tumour volume (ml) | {tum['volume_ml']['median']} | {tum['volume_ml']['min']} | {tum['volume_ml']['max']} |",
-        f"| tumour extent (mm) | {_fmt(tum['extent_mm']['median'])} | {_fmt(tum['extent_mm']['min'])} | "
-        f"{_fmt(tum['extent_mm']['max'])} |",
+        _row("tumours per case", tum["per_case"]),
+        _row("tumour volume (ml)", tum["volume_ml"]),
+        _row("tumour extent (mm)", tum["extent_mm"]),
         "",
         "| suggestion | value | rule |",
         "|---|---|---|",
@@ -295,10 +299,12 @@ def _figure(path: Path, needs: list[tuple[int, int, int]], tlcr: dict[str, Any])
     arr = np.asarray(needs, dtype=int).reshape(-1, 3)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     for i, ax in enumerate(axes):
-        if arr.size:
-            ax.hist(arr[:, i], bins=np.arange(arr[:, i].min() - 0.5, max(arr[:, i].max(), 1) + 1.5), color="tab:blue")
-        ax.axvline(tlcr["patch_size"][i], color="tab:red", ls="--", label=f"suggested {tlcr['patch_size'][i]}")
         ax.set_xlabel(f"voxels along {_AXES[i]} at {tlcr['spacing'][i]:g} mm")
+        if not arr.size:
+            ax.text(0.5, 0.5, "no tumour in any case", ha="center", va="center", transform=ax.transAxes)
+            continue
+        ax.hist(arr[:, i], bins=np.arange(arr[:, i].min() - 0.5, arr[:, i].max() + 1.5), color="tab:blue")
+        ax.axvline(tlcr["patch_size"][i], color="tab:red", ls="--", label=f"suggested {tlcr['patch_size'][i]}")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("tumours")
     fig.suptitle(
@@ -466,7 +472,7 @@ def plan(
     patch, n_fit = patch_for_share(needs, fit_share, crop_divisor)
     tlcr = {
         "spacing": list(crop_at),
-        "patch_size": list(patch),
+        "patch_size": list(patch) if needs else None,  # no tumour: nothing to fit
         **fit_summary(needs, patch),
         "divisor": list(crop_divisor),
         "rule": (
@@ -484,7 +490,7 @@ def plan(
                 "spacing": list(spacing),
                 "patch_size": list(config_patch),
                 **fit_summary(at_config, config_patch),
-                "patch_size_for_share": list(for_share),
+                "patch_size_for_share": list(for_share) if at_config else None,
                 "share_for_share": fit_summary(at_config, for_share)["share"],
             }
         )
