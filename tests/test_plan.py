@@ -186,6 +186,8 @@ def test_unreadable_cases_are_all_named_and_nothing_is_written(known, tmp_path):
     assert not (tmp_path / "runs").exists()
     with pytest.raises(NeonetError, match="--experiment NAME .* or --out"):
         plan(manifest, crop_configs=[])
+    with pytest.raises(NeonetError, match="--out names the plans.json"):
+        plan(manifest, out=tmp_path / "plans.csv", crop_configs=[])
 
 
 # ----------------------------------------------------------------------------- the phantom cohort and neonet crop

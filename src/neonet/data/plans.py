@@ -46,8 +46,9 @@ from neonet.data.fingerprint import (
     geometry,
 )
 from neonet.data.nifti import load_nifti
+from neonet.data.plans_output import case_record, case_row, figure, fmt, markdown, pct, summary_stats
 from neonet.errors import DataError, NeonetError
-from neonet.run.atomic import atomic_path, read_json, write_csv, write_json, write_text
+from neonet.run.atomic import read_json, write_csv, write_json, write_text
 from neonet.seg.tlcr import patch_for_share
 from neonet.workspace import Workspace, git_sha
 
@@ -184,138 +185,6 @@ def fit_summary(needs: list[tuple[int, int, int]], patch: Sequence[int]) -> dict
     return {"n_fit": n_fit, "n_tumors": len(needs), "share": round(n_fit / len(needs), 4) if needs else None}
 
 
-# ---------------------------------------------------------------------------------------------- summaries
-def _stats(values: np.ndarray, digits: int = 3) -> dict[str, Any]:
-    """Median, min and max (per column for a 2D array); None for no values."""
-    if values.size == 0:
-        return {"median": None, "min": None, "max": None}
-
-    def out(v: np.ndarray) -> Any:
-        return [round(float(x), digits) for x in v] if np.ndim(v) else round(float(v), digits)
-
-    return {"median": out(np.median(values, axis=0)), "min": out(values.min(axis=0)), "max": out(values.max(axis=0))}
-
-
-def _fmt(values: Sequence[float] | None, sep: str = "×") -> str:
-    return "-" if values is None else sep.join(f"{float(v):g}" for v in values)
-
-
-def _row(name: str, stats: dict[str, Any]) -> str:
-    """A markdown row ``| name | median | min | max |`` ("-" for no value)."""
-    cells = [_fmt(v) if isinstance(v, list) else ("-" if v is None else f"{v:g}") for v in stats.values()]
-    return f"| {name} | " + " | ".join(cells) + " |"
-
-
-def _case_row(fp: CaseFingerprint, crop_spacing: Triple, patch: Sequence[int]) -> dict[str, Any]:
-    row: dict[str, Any] = {"case_id": fp.case_id, "status": fp.status}
-    row |= {f"spacing_{a}": round(s, 4) for a, s in zip(_AXES, fp.spacing)}
-    row |= {f"shape_{a}": s for a, s in zip(_AXES, fp.shape)}
-    row["liver_ml"] = "" if fp.liver_ml is None else round(fp.liver_ml, 3)
-    for q, value in zip(PERCENTILES, fp.liver_percentiles or (None, None, None)):
-        row[f"liver_p{q:g}"] = "" if value is None else round(value, 4)
-    row["n_tumors"] = len(fp.tumours)
-    row["tumor_volume_total_ml"] = round(sum(t.volume_ml for t in fp.tumours), 4)
-    largest = fp.tumours[0] if fp.tumours else None
-    row["largest_tumor_ml"] = "" if largest is None else round(largest.volume_ml, 4)
-    for i, a in enumerate(_AXES):
-        row[f"largest_extent_{a}_mm"] = "" if largest is None else round(largest.extent_mm[i], 3)
-    need = fp.needed_patch.get(crop_spacing)
-    for i, a in enumerate(_AXES):
-        row[f"needed_patch_{a}"] = "" if need is None else need[i]
-    row["fits_suggested_patch"] = "" if need is None else bool(all(n <= p for n, p in zip(need, patch)))
-    return row
-
-
-def _case_record(fp: CaseFingerprint) -> dict[str, Any]:
-    return {
-        "case_id": fp.case_id,
-        "status": fp.status,
-        "spacing": [round(s, 4) for s in fp.spacing],
-        "shape": list(fp.shape),
-        "liver_ml": None if fp.liver_ml is None else round(fp.liver_ml, 3),
-        "liver_percentiles": None
-        if fp.liver_percentiles is None
-        else dict(zip((f"p{q:g}" for q in PERCENTILES), fp.liver_percentiles)),
-        "tumors": [{"volume_ml": round(t.volume_ml, 4), "extent_mm": [round(e, 3) for e in t.extent_mm]} for t in fp.tumours],
-        "needed_patch": [{"spacing": list(s), "patch_size": list(n)} for s, n in fp.needed_patch.items()],
-    }
-
-
-def _tables(plans: dict[str, Any]) -> str:
-    """The summary as markdown (printed and written to ``plans.md``)."""
-    fp, tlcr = plans["fingerprint"], plans["tlcr"]
-    counts = plans["counts"]
-    spacing, shape = fp["spacing_mm"], fp["shape"]
-    tum = fp["tumors"]
-    lines = [
-        f"# neonet plan: {plans['cases']}",
-        "",
-        f"{counts['cases']} case(s): {counts['with_tumor']} with tumour, {counts['without_tumor']} without tumour voxels, "
-        f"{counts['without_label']} without label; {tum['count']} tumour(s).",
-        "",
-        "| fingerprint | median | min | max |",
-        "|---|---|---|---|",
-        _row("spacing (mm)", spacing),
-        _row("shape (voxels)", shape),
-    ]
-    lines += [_row(f"liver intensity {key}", stats) for key, stats in fp["liver_intensity"].items()]
-    lines += [
-        _row("tumours per case", tum["per_case"]),
-        _row("tumour volume (ml)", tum["volume_ml"]),
-        _row("tumour extent (mm)", tum["extent_mm"]),
-        "",
-        "| suggestion | value | rule |",
-        "|---|---|---|",
-        f"| target spacing (mm) | {_fmt(plans['target_spacing']['spacing'])} | {plans['target_spacing']['rule']} |",
-        f"| NeoSeg patch (voxels) | {_fmt(plans['seg_patch']['patch_size'])} | {plans['seg_patch']['rule']} |",
-        f"| TLCR patch (voxels at {_fmt(tlcr['spacing'])} mm) | {_fmt(tlcr['patch_size'])} | holds "
-        f"{tlcr['n_fit']} of {tlcr['n_tumors']} tumours ({_pct(tlcr['share'])}); {tlcr['rule']} |",
-    ]
-    if plans["crop_configs"]:
-        lines += [
-            "",
-            f"| crop config | spacing (mm) | patch | tumours it holds | patch holding {_pct(plans['fit_share'])} |",
-            "|---|---|---|---|---|",
-        ]
-        for c in plans["crop_configs"]:
-            lines.append(
-                f"| {c['config']} | {_fmt(c['spacing'])} | {_fmt(c['patch_size'])} | {c['n_fit']} of {c['n_tumors']} "
-                f"({_pct(c['share'])}) | {_fmt(c['patch_size_for_share'])} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def _pct(share: float | None) -> str:
-    return "-" if share is None else f"{100 * share:.0f} %"
-
-
-def _figure(path: Path, needs: list[tuple[int, int, int]], tlcr: dict[str, Any]) -> None:
-    """``plans.png``: per axis, the patch size each tumour needs at the crop spacing, and the suggested patch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arr = np.asarray(needs, dtype=int).reshape(-1, 3)
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    for i, ax in enumerate(axes):
-        ax.set_xlabel(f"voxels along {_AXES[i]} at {tlcr['spacing'][i]:g} mm")
-        if not arr.size:
-            ax.text(0.5, 0.5, "no tumour in any case", ha="center", va="center", transform=ax.transAxes)
-            continue
-        ax.hist(arr[:, i], bins=np.arange(arr[:, i].min() - 0.5, arr[:, i].max() + 1.5), color="tab:blue")
-        ax.axvline(tlcr["patch_size"][i], color="tab:red", ls="--", label=f"suggested {tlcr['patch_size'][i]}")
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("tumours")
-    fig.suptitle(
-        f"patch each largest tumour needs (TLCR centring); {_fmt(tlcr['patch_size'])} holds {_pct(tlcr['share'])}", fontsize=10
-    )
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-
-
 # ---------------------------------------------------------------------------------------------- reading plans
 def suggested_patch(
     plans_path: Path, spacing: Sequence[float], cases: Path | None = None
@@ -409,6 +278,10 @@ def plan(
         raise NeonetError(
             "give --experiment NAME (writes <runs_dir>/NAME/plans.json) or --out FILE.json (writes there), one of the two"
         )
+    if out is not None and Path(out).suffix != ".json":
+        raise NeonetError(
+            f"--out names the plans.json to write (plans.csv, .md, .png go beside it), e.g. --out plans/plans.json; got {out}"
+        )
     if not 0 < fit_share <= 1:
         raise NeonetError(f"--fit_share must be in (0, 1], e.g. 0.95, got {fit_share}")
     if crop_spacing is not None and (len(crop_spacing) != 3 or min(crop_spacing) <= 0):
@@ -476,7 +349,7 @@ def plan(
         **fit_summary(needs, patch),
         "divisor": list(crop_divisor),
         "rule": (
-            f"the smallest patch (a multiple of {_fmt(crop_divisor)}) holding at least {_pct(fit_share)} of the tumours whole: "
+            f"the smallest patch (a multiple of {fmt(crop_divisor)}) holding at least {pct(fit_share)} of the tumours whole: "
             "each case's largest tumour, centred on its centroid as `neonet crop` centres it"
         ),
     }
@@ -507,14 +380,14 @@ def plan(
         },
         "label_map": {"liver": list(label_map.liver), "tumor": list(label_map.tumor), "other": list(label_map.other)},
         "fingerprint": {
-            "spacing_mm": _stats(spacings, 4),
-            "shape": _stats(shapes, 1),
-            "liver_intensity": {f"p{q:g}": _stats(percentiles[:, i], 4) for i, q in enumerate(PERCENTILES)},
+            "spacing_mm": summary_stats(spacings, 4),
+            "shape": summary_stats(shapes, 1),
+            "liver_intensity": {f"p{q:g}": summary_stats(percentiles[:, i], 4) for i, q in enumerate(PERCENTILES)},
             "tumors": {
                 "count": len(tumours),
-                "per_case": _stats(np.asarray([len(fp.tumours) for fp in with_label], dtype=float), 2),
-                "volume_ml": _stats(np.asarray([t.volume_ml for t in tumours]), 3),
-                "extent_mm": _stats(np.asarray([t.extent_mm for t in tumours]).reshape(-1, 3), 2),
+                "per_case": summary_stats(np.asarray([len(fp.tumours) for fp in with_label], dtype=float), 2),
+                "volume_ml": summary_stats(np.asarray([t.volume_ml for t in tumours]), 3),
+                "extent_mm": summary_stats(np.asarray([t.extent_mm for t in tumours]).reshape(-1, 3), 2),
             },
         },
         "target_spacing": target,
@@ -522,16 +395,16 @@ def plan(
         "tlcr": tlcr,
         "fit_share": fit_share,
         "crop_configs": config_rows,
-        "per_case": [_case_record(fp) for fp in fps],
+        "per_case": [case_record(fp) for fp in fps],
         "neonet_version": __version__,
         "git_sha": git_sha(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     assert n_fit == tlcr["n_fit"]
-    table = _tables(plans)
-    write_csv(csv_path, pd.DataFrame([_case_row(fp, crop_at, patch) for fp in fps]))
+    table = markdown(plans)
+    write_csv(csv_path, pd.DataFrame([case_row(fp, crop_at, patch) for fp in fps]))
     write_text(md_path, table)
-    _figure(png_path, needs, tlcr)
+    figure(png_path, needs, tlcr)
     write_json(json_path, plans)  # last: plans.json exists only beside its csv, md and png
     print(table)
     log.info("plan: wrote %s (and %s, %s, %s)", json_path, csv_path.name, md_path.name, png_path.name)
