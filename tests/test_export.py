@@ -186,4 +186,8 @@ def test_tampered_bundle_is_refused_and_runs_no_pickle(bundle: dict, tmp_path: P
     assert "names file '../../elsewhere.ts'" in capsys.readouterr().err
     assert main([*args[:-2], "--classifier", "resnet18", "--out", str(tmp_path / "p")]) == 2
     assert "holds the 'pattennet' classifier" in capsys.readouterr().err
+    config["classifier"]["stage"] = "../evil"  # a stage name becomes a file name: no path allowed
+    write_json(paths.inference, config)
+    assert main(args) == 2
+    assert "'../evil' is not a stage name" in capsys.readouterr().err
     assert not (tmp_path / "p" / "prediction.json").exists()

@@ -9,6 +9,7 @@ checked against ``inference.json``; nothing is unpickled and no class is named b
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,20 @@ from neonet.workspace import BundlePaths
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "BundleSource", "load_torchscript"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "BundleSource", "check_stage_name", "load_torchscript"]
 
 #: ``inference.json``'s ``format`` entry and the version of its layout this neonet reads and writes.
 FORMAT = "neonet-bundle"
 FORMAT_VERSION = 1
 #: What to do with a bundle that cannot be used.
 REEXPORT = "Export the bundle again from its experiment: neonet export --experiment E --out DIR --force"
+
+
+def check_stage_name(stage: Any, where: str) -> str:
+    """A stage folder name usable as a model file name (letters, digits, ``_ . -``; no path), or an error naming ``where``."""
+    if not isinstance(stage, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", stage) or ".." in stage:
+        raise NeonetError(f"{where}: {stage!r} is not a stage name (a plain folder name such as pattennet or resnet18)")
+    return stage
 
 
 def load_torchscript(path: Path, sha256: str | None = None) -> torch.nn.Module:
@@ -85,7 +93,8 @@ class BundleSource:
             )
         self.config = data
         classifier = data.get("classifier")
-        self.default_classifier = str(classifier["stage"]) if isinstance(classifier, dict) else "none"
+        where = f"{path}: classifier.stage"
+        self.default_classifier = check_stage_name(classifier.get("stage"), where) if isinstance(classifier, dict) else "none"
 
     def _section(self, name: str) -> dict[str, Any]:
         section = self.config.get(name)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import warnings
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from torch import nn
 
 from neonet import __version__
 from neonet.errors import NeonetError
-from neonet.predict.bundle import FORMAT, FORMAT_VERSION, BundleSource
+from neonet.predict.bundle import FORMAT, FORMAT_VERSION, BundleSource, check_stage_name
 from neonet.predict.source import ClsModel, CropSettings, RunsSource, SegModel
 from neonet.run.atomic import atomic_dir, read_json, write_json, write_text
 from neonet.workspace import BundlePaths, Workspace, git_sha
@@ -45,8 +45,8 @@ TOLERANCE = 1e-4
 
 def _package_version(name: str) -> str | None:
     try:
-        return version(name)
-    except PackageNotFoundError:
+        return package_metadata.version(name)
+    except package_metadata.PackageNotFoundError:
         return None
 
 
@@ -258,6 +258,8 @@ def export(
         The content of ``configs/metadata.json``.
     """
     out = Path(out)
+    if classifier != "none":
+        check_stage_name(classifier, "--classifier")
     _check_out(out, force)
     ws = Workspace(runs_dir, experiment)
     source = RunsSource(ws)
