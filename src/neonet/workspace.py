@@ -196,6 +196,10 @@ class Workspace:
         """Provenance (settings) of the TLCR patches."""
         return self.patches_dir / "crop_config.json"
 
+    def predict_case_dir(self, name: str) -> Path:
+        """Default output folder of ``neonet predict-case`` for the image ``name`` (one safe folder name)."""
+        return self.root / "predict_case" / name
+
     @property
     def reports_dir(self) -> Path:
         """Cross-fold tables and figures."""
@@ -307,3 +311,59 @@ class Workspace:
                 f"fold finished (sha256 now {now[:12]}…, recorded {record['sha256'][:12]}…): it was damaged (e.g. "
                 f"truncated) or replaced since, so it is not trusted. {remedy}"
             )
+
+
+class BundlePaths:
+    """Files of a bundle written by ``neonet export`` (MONAI's bundle layout), found from its folder alone.
+
+    ::
+
+        <bundle>/
+          configs/metadata.json         what it is: version, description, inputs/outputs, versions, git sha
+          configs/inference.json        preprocessing, sliding window, TLCR, thresholds, models + source checkpoints
+          models/<stage>_fold<k>.ts     each fold's network as TorchScript (seg, then the classifier)
+          docs/README.md                how to run it
+
+    Args:
+        root: the bundle's folder.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"BundlePaths({str(self.root)!r})"
+
+    @property
+    def metadata(self) -> Path:
+        """``configs/metadata.json``."""
+        return self.root / "configs" / "metadata.json"
+
+    @property
+    def inference(self) -> Path:
+        """``configs/inference.json``: everything prediction reads besides the networks."""
+        return self.root / "configs" / "inference.json"
+
+    @property
+    def models_dir(self) -> Path:
+        """``models/``."""
+        return self.root / "models"
+
+    def model_name(self, stage: str, fold: int) -> str:
+        """A fold's network file, relative to the bundle (as ``inference.json`` names it)."""
+        return f"models/{stage}_fold{int(fold)}.ts"
+
+    def model(self, stage: str, fold: int) -> Path:
+        """A fold's TorchScript network."""
+        return self.root / self.model_name(stage, fold)
+
+    @property
+    def readme(self) -> Path:
+        """``docs/README.md``."""
+        return self.root / "docs" / "README.md"
+
+    @staticmethod
+    def default_predictions(name: str) -> Path:
+        """Default output folder of ``neonet predict-case --bundle`` for the image ``name``: ``predict_case/<name>/``
+        in the working directory (a bundle may be read-only and is never written to)."""
+        return Path("predict_case") / name

@@ -104,6 +104,33 @@ def read_synthetic(ws: Workspace, fold: int, train_cases: Sequence[str], real_ca
     return items
 
 
+def patch_transform(label_channel: bool, pad_to: Sequence[int] | None = None, augment: mt.Transform | None = None) -> mt.Compose:
+    """A classifier's input from a TLCR patch: ``{"image": path[, "region": label path]}`` → ``image`` (C, X, Y, Z).
+
+    Loads the patch as float32 in its stored intensity range, zero-pads it to ``pad_to``, applies
+    ``augment`` (training only) and, with ``label_channel``, appends the label patch as the last channel.
+    :class:`ClsDataModule` (every split) and ``neonet predict-case`` (from a runs folder or a bundle) use it.
+
+    Args:
+        label_channel: append the label patch (item key ``region``) as a second channel.
+        pad_to: zero-pad to at least this size; None keeps the patch size.
+        augment: a transform of the ``image`` (and ``region``) keys run after padding, or None.
+    """
+    keys = ["image", "region"] if label_channel else ["image"]
+    steps: list[Any] = [
+        mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True, dtype=np.float32),
+        mt.EnsureChannelFirstd(keys=keys, channel_dim="no_channel"),
+    ]
+    if pad_to:
+        steps.append(mt.SpatialPadd(keys=keys, spatial_size=tuple(int(s) for s in pad_to)))
+    if augment is not None:
+        steps.append(augment)
+    if label_channel:
+        steps += [mt.ConcatItemsd(keys=keys, name="image"), mt.DeleteItemsd(keys=["region"])]
+    steps.append(mt.EnsureTyped(keys=["image"], track_meta=False))
+    return mt.Compose(steps).flatten()
+
+
 class ClsDataModule(FoldDataModule):
     """PNI classification data of one fold (TLCR patches, optionally plus synthetic patches).
 
@@ -251,20 +278,12 @@ class ClsDataModule(FoldDataModule):
     def transform(self, train: bool) -> mt.Compose:
         """Load the patch as (1, X, Y, Z) float32 in its stored intensity range; training adds augmentation."""
         keys = ["image", "region"] if self.label_channel else ["image"]
-        steps: list[Any] = [
-            mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True, dtype=np.float32),
-            mt.EnsureChannelFirstd(keys=keys, channel_dim="no_channel"),
-        ]
-        if self.pad_to:
-            steps.append(mt.SpatialPadd(keys=keys, spatial_size=self.pad_to))
+        augment = None
         if train and self.augment:  # intensity augmentations touch the image only, spatial ones both
-            steps.append(
-                TorchioAugmentd(keys, mri_augmentation(p=self.aug_prob, flip_axes=self.flip_axes, intensity=self.intensity_aug))
+            augment = TorchioAugmentd(
+                keys, mri_augmentation(p=self.aug_prob, flip_axes=self.flip_axes, intensity=self.intensity_aug)
             )
-        if self.label_channel:
-            steps += [mt.ConcatItemsd(keys=keys, name="image"), mt.DeleteItemsd(keys=["region"])]
-        steps.append(mt.EnsureTyped(keys=["image"], track_meta=False))
-        return mt.Compose(steps).flatten()
+        return patch_transform(self.label_channel, self.pad_to, augment)
 
     def _dataset(self, split: str, train: bool = False) -> CacheDataset:
         items = self.items(split)

@@ -26,6 +26,10 @@ from neonet.data.cases import LabelMap
 from neonet.data.nifti import load_nifti
 
 DEFAULT_SPACING: tuple[float, float, float] = (1.5625, 1.5625, 4.0)
+#: Orientation every volume is brought to before resampling (:func:`canonical_transforms`).
+ORIENTATION = "RAS"
+#: Intensity normalisation of :func:`canonical_transforms`: these percentiles of the volume map to [0, 1], clipped.
+INTENSITY_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
 
 class NeonetNiftiReader(NibabelReader):
@@ -211,7 +215,7 @@ def canonical_transforms(
     if with_label:
         steps.append(MapLabeld(keys=[label_key], label_map=label_map))
     steps += [
-        mt.Orientationd(keys=keys, axcodes="RAS", labels=None),
+        mt.Orientationd(keys=keys, axcodes=ORIENTATION, labels=None),
         mt.Spacingd(
             keys=keys,
             pixdim=tuple(float(s) for s in spacing),
@@ -219,7 +223,13 @@ def canonical_transforms(
             padding_mode="border" if not with_label else ("border", "zeros"),
         ),
         mt.ScaleIntensityRangePercentilesd(
-            keys=[image_key], lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True, relative=False
+            keys=[image_key],
+            lower=INTENSITY_PERCENTILES[0],
+            upper=INTENSITY_PERCENTILES[1],
+            b_min=0.0,
+            b_max=1.0,
+            clip=True,
+            relative=False,
         ),
     ]
     if with_label:

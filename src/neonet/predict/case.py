@@ -22,8 +22,7 @@ import datetime as _dt
 import logging
 import math
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -32,19 +31,10 @@ import torch
 from neonet import __version__
 from neonet.data.cases import LIVER, TUMOR, LabelMap, safe_file_name
 from neonet.data.nifti import load_nifti, read_array, save_nifti
-from neonet.errors import DataError, MissingUpstreamError, NeonetError
-from neonet.predict.ensemble import train_command, trained_folds
+from neonet.errors import DataError, NeonetError
+from neonet.predict.source import ClsModel, ModelSource, RunsSource, SegModel
 from neonet.run.atomic import write_json
-from neonet.run.reload import TrainedFold, load_trained_fold
 from neonet.workspace import Workspace, git_sha
-
-if TYPE_CHECKING:
-    from lightning.pytorch import Trainer
-
-    from neonet.cls.datamodule import ClsDataModule
-    from neonet.cls.module import ClassifierModule
-    from neonet.seg.datamodule import SegDataModule
-    from neonet.seg.module import SegModule
 
 log = logging.getLogger(__name__)
 
@@ -57,29 +47,13 @@ OUTPUTS = {
     "patch_label": "patch_label.nii.gz",
     "overlay": "overlay.png",
 }
+#: Why a bundle's prediction has no saliency map.
+NO_SALIENCY_FROM_TORCHSCRIPT = (
+    "Grad-CAM needs the network's Python modules; a bundle holds TorchScript only "
+    "(run predict-case with --experiment for a saliency map)"
+)
 #: From this many tumour components on, the JSON warns that the segmentation looks fragmented.
 FRAGMENTED = 5
-
-
-def crop_settings(ws: Workspace) -> dict[str, Any]:
-    """The experiment's TLCR settings (``patches/crop_config.json``, written by ``neonet crop``)."""
-    from neonet.seg.crop import crop_record
-
-    path = ws.crop_config
-    record = crop_record(ws)
-    if record is None:
-        raise MissingUpstreamError("the experiment's TLCR settings", path, train_command(ws, "crop", verb="crop"))
-    cfg = record.settings
-    return {
-        "spacing": tuple(float(s) for s in cfg["spacing"]),
-        "patch_size": tuple(int(p) for p in cfg["patch_size"]),
-        "shell_mm": float(cfg["shell_mm"]),
-        "source": cfg.get("source"),
-        "config": str(path),
-        "liver_level": None if cfg.get("liver_level") is None else float(cfg["liver_level"]),
-        "liver_region": cfg.get("liver_region") or "volume",
-        "shell_region": cfg.get("shell_region") or "all",
-    }
 
 
 def resolve_device(device: str) -> torch.device:
@@ -93,50 +67,43 @@ def resolve_device(device: str) -> torch.device:
 
 
 # ----------------------------------------------------------------------------- pipeline steps
-def segment(image: Path, models: list[TrainedFold], out_dir: Path, device: torch.device) -> Path:
+def segment(image: Path, models: list[SegModel], out_dir: Path, device: torch.device) -> Path:
     """Fold-ensemble NeoSeg mask of ``image`` written in its space (``segmentation.nii.gz``).
 
-    Every fold preprocesses the volume as its ``neonet predict`` does (``SegDataModule``'s predict
-    transform); the folds' softmax maps are averaged, then argmax and NeoSeg's post-processing, and
-    :class:`~neonet.seg.SegMaskWriter` inverts the preprocessing.
+    The volume is preprocessed as ``neonet predict`` does (:meth:`SegSettings.transform`); the folds'
+    softmax maps are averaged, then argmax and NeoSeg's post-processing, and
+    :meth:`~neonet.seg.SegMaskWriter.write_masks` inverts the preprocessing.
     """
     from monai.data import list_data_collate
 
     from neonet.seg import SegMaskWriter
     from neonet.seg.postprocess import postprocess_labels
 
-    # a seg fold's config.yaml builds these classes
-    nets = [cast("SegModule", m.module) for m in models]
-    datas = [cast("SegDataModule", m.data) for m in models]
-    grids = {(tuple(d.spacing), int(d.divisible)) for d in datas}
+    if not models:
+        raise NeonetError("no NeoSeg folds to segment with")
+    grids = {(tuple(m.settings.spacing), int(m.settings.divisible)) for m in models}
     if len(grids) > 1:
         raise NeonetError(
             f"the seg folds were trained on different grids (spacing, divisible) {sorted(grids)}; "
             "pick folds of one config with --folds"
         )
-    min_voxels = {int(net.hparams.min_tumor_voxels) for net in nets}
+    min_voxels = {m.settings.min_tumor_voxels for m in models}
     if len(min_voxels) > 1:
         log.warning("seg folds differ in min_tumor_voxels %s; the ensemble uses %d", sorted(min_voxels), max(min_voxels))
-    dm = datas[0]
-    dm.predict_transform = dm.base_transform(with_label=False)
+    transform = models[0].settings.transform()
     name = OUTPUTS["segmentation"].removesuffix(".nii.gz")
-    batch = list_data_collate([dm.predict_transform({"image": str(image), "case_id": name, "source": str(image)})])
+    batch = list_data_collate([transform({"image": str(image), "case_id": name, "source": str(image)})])
     x = batch["image"].as_tensor().to(device)
-    total = None
+    total = torch.zeros(())
     with torch.inference_mode():
-        for m, net in zip(models, nets):
+        for m in models:
             log.info("NeoSeg fold %d on %s", m.fold, device)
-            prob = torch.softmax(net.to(device).infer(x).float(), dim=1)
-            total = prob if total is None else total + prob
-            net.cpu()
-        if total is None:  # no folds: datas[0] above has failed already
-            raise NeonetError("no NeoSeg folds to segment with")
+            m.net.to(device)
+            total = total + torch.softmax(m.logits(x).float(), dim=1)
+            m.net.cpu()
         labels = (total / len(models)).argmax(1, keepdim=True).to(torch.uint8).cpu()
     cleaned = torch.stack([postprocess_labels(lab, max(min_voxels)) for lab in labels])
-    writer = SegMaskWriter(output_dir=str(out_dir))
-    trainer = cast("Trainer", SimpleNamespace(datamodule=dm))  # the writer reads only the trainer's datamodule
-    writer.write_on_batch_end(trainer, models[0].module, {"pred": cleaned}, [0], batch, 0)
-    return out_dir / OUTPUTS["segmentation"]
+    return SegMaskWriter().write_masks(cleaned, batch, transform, out_dir)[0]
 
 
 def write_given_mask(mask: Path, reference: nib.Nifti1Image, out_dir: Path) -> Path:
@@ -155,14 +122,15 @@ def write_given_mask(mask: Path, reference: nib.Nifti1Image, out_dir: Path) -> P
 
 
 def classify(
-    patch: Path, models: list[TrainedFold], device: torch.device, layer: str | None, label: Path | None = None
+    patch: Path, models: list[ClsModel], device: torch.device, layer: str | None, label: Path | None = None
 ) -> tuple[dict[str, float], dict[str, float], np.ndarray | None, str]:
     """Each classifier fold on the patch: probabilities, validation thresholds, mean Grad-CAM, its layer.
 
     ``label`` is the patch's TLCR label patch, read by folds trained with ``label_channel``.
 
-    The patch is loaded with the fold's ``ClsDataModule`` evaluation transform, as in its test step.
-    When Grad-CAM cannot reach its layer the map is None and the last item says why.
+    The patch is loaded with the fold's evaluation transform (:meth:`ClsSettings.transform`), as in its
+    test step. When Grad-CAM cannot reach its layer (or the network is TorchScript, from a bundle) the
+    map is None and the last item says why.
     """
     from neonet.cls.saliency import SaliencyUnavailable, grad_cam
 
@@ -170,24 +138,25 @@ def classify(
     shape = cast(nib.Nifti1Image, nib.load(str(patch))).shape[:3]
     failed: str | None = None
     for m in models:
-        data = cast("ClsDataModule", m.data)  # a classifier fold's config.yaml builds these classes
-        x = data.transform(train=False)({"image": str(patch), "region": str(label)})["image"][None].to(device)
-        module = cast("ClassifierModule", m.module).to(device)
+        x = m.settings.transform()({"image": str(patch), "region": str(label)})["image"][None].to(device)
+        net = m.net.to(device)
         with torch.no_grad():
-            logit = float(module(x).float()[0])
+            logit = float(m.logit(x).float()[0])
         probs[str(m.fold)] = 1.0 / (1.0 + math.exp(-logit))
-        thresholds[str(m.fold)] = float(module.val_threshold)
-        log.info("%s fold %d: PNI probability %.3f", getattr(module, "stage", "classifier"), m.fold, probs[str(m.fold)])
+        thresholds[str(m.fold)] = float(m.threshold)
+        log.info("classifier fold %d: PNI probability %.3f", m.fold, probs[str(m.fold)])
+        if failed is None and not m.explainable:
+            failed = NO_SALIENCY_FROM_TORCHSCRIPT
         if failed is None:
             try:
-                heat, used = grad_cam(module.net, x, layer)
+                heat, used = grad_cam(net, x, layer)
             except SaliencyUnavailable as exc:
                 log.warning("fold %d: no saliency map: %s", m.fold, exc)
                 failed = str(exc)
             else:  # undo ClsDataModule's symmetric pad_to padding, if any
                 before = [(h - s) // 2 for h, s in zip(heat.shape, shape)]
                 maps.append(heat[tuple(slice(b, b + s) for b, s in zip(before, shape))])
-        module.cpu()
+        net.cpu()
     if failed is not None:
         return probs, thresholds, None, failed
     return probs, thresholds, np.mean(maps, axis=0).astype(np.float32), used
@@ -240,59 +209,69 @@ def _warnings(result: Any) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the verb
+def model_source(experiment: str, runs_dir: Path, bundle: Path | None) -> ModelSource:
+    """Where the models come from: the bundle when one is given, else the experiment's runs folder."""
+    if bundle is not None:
+        from neonet.predict.bundle import BundleSource
+
+        return BundleSource(bundle)
+    return RunsSource(Workspace(runs_dir, experiment))
+
+
 def predict_case(
     image: Path,
     experiment: str = "demo",
     runs_dir: Path = Path("runs"),
     out: Path | None = None,
-    classifier: str = "pattennet",
+    classifier: str | None = None,
     folds: list[int] | None = None,
     mask: Path | None = None,
     saliency_layer: str | None = None,
     device: str = "auto",
+    bundle: Path | None = None,
 ) -> dict[str, Any]:
     """Predict PNI for one new MRI: NeoSeg → TLCR → classifier fold ensemble, with Grad-CAM.
 
     Usage: ``neonet predict-case IMAGE [options]`` (or ``--image IMAGE``).
 
-    Uses the experiment's trained folds: every NeoSeg fold (mean softmax), the crop settings of
-    ``neonet crop`` and every fold of the classifier (PNI probability per fold and their mean).
-    Writes ``prediction.json``, ``segmentation.nii.gz`` and ``saliency.nii.gz`` (both in the input's
-    shape and affine), the patch and ``overlay.png``; prints the result and the JSON path. Without
-    a tumour it says so (``"tumor_found": false``), writes the mask and overlay and exits with 0.
+    Uses the experiment's trained folds (or those of a bundle written by ``neonet export``): every
+    NeoSeg fold (mean softmax), the crop settings of ``neonet crop`` and every fold of the classifier
+    (PNI probability per fold and their mean). Writes ``prediction.json``, ``segmentation.nii.gz`` and
+    ``saliency.nii.gz`` (both in the input's shape and affine), the patch and ``overlay.png``; prints
+    the result and the JSON path. Without a tumour it says so (``"tumor_found": false``), writes the
+    mask and overlay and exits with 0.
 
     Args:
         image: the MRI volume (3D NIfTI, any orientation and spacing).
         experiment: experiment whose trained folds are used (folder below ``runs_dir``).
         runs_dir: folder holding all experiments.
-        out: output folder (default ``<runs_dir>/<experiment>/predict_case/<image name>/``).
-        classifier: classifier stage folder: ``pattennet``, ``pattennet_syn``, ``resnet18``, ...;
-            ``none`` stops after segmentation and TLCR (tumour volume and crop box only).
+        out: output folder (default ``<runs_dir>/<experiment>/predict_case/<image name>/``; with
+            ``--bundle``, ``predict_case/<image name>/`` in the working directory).
+        classifier: classifier stage folder: ``pattennet`` (default), ``pattennet_syn``, ``resnet18``,
+            ...; with ``--bundle`` the bundle's classifier (the default); ``none`` stops after
+            segmentation and TLCR (tumour volume and crop box only).
         folds: folds to ensemble, for NeoSeg and the classifier (default: all folds of the
-            experiment; each must have finished training).
+            experiment, or of the bundle; each must have finished training).
         mask: a mask in the image's space (0 background, 1 liver, 2 tumour) to use instead of
             NeoSeg, e.g. a corrected segmentation.
         saliency_layer: Grad-CAM layer, a module name of the classifier network (default: the last
-            Dual Attention Block of PattenNet, the last Conv3d of a baseline).
+            Dual Attention Block of PattenNet, the last Conv3d of a baseline); not available with
+            ``--bundle`` (TorchScript networks).
         device: ``auto`` (a GPU if there is one), ``cpu``, ``cuda``, ``cuda:1``, ...
+        bundle: a bundle folder written by ``neonet export``, used instead of ``--experiment`` and
+            ``--runs_dir`` (no runs folder needed).
 
     Returns:
         The content of ``prediction.json``.
     """
     image = Path(image)
     src = load_nifti(image, kind="image")  # header checks first: size limit, voxel size, 3D (a trailing singleton axis dropped)
-    ws = Workspace(runs_dir, experiment)
-    if not ws.root.is_dir():
-        known = sorted(p.name for p in Path(runs_dir).glob("*") if p.is_dir()) if Path(runs_dir).is_dir() else []
-        raise NeonetError(f"experiment {experiment!r} not found at {ws.root} (experiments in {runs_dir}: {known or 'none'})")
-    seg_folds = None if mask is not None else trained_folds(ws, "seg", folds)
-    crop = crop_settings(ws)
-    cls_folds = (
-        None
-        if classifier == "none"
-        else trained_folds(ws, classifier, folds, hint="\nor stop after segmentation and TLCR: --classifier none")
-    )
-    out_dir = Path(out) if out is not None else ws.root / "predict_case" / image_name(image)
+    source = model_source(experiment, Path(runs_dir), None if bundle is None else Path(bundle))
+    classifier = classifier or source.default_classifier
+    seg_folds = None if mask is not None else source.seg_folds(folds)
+    crop = source.crop_settings()
+    cls_folds = None if classifier == "none" else source.classifier_folds(classifier, folds)
+    out_dir = Path(out) if out is not None else source.default_out(image_name(image))
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS.values():  # never leave files of an earlier run beside this run's
         (out_dir / name).unlink(missing_ok=True)
@@ -304,11 +283,11 @@ def predict_case(
         seg_path, seg_from = write_given_mask(Path(mask), src, out_dir), f"the given mask {mask}"
         seg_record: dict[str, Any] = {"source": "mask", "mask": str(mask)}
     else:
-        models = [load_trained_fold(ws, "seg", k) for k in seg_folds or []]
-        seg_path = segment(image, models, out_dir, dev)
-        seg_from = f"NeoSeg (fold{'s' if len(models) > 1 else ''} {', '.join(str(m.fold) for m in models)})"
-        seg_record = {"source": "neoseg", "folds": seg_folds, "checkpoints": [ws.checkpoint_record(m.checkpoint) for m in models]}
-        del models
+        seg_models = source.seg_models(seg_folds or [])
+        seg_path = segment(image, seg_models, out_dir, dev)
+        seg_from = f"NeoSeg (fold{'s' if len(seg_models) > 1 else ''} {', '.join(str(m.fold) for m in seg_models)})"
+        seg_record = {"source": "neoseg", "folds": seg_folds, "checkpoints": [m.record for m in seg_models]}
+        del seg_models
     outputs["segmentation"] = str(seg_path)
     labels = np.asarray(cast(nib.Nifti1Image, nib.load(str(seg_path))).dataobj)
     liver_ml, tumor_ml = _volumes_ml(labels, src.affine)
@@ -318,17 +297,17 @@ def predict_case(
     from neonet.seg.crop import load_case
     from neonet.seg.tlcr import patch_affine, tlcr
 
-    image_c, mask_c, affine_c = load_case(image, seg_path, crop["spacing"], LabelMap())
+    image_c, mask_c, affine_c = load_case(image, seg_path, crop.grid_spacing, LabelMap())
     result = tlcr(
         image_c,
         mask_c,
-        crop["spacing"],
-        patch_size=crop["patch_size"],
-        shell_mm=crop["shell_mm"],
+        crop.spacing,
+        patch_size=crop.patch_size,
+        shell_mm=crop.shell_mm,
         no_tumor="skip",
-        liver_level=crop["liver_level"],
-        liver_region=crop["liver_region"],
-        shell_region=crop["shell_region"],
+        liver_level=crop.liver_level,
+        liver_region=crop.liver_region,
+        shell_region=crop.shell_region,
     )
     probs: dict[str, float] = {}
     thresholds: dict[str, float] = {}
@@ -348,15 +327,11 @@ def predict_case(
         outputs |= {"patch_image": str(patch_path), "patch_label": str(out_dir / OUTPUTS["patch_label"])}
         if cls_folds is not None:
             # 3. classifier folds + Grad-CAM
-            models = [load_trained_fold(ws, classifier, k) for k in cls_folds]
+            cls_models = source.cls_models(classifier, cls_folds)
             probs, thresholds, heat, layer = classify(
-                patch_path, models, dev, saliency_layer, label=out_dir / OUTPUTS["patch_label"]
+                patch_path, cls_models, dev, saliency_layer, label=out_dir / OUTPUTS["patch_label"]
             )
-            cls_record = {
-                "stage": classifier,
-                "folds": cls_folds,
-                "checkpoints": [ws.checkpoint_record(m.checkpoint) for m in models],
-            }
+            cls_record = {"stage": classifier, "folds": cls_folds, "checkpoints": [m.record for m in cls_models]}
             if heat is None:
                 saliency_record = {"error": layer}
             else:
@@ -368,7 +343,7 @@ def predict_case(
                     "layer": layer,
                     "scaling": "each fold's map divided by its maximum, then averaged over the folds",
                 }
-            del models
+            del cls_models
 
     # 4. overlay, then the JSON (last: its presence means the folder is complete)
     from neonet.predict.overlay import write_overlay
@@ -377,15 +352,14 @@ def predict_case(
     mean = float(np.mean(list(probs.values()))) if probs else None
     title = f"{image_name(image)}: " + (f"PNI probability {mean:.2f}" if mean is not None else message.split(":")[0])
     outputs["overlay"] = str(
-        write_overlay(out_dir / OUTPUTS["overlay"], image_c, mask_c, crop["spacing"], result.box, saliency_c, title)
+        write_overlay(out_dir / OUTPUTS["overlay"], image_c, mask_c, crop.spacing, result.box, saliency_c, title)
     )
     box = (
         None if result.box is None else {k: [int(v) for v in result.box[k]] for k in ("start", "stop", "pad_before", "pad_after")}
     )
     record: dict[str, Any] = {
         "image": str(image.resolve()),
-        "experiment": experiment,
-        "runs_dir": str(runs_dir),
+        **source.describe(),
         "tumor_found": bool(result.n_tumors > 0),
         "message": message,
         "pni_probability": mean,
@@ -404,14 +378,14 @@ def predict_case(
             "grid_shape": list(image_c.shape),
             "centroid_voxel": None if result.centroid is None else [round(c, 3) for c in result.centroid],
             "fits": result.fits,
-            "spacing": list(crop["spacing"]),
-            "patch_size": list(crop["patch_size"]),
-            "shell_mm": crop["shell_mm"],
-            "liver_level": crop["liver_level"],
+            "spacing": list(crop.spacing),
+            "patch_size": list(crop.patch_size),
+            "shell_mm": crop.shell_mm,
+            "liver_level": crop.liver_level,
             "intensity_scale": round(float(result.intensity_scale), 6),
             "intensity_reference": result.intensity_reference,
-            "settings": crop["config"],
-            "training_patches_from": crop["source"],
+            "settings": crop.config,
+            "training_patches_from": crop.source,
         },
         "segmentation": seg_record,
         "classifier": cls_record,

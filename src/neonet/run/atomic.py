@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,48 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it is renamed onto ``target``.
+
+    An interrupted or failed write leaves ``target`` as it was and removes the temporary folder.
+
+    Args:
+        target: the final folder.
+        replace: replace an existing non-empty ``target`` (moved aside first, deleted once the new folder is in
+            place, put back if the rename fails). An empty ``target`` folder is always replaced.
+
+    Raises:
+        NeonetError: ``target`` is a file, or a non-empty folder and ``replace`` is False (checked after the
+            caller's writes; callers check first so that nothing is computed in vain).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp creates 0700
+        old = None
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        elif target.exists():
+            if not replace or not target.is_dir():
+                raise NeonetError(f"{target} exists and is not an empty folder; nothing was written there")
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / target.name)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if old is not None:
+                os.replace(old / target.name, target)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(target: str | os.PathLike, text: str) -> Path:

@@ -12,10 +12,31 @@ from monai.data import CacheDataset, Dataset, list_data_collate
 from torch.utils.data import DataLoader
 
 from neonet.data.base import FoldDataModule
-from neonet.data.cases import Case, read_cases
+from neonet.data.cases import Case, LabelMap, read_cases
 from neonet.data.transforms import DEFAULT_SPACING, TorchioAugmentd, canonical_transforms, mri_augmentation
 
 log = logging.getLogger(__name__)
+
+
+def seg_preprocessing(
+    spacing: Sequence[float], divisible: int, label_map: LabelMap | None = None, with_label: bool = True
+) -> mt.Compose:
+    """NeoSeg's deterministic preprocessing: :func:`~neonet.data.transforms.canonical_transforms` (RAS,
+    ``spacing``, intensity to [0, 1]), then zero padding to a multiple of ``divisible``.
+
+    Every spatial step is invertible (:class:`~neonet.seg.SegMaskWriter` maps masks back to the input).
+    Training, ``neonet predict`` and ``neonet predict-case`` (from a runs folder or a bundle) use it.
+
+    Args:
+        spacing: target voxel spacing in mm.
+        divisible: pad each axis to a multiple of this (the network's total downsampling).
+        label_map: raw label values to project convention (only read ``with_label``).
+        with_label: whether the item has a ``label`` path too.
+    """
+    steps: list[mt.Transform] = [canonical_transforms(spacing, label_map, with_label=with_label)]
+    keys = ["image", "label"] if with_label else ["image"]
+    steps.append(mt.DivisiblePadd(keys=keys, k=int(divisible)))
+    return mt.Compose(steps).flatten()
 
 
 class SegDataModule(FoldDataModule):
@@ -81,11 +102,8 @@ class SegDataModule(FoldDataModule):
 
     # ------------------------------------------------------------------ transforms
     def base_transform(self, with_label: bool = True) -> mt.Compose:
-        """Deterministic preprocessing (invertible spatial steps)."""
-        steps: list[mt.Transform] = [canonical_transforms(self.spacing, self.label_map, with_label=with_label)]
-        keys = ["image", "label"] if with_label else ["image"]
-        steps.append(mt.DivisiblePadd(keys=keys, k=self.divisible))
-        return mt.Compose(steps).flatten()
+        """Deterministic preprocessing (invertible spatial steps): :func:`seg_preprocessing` with this fold's settings."""
+        return seg_preprocessing(self.spacing, self.divisible, self.label_map, with_label=with_label)
 
     def train_transform(self) -> mt.Compose:
         """Preprocessing + random crops + augmentation."""

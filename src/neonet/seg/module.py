@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -14,6 +14,23 @@ from torch import nn
 from neonet.data.cases import LIVER, TUMOR
 from neonet.seg.postprocess import postprocess_labels
 from neonet.stage import CVContext, FoldContext, StageModule
+
+
+def sliding_window_logits(
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    roi_size: Sequence[int] | None,
+    sw_batch_size: int,
+    overlap: float,
+) -> torch.Tensor:
+    """MONAI sliding-window inference of ``predictor`` over ``image`` (B, C, X, Y, Z): NeoSeg's logits.
+
+    ``roi_size`` None runs the whole volume as one window. :meth:`SegModule.infer` and
+    ``neonet predict-case`` (a fold's network, or its TorchScript copy in a bundle) both use it.
+    """
+    roi = tuple(int(r) for r in roi_size) if roi_size else tuple(image.shape[2:])
+    logits = sliding_window_inference(image, roi, int(sw_batch_size), predictor, overlap=float(overlap))
+    return cast(torch.Tensor, logits)  # a tensor, as the predictor returns one
 
 
 def region_onehot(labels: torch.Tensor) -> torch.Tensor:
@@ -78,10 +95,8 @@ class SegModule(StageModule):
         return image.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else image
 
     def infer(self, image: torch.Tensor) -> torch.Tensor:
-        """Sliding-window (or whole-volume) logits."""
-        roi = self.roi_size or tuple(image.shape[2:])
-        logits = sliding_window_inference(image, roi, self.hparams.sw_batch_size, self.forward, overlap=self.hparams.overlap)
-        return cast(torch.Tensor, logits)  # a tensor, as forward returns one
+        """Sliding-window (or whole-volume) logits (:func:`sliding_window_logits`)."""
+        return sliding_window_logits(self.forward, image, self.roi_size, self.hparams.sw_batch_size, self.hparams.overlap)
 
     def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Shared step: (loss, logits)."""

@@ -46,10 +46,24 @@ class SegMaskWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         dm = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at runtime, not declared on Trainer
-        out_dir = self.output_dir or dm.output_dir()
-        inverter = Invertd(keys="pred", transform=dm.predict_transform, orig_keys="image", nearest_interp=True)
+        self.write_masks(prediction["pred"], batch, dm.predict_transform, self.output_dir or dm.output_dir())
+
+    def write_masks(self, preds: Any, batch: Any, transform: Any, out_dir: Path) -> list[Path]:
+        """Invert ``transform`` (the preprocessing that made ``batch``) on each mask and save it as ``<case>.nii.gz``.
+
+        Args:
+            preds: (B, 1, X, Y, Z) label maps on the preprocessed grid.
+            batch: the collated batch (``image`` MetaTensors with their transform history, ``case_id``, ``source``).
+            transform: the preprocessing that produced ``batch["image"]``.
+            out_dir: the folder of the masks.
+
+        Returns:
+            The masks written, in the batch's order.
+        """
+        inverter = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=True)
         items = decollate_batch(batch)
-        for item, pred in zip(items, prediction["pred"]):
+        written = []
+        for item, pred in zip(items, preds):
             image = item["image"]
             item["pred"] = MetaTensor(pred.cpu().float(), affine=image.affine, meta=dict(image.meta))
             restored = inverter(item)["pred"]
@@ -57,6 +71,8 @@ class SegMaskWriter(BasePredictionWriter):
             mask = np.rint(np.asarray(restored.detach().cpu())[0]).astype(np.uint8)
             if mask.shape != src.shape[:3]:
                 raise RuntimeError(f"case {item['case_id']}: inverted mask shape {mask.shape} differs from image {src.shape}")
-            path = save_nifti(case_file(out_dir, item["case_id"]), mask, src.affine)
+            path = save_nifti(case_file(Path(out_dir), item["case_id"]), mask, src.affine)
             self.written.append(path)
+            written.append(path)
             log.info("wrote %s", path)
+        return written
