@@ -173,7 +173,8 @@ def _slice_problem(positions: np.ndarray, normal: np.ndarray) -> str | None:
         return None
     missing = int(np.sum(np.round(gaps[uneven] / step) - 1))
     if missing > 0 and np.allclose(gaps / step, np.round(gaps / step), atol=SLICE_GAP_TOLERANCE):
-        return f"{missing} slice(s) missing (gaps of {', '.join(f'{g:.2f}' for g in gaps[uneven][:4])} mm where slices are {step:.2f} mm apart)"
+        shown = ", ".join(f"{g:.2f}" for g in gaps[uneven][:4])
+        return f"{missing} slice(s) missing (gaps of {shown} mm where slices are {step:.2f} mm apart)"
     return f"slices unevenly spaced ({gaps.min():.2f} to {gaps.max():.2f} mm apart)"
 
 
@@ -229,10 +230,10 @@ def read_dicom_series(folder: Path, where: str, kind: str, limit: int | None, en
             f"{where}{folder}: {kind} DICOM series is not one evenly spaced volume: {problem}; complete or re-export "
             "the series (all slices, one acquisition), or convert it with `dcm2niix` and check its warnings"
         )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    series = sitk.ImageSeriesReader()
+    series.SetFileNames(files)
     try:
-        image = reader.Execute()
+        image = series.Execute()
     except RuntimeError as exc:
         raise DataError(f"{where}{folder}: {kind} DICOM series cannot be read ({_first_line(exc)})") from exc
     return _to_nifti(image, folder, where, kind)

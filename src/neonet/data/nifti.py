@@ -35,6 +35,8 @@ from neonet.run.atomic import atomic_path, sha256_file
 DEFAULT_MAX_VOXELS = 512**3
 #: Environment variable that overrides :data:`DEFAULT_MAX_VOXELS` (``0`` switches the limit off).
 MAX_VOXELS_ENV = "NEONET_MAX_VOXELS"
+
+
 def max_voxels() -> int | None:
     """The largest volume (in voxels) neonet reads: ``NEONET_MAX_VOXELS`` or :data:`DEFAULT_MAX_VOXELS`.
 

@@ -194,7 +194,8 @@ def classify(
 
 
 def image_name(path: Path) -> str:
-    """File name without ``.nii.gz`` / ``.nii`` (or another suffix; a DICOM folder's whole name), made one safe folder name (the default output folder's):
+    """File name without ``.nii.gz`` / ``.nii`` (or another suffix; a DICOM folder keeps its whole name), made
+    one safe folder name (the default output folder's):
     characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_`` (as for case ids), so
     ``...nii.gz`` or ``.nii`` cannot name the parent folder or ``predict_case`` itself."""
     name = Path(path).name
