@@ -287,7 +287,7 @@ def test_symlink_loop_is_a_problem_of_its_case_only(cohort: Path, tmp_path: Path
     rows = [("good0", *_case(cohort, 0)), ("looped", loop, _case(cohort, 1)[1]), ("good2", *_case(cohort, 2))]
     problems = check_cases(_manifest(tmp_path / "cases.csv", rows), progress=False)
     hit = _one(problems, "looped", "symbolic link loop")
-    assert hit.file == str(loop) and "point it at the NIfTI file" in hit.problem
+    assert hit.file == str(loop) and "point it at the scan" in hit.problem
     assert not _of(problems, "good0") and not _of(problems, "good2")  # the rest was still checked, and is fine
 
 
@@ -379,20 +379,22 @@ def test_tumour_outside_the_liver_warns_with_the_fraction(cohort: Path, tmp_path
 
 
 # ---------------------------------------------------------------------------- row 6: unclear errors
-def test_dicom_folder_names_the_format_and_the_conversion(cohort: Path, cropped: Path, tmp_path: Path) -> None:
+def test_unreadable_dicom_folder_and_single_dicom_file_are_named(cohort: Path, cropped: Path, tmp_path: Path) -> None:
+    """A folder is read as one DICOM series (tests/test_scan_formats.py); one that holds none, or a single
+    DICOM file where the series folder belongs, is named with the way on."""
     series = tmp_path / "series"
     series.mkdir()
-    for k in range(3):  # DICOM part 10 files: 128-byte preamble, "DICM", then elements
+    for k in range(3):  # "DICOM" files with a preamble and magic but no parsable elements
         (series / f"IM{k:04d}").write_bytes(b"\0" * 128 + b"DICM" + os.urandom(64))
     _, label = _case(cohort)
     problems = check_cases(_manifest(tmp_path / "cases.csv", [("dicom", series, label)]), progress=False)
-    hit = _one(problems, "dicom", "folder of DICOM files")
-    assert hit.file == str(series) and ".nii.gz" in hit.problem and "dcm2niix" in hit.problem and "SimpleITK" in hit.problem
-    with pytest.raises(DataError, match=r"series: image path is a folder of DICOM files.*dcm2niix"):
+    hit = _one(problems, "dicom", "no DICOM series in it")
+    assert hit.file == str(series) and "NIfTI / NRRD / MHA" in hit.problem
+    with pytest.raises(DataError, match=r"series: image path is a folder with no DICOM series"):
         predict_case(series, experiment="hostile", runs_dir=cropped, out=tmp_path / "p", mask=label, classifier="none")
     single = series / "IM0000"
     hit = _one(check_cases(_manifest(tmp_path / "one.csv", [("dcmfile", single, label)]), progress=False), "dcmfile", "DICOM")
-    assert "dcm2niix" in hit.problem
+    assert "series folder" in hit.problem and str(series) in hit.problem
 
 
 @pytest.mark.parametrize("value", [0.0, 37.5])

@@ -108,6 +108,10 @@ def test_cv_fold_then_skip_then_crop(phantom_cohort: Path, tmp_path: Path, capsy
     test_ids = read_json(ws.splits_path)["splits"][0]["test"]
     assert sorted(report["case_id"]) == sorted(test_ids)
     assert report["dice_liver"].between(0, 1).all()
+    assert report["nsd_liver"].between(0, 1).all() and (report["hd95_liver"] >= 0).all()
+    summary = read_json(ws.reports_dir / "seg_summary.json")
+    assert summary["nsd_tolerance_mm"] == 2.0 and {"dice_liver", "hd95_liver", "nsd_liver"} <= set(summary)
+    assert "HD95 mm liver" in (ws.reports_dir / "seg_summary.md").read_text()
     mtime = ws.best_checkpoint("seg", 0).stat().st_mtime_ns
     assert main(["cv", "--config", str(CONF / "seg.yaml"), "--folds", "0", *overrides]) == 0
     assert ws.best_checkpoint("seg", 0).stat().st_mtime_ns == mtime  # skipped, not retrained

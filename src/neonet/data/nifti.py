@@ -1,10 +1,11 @@
-"""NIfTI input/output with errors that name the file, and atomic writes.
+"""Scan input and NIfTI output with errors that name the file, and atomic writes.
 
 Every volume neonet reads goes through :func:`load_nifti` (directly, or through
-:class:`neonet.data.transforms.NeonetNiftiReader` in the MONAI transforms), which checks the header
-before a single voxel is read:
+:class:`neonet.data.transforms.NeonetNiftiReader` in the MONAI transforms). It reads NIfTI with
+nibabel, and a DICOM series folder, NRRD or MetaImage with SimpleITK (:mod:`neonet.data.itk_io`),
+always returning a NIfTI image; it checks the header before a single voxel is read:
 
-* the path is a file (a folder, e.g. a DICOM series, or a symlink loop is named as such);
+* the path is a readable scan (a symlink loop or a single DICOM file is named as such);
 * the volume is not larger than :func:`max_voxels` (``NEONET_MAX_VOXELS``): a small ``.nii.gz``
   can declare a volume that does not fit in memory;
 * the header says how large a voxel is (a NIfTI file with ``qform_code`` and ``sform_code`` 0 and
@@ -15,6 +16,7 @@ before a single voxel is read:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -23,8 +25,9 @@ from typing import Any, cast
 import nibabel as nib
 import numpy as np
 
+from neonet.data.itk_io import is_dicom_file, is_itk_file, read_dicom_series, read_itk_file
 from neonet.errors import DataError
-from neonet.run.atomic import atomic_path
+from neonet.run.atomic import atomic_path, sha256_file
 
 #: Default largest volume read, in voxels: 512 x 512 x 512 (512 MiB as float32). A liver MRI is
 #: typically 256-512 x 256-512 x 40-200 voxels (at most about 52 M), so this leaves room for
@@ -32,13 +35,6 @@ from neonet.run.atomic import atomic_path
 DEFAULT_MAX_VOXELS = 512**3
 #: Environment variable that overrides :data:`DEFAULT_MAX_VOXELS` (``0`` switches the limit off).
 MAX_VOXELS_ENV = "NEONET_MAX_VOXELS"
-#: Files looked at when telling whether a folder holds a DICOM series.
-_DICOM_PEEK = 32
-_CONVERT = (
-    "neonet reads NIfTI volumes (.nii / .nii.gz); convert the series first, e.g. "
-    "`dcm2niix -z y -o OUT_DIR SERIES_DIR` or SimpleITK (ImageSeriesReader, then WriteImage to a .nii.gz), "
-    "and put the .nii.gz path in the manifest"
-)
 
 
 def max_voxels() -> int | None:
@@ -65,43 +61,15 @@ def max_voxels() -> int | None:
     return value or None
 
 
-def _is_dicom(path: Path) -> bool:
-    """Whether ``path`` starts like a DICOM file (``DICM`` after the 128-byte preamble)."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
-def _folder_problem(path: Path, kind: str) -> str:
-    """What to say about a folder given where a NIfTI file is expected."""
-    dicom = False
-    try:
-        with os.scandir(path) as entries:
-            for n, entry in enumerate(entries):
-                if n >= _DICOM_PEEK:
-                    break
-                if entry.is_file() and (entry.name.lower().endswith((".dcm", ".ima")) or _is_dicom(Path(entry.path))):
-                    dicom = True
-                    break
-    except OSError:
-        pass
-    what = "a folder of DICOM files" if dicom else "a folder"
-    return f"{kind} path is {what}, not a NIfTI file; {_CONVERT}"
-
-
 def _missing_problem(path: Path, kind: str) -> str:
     """Why ``path`` is not a readable file: a folder, a symlink loop or dangling link, or absent."""
-    if path.is_dir():
-        return _folder_problem(path, kind)
     if path.is_symlink():
         try:
             path.resolve(strict=True)
         except RuntimeError:  # Python < 3.13 reports a loop this way
-            return f"{kind} path is a symbolic link loop (the link leads back to itself); point it at the NIfTI file"
+            return f"{kind} path is a symbolic link loop (the link leads back to itself); point it at the scan"
         except OSError as exc:
-            return f"{kind} path is a symbolic link that leads nowhere ({exc.strerror or exc}); point it at the NIfTI file"
+            return f"{kind} path is a symbolic link that leads nowhere ({exc.strerror or exc}); point it at the scan"
     return f"{kind} file not found"
 
 
@@ -168,10 +136,14 @@ def _squeeze_3d(path: Path, img: nib.Nifti1Image, where: str, kind: str) -> nib.
 
 
 def load_nifti(path: str | os.PathLike, case_id: str | None = None, kind: str = "volume") -> nib.Nifti1Image:
-    """Load a NIfTI volume's header (lazy data) after the header checks of this module.
+    """Load a scan as a NIfTI image after the header checks of this module (a NIfTI file's voxels stay lazy).
+
+    A folder is read as one DICOM series and a ``.nrrd`` / ``.nhdr`` / ``.mha`` / ``.mhd`` file with
+    SimpleITK (:mod:`neonet.data.itk_io`); both come back as in-memory NIfTI images with the scan's
+    geometry in RAS+, so nothing downstream depends on the format.
 
     Args:
-        path: the NIfTI file (``.nii`` or ``.nii.gz``).
+        path: the NIfTI file (``.nii`` or ``.nii.gz``), NRRD or MetaImage file, or DICOM series folder.
         case_id: the case it belongs to, named in messages.
         kind: what the file is (``image``, ``label``, ``mask``, ...), named in messages.
 
@@ -186,13 +158,24 @@ def load_nifti(path: str | os.PathLike, case_id: str | None = None, kind: str = 
     """
     where = f"case {case_id}: " if case_id else ""
     path = Path(path)
+    if path.is_dir():
+        return read_dicom_series(path, where, kind, max_voxels(), MAX_VOXELS_ENV)
     if not path.is_file():
         raise DataError(f"{where}{path}: {_missing_problem(path, kind)}")
+    if is_itk_file(path):
+        return read_itk_file(path, where, kind, max_voxels(), MAX_VOXELS_ENV)
+    if is_dicom_file(path):
+        raise DataError(
+            f"{where}{path}: {kind} is one DICOM file; neonet reads a DICOM series from its folder: put the series "
+            f"folder ({path.parent}) in the manifest (one series per folder)"
+        )
     try:
         img = cast(nib.Nifti1Image, nib.load(str(path)))
     except Exception as exc:  # nibabel raises several exception types for bad files
-        hint = f"it is a DICOM file; {_CONVERT}" if _is_dicom(path) else "neonet reads NIfTI volumes (.nii / .nii.gz)"
-        raise DataError(f"{where}{path}: {kind} is not a readable NIfTI file ({exc}); {hint}") from exc
+        raise DataError(
+            f"{where}{path}: {kind} is not a readable NIfTI file ({exc}); neonet reads NIfTI (.nii, .nii.gz), NRRD (.nrrd, "
+            ".nhdr), MetaImage (.mha, .mhd) and DICOM series folders"
+        ) from exc
     _check_size(path, img, where, kind)
     _check_spacing(path, img, where, kind)
     return _squeeze_3d(path, img, where, kind)
@@ -239,3 +222,14 @@ def save_nifti(
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
+
+
+def scan_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a scan's content: the file's bytes, or for a DICOM series folder its files' names and bytes."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(item.relative_to(path).as_posix().encode() + b"\0" + sha256_file(item).encode())
+    return digest.hexdigest()

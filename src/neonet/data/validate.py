@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -61,6 +62,10 @@ MAX_LISTED = 10
 SHEAR_COS = 1e-3
 
 ERROR, WARNING = "error", "warning"
+#: The stages a case can serve, in pipeline order: NeoSeg training/evaluation (image + a label with
+#: liver), TLCR crop from the manual mask (+ tumour voxels), classification (+ a PNI label).
+STAGES = ("seg", "crop", "cls")
+_ALL = ",".join(STAGES)
 
 
 @dataclass(frozen=True)
@@ -73,13 +78,17 @@ class Problem:
             row's line number in the manifest).
         file: the file the problem is in (the CSV for manifest problems).
         problem: what is wrong and, where useful, what to do about it.
-        severity: "error" (the cohort cannot be used as is) or "warning".
+        severity: "error" (the case cannot serve a stage that was asked for) or "warning".
+        blocks: the stages (comma-separated, from :data:`STAGES`) the problem keeps the case from;
+            an unreadable file blocks every stage, missing tumour voxels only ``crop,cls``, an
+            empty ``pni`` only ``cls``.
     """
 
     case_id: str
     file: str
     problem: str
     severity: str = ERROR
+    blocks: str = _ALL
 
 
 @dataclass
@@ -131,8 +140,10 @@ class _Collector:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
 
-    def add(self, case_id: str, file: str | Path, problem: str, severity: str = ERROR) -> None:
-        item = Problem(case_id=case_id, file=str(file), problem=problem, severity=severity)
+    def add(self, case_id: str, file: str | Path, problem: str, severity: str = ERROR, blocks: str = _ALL) -> None:
+        item = Problem(
+            case_id=case_id, file=str(file), problem=problem, severity=severity, blocks=blocks if severity == ERROR else ""
+        )
         log.debug("%s: case %r: %s: %s", severity, case_id, file, problem)
         self.problems.append(item)
 
@@ -304,10 +315,17 @@ def _check_label_values(data: np.ndarray, path: Path, case_id: str, label_map: L
             f"label has no liver voxels (liver values {list(label_map.liver)}; values present {_fmt_values(present.tolist())})",
         )
     if not np.isin(present, label_map.tumor).any():
+        why = (
+            f"tumour values {list(label_map.tumor)}; values present {_fmt_values(present.tolist())}"
+            if label_map.tumor
+            else "the label map lists no tumour values (--tumor []): a liver-only label set"
+        )
         out.add(
             case_id,
             path,
-            f"label has no tumour voxels (tumour values {list(label_map.tumor)}; values present {_fmt_values(present.tolist())})",
+            f"label has no tumour voxels ({why}); the case serves NeoSeg (liver) but not TLCR crop or "
+            "classification, unless crop's no-tumour fallback (--no_tumor liver) is chosen",
+            blocks="crop,cls",
         )
     elif np.isin(present, label_map.liver).any():
         _check_tumour_in_liver(raw, path, case_id, label_map, out)
@@ -380,20 +398,87 @@ def _check_case(case_id: str, image_path: Path | None, label_path: Path | None, 
 # public API
 
 
+def claimed_stages(label_map: LabelMap, require_pni: bool) -> tuple[str, ...]:
+    """The stages a cohort is checked for when none is named: NeoSeg always; TLCR crop when the label
+    map lists tumour values; classification when PNI labels are required as well."""
+    if not label_map.tumor:
+        return ("seg",)
+    return STAGES if require_pni else ("seg", "crop")
+
+
+def parse_stages(stage: list[str] | None, label_map: LabelMap, require_pni: bool) -> tuple[str, ...]:
+    """``--stage`` as a tuple in pipeline order (default: :func:`claimed_stages`).
+
+    Raises:
+        DataError: a name that is not one of :data:`STAGES`.
+    """
+    if not stage:
+        return claimed_stages(label_map, require_pni)
+    unknown = [s for s in stage if s not in STAGES]
+    if unknown:
+        raise DataError(f"--stage {', '.join(unknown)}: not a stage; choose from {', '.join(STAGES)} (several allowed)")
+    return tuple(s for s in STAGES if s in stage)
+
+
+def _for_stages(problems: list[Problem], stages: tuple[str, ...]) -> list[Problem]:
+    """Problems as seen by ``stages``: an error that blocks none of them becomes a warning."""
+    out = []
+    for p in problems:
+        if p.severity == ERROR and not set(p.blocks.split(",")) & set(stages):
+            p = replace(p, severity=WARNING, problem=f"{p.problem} [keeps the case from {p.blocks.replace(',', ', ')} only]")
+        out.append(p)
+    return out
+
+
+@dataclass(frozen=True)
+class CaseStages:
+    """Which stages one case can serve, and why not where it cannot.
+
+    Args:
+        case_id: the case.
+        serves: stage name -> whether the case can serve it.
+        why: the first problem that keeps it from a stage ("" when it serves them all).
+    """
+
+    case_id: str
+    serves: dict[str, bool]
+    why: str = ""
+
+    def line(self) -> str:
+        """``seg ✓ crop ✗ cls ✗: <why>``."""
+        marks = " ".join(f"{s} {'✓' if ok else '✗'}" for s, ok in self.serves.items())
+        return f"{marks}: {self.why}" if self.why else marks
+
+
+def case_stages(case_ids: list[str], problems: list[Problem]) -> list[CaseStages]:
+    """Per case, the stages it can serve given ``problems`` (a manifest-level problem blocks every case)."""
+    blocking: dict[str, list[Problem]] = {}
+    for p in problems:
+        if p.blocks:
+            blocking.setdefault(p.case_id, []).append(p)
+    rows = []
+    for cid in case_ids:
+        found = blocking.get(cid, []) + blocking.get("", [])
+        serves = {s: not any(s in p.blocks.split(",") for p in found) for s in STAGES}
+        why = re.split(r" \(|; | \[keeps the case", found[0].problem)[0] if found else ""
+        rows.append(CaseStages(cid, serves, why))
+    return rows
+
+
 def _run_checks(
     cases_csv: Path, label_map: LabelMap, require_label: bool, require_pni: bool, progress: bool
-) -> tuple[int, list[Problem]]:
-    """Run every check; returns (number of manifest rows, problems)."""
+) -> tuple[list[str], list[Problem]]:
+    """Run every check; returns (the manifest's case ids, in order, problems)."""
     cases_csv = Path(cases_csv)
     max_voxels()  # a malformed NEONET_MAX_VOXELS is one error for the run, not one per file
     out = _Collector()
     manifest = _read_manifest(cases_csv, out)
     if manifest is None:
-        return 0, out.problems
+        return [], out.problems
     header, rows = manifest
     if not rows:
         out.add("", cases_csv, "the case manifest has no rows")
-        return 0, out.problems
+        return [], out.problems
     base = cases_csv.resolve().parent
     has = {c: c in header for c in REQUIRED_COLUMNS}
     first_row: dict[str, int] = {}
@@ -430,6 +515,7 @@ def _run_checks(
                         f"line {row_no}: empty pni; every case needs a PNI label "
                         "(0 or 1) for classification (--require_pni false allows "
                         "segmentation-only cases)",
+                        blocks="cls",
                     )
         image_path: Path | None = None
         if has["image"]:
@@ -479,7 +565,8 @@ def _run_checks(
                 image_path or label_path or cases_csv,
                 f"unexpected error while checking: {type(exc).__name__}: {exc}",
             )
-    return len(rows), out.problems
+    ids = [(row.get("case_id", "") if has["case_id"] else "") or f"line {row.line}" for row in rows]
+    return ids, out.problems
 
 
 def check_cases(
@@ -488,6 +575,7 @@ def check_cases(
     require_label: bool = True,
     require_pni: bool = True,
     progress: bool = True,
+    stages: tuple[str, ...] | None = None,
 ) -> list[Problem]:
     """Check a case manifest and every file it names; never stops at the first problem.
 
@@ -497,11 +585,16 @@ def check_cases(
         require_label: an empty ``label`` is an error (else a warning).
         require_pni: an empty ``pni`` is an error (else allowed).
         progress: show a progress bar over the cases.
+        stages: the stages the cases must serve (default :func:`claimed_stages`); a problem that
+            keeps a case only from other stages is a warning.
 
     Returns:
         Every problem found, in manifest order (errors and warnings).
     """
-    n_rows, problems = _run_checks(Path(cases_csv), label_map, require_label, require_pni, progress)
+    stages = stages or claimed_stages(label_map, require_pni)
+    ids, problems = _run_checks(Path(cases_csv), label_map, require_label, require_pni, progress)
+    problems = _for_stages(problems, stages)
+    n_rows = len(ids)
     n_err = sum(p.severity == ERROR for p in problems)
     log.info("%s: %d case(s) checked, %d error(s), %d warning(s)", cases_csv, n_rows, n_err, len(problems) - n_err)
     return problems
@@ -512,6 +605,7 @@ def assert_valid(
     label_map: LabelMap = LabelMap(),
     require_label: bool = True,
     require_pni: bool = True,
+    stages: tuple[str, ...] | None = None,
 ) -> None:
     """Raise DataError listing every error-level problem (for training stages).
 
@@ -522,11 +616,12 @@ def assert_valid(
         label_map: which label values mean liver, tumour and other structures.
         require_label: an empty ``label`` is an error.
         require_pni: an empty ``pni`` is an error.
+        stages: the stages the cases must serve (default :func:`claimed_stages`).
 
     Raises:
         DataError: if any error-level problem was found; the message names each case and file.
     """
-    problems = check_cases(cases_csv, label_map, require_label, require_pni, progress=False)
+    problems = check_cases(cases_csv, label_map, require_label, require_pni, progress=False, stages=stages)
     for p in problems:
         if p.severity != ERROR:
             log.warning("case %s: %s: %s", p.case_id or "-", p.file, p.problem)
@@ -535,8 +630,12 @@ def assert_valid(
         lines = [f"  case {p.case_id or '-'}: {p.file}: {p.problem}" for p in errors]
         raise DataError(
             f"{cases_csv}: {len(errors)} data error(s); fix them and re-check with "
-            f"`neonet check-data --cases {cases_csv}`:\n" + "\n".join(lines)
+            f"`neonet check-data --cases {cases_csv}{_stage_flag(stages)}`:\n" + "\n".join(lines)
         )
+
+
+def _stage_flag(stages: tuple[str, ...] | None) -> str:
+    return f" --stage {' '.join(stages)}" if stages else ""
 
 
 def _format_table(problems: list[Problem]) -> str:
@@ -550,7 +649,9 @@ def _format_table(problems: list[Problem]) -> str:
     return "\n".join(lines)
 
 
-def _write_report(report: Path, cases: Path, n_cases: int, problems: list[Problem]) -> None:
+def _write_report(
+    report: Path, cases: Path, problems: list[Problem], stages: tuple[str, ...], per_case: list[CaseStages]
+) -> None:
     from neonet.run.atomic import write_json, write_text
 
     n_err = sum(p.severity == ERROR for p in problems)
@@ -559,17 +660,19 @@ def _write_report(report: Path, cases: Path, n_cases: int, problems: list[Proble
             report,
             {
                 "cases_csv": str(cases),
-                "n_cases": n_cases,
+                "n_cases": len(per_case),
+                "stages_checked": list(stages),
                 "n_errors": n_err,
                 "n_warnings": len(problems) - n_err,
                 "problems": [asdict(p) for p in problems],
+                "cases": [{"case_id": c.case_id, **c.serves, "why": c.why} for c in per_case],
             },
         )
         return
     import io
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["case_id", "file", "problem", "severity"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=["case_id", "file", "problem", "severity", "blocks"], lineterminator="\n")
     writer.writeheader()
     for p in problems:
         writer.writerow(asdict(p))
@@ -584,14 +687,16 @@ def check_data(
     require_label: bool = True,
     require_pni: bool = True,
     report: Path | None = None,
+    stage: list[str] | None = None,
 ) -> int:
-    """Check a case manifest and all its NIfTI files, listing every problem in one run.
+    """Check a case manifest and all its scans, listing every problem in one run, and say per case
+    which stages it can serve (``seg ✓ crop ✗ cls ✗: label has no tumour voxels ...``).
 
     Checks the manifest (columns, unique case ids that are safe file names, pni 0/1, label paths;
-    rows are named by their line in the file), each file (exists, readable NIfTI, voxel data not
-    truncated, 3D, no NaN/inf voxels), each image/label pair (same shape and affine) and each label
-    (integer values, all in the label map, liver and tumour present). Prints a table of problems,
-    or ``N cases OK``.
+    rows are named by their line in the file), each scan (exists, readable NIfTI / NRRD / MHA /
+    DICOM series, voxel data not truncated, 3D, no NaN/inf voxels), each image/label pair (same
+    shape and affine) and each label (integer values, all in the label map, liver present, tumour
+    present for crop and classification). Fails only for what the checked stages need.
 
     Args:
         cases: the case manifest CSV (``case_id, image, label, pni[, patient_id]``).
@@ -600,29 +705,49 @@ def check_data(
         other: label values of other structures (e.g. kidneys, spleen), treated as background.
         require_label: an empty label path is an error (otherwise a warning).
         require_pni: an empty pni is an error (otherwise allowed).
-        report: also write the problems to this file (``.json`` for JSON, otherwise CSV).
+        report: also write the problems (and, for ``.json``, each case's stages) to this file
+            (``.json`` for JSON, otherwise CSV).
+        stage: the stages the cohort must serve: ``seg`` (image + label with liver), ``crop``
+            (+ tumour voxels), ``cls`` (+ a PNI label); several allowed. Default: what the
+            manifest claims: ``seg``, plus ``crop`` when ``--tumor`` lists values, plus ``cls``
+            when ``--require_pni``.
 
     Returns:
-        Exit code: 0 if there are no errors (warnings allowed), 1 otherwise.
+        Exit code: 0 if every case serves the checked stages (warnings allowed), 1 otherwise.
     """
     cases = Path(cases)
     try:
         label_map = LabelMap(liver=tuple(liver), tumor=tuple(tumor), other=tuple(other))
     except ValueError as exc:
         raise DataError(str(exc)) from exc
-    n_cases, problems = _run_checks(cases, label_map, require_label, require_pni, progress=True)
+    stages = parse_stages(stage, label_map, require_pni)
+    ids, problems = _run_checks(cases, label_map, require_label, require_pni, progress=True)
+    problems = _for_stages(problems, stages)
+    per_case = case_stages(ids, problems)
+    n_cases = len(ids)
     n_err = sum(p.severity == ERROR for p in problems)
     n_warn = len(problems) - n_err
-    if problems:
-        print(_format_table(problems))
+    listed = [p for p in problems if not (p.severity == WARNING and p.blocks)]  # the stage table shows the others
+    if listed:
+        print(_format_table(listed))
         print()
+    if per_case and any(not all(c.serves.values()) for c in per_case):
+        shown = per_case if len(per_case) <= 40 else [c for c in per_case if not all(c.serves.values())]
+        width = max(len(c.case_id) for c in shown)
+        print("stages each case can serve:")
+        for c in shown:
+            print(f"  {c.case_id.ljust(width)}  {c.line()}")
+        print()
+    counts = ", ".join(f"{s} {sum(c.serves[s] for c in per_case)}/{n_cases}" for s in STAGES)
+    print(f"cases that can serve each stage: {counts} (checked for: {', '.join(stages)})")
+    checked = f" for {', '.join(stages)}" if stages != STAGES else ""
     if n_err:
-        print(f"{n_err} error(s), {n_warn} warning(s) in {n_cases} case(s) of {cases}")
+        print(f"{n_err} error(s), {n_warn} warning(s) in {n_cases} case(s) of {cases}{checked}")
     elif n_warn:
-        print(f"{n_cases} cases OK ({n_warn} warning(s))")
+        print(f"{n_cases} cases OK{checked} ({n_warn} warning(s))")
     else:
-        print(f"{n_cases} cases OK")
+        print(f"{n_cases} cases OK{checked}")
     if report is not None:
-        _write_report(Path(report), cases, n_cases, problems)
+        _write_report(Path(report), cases, problems, stages, per_case)
         log.info("wrote the check-data report to %s", report)
     return 1 if n_err else 0

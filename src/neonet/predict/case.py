@@ -163,7 +163,8 @@ def classify(
 
 
 def image_name(path: Path) -> str:
-    """File name without ``.nii.gz`` / ``.nii``, made one safe folder name (the default output folder's):
+    """File name without ``.nii.gz`` / ``.nii`` (or another suffix; a DICOM folder keeps its whole name), made
+    one safe folder name (the default output folder's):
     characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_`` (as for case ids), so
     ``...nii.gz`` or ``.nii`` cannot name the parent folder or ``predict_case`` itself."""
     name = Path(path).name
@@ -172,7 +173,7 @@ def image_name(path: Path) -> str:
             name = name[: -len(suffix)]
             break
     else:
-        name = Path(name).stem
+        name = name if Path(path).is_dir() else Path(name).stem  # a DICOM series folder keeps its whole name
     return safe_file_name(name, default="image")
 
 

@@ -77,11 +77,18 @@ def summary(experiment: str = "demo", runs_dir: Path = Path("runs")) -> int:
         lines.append(f"  {stage:<13} {done}/{len(folds)} folds complete; best {monitor}: {scores}")
     if "seg_oof_dice" in info:
         d = info["seg_oof_dice"]
-        if d.get("dice_liver") and d.get("dice_tumor"):
-            lines.append(
-                f"  NeoSeg OOF    Dice liver {d['dice_liver']['mean']:.3f} ± {d['dice_liver']['sd']:.3f}, "
-                f"tumour {d['dice_tumor']['mean']:.3f} ± {d['dice_tumor']['sd']:.3f} (n={d['n_cases']})"
+        parts = [
+            f"{name} {d[key]['mean']:.{digits}f} ± {d[key]['sd']:.{digits}f}"
+            for key, name, digits in (
+                ("dice_liver", "Dice liver", 3),
+                ("dice_tumor", "tumour", 3),
+                ("hd95_liver", "HD95 liver", 1),
+                ("nsd_liver", "NSD liver", 3),
             )
+            if d.get(key)
+        ]
+        if parts:
+            lines.append(f"  NeoSeg OOF    {', '.join(parts)} (n={d['n_cases']})")
     if "patches" in info:
         lines.append(f"  patches       {info['patches']['manifest']}  {json.dumps(info['patches']['status'])}")
     for row in info.get("gen_quality", []):

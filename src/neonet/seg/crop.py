@@ -27,10 +27,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from neonet.data.cases import Case, LabelMap, case_file, read_cases
-from neonet.data.nifti import load_nifti, save_nifti
+from neonet.data.nifti import load_nifti, save_nifti, scan_sha256
 from neonet.data.patches import PATCH_COLUMNS
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
-from neonet.run.atomic import sha256_file, write_csv
+from neonet.run.atomic import write_csv
 from neonet.run.provenance import Provenance, check_current, read_provenance
 from neonet.seg.tlcr import (
     LIVER_REGIONS,
@@ -182,7 +182,7 @@ def _inputs_digest(image: Path, mask: Path) -> str:
     """SHA-256 over the image's and the mask's bytes (to notice changed inputs on a re-run)."""
     digest = hashlib.sha256()
     for path in (image, mask):
-        digest.update(sha256_file(path).encode())
+        digest.update(scan_sha256(path).encode())
     return digest.hexdigest()
 
 
@@ -386,7 +386,7 @@ def crop(
                 raise DataError("no manual label in the case manifest (use --source predicted)")
             row["source_mask"] = str(mask_path)
             for path in (case.image, mask_path):
-                if not Path(path).is_file():
+                if not Path(path).exists():
                     raise DataError(f"{path}: file not found")
             digest = _inputs_digest(case.image, mask_path)
             row["inputs_sha256"] = digest

@@ -98,7 +98,7 @@ class SegDataModule(FoldDataModule):
             return
         from neonet.data.validate import assert_valid
 
-        assert_valid(self.cases_csv, self.label_map, require_label=True, require_pni=False)
+        assert_valid(self.cases_csv, self.label_map, require_label=True, require_pni=False, stages=("seg",))
 
     # ------------------------------------------------------------------ transforms
     def base_transform(self, with_label: bool = True) -> mt.Compose:

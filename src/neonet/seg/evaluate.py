@@ -1,15 +1,25 @@
-"""Out-of-fold NeoSeg evaluation: Dice of every case's mask against its manual label."""
+"""Out-of-fold NeoSeg evaluation: Dice, HD95 and surface Dice of every case's mask against its manual label.
+
+Regions: the liver region (liver including tumour) and the tumour. Metrics are MONAI's, computed in
+the scan's own voxel grid with its spacing: Dice; the 95th-percentile symmetric Hausdorff distance
+(HD95, mm); the normalised surface Dice (NSD) at :data:`NSD_TOLERANCE_MM` (the share of both
+surfaces within that distance of the other, as in the Medical Segmentation Decathlon). A region
+absent from the manual label (a liver-only label set has no tumour) gets no value (NaN, "n/a" in the
+tables), not a score; a region absent from the prediction but present in the label scores Dice 0,
+NSD 0 and HD95 NaN (no surface to measure from), counted in ``missed_<region>``.
+"""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from monai.metrics import compute_dice
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 from tqdm.auto import tqdm
 
 from neonet.data.cases import LIVER, TUMOR, LabelMap, read_cases
@@ -22,19 +32,55 @@ from neonet.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-def dice_pair(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """Dice of the liver region (liver incl. tumour) and of the tumour, with MONAI."""
+#: Tolerance of the normalised surface Dice, in mm.
+NSD_TOLERANCE_MM = 2.0
+#: Regions evaluated, in column order.
+REGIONS = ("liver", "tumor")
+#: Per-case metric columns, in report order.
+METRICS = ("dice", "hd95", "nsd")
+
+
+def seg_metrics(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
+    """Dice, HD95 (mm) and NSD at :data:`NSD_TOLERANCE_MM` of the liver region and the tumour, with MONAI.
+
+    Args:
+        pred: predicted mask (0 background, 1 liver, 2 tumour).
+        gt: manual mask in the same convention and grid.
+        spacing: voxel size in mm.
+
+    Returns:
+        ``dice_liver``, ``dice_tumor``, ``hd95_liver``, ..., ``nsd_tumor``; NaN for a region the
+        manual mask does not hold (and HD95 NaN when the prediction misses a region the mask holds).
+    """
 
     def onehot(lab: np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(lab)
         return torch.stack([t >= LIVER, t == TUMOR]).unsqueeze(0).float()
 
-    dice = compute_dice(onehot(pred), onehot(gt), include_background=True, ignore_empty=True)[0]
-    return {"dice_liver": float(dice[0]), "dice_tumor": float(dice[1])}
+    p, g = onehot(pred), onehot(gt)
+    dice = compute_dice(p, g, include_background=True, ignore_empty=True)[0]
+    out = {f"dice_{r}": float(dice[i]) for i, r in enumerate(REGIONS)}
+    present_gt = g.flatten(2).any(-1)[0]
+    present_pred = p.flatten(2).any(-1)[0]
+    both = present_gt & present_pred
+    hd = torch.full((2,), float("nan"))
+    nsd = torch.where(present_gt, torch.zeros(2), torch.full((2,), float("nan")))
+    if both.any():
+        idx = torch.nonzero(both).flatten()
+        warnings.filterwarnings("ignore", message=r".*get_mask_edges:always_return_as_numpy", category=FutureWarning)
+        hd[idx] = compute_hausdorff_distance(p[:, idx], g[:, idx], include_background=True, percentile=95, spacing=list(spacing))[
+            0
+        ]
+        nsd[idx] = compute_surface_dice(
+            p[:, idx], g[:, idx], class_thresholds=[NSD_TOLERANCE_MM] * len(idx), include_background=True, spacing=list(spacing)
+        )[0]
+    out.update({f"hd95_{r}": float(hd[i]) for i, r in enumerate(REGIONS)})
+    out.update({f"nsd_{r}": float(nsd[i]) for i, r in enumerate(REGIONS)})
+    return out
 
 
 def evaluate_oof(ws: Workspace, cases_csv: str | Path, label_map: LabelMap, folds: list[int] | None = None) -> pd.DataFrame:
-    """Dice per case of the out-of-fold masks in ``seg/predictions`` (original image space).
+    """Dice, HD95 and NSD per case of the out-of-fold masks in ``seg/predictions`` (original image space).
 
     Only test cases of ``folds`` (default: all folds) are evaluated.
     """
@@ -53,8 +99,9 @@ def evaluate_oof(ws: Workspace, cases_csv: str | Path, label_map: LabelMap, fold
         gt_img = load_nifti(case.label, case.case_id)
         gt = label_map.apply(read_array(gt_img, case.label, case.case_id))
         pred = np.asarray(load_nifti(pred_path, case.case_id).dataobj).astype(np.uint8)
-        voxel_ml = float(np.prod(gt_img.header.get_zooms()[:3])) / 1000.0
-        row.update(dice_pair(pred, gt))
+        spacing = tuple(float(z) for z in gt_img.header.get_zooms()[:3])
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        row.update(seg_metrics(pred, gt, spacing))
         row.update(
             {
                 "tumor_ml_true": float((gt == TUMOR).sum() * voxel_ml),
@@ -66,11 +113,28 @@ def evaluate_oof(ws: Workspace, cases_csv: str | Path, label_map: LabelMap, fold
     return pd.DataFrame(rows)
 
 
+def _columns(frame: pd.DataFrame) -> list[str]:
+    """The metric columns the frame holds, in report order."""
+    return [f"{m}_{r}" for m in METRICS for r in REGIONS if f"{m}_{r}" in frame]
+
+
+def _mean(values: pd.Series) -> float | None:
+    values = values.dropna()
+    return float(values.mean()) if len(values) else None
+
+
 def summarise(frame: pd.DataFrame) -> dict[str, Any]:
-    """Per-fold and pooled mean ± sd of the Dice columns."""
+    """Per-fold and pooled mean ± sd of the metric columns (a region no manual mask holds: None)."""
     ok = frame[frame["status"] == "ok"]
-    out: dict[str, Any] = {"n_cases": int(len(ok)), "n_missing": int((frame["status"] != "ok").sum())}
-    for col in ("dice_liver", "dice_tumor"):
+    out: dict[str, Any] = {
+        "n_cases": int(len(ok)),
+        "n_missing": int((frame["status"] != "ok").sum()),
+        "nsd_tolerance_mm": NSD_TOLERANCE_MM,
+    }
+    for region in REGIONS:
+        if f"hd95_{region}" in ok:
+            out[f"missed_{region}"] = int((ok[f"dice_{region}"].notna() & ok[f"hd95_{region}"].isna()).sum())
+    for col in _columns(ok):
         vals = ok[col].dropna()
         out[col] = (
             {
@@ -82,32 +146,51 @@ def summarise(frame: pd.DataFrame) -> dict[str, Any]:
             if len(vals)
             else None
         )
-    out["per_fold"] = {
-        int(k): {"n": int(len(g)), "dice_liver": float(g["dice_liver"].mean()), "dice_tumor": float(g["dice_tumor"].mean())}
-        for k, g in ok.groupby("fold")
-    }
+    out["per_fold"] = {int(k): {"n": int(len(g)), **{col: _mean(g[col]) for col in _columns(g)}} for k, g in ok.groupby("fold")}
     return out
 
 
+_HEADINGS = {"dice": "Dice", "hd95": "HD95 mm", "nsd": "NSD"}
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
-    """The summary as a small markdown table."""
-    lines = ["| fold | n | Dice liver | Dice tumour |", "|---|---|---|---|"]
+    """The summary as a small markdown table (``n/a``: no manual mask holds the region)."""
+    cols = [c for c in (f"{m}_{r}" for m in METRICS for r in REGIONS) if c in summary]
+    names = [f"{_HEADINGS[c.split('_')[0]]} {'tumour' if c.endswith('tumor') else 'liver'}" for c in cols]
+    lines = ["| fold | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(cols)]
+
+    def cell(value: float | None, digits: int) -> str:
+        return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
     for k, v in summary["per_fold"].items():
-        lines.append(f"| {k} | {v['n']} | {v['dice_liver']:.3f} | {v['dice_tumor']:.3f} |")
-    liv, tum = summary["dice_liver"], summary["dice_tumor"]
-    if liv and tum:
-        lines.append(
-            f"| pooled | {summary['n_cases']} | {liv['mean']:.3f} ± {liv['sd']:.3f} | {tum['mean']:.3f} ± {tum['sd']:.3f} |"
+        lines.append(f"| {k} | {v['n']} | " + " | ".join(cell(v.get(c), 1 if c.startswith("hd95") else 3) for c in cols) + " |")
+    pooled = []
+    for c in cols:
+        d, digits = summary[c], 1 if c.startswith("hd95") else 3
+        pooled.append("n/a" if not d else f"{d['mean']:.{digits}f} ± {d['sd']:.{digits}f}")
+    lines.append(f"| pooled | {summary['n_cases']} | " + " | ".join(pooled) + " |")
+    note = f"\nNSD: normalised surface Dice at {summary.get('nsd_tolerance_mm', NSD_TOLERANCE_MM):g} mm. "
+    missed = {r: summary.get(f"missed_{r}", 0) for r in REGIONS}
+    if any(missed.values()):
+        note += (
+            "HD95 excludes cases whose prediction misses the region: "
+            + ", ".join(f"{n} for {'tumour' if r == 'tumor' else 'liver'}" for r, n in missed.items() if n)
+            + ". "
         )
-    return "\n".join(lines) + "\n"
+    if not summary.get("dice_tumor"):
+        note += "Tumour: n/a, no manual mask holds a tumour (a liver-only label set)."
+    return "\n".join(lines) + "\n" + note.rstrip() + "\n"
 
 
 def write_oof_report(ctx: CVContext) -> None:
     """Write ``reports/seg_oof_dice.csv``, ``seg_summary.json`` and ``seg_summary.md`` (NeoSeg's cross-fold summary)."""
     ws, dargs = ctx.ws, ctx.data_args()
-    label_map = LabelMap(
-        liver=tuple(dargs.get("liver") or [1]), tumor=tuple(dargs.get("tumor") or [2]), other=tuple(dargs.get("other") or [])
-    )
+
+    def values(key: str, default: list[int]) -> tuple[int, ...]:
+        given = dargs.get(key)
+        return tuple(default if given is None else given)  # [] stays []: a liver-only label set lists no tumour values
+
+    label_map = LabelMap(liver=values("liver", [1]), tumor=values("tumor", [2]), other=values("other", []))
     n_folds = int(read_splits(ws.splits_path)["folds"])
     done = [k for k in range(n_folds) if ws.is_complete("seg", k)]  # folds may run in separate calls
     frame = evaluate_oof(ws, dargs["cases"], label_map, done)
@@ -119,8 +202,8 @@ def write_oof_report(ctx: CVContext) -> None:
     summary = summarise(frame)
     write_json(reports / "seg_summary.json", summary)
     table = markdown_table(summary)
-    write_text(reports / "seg_summary.md", "# NeoSeg out-of-fold Dice\n\n" + table)
-    log.info("NeoSeg out-of-fold Dice (%s):\n%s", reports / "seg_summary.json", table)
+    write_text(reports / "seg_summary.md", "# NeoSeg out-of-fold Dice, HD95 and surface Dice\n\n" + table)
+    log.info("NeoSeg out-of-fold metrics (%s):\n%s", reports / "seg_summary.json", table)
     from neonet.report.wandb_summary import log_cv_summary
 
     flat = {f"oof/{k}_mean": v["mean"] for k, v in summary.items() if isinstance(v, dict) and "mean" in v}

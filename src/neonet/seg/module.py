@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -121,7 +122,8 @@ class SegModule(StageModule):
         liver, tumor = float(dice[0]), float(dice[1])
         self.log(f"{split}/dice_liver", liver, sync_dist=True)
         self.log(f"{split}/dice_tumor", tumor, sync_dist=True)
-        self.log(f"{split}/dice_mean", (liver + tumor) / 2, prog_bar=True, sync_dist=True)
+        scored = [v for v in (liver, tumor) if math.isfinite(v)]  # a liver-only cohort has no tumour to score
+        self.log(f"{split}/dice_mean", sum(scored) / len(scored) if scored else 0.0, prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, self.val_dice, "val")
