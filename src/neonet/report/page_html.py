@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
+
+#: A SHA-256 (or git sha) cell: set in a monospace font and broken anywhere.
+HASH = re.compile(r"[0-9a-f]{40,64}")
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1200px;
@@ -27,6 +31,7 @@ h1 { margin-bottom: 0.2em; } h2 { color: #2c5d8a; } h3 { margin-bottom: 0.3em; }
 table { border-collapse: collapse; margin: 0.4em 0 1em; font-size: 0.86em; }
 th, td { border: 1px solid #cfd6dd; padding: 0.2em 0.5em; text-align: right; vertical-align: top; }
 th { background: #eef2f6; } td.text, th.text { text-align: left; }
+td.hash { font-family: ui-monospace, monospace; font-size: 0.9em; word-break: break-all; min-width: 18em; }
 tr.pooled td { font-weight: 600; background: #f6f8fa; }
 code { font-size: 0.9em; background: #f3f5f7; padding: 0 0.2em; }
 .not-run { color: #8a5a00; background: #fff6e0; padding: 0.4em 0.7em; border-left: 4px solid #e0a800; }
@@ -35,7 +40,6 @@ code { font-size: 0.9em; background: #f3f5f7; padding: 0 0.2em; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; max-width: 560px; } figure img { max-width: 100%; border: 1px solid #cfd6dd; }
 figcaption { font-size: 0.85em; color: #44505c; }
-.hash { font-family: ui-monospace, monospace; font-size: 0.82em; word-break: break-all; }
 """
 
 
@@ -67,7 +71,7 @@ def fmt(value: Any) -> str:
 def cell(value: Any, tag: str = "td") -> str:
     """One table cell, numbers right-aligned, text left-aligned."""
     numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    cls = "" if numeric or value is None else ' class="text"'
+    cls = "" if numeric or value is None else ' class="text hash"' if HASH.fullmatch(str(value)) else ' class="text"'
     return f"<{tag}{cls}>{esc(fmt(value))}</{tag}>"
 
 

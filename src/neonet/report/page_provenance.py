@@ -18,6 +18,9 @@ from neonet.run.atomic import read_json
 if TYPE_CHECKING:
     from neonet.report.page import PageSources
 
+#: Keys of a provenance record that are not informational (see :mod:`neonet.run.provenance`).
+RESERVED = ("provenance", "settings", "inputs", "outputs", "git_sha")
+
 
 def _hashed(data: Any, name: str = "") -> Iterator[tuple[str, str, str]]:
     """Every ``{"path", "sha256"}`` record inside ``data`` as (name, path, sha256)."""
@@ -70,20 +73,23 @@ def provenance_section(page: PageSources) -> str:
 
 
 def _records(page: PageSources) -> list[dict[str, Any]]:
+    """One row per provenance record beside a shared output: what it recorded and its inputs' hashes."""
     ws = page.ws
-    paths = [ws.crop_config]
-    paths += sorted(ws.root.glob("latents/fold*/cache.json")) + sorted(ws.root.glob("synthetic/fold*/synth_config.json"))
-    paths += [ws.gen_quality_report("json")]
+    folds = range(int((page.splits or {}).get("folds") or 0))
+    paths = [ws.crop_config, *(ws.latent_record(k) for k in folds), *(ws.synthetic_config(k) for k in folds)]
+    paths.append(ws.gen_quality_report("json"))
     rows = []
     for path in (p for p in paths if p.is_file()):
         data = read_json(path)
+        about = "; ".join(f"{k}: {v}" for k, v in data.items() if k not in RESERVED and isinstance(v, (str, int, float)))
         inputs = "; ".join(f"{n}: {Path(p).name} {_short(s)}" for n, p, s in _hashed(data.get("inputs") or {}))
         rows.append(
             {
                 "record": page.rel(path),
-                "git sha": (data.get("git_sha") or "—")[:12],
-                "written": data.get("created") or data.get("updated") or data.get("written"),
-                "inputs": inputs or None,
+                "git sha": str(data.get("git_sha") or "—")[:12],
+                "settings": len(data.get("settings") or {}),
+                "recorded": about or None,
+                "inputs (sha256)": inputs or None,
             }
         )
     return rows
