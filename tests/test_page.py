@@ -165,6 +165,7 @@ def experiment(phantom_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -
                 }
             )
             frame.to_csv(ws.test_predictions(stage, k), index=False)
+    (ws.root / "cls" / "cv" / "wandb" / "offline-run-20260101_000000-clscv01").mkdir(parents=True)  # a summary run
     save_png(ws.reports_dir / ODD_FIGURE, 1)
     save_png(ws.reports_dir / "extra" / "probe_panel.png", 2)  # no stage's name: "other figures"
     doc = report("page", runs, n_boot=200, log_wandb=False)
@@ -229,6 +230,8 @@ def test_page_figures_provenance_and_wandb(experiment) -> None:
     assert "patches/crop_config.json" in list(crop_record["record"])
     runs = tables_of(page)["wandb"][0]
     assert {"seg-fold0", "pattennet-fold2", "controlnet-fold1"} <= set(runs["run name"])
+    summary_run = runs[runs["run id"] == "clscv01"].iloc[0]
+    assert (summary_run["stage"], summary_run["fold"], summary_run["run name"]) == ("cls", "cv", "cls-cv")
 
 
 def test_page_without_classifiers_and_with_a_damaged_report(tmp_path: Path, phantom_cohort: Path) -> None:

@@ -57,7 +57,7 @@ def provenance_section(page: PageSources) -> str:
                     "status": art.get("status"),
                     "git sha": (art.get("git_sha") or "—")[:12],
                     "updated": art.get("updated"),
-                    "config": page.rel(art["config"]) if art.get("config") else None,
+                    "config": page.rel(config) if (config := page.ws.config_path(stage, k)).is_file() else "missing",
                     "best checkpoint": Path(str(best.get("path"))).name if best.get("path") else None,
                     "sha256": best.get("sha256"),
                     "upstream": upstream or None,
@@ -105,7 +105,7 @@ def wandb_section(page: PageSources) -> str:
     rows, seen = [], set()
     for folder in page.ws.wandb_runs():
         run_id = folder.name.rsplit("-", 1)[-1]
-        stage, where = folder.parents[1].name, folder.parents[0].name
+        stage, where = folder.parents[2].name, folder.parents[1].name  # <stage>/<fold<k> or cv>/wandb/<run>
         stage, where, run = recorded.get(run_id, (stage, where, {}))
         name = run.get("name") or (f"{stage}-cv" if where == "cv" else None)
         mode = "offline" if folder.name.startswith("offline-") else "online"
