@@ -21,6 +21,7 @@ from neonet.errors import NeonetError
 from neonet.gen.hooks import write_stage_summary
 from neonet.report.browser import check_page, find_browser
 from neonet.report.cls_report import report
+from neonet.report.page import write_page
 from neonet.run.atomic import read_json, write_text
 from neonet.run.cli import main
 from neonet.seg.evaluate import write_oof_report
@@ -138,6 +139,10 @@ def experiment(phantom_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -
         for k in range(FOLDS):
             fake_fold(ws, stage, k, monitor="val/loss", best_score=1.0 / (k + 2), epochs=3, final_metrics={"val/loss": 0.3 + k})
         write_stage_summary(ws, stage, list(range(FOLDS)))
+    for k in range(FOLDS):  # a stage of no section of its own (as a newly added stage would be)
+        fake_fold(ws, "denoiser", k, monitor="val/loss", best_score=0.1 * (k + 1))
+    write_stage_summary(ws, "denoiser", list(range(FOLDS)))
+    save_png(ws.reports_dir / "denoiser_examples.png", 3)
     rng = np.random.default_rng(0)
     for stage, strength in (("pattennet", 2.0), ("resnet18", 0.5)):
         for k in range(FOLDS):
@@ -218,6 +223,9 @@ def test_page_figures_provenance_and_wandb(experiment) -> None:
     assert "<b>" not in text and "seg_dice_&lt;b&gt;&amp;#1" in text  # the odd name escaped ...
     assert "seg_dice_%3Cb%3E%26%231.png" in section_html(page, "seg")  # ... URL-quoted, with NeoSeg
     assert "extra/probe_panel.png" in section_html(page, "figures")
+    other = section_html(page, "other-stages")
+    assert "denoiser_examples.png" in other and "denoiser_summary.csv" in other
+    assert list(tables_of(page)["other-stages"][0]["best_score"]) == ["0.100", "0.200", "0.300"]
     assert "roc_pattennet.png" in section_html(page, "classification")
     prov = tables_of(page)["provenance"]
     seg = prov[0].set_index("fold")
@@ -249,6 +257,10 @@ def test_page_without_classifiers_and_with_a_damaged_report(tmp_path: Path, phan
     with pytest.raises(NeonetError, match="no test predictions"):  # no experiment at all: nothing written
         report("absent", ws.runs_dir, log_wandb=False)
     assert not (ws.runs_dir / "absent").exists()
+    write_text(ws.splits_path, ws.splits_path.read_text()[:40])  # damaged: named in the cohort section
+    cohort = section_html(write_page(ws), "cohort")
+    assert 'class="problem"' in cohort and "splits.json" in cohort
+    assert "not run — run <code>make crop</code>" in section_html(ws.page, "crop")
 
 
 def browser_or_skip() -> None:
@@ -267,7 +279,7 @@ def test_page_in_a_real_browser(experiment) -> None:
     assert len(check.images) == len(ws.report_figures())
     assert check.broken_images == []
     assert check.errors == []
-    assert set(SECTIONS + ["provenance", "wandb"]) <= set(check.section_ids)
+    assert set(SECTIONS + ["other-stages", "figures", "provenance", "wandb"]) <= set(check.section_ids)
     from PIL import Image
 
     with Image.open(ws.page_screenshot) as shot:  # the whole page, for the reader

@@ -65,6 +65,7 @@ SECTIONS = (
     Section("synthesize", "Synthetic patches and their quality", "synthesize", ("gen_quality", "synth")),
     Section("classification", "NeoCls: classification", "pattennet", ("cls", "roc", "scores", "calibration", "saliency")),
 )
+OTHER_STAGES = Section("other-stages", "Other stages", "report", ())
 OTHER_FIGURES = Section("figures", "Other figures", "report", ())
 
 
@@ -77,10 +78,24 @@ class PageSources:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
-        self.splits: dict[str, Any] | None = read_splits(ws.splits_path) if ws.splits_path.is_file() else None
+        self.splits: dict[str, Any] | None = None
+        self.splits_problem: str | None = None
+        try:
+            self.splits = read_splits(ws.splits_path) if ws.splits_path.is_file() else None
+        except NeonetError as exc:  # shown in the cohort section; the other sections do without it
+            self.splits_problem = str(exc)
         found = {p.parent.parent.name for p in ws.root.glob("*/fold*/artifact.json")} if ws.root.is_dir() else set()
         self.stages = [s for s in STAGES if s in found] + sorted(found - set(STAGES))
         self.classifiers = sorted({p.parent.parent.name for p in ws.all_test_predictions()})
+        shown = {"seg", *GEN_STAGES, *self.classifiers}
+        #: stages of no section of their own (e.g. a stage added to neonet): shown under "other stages"
+        self.other_stages = [s for s in self.stages if s not in shown and not self._is_classifier(s)]
+
+    def _is_classifier(self, stage: str) -> bool:
+        try:
+            return any("classifier" in art for _, art in self.artifacts(stage))
+        except NeonetError:
+            return False
 
     def artifacts(self, stage: str) -> Iterator[tuple[int, dict[str, Any]]]:
         """(fold, artifact.json) of every fold of ``stage`` that has one."""
@@ -111,6 +126,8 @@ class PageSources:
 # ----------------------------------------------------------------------------- sections
 def _cohort(page: PageSources) -> str:
     doc = page.splits
+    if page.splits_problem:
+        return h.problem(page.splits_problem)
     if doc is None:
         return h.not_run("seg", "no splits.json yet (the first fold of any stage writes it)")
     records = doc.get("cases") or {}
@@ -333,6 +350,16 @@ def _controls(page: PageSources) -> str:
     return "<h3>Controls</h3>\n" + "".join(parts)
 
 
+def _other_stages(page: PageSources) -> str:
+    """Stages without a section of their own: their ``reports/<stage>_summary.csv``, else their folds' status."""
+    parts = []
+    for stage in page.other_stages:
+        frame = page.report_csv(f"{stage}_summary")
+        body = h.table(frame) + page.source(f"{stage}_summary.csv") if frame is not None else h.table(_fold_status(page, stage))
+        parts.append(f"<h3>{h.esc(stage)}</h3>\n{body}")
+    return "".join(parts)
+
+
 BUILDERS: dict[str, Callable[[PageSources], str]] = {
     "cohort": _cohort,
     "seg": _seg,
@@ -340,17 +367,20 @@ BUILDERS: dict[str, Callable[[PageSources], str]] = {
     **{s: _gen_stage(s) for s in GEN_STAGES},
     "synthesize": _synthesize,
     "classification": _classification,
+    OTHER_STAGES.id: _other_stages,
 }
 
 
 # ----------------------------------------------------------------------------- figures
-def figure_groups(ws: Workspace, classifiers: Sequence[str] = ()) -> dict[str, list[Path]]:
+def figure_groups(ws: Workspace, classifiers: Sequence[str] = (), others: Sequence[str] = ()) -> dict[str, list[Path]]:
     """Every PNG under ``reports/`` by section id (``figures`` for those of no stage), from its file name.
 
     A figure belongs to the section whose prefix starts its name (or the name of its subfolder of
-    ``reports/``); a classifier stage's name counts as a prefix of the classification section.
+    ``reports/``), the longest prefix first; a classifier stage's name counts as a prefix of the
+    classification section, and the name of a stage in ``others`` as one of the "other stages" section.
     """
     prefixes = [(p, s.id) for s in SECTIONS for p in s.prefixes] + [(c, "classification") for c in classifiers]
+    prefixes += [(o, OTHER_STAGES.id) for o in others]
     prefixes.sort(key=lambda ps: -len(ps[0]))
     groups: dict[str, list[Path]] = {}
     for path in ws.report_figures():
@@ -374,12 +404,13 @@ def _guarded(build: Callable[[PageSources], str], page: PageSources, what: str) 
 def render(ws: Workspace) -> str:
     """The experiment page as HTML text."""
     page = PageSources(ws)
-    groups = figure_groups(ws, page.classifiers)
+    groups = figure_groups(ws, page.classifiers, page.other_stages)
     body, nav = [], []
-    for sec in SECTIONS:
+    sections = [*SECTIONS, OTHER_STAGES] if page.other_stages else SECTIONS
+    for sec in sections:
         content = _guarded(BUILDERS[sec.id], page, sec.title) + h.figures(groups.get(sec.id, []), ws.reports_dir)
         body.append(h.section(sec.id, sec.title, content))
-        nav.append((sec.id, sec.id))
+        nav.append((sec.id, sec.id.replace("-", " ")))
     if groups.get(OTHER_FIGURES.id):
         body.append(h.section(OTHER_FIGURES.id, OTHER_FIGURES.title, h.figures(groups[OTHER_FIGURES.id], ws.reports_dir)))
         nav.append((OTHER_FIGURES.id, "other figures"))
