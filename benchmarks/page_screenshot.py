@@ -1,9 +1,10 @@
 """Full-page screenshot of an experiment's page ``reports/index.html`` in headless Chromium.
 
 Prints what the browser saw (images loaded, console errors, sections) and writes the PNG, by default
-beside the page as ``reports/index.png`` (the page never shows that file), and the same record as JSON
-beside the PNG (``index.json``). Exits with 1 when an image did not load or the console has an error. Needs Selenium and a local
-Chromium with its driver (``apt-get install chromium chromium-driver``); nothing is downloaded.
+beside the page as ``reports/index.png`` (the page never shows that file), and the same record as
+JSON beside the PNG (``index_browser.json``). Exits with 1 when an image did not load or the console
+has an error. Needs Selenium and a local Chromium with its driver (``apt-get install chromium
+chromium-driver``); nothing is downloaded.
 
 Usage (after ``neonet report --experiment demo``, e.g. ``make report``)::
 
@@ -48,7 +49,7 @@ def main() -> int:
     print(f"console     {len(check.errors)} error(s)" + "".join(f"\n            {e}" for e in check.errors))
     print(f"screenshot  {out}")
     record = {"page": str(ws.page), "screenshot": str(out), "sections": check.section_ids, "images": check.images}
-    print(f"record      {write_json(out.with_suffix('.json'), record | {'console_errors': check.errors})}")
+    print(f"record      {write_json(out.with_name(out.stem + '_browser.json'), record | {'console_errors': check.errors})}")
     return 1 if check.broken_images or check.errors else 0
 
 

@@ -209,6 +209,13 @@ def test_report_writes_the_page_with_each_stage_and_its_numbers(experiment) -> N
     shown = tables["classification"][0].set_index("stage")
     for stage in ("pattennet", "resnet18"):
         assert shown.loc[stage, "auc_pooled"] == f"{summary.loc[stage, 'auc_pooled']:.3f}"
+    # every table shown is in reports/index.json too, with the files' full precision
+    record = read_json(ws.page_tables)
+    assert record["experiment"] == "page"
+    shown_json = {r["stage"]: r for r in record["sections"]["classification"][0]}
+    for stage in ("pattennet", "resnet18"):
+        assert shown_json[stage]["auc_pooled"] == pytest.approx(summary.loc[stage, "auc_pooled"], abs=1e-12)
+    assert record["sections"]["cohort"][0][-1]["test PNI+"] == int(pni.sum())
     # synthesis never ran: a line that says so and names the make target, not an error
     assert "not run — run <code>make synthesize</code>" in section_html(page, "synthesize")
     assert 'class="problem"' not in page.read_text()

@@ -203,6 +203,11 @@ class Workspace:
         return self.reports_dir / "index.html"
 
     @property
+    def page_tables(self) -> Path:
+        """Every table of the experiment page, by section, as JSON (``reports/index.json``)."""
+        return self.reports_dir / "index.json"
+
+    @property
     def page_screenshot(self) -> Path:
         """A full-page screenshot of the experiment page (``benchmarks/page_screenshot.py``)."""
         return self.reports_dir / "index.png"

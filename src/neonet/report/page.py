@@ -10,14 +10,16 @@ provenance of every fold (git sha, config, checkpoint SHA-256 and upstream files
 
 A stage that has not run gets a "not run — run ``make <stage>``" line; a file that cannot be read
 gets a line naming it, and the rest of the page is still written. The page only reads: every number
-on it comes from a file in the experiment folder, and the page links those files.
+on it comes from a file in the experiment folder, and the page links those files; every table it
+shows is also written as JSON, ``reports/index.json`` (``{"sections": {<section id>: [[row, ...], ...]}}``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from neonet.data.splits import read_splits
 from neonet.errors import NeonetError
 from neonet.report import page_html as h
 from neonet.report.page_provenance import files_section, provenance_section, wandb_section
-from neonet.run.atomic import read_json, write_text
+from neonet.run.atomic import read_json, write_json, write_text
 from neonet.workspace import STAGES, Workspace, git_sha
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,12 @@ OTHER_STAGES = Section("other-stages", "Other stages", "report", ())
 OTHER_FIGURES = Section("figures", "Other figures", "report", ())
 
 
+def _plain(value: Any) -> Any:
+    """A table value for JSON: numpy scalars as Python numbers, NaN as null."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 class PageSources:
     """What one page build reads: the split file, the stages with fold results, the classifier stages.
 
@@ -78,6 +86,9 @@ class PageSources:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
+        #: the section being built, and every table shown, by section (written to ``reports/index.json``)
+        self.section = ""
+        self.tables: dict[str, list[list[dict[str, Any]]]] = {}
         self.splits: dict[str, Any] | None = None
         self.splits_problem: str | None = None
         try:
@@ -96,6 +107,19 @@ class PageSources:
             return any("classifier" in art for _, art in self.artifacts(stage))
         except NeonetError:
             return False
+
+    def table(
+        self, rows: Sequence[Mapping[str, Any]] | pd.DataFrame, columns: Sequence[str] | None = None, pooled: Iterable[int] = ()
+    ) -> str:
+        """An HTML table of ``rows`` (``columns`` picks and orders them); the rows shown are also kept for
+        ``reports/index.json`` under the current section."""
+        shown = h.shown_rows(rows, columns)
+        self.tables.setdefault(self.section, []).append([{k: _plain(v) for k, v in r.items()} for r in shown])
+        return h.table(shown, pooled)
+
+    def key_values(self, pairs: Mapping[str, Any]) -> str:
+        """A two-column table of names and values."""
+        return self.table([{"name": k, "value": h.fmt(v) if isinstance(v, (dict, list)) else v} for k, v in pairs.items()])
 
     def artifacts(self, stage: str) -> Iterator[tuple[int, dict[str, Any]]]:
         """(fold, artifact.json) of every fold of ``stage`` that has one."""
@@ -163,7 +187,9 @@ def _cohort(page: PageSources) -> str:
         f"fraction {doc.get('val_fraction')}; manifest fingerprint {doc.get('fingerprint')}. Training counts include "
         "the inner validation cases."
     ]
-    return "".join(h.paragraph(line) for line in lines) + h.table(rows, pooled=[len(rows) - 1]) + h.paragraph("from splits.json")
+    return (
+        "".join(h.paragraph(line) for line in lines) + page.table(rows, pooled=[len(rows) - 1]) + h.paragraph("from splits.json")
+    )
 
 
 def _fold_status(page: PageSources, stage: str) -> list[dict[str, Any]]:
@@ -185,7 +211,7 @@ def _seg(page: PageSources) -> str:
         status = _fold_status(page, "seg")
         if not status:
             return h.not_run("seg")
-        return h.table(status) + h.not_run("seg", "out-of-fold report not written yet (neonet cv writes it after the folds)")
+        return page.table(status) + h.not_run("seg", "out-of-fold report not written yet (neonet cv writes it after the folds)")
     summary = read_json(path)
     rows: list[dict[str, Any]] = [
         {"fold": int(k), "cases": v.get("n"), "Dice liver": v.get("dice_liver"), "Dice tumour": v.get("dice_tumor")}
@@ -203,7 +229,7 @@ def _seg(page: PageSources) -> str:
     note = f"{summary.get('n_missing')} case(s) without an out-of-fold prediction. " if summary.get("n_missing") else ""
     return (
         h.paragraph(f"Out-of-fold Dice of each test case's mask in its original space. {note}")
-        + h.table(rows, pooled=[len(rows) - 1])
+        + page.table(rows, pooled=[len(rows) - 1])
         + page.source("seg_summary.json", "seg_oof_dice.csv")
     )
 
@@ -217,16 +243,16 @@ def _crop(page: PageSources) -> str:
     pni = pd.to_numeric(frame["pni"], errors="coerce").map({1.0: "PNI+", 0.0: "PNI−"}).fillna("unlabelled")
     by = pd.crosstab(status, pni)
     rows = [{"status": s, **{c: int(by.loc[s, c]) for c in by.columns}, "cases": int(by.loc[s].sum())} for s in by.index]
-    parts = [h.paragraph(f"{len(frame)} cases in patches/manifest.csv, by crop status and label:"), h.table(rows)]
+    parts = [h.paragraph(f"{len(frame)} cases in patches/manifest.csv, by crop status and label:"), page.table(rows)]
     if "n_tumors" in frame:
         tumours = frame["n_tumors"].dropna().astype(int).value_counts().sort_index()
-        parts.append(h.table([{"tumours in the mask": int(n), "cases": int(c)} for n, c in tumours.items()]))
+        parts.append(page.table([{"tumours in the mask": int(n), "cases": int(c)} for n, c in tumours.items()]))
     if "tumor_volume_ml" in frame and frame["tumor_volume_ml"].notna().any():
         vol = frame.groupby(pni)["tumor_volume_ml"].median()
         parts.append(h.paragraph("median largest-tumour volume (ml): " + ", ".join(f"{k} {h.fmt(v)}" for k, v in vol.items())))
     if ws.crop_config.is_file():
         settings = read_json(ws.crop_config).get("settings") or {}
-        parts.append("<h3>Settings (patches/crop_config.json)</h3>\n" + h.key_values(settings))
+        parts.append("<h3>Settings (patches/crop_config.json)</h3>\n" + page.key_values(settings))
     return "".join(parts)
 
 
@@ -237,14 +263,17 @@ def _gen_stage(stage: str) -> Callable[[PageSources], str]:
             status = _fold_status(page, stage)
             if not status:
                 return h.not_run(stage)
-            return h.table(status) + h.not_run(stage, "cross-fold summary not written yet (neonet cv writes it after the folds)")
+            return page.table(status) + h.not_run(
+                stage, "cross-fold summary not written yet (neonet cv writes it after the folds)"
+            )
         rows = frame.to_dict("records")
-        numeric = frame.drop(columns=["fold"], errors="ignore").select_dtypes("number")
-        if len(frame) > 1 and not numeric.empty:
-            rows.append({"fold": "mean", **numeric.mean().to_dict()})
-            rows.append({"fold": "sd", **numeric.std(ddof=1).to_dict()})
-        pooled = [len(rows) - 2, len(rows) - 1] if len(rows) > len(frame) else []
-        return h.table(rows, pooled=pooled) + page.source(f"{stage}_summary.csv", f"{stage}_summary.json")
+        record = page.ws.reports_dir / f"{stage}_summary.json"
+        summary = (read_json(record).get("summary") or {}) if record.is_file() else {}
+        if summary:  # mean and sd over the folds, as the stage's summary recorded them
+            rows.append({"fold": "mean", **{c: v.get("mean") for c, v in summary.items()}})
+            rows.append({"fold": "sd", **{c: v.get("sd") for c, v in summary.items()}})
+        pooled = [len(rows) - 2, len(rows) - 1] if summary else []
+        return page.table(rows, pooled=pooled) + page.source(f"{stage}_summary.csv", f"{stage}_summary.json")
 
     return build
 
@@ -261,13 +290,13 @@ def _synthesize(page: PageSources) -> str:
         for k in folds:
             manifest = pd.read_csv(ws.synthetic_manifest(k))
             counts.append({"fold": k, "synthetic patches": len(manifest)})
-        parts.append(h.table(counts) + h.paragraph("from synthetic/fold<k>/manifest.csv"))
+        parts.append(page.table(counts) + h.paragraph("from synthetic/fold<k>/manifest.csv"))
     if frame is None:
         parts.append(h.not_run("synthesize", "quality report not written yet"))
     else:
         parts.append(
             "<h3>Quality (real vs synthetic, per fold)</h3>\n"
-            + h.table(frame)
+            + page.table(frame)
             + page.source("gen_quality.csv", "gen_quality.json")
         )
     return "".join(parts)
@@ -300,21 +329,21 @@ def _classification(page: PageSources) -> str:
             f"{settings.get('bootstrap', 'bootstrap')} bootstrap CI ({settings.get('n_boot', '?')} resamples) and a "
             f"DeLong CI; thresholded metrics at {settings.get('threshold', 'each fold’s validation Youden threshold')}."
         ),
-        "<h3>Summary</h3>\n" + h.table(summary, SUMMARY_COLUMNS),
+        "<h3>Summary</h3>\n" + page.table(summary, SUMMARY_COLUMNS),
     ]
     notes = (_scale_note(summary) + _below_chance_note(summary, level)).strip()
     parts += [h.paragraph(n.strip()) for n in notes.split("\n\n") if n.strip()]
     ablation = page.report_csv("cls_ablation")
     if ablation is not None:
         cols = [c for c in ablation.columns if not c.startswith("auc_pooled")]
-        parts.append("<h3>Ablation: real only vs real + synthetic</h3>\n" + h.table(ablation, cols))
+        parts.append("<h3>Ablation: real only vs real + synthetic</h3>\n" + page.table(ablation, cols))
     delong = page.report_csv("cls_delong")
     if delong is not None:
         parts.append(f"<h3>DeLong tests ({settings.get('delong_variance', 'DeLong')} variance)</h3>\n")
-        parts.append(h.table(delong) if len(delong) else h.paragraph("(one stage only)"))
+        parts.append(page.table(delong) if len(delong) else h.paragraph("(one stage only)"))
     folds = page.report_csv("cls_per_fold")
     if folds is not None:
-        parts.append("<h3>Per fold</h3>\n" + h.table(folds, FOLD_COLUMNS))
+        parts.append("<h3>Per fold</h3>\n" + page.table(folds, FOLD_COLUMNS))
     parts.append(page.source("cls_summary.csv", "cls_ablation.csv", "cls_delong.csv", "cls_per_fold.csv", "cls_report.json"))
     return "".join(parts) + _controls(page)
 
@@ -337,14 +366,14 @@ def _controls(page: PageSources) -> str:
         frame = pd.read_csv(null_summary)
         parts.append(
             h.paragraph(f"Null control (experiment {null.experiment}, a strength-0 phantom): its pooled AUC must stay near 0.5.")
-            + h.table(frame, ["stage", "folds", "n", "auc_pooled", "auc_ci_lo", "auc_ci_hi", "auc_mean", "auc_sd"])
+            + page.table(frame, ["stage", "folds", "n", "auc_pooled", "auc_ci_lo", "auc_ci_hi", "auc_mean", "auc_sd"])
         )
         if null.page.is_file():
             parts.append("<p>" + h.link(f"../../{null.experiment}/reports/index.html", f"{null.experiment}'s page") + "</p>\n")
     probe = ws.reports_dir / "pni_signal_probe.json"
     if probe.is_file():
         values = dict(_flat(read_json(probe)))
-        parts.append(h.paragraph("PNI signal probe (benchmarks/pni_signal_probe.py):") + h.key_values(values))
+        parts.append(h.paragraph("PNI signal probe (benchmarks/pni_signal_probe.py):") + page.key_values(values))
     if not parts:
         return "<h3>Controls</h3>\n" + h.not_run("null", "no null control or signal probe for this experiment")
     return "<h3>Controls</h3>\n" + "".join(parts)
@@ -355,7 +384,11 @@ def _other_stages(page: PageSources) -> str:
     parts = []
     for stage in page.other_stages:
         frame = page.report_csv(f"{stage}_summary")
-        body = h.table(frame) + page.source(f"{stage}_summary.csv") if frame is not None else h.table(_fold_status(page, stage))
+        body = (
+            page.table(frame) + page.source(f"{stage}_summary.csv")
+            if frame is not None
+            else page.table(_fold_status(page, stage))
+        )
         parts.append(f"<h3>{h.esc(stage)}</h3>\n{body}")
     return "".join(parts)
 
@@ -401,13 +434,14 @@ def _guarded(build: Callable[[PageSources], str], page: PageSources, what: str) 
         return h.problem(f"could not show {what}: {exc}")
 
 
-def render(ws: Workspace) -> str:
-    """The experiment page as HTML text."""
+def render(ws: Workspace) -> tuple[str, dict[str, Any]]:
+    """The experiment page as HTML text, and every table it shows (by section) as a JSON-ready record."""
     page = PageSources(ws)
     groups = figure_groups(ws, page.classifiers, page.other_stages)
     body, nav = [], []
     sections = [*SECTIONS, OTHER_STAGES] if page.other_stages else SECTIONS
     for sec in sections:
+        page.section = sec.id
         content = _guarded(BUILDERS[sec.id], page, sec.title) + h.figures(groups.get(sec.id, []), ws.reports_dir)
         body.append(h.section(sec.id, sec.title, content))
         nav.append((sec.id, sec.id.replace("-", " ")))
@@ -419,17 +453,22 @@ def render(ws: Workspace) -> str:
         ("wandb", "Weights & Biases runs", wandb_section),
         ("files", "Report files", files_section),
     ):
+        page.section = sid
         body.append(h.section(sid, title, _guarded(build, page, title)))
         nav.append((sid, sid))
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     header = h.paragraph(
         f"Written {now} by neonet {__version__} (git {git_sha() or 'unknown'}) from the files of this experiment."
     )
-    return h.document(f"neonet experiment {ws.experiment}", header, nav, "".join(body))
+    record = {"experiment": ws.experiment, "written": now, "neonet_version": __version__, "git_sha": git_sha()}
+    return h.document(f"neonet experiment {ws.experiment}", header, nav, "".join(body)), record | {"sections": page.tables}
 
 
 def write_page(ws: Workspace) -> Path:
-    """Write the experiment page ``reports/index.html`` (atomically) and return its path."""
-    path = write_text(ws.page, render(ws))
-    log.info("experiment page: %s", path)
+    """Write the experiment page ``reports/index.html`` and its tables ``reports/index.json`` (each
+    atomically, the page last) and return the page's path."""
+    text, tables = render(ws)
+    write_json(ws.page_tables, tables)
+    path = write_text(ws.page, text)
+    log.info("experiment page: %s (its tables: %s)", path, ws.page_tables)
     return path

@@ -75,38 +75,34 @@ def cell(value: Any, tag: str = "td") -> str:
     return f"<{tag}{cls}>{esc(fmt(value))}</{tag}>"
 
 
-def table(
-    rows: Sequence[Mapping[str, Any]] | pd.DataFrame,
-    columns: Sequence[str] | None = None,
-    pooled: Iterable[int] = (),
-) -> str:
-    """An HTML table of ``rows`` (dicts or a DataFrame); ``columns`` picks and orders the columns that exist.
-
-    Args:
-        rows: the rows.
-        columns: the columns to show, in order; names the rows lack are left out (default: all).
-        pooled: indices of rows to emphasise (e.g. the pooled row).
-    """
+def shown_rows(rows: Sequence[Mapping[str, Any]] | pd.DataFrame, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The rows as a table shows them: dicts of ``columns`` (those the rows have, in order; default all)."""
     records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
-    if not records:
-        return '<p class="note">(no rows)</p>'
     present: list[str] = []
     for r in records:
         present += [c for c in r if c not in present]
     cols = [c for c in columns if c in present] if columns is not None else present
+    return [{c: r.get(c) for c in cols} for r in records]
+
+
+def table(rows: Sequence[Mapping[str, Any]], pooled: Iterable[int] = ()) -> str:
+    """An HTML table of ``rows`` (from :func:`shown_rows`: every row has the same keys, the columns).
+
+    Args:
+        rows: the rows.
+        pooled: indices of rows to emphasise (e.g. the pooled row).
+    """
+    if not rows:
+        return '<p class="note">(no rows)</p>'
+    cols = list(rows[0])
     emphasised = set(pooled)
     head = "<tr>" + "".join(f'<th class="text">{esc(c)}</th>' for c in cols) + "</tr>"
     body = [
         ('<tr class="pooled">' if i in emphasised else "<tr>") + "".join(cell(r.get(c)) for c in cols) + "</tr>"
-        for i, r in enumerate(records)
+        for i, r in enumerate(rows)
     ]
     rows_html = "\n".join(body)
     return f'<div class="wide"><table>\n<thead>{head}</thead>\n<tbody>\n{rows_html}\n</tbody>\n</table></div>\n'
-
-
-def key_values(pairs: Mapping[str, Any]) -> str:
-    """A two-column table of names and values."""
-    return table([{"name": k, "value": v if not isinstance(v, (dict, list)) else fmt(v)} for k, v in pairs.items()])
 
 
 def paragraph(text: str, cls: str = "note") -> str:

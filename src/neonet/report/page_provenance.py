@@ -63,10 +63,10 @@ def provenance_section(page: PageSources) -> str:
                     "upstream": upstream or None,
                 }
             )
-        parts.append(f"<h3>{h.esc(stage)}</h3>\n" + h.table(rows))
+        parts.append(f"<h3>{h.esc(stage)}</h3>\n" + page.table(rows))
     records = _records(page)
     if records:
-        parts.append("<h3>Provenance records of shared outputs</h3>\n" + h.table(records))
+        parts.append("<h3>Provenance records of shared outputs</h3>\n" + page.table(records))
     if not page.stages and not records:
         parts.append(h.not_run("seg", "nothing trained yet"))
     return "".join(parts)
@@ -116,7 +116,7 @@ def wandb_section(page: PageSources) -> str:
             rows.append({"stage": stage, "fold": where, "run name": run.get("name"), "run id": run_id, "folder": None})
     if not rows:
         return h.paragraph("No W&B runs in this experiment (WANDB_MODE=disabled, or the runs were moved).")
-    return h.table(rows) + h.paragraph(
+    return page.table(rows) + h.paragraph(
         "Project neonet, group = experiment. Upload offline runs with: wandb sync <stage>/*/wandb/offline-run-*"
     )
 
