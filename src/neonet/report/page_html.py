@@ -96,7 +96,8 @@ def table(rows: Sequence[Mapping[str, Any]], pooled: Iterable[int] = ()) -> str:
         return '<p class="note">(no rows)</p>'
     cols = list(rows[0])
     emphasised = set(pooled)
-    head = "<tr>" + "".join(f'<th class="text">{esc(c)}</th>' for c in cols) + "</tr>"
+    # a column name may break after each underscore, so that wide tables fit the page
+    head = "<tr>" + "".join(f'<th class="text">{esc(c).replace("_", "_<wbr>")}</th>' for c in cols) + "</tr>"
     body = [
         ('<tr class="pooled">' if i in emphasised else "<tr>") + "".join(cell(r.get(c)) for c in cols) + "</tr>"
         for i, r in enumerate(rows)
