@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from neonet.run.cli import main
 from neonet.run.lightning_cli import make_loggers
+from neonet.workspace import Workspace
 
 CONF = Path(__file__).resolve().parent / "conf"
 
@@ -38,3 +39,6 @@ def test_offline_runs_per_fold(phantom_cohort: Path, tmp_path: Path, monkeypatch
     run_dirs = {fold: list((runs / "test" / "seg" / f"fold{fold}" / "wandb").glob("offline-run-*")) for fold in (1, 2)}
     assert all(len(dirs) == 1 for dirs in run_dirs.values()), run_dirs
     assert run_dirs[1][0].name != run_dirs[2][0].name
+    for fold, (folder,) in run_dirs.items():  # each fold's artifact.json names its run (read by the experiment page)
+        record = Workspace(runs, "test").read_artifact("seg", fold)["wandb"]
+        assert record["name"] == f"seg-fold{fold}" and folder.name.endswith(f"-{record['id']}")

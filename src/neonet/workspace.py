@@ -13,7 +13,8 @@
       latents/fold<k>/                  latent cache of the fold's autoencoder: cache.pt, manifest.csv,
                                         cache.json (provenance)
       synthetic/fold<k>/ + manifest.csv synthetic patches with provenance (synth_config.json)
-      reports/                          tables (csv/json/md) and figures (png)
+      reports/                          tables (csv/json/md) and figures (png); index.html, the
+                                        experiment page
 """
 
 from __future__ import annotations
@@ -204,6 +205,34 @@ class Workspace:
     def reports_dir(self) -> Path:
         """Cross-fold tables and figures."""
         return self.root / "reports"
+
+    @property
+    def page(self) -> Path:
+        """The experiment page ``reports/index.html`` (written by ``neonet report``)."""
+        return self.reports_dir / "index.html"
+
+    @property
+    def page_tables(self) -> Path:
+        """Every table of the experiment page, by section, as JSON (``reports/index.json``)."""
+        return self.reports_dir / "index.json"
+
+    @property
+    def page_screenshot(self) -> Path:
+        """A full-page screenshot of the experiment page (``benchmarks/page_screenshot.py``)."""
+        return self.reports_dir / "index.png"
+
+    def report_figures(self) -> list[Path]:
+        """Every PNG under ``reports/`` (subfolders included), the page's own screenshot left out."""
+        if not self.reports_dir.is_dir():
+            return []
+        return sorted(p for p in self.reports_dir.rglob("*.png") if p.is_file() and p != self.page_screenshot)
+
+    def wandb_runs(self) -> list[Path]:
+        """Local W&B run folders of the experiment: each fold's (``<stage>/fold<k>/wandb/``) and each
+        cross-fold summary's (``<stage>/cv/wandb/``), offline runs first."""
+        if not self.root.is_dir():
+            return []
+        return [*sorted(self.root.glob("*/*/wandb/offline-run-*")), *sorted(self.root.glob("*/*/wandb/run-*"))]
 
     def gen_quality_report(self, ext: str = "json", fold: int | None = None) -> Path:
         """The synthetic-patch quality report: ``reports/gen_quality.<ext>`` (``.json`` also holds its

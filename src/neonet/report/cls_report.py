@@ -17,7 +17,9 @@ each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
   AUC is well below their fold mean, or whose whole CI is below 0.5), and PNGs: ``roc_<stage>.png``
   (per fold + pooled), ``roc_pooled.png``, ``calibration.png``, ``scores_<stage>.png`` (each fold's
   test scores by class, on the log-odds scale: whether the fold models score on one scale);
-- a W&B summary run ``cls-cv`` (group = experiment) with the tables, numbers and figures.
+- a W&B summary run ``cls-cv`` (group = experiment) with the tables, numbers and figures;
+- ``index.html``, the experiment page (:mod:`neonet.report.page`): every stage's results, figures and
+  provenance on one page. It is written also when no classification stage has run yet.
 
 What each stage is — its model's name and whether it trained on real or real + synthetic patches — is
 read from its folds' ``artifact.json`` (written by :meth:`neonet.cls.module.ClassifierModule.describe`),
@@ -311,7 +313,9 @@ def report(
     calibration_bins: int = 5,
     log_wandb: bool = True,
 ) -> dict[str, Any]:
-    """Write the classification report of an experiment to ``<runs_dir>/<experiment>/reports/``.
+    """Write the classification report of an experiment to ``<runs_dir>/<experiment>/reports/``, then the
+    experiment page ``reports/index.html`` (all stages, figures and provenance; written also before any
+    classifier has run).
 
     Args:
         experiment: experiment name.
@@ -326,14 +330,20 @@ def report(
         log_wandb: also write a W&B summary run (unless ``WANDB_MODE=disabled``).
 
     Returns:
-        The report as a dict (also written as ``cls_report.json``).
+        The report as a dict (also written as ``cls_report.json``), with the page's path under ``page``.
     """
+    from neonet.report.page import write_page
+
     ws = Workspace(runs_dir, experiment)
+    asked = bool(stages)
     stages = list(stages) if stages else discover_stages(ws)
     if not stages:
-        raise NeonetError(
-            f"no test predictions under {ws.root}/<stage>/fold<k>/: run `neonet cv` for a classification stage first"
-        )
+        problem = f"no test predictions under {ws.root}/<stage>/fold<k>/: run `neonet cv` for a classification stage first"
+        if asked or not ws.root.is_dir():
+            raise NeonetError(problem)
+        page = write_page(ws)
+        log.warning("%s; the experiment page shows the stages so far: %s", problem, page)
+        return {"experiment": experiment, "stages": [], "page": str(page)}
     ident = {s: identity_of(ws, s) for s in stages}
     stages = sorted(stages, key=lambda s: (ident[s][0] != reference, ident[s][1] != REAL, s))
     splits = read_splits(ws.splits_path) if ws.splits_path.exists() else {}
@@ -404,6 +414,7 @@ def report(
             for k in ("auc_pooled", "auc_ci_lo", "auc_ci_hi", "auc_mean", "auc_sd")
         }
         log_cv_summary(ws, "cls", {k: v for k, v in tables.items() if k != "cls_oof_predictions"}, numbers, images)
+    doc["page"] = str(write_page(ws))
     return doc
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 from pathlib import Path
 from typing import Any
@@ -48,8 +47,7 @@ def collect(ws: Workspace) -> dict[str, Any]:
     cls = ws.reports_dir / "cls_summary.csv"
     if cls.exists():
         info["cls_summary"] = pd.read_csv(cls).to_dict(orient="records")
-    info["wandb_runs"] = sorted(glob.glob(str(ws.root / "*" / "*" / "wandb" / "offline-run-*")))
-    info["wandb_runs"] += sorted(glob.glob(str(ws.root / "*" / "*" / "wandb" / "run-*")))
+    info["wandb_runs"] = [str(p) for p in ws.wandb_runs()]
     return info
 
 

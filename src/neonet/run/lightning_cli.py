@@ -293,6 +293,9 @@ class NeonetCLI(LightningCLI):
             fields.update(self.datamodule.split_record())
             fields.update(self.model.describe())
             fields["upstream"] = self.model.upstream()
+            runs = [_wandb_record(lg) for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+            if runs:
+                fields["wandb"] = runs[0]
             ws.write_artifact(stage, fold, **fields)
             log.info("%s fold %d finished: %s", stage, fold, ws.stage_dir(stage, fold))
         self._finish_wandb()
@@ -313,6 +316,12 @@ class NeonetCLI(LightningCLI):
 
                 if wandb.run is not None:
                     wandb.finish()
+
+
+def _wandb_record(logger: WandbLogger) -> dict[str, Any]:
+    """The fit's W&B run for ``artifact.json``: name, id and project (shown on the experiment page)."""
+    run = logger.experiment
+    return {"name": getattr(run, "name", None), "id": getattr(run, "id", None), "project": getattr(run, "project", None)}
 
 
 class _Parsed(Exception):
