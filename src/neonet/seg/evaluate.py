@@ -115,7 +115,7 @@ def write_oof_report(ctx: CVContext) -> None:
         log.warning("no cases with manual labels to evaluate")
         return
     reports = ws.reports_dir
-    write_csv(reports / "seg_oof_dice.csv", frame)
+    write_csv(ws.seg_oof_dice, frame)
     summary = summarise(frame)
     write_json(reports / "seg_summary.json", summary)
     table = markdown_table(summary)
