@@ -108,6 +108,8 @@ def test_cv_fold_then_skip_then_crop(phantom_cohort: Path, tmp_path: Path, capsy
     test_ids = read_json(ws.splits_path)["splits"][0]["test"]
     assert sorted(report["case_id"]) == sorted(test_ids)
     assert report["dice_liver"].between(0, 1).all()
+    for name in ("curves_seg", "seg_overlays", "seg_folds"):  # the stage's pictures, drawn by its summary
+        assert ws.figure(name).stat().st_size > 1000, name
     mtime = ws.best_checkpoint("seg", 0).stat().st_mtime_ns
     assert main(["cv", "--config", str(CONF / "seg.yaml"), "--folds", "0", *overrides]) == 0
     assert ws.best_checkpoint("seg", 0).stat().st_mtime_ns == mtime  # skipped, not retrained
@@ -122,6 +124,7 @@ def test_cv_fold_then_skip_then_crop(phantom_cohort: Path, tmp_path: Path, capsy
     assert main(["crop", "--config", str(CONF / "crop.yaml"), f"--cases={sub}", f"--runs_dir={runs}"]) == 0
     manifest = pd.read_csv(ws.patches_manifest)
     assert sorted(manifest["case_id"]) == sorted(test_ids)
+    assert ws.figure("tlcr_patches").stat().st_size > 1000
     assert main(["summary", "--experiment", "test", "--runs_dir", str(runs)]) == 0
     out = capsys.readouterr().out
     assert "seg" in out and "patches" in out

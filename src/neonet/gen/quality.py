@@ -374,12 +374,11 @@ def quality_markdown(table: pd.DataFrame, cols: list[str]) -> str:
     numeric = table[[c for c in cols if c != "fold"]].select_dtypes("number")
     across = {c: _pm(numeric[c].mean(), numeric[c].std(ddof=1) if numeric[c].count() > 1 else None) for c in numeric}
     shown.loc[len(shown)] = ["folds mean ± sd" if c == "fold" else across.get(c, "") for c in cols]
-    repeats = KID_REPEATS
     n = int(table["kid_n"].dropna().min()) if "kid_n" in table and table["kid_n"].notna().any() else 0
     from neonet.report.cls_report import markdown
 
     text = markdown(shown)
-    return f"# NeoGen synthetic patch quality\n\n{text}\n{KID_NOTE.format(repeats=repeats, n=n)}\n"
+    return f"# NeoGen synthetic patch quality\n\n{text}\n{KID_NOTE.format(repeats=KID_REPEATS, n=n)}\n"
 
 
 def quality_report(
@@ -407,10 +406,10 @@ def quality_report(
     images = {p.stem: p for p in (ws.gen_quality_report("png", k) for k in folds) if p in figures}
     numeric = table.drop(columns=["fold"]).select_dtypes("number")
     summary = {c: float(numeric[c].mean()) for c in numeric.columns}
+    spread = {c: float(numeric[c].std(ddof=1)) if numeric[c].count() > 1 else None for c in numeric.columns}
     now = quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice)
-    Provenance(now.settings, now.inputs, extra={"per_fold": table.to_dict(orient="records"), "mean": summary}).write(
-        ws.gen_quality_report()
-    )
+    extra = {"per_fold": table.to_dict(orient="records"), "mean": summary, "sd_over_folds": spread}
+    Provenance(now.settings, now.inputs, extra=extra).write(ws.gen_quality_report())
     cols = [
         c
         for c in (
