@@ -367,7 +367,7 @@ def _pm(mean: Any, sd: Any) -> str:
 def quality_markdown(table: pd.DataFrame, cols: list[str]) -> str:
     """``gen_quality.md``: the per-fold table with KID ± its sd over subsets, the mean ± sd over folds, and what
     a negative KID means."""
-    shown = table[cols].astype(object).copy()
+    shown = table[cols].astype(object).where(table[cols].notna(), "—")
     for column in ("kid", "kid_real"):
         if column in table:
             shown[column] = [_pm(m, s) for m, s in zip(table[column], table.get(f"{column}_sd", [None] * len(table)))]
