@@ -67,7 +67,7 @@ def evaluate_oof(ws: Workspace, cases_csv: str | Path, label_map: LabelMap, fold
 
 
 def summarise(frame: pd.DataFrame) -> dict[str, Any]:
-    """Per-fold and pooled mean ± sd of the Dice columns."""
+    """Per-fold and pooled mean ± sd of the Dice columns (the numbers of ``reports/seg_folds.png``)."""
     ok = frame[frame["status"] == "ok"]
     out: dict[str, Any] = {"n_cases": int(len(ok)), "n_missing": int((frame["status"] != "ok").sum())}
     for col in ("dice_liver", "dice_tumor"):
@@ -83,7 +83,11 @@ def summarise(frame: pd.DataFrame) -> dict[str, Any]:
             else None
         )
     out["per_fold"] = {
-        int(k): {"n": int(len(g)), "dice_liver": float(g["dice_liver"].mean()), "dice_tumor": float(g["dice_tumor"].mean())}
+        int(k): {
+            "n": int(len(g)),
+            **{c: float(g[c].mean()) for c in ("dice_liver", "dice_tumor")},
+            **{f"{c}_sd": float(g[c].std(ddof=1)) if g[c].count() > 1 else 0.0 for c in ("dice_liver", "dice_tumor")},
+        }
         for k, g in ok.groupby("fold")
     }
     return out
