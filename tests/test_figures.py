@@ -197,6 +197,8 @@ def test_write_all_draws_each_figure_once_from_disk(toy: Workspace) -> None:
     write_metrics_log(toy, "autoencoder", 0, epochs=3, best=2, monitor="val/psnr")
     write_metrics_log(toy, "diffusion", 0, epochs=3, best=2, monitor="val/loss")
     write_json(toy.artifact_path("diffusion", 0), {"status": "running", "monitor": "val/loss"})  # not finished
+    write_metrics_log(toy, "controlnet", 0, epochs=3, best=2, monitor="val/loss")
+    toy.artifact_path("controlnet", 0).write_text('{"status": "compl')  # truncated: a warning, not a failure
     drawn = [p.name for p in write_all(toy)]
     assert sorted(drawn) == ["curves_autoencoder.png", "gen_folds.png", "gen_quality_fold0.png", "tlcr_patches.png"]
 

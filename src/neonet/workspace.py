@@ -144,10 +144,10 @@ class Workspace:
         found = [p.name[4:] for p in folder.glob("fold*") if p.is_dir()] if folder.is_dir() else []
         return sorted(int(k) for k in found if k.isdigit())
 
-    def finished_stages(self) -> list[str]:
-        """The stages with at least one complete fold (``artifact.json`` status ``complete``), in name order."""
+    def artifact_stages(self) -> list[str]:
+        """The stages with at least one fold's ``artifact.json`` (finished or not), in name order."""
         found = {p.parent.parent.name for p in self.root.glob("*/fold*/artifact.json")} if self.root.is_dir() else set()
-        return sorted(s for s in found if any(self.is_complete(s, k) for k in self.stage_folds(s)))
+        return sorted(found)
 
     @property
     def seg_predictions_dir(self) -> Path:

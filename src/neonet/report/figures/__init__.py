@@ -86,11 +86,23 @@ def write_stage(ws: Workspace, stage: str) -> list[Path]:
     return [path for name, draw in _figures(ws, stage) for path in _draw(name, draw)]
 
 
+def _finished_stages(ws: Workspace) -> list[str]:
+    """Stages with a complete fold; a stage whose ``artifact.json`` cannot be read is skipped with a warning."""
+    out = []
+    for stage in ws.artifact_stages():
+        try:
+            if any(ws.is_complete(stage, k) for k in ws.stage_folds(stage)):
+                out.append(stage)
+        except NeonetError as exc:
+            log.warning("figures of stage %s not drawn: %s", stage, exc)
+    return out
+
+
 def write_all(ws: Workspace) -> list[Path]:
     """(Re)draw every figure of the experiment from its files: each stage with a finished fold, the
     TLCR patches and the NeoGen quality report. Returns the PNGs written."""
     todo: dict[str, Callable[[], Path | None]] = {}
-    for stage in [*ws.finished_stages(), PATCHES, GEN_QUALITY]:
+    for stage in [*_finished_stages(ws), PATCHES, GEN_QUALITY]:
         for name, draw in _figures(ws, stage):
             todo.setdefault(name, draw)
     return [path for name, draw in todo.items() for path in _draw(name, draw)]
