@@ -99,6 +99,7 @@ def test_crop_writes_patches_and_manifest(cohort, tmp_path):
     ws = Workspace(tmp_path / "runs", "t")
     assert manifest_path == ws.patches_manifest and manifest_path.is_file()
     assert ws.crop_config == ws.patches_dir / "crop_config.json" and ws.crop_config.is_file()
+    assert ws.figure("tlcr_patches").stat().st_size > 1000  # drawn before the failed case c5 is raised
     frame = _manifest(manifest_path)
     assert list(frame.reset_index().columns)[: len(REQUIRED)] == REQUIRED
     assert list(frame.reset_index().columns) == MANIFEST_COLUMNS

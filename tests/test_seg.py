@@ -112,6 +112,8 @@ def test_cv_fold_then_skip_then_crop(phantom_cohort: Path, tmp_path: Path, capsy
     summary = read_json(ws.reports_dir / "seg_summary.json")
     assert summary["nsd_tolerance_mm"] == 2.0 and {"dice_liver", "hd95_liver", "nsd_liver"} <= set(summary)
     assert "HD95 mm liver" in (ws.reports_dir / "seg_summary.md").read_text()
+    for name in ("curves_seg", "seg_overlays", "seg_folds"):  # the stage's pictures, drawn by its summary
+        assert ws.figure(name).stat().st_size > 1000, name
     mtime = ws.best_checkpoint("seg", 0).stat().st_mtime_ns
     assert main(["cv", "--config", str(CONF / "seg.yaml"), "--folds", "0", *overrides]) == 0
     assert ws.best_checkpoint("seg", 0).stat().st_mtime_ns == mtime  # skipped, not retrained
@@ -126,6 +128,7 @@ def test_cv_fold_then_skip_then_crop(phantom_cohort: Path, tmp_path: Path, capsy
     assert main(["crop", "--config", str(CONF / "crop.yaml"), f"--cases={sub}", f"--runs_dir={runs}"]) == 0
     manifest = pd.read_csv(ws.patches_manifest)
     assert sorted(manifest["case_id"]) == sorted(test_ids)
+    assert ws.figure("tlcr_patches").stat().st_size > 1000
     assert main(["summary", "--experiment", "test", "--runs_dir", str(runs)]) == 0
     out = capsys.readouterr().out
     assert "seg" in out and "patches" in out

@@ -116,8 +116,17 @@ class Workspace:
     def fold_outputs(self, stage: str, fold: int) -> list[Path]:
         """What a fold's fit and post-fit work write in its folder, and ``neonet cv --force`` replaces."""
         d = self.stage_dir(stage, fold)
-        files = [self.artifact_path(stage, fold), self.config_path(stage, fold), d / "metrics.csv", d / "hparams.yaml"]
+        files = [
+            self.artifact_path(stage, fold),
+            self.config_path(stage, fold),
+            self.metrics_log(stage, fold),
+            d / "hparams.yaml",
+        ]
         return [self.checkpoint_dir(stage, fold), *files, self.test_predictions(stage, fold)]
+
+    def metrics_log(self, stage: str, fold: int) -> Path:
+        """``metrics.csv``: the fold's CSV log (one row per logged step/epoch; :mod:`neonet.run.csv_log`)."""
+        return self.stage_dir(stage, fold) / "metrics.csv"
 
     def replaced_dir(self, stage: str, fold: int) -> Path:
         """Where ``neonet cv --force`` keeps a fold's earlier results until the fit that replaces them succeeds."""
@@ -140,6 +149,11 @@ class Workspace:
         folder = self.root / stage
         found = [p.name[4:] for p in folder.glob("fold*") if p.is_dir()] if folder.is_dir() else []
         return sorted(int(k) for k in found if k.isdigit())
+
+    def artifact_stages(self) -> list[str]:
+        """The stages with at least one fold's ``artifact.json`` (finished or not), in name order."""
+        found = {p.parent.parent.name for p in self.root.glob("*/fold*/artifact.json")} if self.root.is_dir() else set()
+        return sorted(found)
 
     @property
     def seg_predictions_dir(self) -> Path:
@@ -234,11 +248,28 @@ class Workspace:
             return []
         return [*sorted(self.root.glob("*/*/wandb/offline-run-*")), *sorted(self.root.glob("*/*/wandb/run-*"))]
 
+    def seg_oof_dice(self) -> Path:
+        """NeoSeg's out-of-fold Dice per case: ``reports/seg_oof_dice.csv``."""
+        return self.reports_dir / "seg_oof_dice.csv"
+
+    def stage_summary(self, stage: str, ext: str = "csv") -> Path:
+        """A NeoGen stage's per-fold table: ``reports/<stage>_summary.<ext>``."""
+        return self.reports_dir / f"{stage}_summary.{ext}"
+
+    def figure(self, name: str) -> Path:
+        """A report figure: ``reports/<name>.png`` (names in :mod:`neonet.report.figures`)."""
+        return self.reports_dir / f"{name}.png"
+
     def gen_quality_report(self, ext: str = "json", fold: int | None = None) -> Path:
         """The synthetic-patch quality report: ``reports/gen_quality.<ext>`` (``.json`` also holds its
         provenance), or fold ``k``'s part ``reports/gen_quality_fold<k>.<ext>`` (``csv``, ``png``)."""
         name = "gen_quality" if fold is None else f"gen_quality_fold{int(fold)}"
         return self.reports_dir / f"{name}.{ext}"
+
+    def quality_folds(self) -> list[int]:
+        """The folds with a per-patch quality table ``reports/gen_quality_fold<k>.csv``, in order."""
+        found = [p.stem.removeprefix("gen_quality_fold") for p in self.reports_dir.glob("gen_quality_fold*.csv")]
+        return sorted(int(k) for k in found if k.isdigit())
 
     def fold_results(self) -> list[Path]:
         """What trained folds left in the experiment: every ``<stage>/fold<k>/artifact.json`` and checkpoint."""

@@ -22,7 +22,15 @@ from torchmetrics.functional.classification import binary_roc  # noqa: E402
 from neonet.report.stats import auc, log_odds  # noqa: E402
 from neonet.run.atomic import atomic_path  # noqa: E402
 
-__all__ = ["calibration_curve", "plot_calibration", "plot_fold_scores", "plot_roc_pooled", "plot_roc_stage", "roc_points"]
+__all__ = [
+    "calibration_curve",
+    "calibration_table",
+    "plot_calibration",
+    "plot_fold_scores",
+    "plot_roc_pooled",
+    "plot_roc_stage",
+    "roc_points",
+]
 
 
 def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,41 +97,79 @@ def plot_roc_pooled(frame: pd.DataFrame, path: str | os.PathLike, ci: dict[str, 
     return _save(fig, path)
 
 
-def calibration_curve(y: np.ndarray, p: np.ndarray, bins: int = 5) -> pd.DataFrame:
-    """Equal-width probability bins: mean predicted probability, observed PNI+ fraction and count per bin."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.digitize(p, edges[1:-1], right=False), 0, bins - 1)
+def calibration_curve(y: np.ndarray, p: np.ndarray, bins: int = 5, alpha: float = 0.05) -> pd.DataFrame:
+    """Quantile bins of the predicted probability (about equal counts; tied probabilities share a bin):
+    per bin its edges, count ``n``, PNI+ count, mean predicted probability, observed PNI+ fraction and
+    its Wilson ``1 - alpha`` interval (``ci_lo``, ``ci_hi``). The counts sum to ``len(p)``."""
+    from scipy.stats import binomtest
+
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    if len(p) == 0:
+        return pd.DataFrame(columns=["bin", "lo", "hi", "n", "n_pos", "mean_prob", "observed", "ci_lo", "ci_hi"])
+    edges = np.unique(np.quantile(p, np.linspace(0.0, 1.0, bins + 1)))
+    idx = np.searchsorted(edges[1:-1], p, side="right")  # bin b holds edges[b] <= p < edges[b + 1]; the last is closed
     rows = []
-    for b in range(bins):
+    for b in range(max(len(edges) - 1, 1)):
         mask = idx == b
-        if mask.any():
-            rows.append(
-                {
-                    "bin": b,
-                    "lo": edges[b],
-                    "hi": edges[b + 1],
-                    "n": int(mask.sum()),
-                    "mean_prob": float(p[mask].mean()),
-                    "observed": float(y[mask].mean()),
-                }
-            )
+        if not mask.any():
+            continue
+        n, k = int(mask.sum()), int(y[mask].sum())
+        ci = binomtest(k, n).proportion_ci(confidence_level=1 - alpha, method="wilson")
+        rows.append(
+            {
+                "bin": b,
+                "lo": float(edges[b]),
+                "hi": float(edges[min(b + 1, len(edges) - 1)]),
+                "n": n,
+                "n_pos": k,
+                "mean_prob": float(p[mask].mean()),
+                "observed": k / n,
+                "ci_lo": float(ci.low),
+                "ci_hi": float(ci.high),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def plot_calibration(frame: pd.DataFrame, path: str | os.PathLike, bins: int = 5) -> Path:
-    """Reliability diagram of the pooled out-of-fold probabilities of every stage, with a histogram."""
+def calibration_table(frame: pd.DataFrame, bins: int = 5, alpha: float = 0.05) -> pd.DataFrame:
+    """:func:`calibration_curve` of every stage's pooled out-of-fold predictions (column ``stage`` first)."""
+    parts = [
+        calibration_curve(part["y_true"].to_numpy(), part["prob"].to_numpy(), bins, alpha).assign(stage=stage)
+        for stage, part in frame.groupby("stage", sort=False)
+    ]
+    table = pd.concat(parts, ignore_index=True) if parts else calibration_curve(np.zeros(0), np.zeros(0)).assign(stage="")
+    return table[["stage", *[c for c in table.columns if c != "stage"]]]
+
+
+def plot_calibration(frame: pd.DataFrame, path: str | os.PathLike, bins: int = 5, alpha: float = 0.05) -> Path:
+    """Reliability diagram of the pooled out-of-fold probabilities of every stage, with a histogram.
+
+    Top: per quantile bin, the observed PNI+ fraction with its Wilson interval against the mean
+    predicted probability, and the bin's case count beside the point; bottom: the distribution of the
+    predicted probabilities.
+    """
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 7), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
-    for stage, part in frame.groupby("stage", sort=False):
+    stages = list(frame.groupby("stage", sort=False))
+    for i, (stage, part) in enumerate(stages):
         y, p = part["y_true"].to_numpy(dtype=float), part["prob"].to_numpy(dtype=float)
-        curve = calibration_curve(y, p, bins)
+        curve = calibration_curve(y, p, bins, alpha)
         brier = float(np.mean((p - y) ** 2))
-        ax.plot(curve["mean_prob"], curve["observed"], marker="o", linewidth=1.5, label=f"{stage} (Brier {brier:.3f})")
-        hist.hist(p, bins=np.linspace(0, 1, bins * 4 + 1), histtype="step", linewidth=1.2, label=stage)
+        shift = 0.006 * (i - (len(stages) - 1) / 2)  # stages side by side where their bins coincide
+        x = curve["mean_prob"].to_numpy() + shift
+        err = np.stack([curve["observed"] - curve["ci_lo"], curve["ci_hi"] - curve["observed"]])
+        line = ax.errorbar(
+            x, curve["observed"], yerr=err, marker="o", linewidth=1.5, capsize=3, label=f"{stage} (Brier {brier:.3f})"
+        )
+        colour = line.lines[0].get_color()
+        for xi, yi, n in zip(x, curve["observed"], curve["n"]):
+            ax.annotate(f"n={n}", (xi, yi), textcoords="offset points", xytext=(4, -9), fontsize=6, color=colour)
+        hist.hist(p, bins=np.linspace(0, 1, bins * 4 + 1), histtype="step", linewidth=1.2, color=colour, label=stage)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("observed PNI+ fraction")
-    ax.set_title("Calibration (pooled out-of-fold)")
+    level = round(100 * (1 - alpha))
+    ax.set_title(f"Calibration (pooled out-of-fold; {bins} quantile bins, Wilson {level} % CI)", fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
     hist.set_xlabel("predicted probability")
     hist.set_ylabel("cases")

@@ -66,24 +66,27 @@ def stage_summary_rows(ws: Workspace, stage: str, folds: list[int]) -> pd.DataFr
 
 
 def write_stage_summary(ws: Workspace, stage: str, folds: list[int]) -> None:
-    """Write ``reports/<stage>_summary.{csv,json,md}`` and a W&B summary run for a NeoGen stage."""
+    """Write ``reports/<stage>_summary.{csv,json,md}``, a W&B summary run and the stage's pictures
+    (``curves_<stage>.png``, ``gen_folds.png``; :mod:`neonet.report.figures`) for a NeoGen stage."""
     frame = stage_summary_rows(ws, stage, folds)
     if frame.empty:
         return
-    reports = ws.reports_dir
-    write_csv(reports / f"{stage}_summary.csv", frame)
+    write_csv(ws.stage_summary(stage), frame)
     numeric = frame.drop(columns=["fold"]).select_dtypes("number")
     summary = {
         c: {"mean": float(numeric[c].mean()), "sd": float(numeric[c].std(ddof=1)) if len(numeric) > 1 else 0.0}
         for c in numeric.columns
     }
-    write_json(reports / f"{stage}_summary.json", {"per_fold": frame.to_dict(orient="records"), "summary": summary})
+    write_json(ws.stage_summary(stage, "json"), {"per_fold": frame.to_dict(orient="records"), "summary": summary})
     md = frame.to_markdown(index=False) if _has_tabulate() else frame.to_string(index=False)
-    write_text(reports / f"{stage}_summary.md", f"# NeoGen {stage}: per fold\n\n{md}\n")
-    log.info("%s summary (%s):\n%s", stage, reports / f"{stage}_summary.csv", frame.to_string(index=False))
+    write_text(ws.stage_summary(stage, "md"), f"# NeoGen {stage}: per fold\n\n{md}\n")
+    log.info("%s summary (%s):\n%s", stage, ws.stage_summary(stage), frame.to_string(index=False))
     from neonet.report.wandb_summary import log_cv_summary
 
     log_cv_summary(ws, stage, {f"{stage}_folds": frame}, {f"{k}_mean": v["mean"] for k, v in summary.items()})
+    from neonet.report.figures import write_stage
+
+    write_stage(ws, stage)  # training curves and reports/gen_folds.png
 
 
 class SummaryHooks:

@@ -20,8 +20,10 @@ Per fold (nothing here reads the fold's test patients):
     the real patches against their own labels gives its ceiling (``dice_real``).
 
 Outputs: ``reports/gen_quality.{csv,json,md}``, ``reports/gen_quality_fold<k>.csv`` (per synthetic
-patch) and ``reports/gen_quality_fold<k>.png`` (real vs synthetic, mid slices with tumour/shell
-contours), plus a W&B summary run ``gen-cv``. ``gen_quality.json`` is also the report's provenance
+patch), ``reports/gen_quality_fold<k>.png`` (synthetic patches beside their nearest real training
+patch in three planes, :mod:`neonet.report.figures.gen_pairs`) and ``reports/gen_folds.png``, plus a
+W&B summary run ``gen-cv``. ``gen_quality.md`` gives KID ± its sd over subsets and says what a negative
+KID means (:data:`KID_NOTE`). ``gen_quality.json`` is also the report's provenance
 record (:mod:`neonet.run.provenance`): its settings and the SHA-256 of every file it was computed from.
 """
 
@@ -43,7 +45,6 @@ from neonet.data.splits import read_splits
 from neonet.errors import MissingUpstreamError
 from neonet.gen.common import ms_ssim_settings
 from neonet.gen.latents import read_fold
-from neonet.gen.panels import save_grid
 from neonet.gen.patch_data import load_patch
 from neonet.gen.upstream import load_seg_network
 from neonet.run.atomic import write_csv, write_text
@@ -117,7 +118,11 @@ def kid(x: np.ndarray, y: np.ndarray) -> float:
     return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean())
 
 
-def kid_with_baseline(f_syn: np.ndarray, f_real: np.ndarray, repeats: int = 50, seed: int = 0) -> dict[str, float]:
+#: Random subsets KID is averaged over.
+KID_REPEATS = 50
+
+
+def kid_with_baseline(f_syn: np.ndarray, f_real: np.ndarray, repeats: int = KID_REPEATS, seed: int = 0) -> dict[str, float]:
     """KID(synthetic, real B) and KID(real A, real B) with disjoint real subsets of equal size n."""
     n = min(len(f_syn), len(f_real) // 2)
     if n < 2:
@@ -286,15 +291,6 @@ def fold_quality(
             "tumour_dice": d_syn,
         }
     )
-    n = min(6, len(s_img))
-    pos = [i for i, it in enumerate(real_items) if it["pni"] == 1][:n] or list(range(min(n, len(r_img))))
-    save_grid(
-        ws.gen_quality_report("png", fold),
-        [[r_img[i] for i in pos], [s_img[i] for i in range(n)]],
-        ["real (train PNI+)", "synthetic"],
-        contours=[[r_lab[i] for i in pos], [s_lab[i] for i in range(n)]],
-        title=f"fold {fold}: real vs synthetic (red tumour, yellow shell of the mask)",
-    )
     return row, per
 
 
@@ -351,6 +347,40 @@ def quality_is_current(
     return not found
 
 
+#: What ``gen_quality.md`` says under its table.
+KID_NOTE = (
+    "KID is an unbiased estimator of a squared distance (MMD²): its expected value is 0 when synthetic and real "
+    "patches come from one distribution, and a single estimate can then be negative. A negative KID, or one within "
+    "the real-vs-real baseline's spread, means the two sets are indistinguishable within the estimator's noise on "
+    "these features, not that synthetic patches are closer than real ones. Values are mean ± sd over {repeats} "
+    "random subsets of {n} patches; the last row is mean ± sd over the folds."
+)
+
+
+def _pm(mean: Any, sd: Any) -> str:
+    """``mean ± sd`` for the markdown table (``—`` when the mean is missing)."""
+    if mean is None or not np.isfinite(float(mean)):
+        return "—"
+    return f"{float(mean):.4g} ± {float(sd):.2g}" if sd is not None and np.isfinite(float(sd)) else f"{float(mean):.4g}"
+
+
+def quality_markdown(table: pd.DataFrame, cols: list[str]) -> str:
+    """``gen_quality.md``: the per-fold table with KID ± its sd over subsets, the mean ± sd over folds, and what
+    a negative KID means."""
+    shown = table[cols].astype(object).where(table[cols].notna(), "—")
+    for column in ("kid", "kid_real"):
+        if column in table:
+            shown[column] = [_pm(m, s) for m, s in zip(table[column], table.get(f"{column}_sd", [None] * len(table)))]
+    numeric = table[[c for c in cols if c != "fold"]].select_dtypes("number")
+    across = {c: _pm(numeric[c].mean(), numeric[c].std(ddof=1) if numeric[c].count() > 1 else None) for c in numeric}
+    shown.loc[len(shown)] = ["folds mean ± sd" if c == "fold" else across.get(c, "") for c in cols]
+    n = int(table["kid_n"].dropna().min()) if "kid_n" in table and table["kid_n"].notna().any() else 0
+    from neonet.report.cls_report import markdown
+
+    text = markdown(shown)
+    return f"# NeoGen synthetic patch quality\n\n{text}\n{KID_NOTE.format(repeats=KID_REPEATS, n=n)}\n"
+
+
 def quality_report(
     ws: Workspace, folds: list[int], near_copy_threshold: float = 0.95, min_segmenter_dice: float = 0.5
 ) -> pd.DataFrame:
@@ -362,21 +392,24 @@ def quality_report(
         near_copy_threshold: correlation at or above which a synthetic patch counts as a near copy.
         min_segmenter_dice: real-patch tumour Dice the fold's NeoSeg model needs to be used for (d).
     """
-    rows, images = [], {}
+    from neonet.report.figures import GEN_QUALITY, write_stage
+
+    rows = []
     for k in folds:
         row, per = fold_quality(ws, k, near_copy_threshold, min_segmenter_dice)
         rows.append(row)
         if not per.empty:
             write_csv(ws.gen_quality_report("csv", k), per)
-            images[f"gen_quality_fold{k}"] = ws.gen_quality_report("png", k)
     table = pd.DataFrame(rows)
     write_csv(ws.gen_quality_report("csv"), table)
+    figures = write_stage(ws, GEN_QUALITY)  # gen_quality_fold<k>.png (synthetic beside nearest real), gen_folds.png
+    images = {p.stem: p for p in (ws.gen_quality_report("png", k) for k in folds) if p in figures}
     numeric = table.drop(columns=["fold"]).select_dtypes("number")
     summary = {c: float(numeric[c].mean()) for c in numeric.columns}
+    spread = {c: float(numeric[c].std(ddof=1)) if numeric[c].count() > 1 else None for c in numeric.columns}
     now = quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice)
-    Provenance(now.settings, now.inputs, extra={"per_fold": table.to_dict(orient="records"), "mean": summary}).write(
-        ws.gen_quality_report()
-    )
+    extra = {"per_fold": table.to_dict(orient="records"), "mean": summary, "sd_over_folds": spread}
+    Provenance(now.settings, now.inputs, extra=extra).write(ws.gen_quality_report())
     cols = [
         c
         for c in (
@@ -394,7 +427,7 @@ def quality_report(
         )
         if c in table.columns
     ]
-    write_text(ws.gen_quality_report("md"), "# NeoGen synthetic patch quality\n\n" + table[cols].to_string(index=False) + "\n")
+    write_text(ws.gen_quality_report("md"), quality_markdown(table, cols))
     log.info("NeoGen quality (%s):\n%s", ws.gen_quality_report("csv"), table[cols].to_string(index=False))
     from neonet.report.wandb_summary import log_cv_summary
 

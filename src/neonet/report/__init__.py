@@ -5,4 +5,5 @@
 - :mod:`~neonet.report.summary` — a stage's cross-fold summary (per-fold and pooled);
 - :mod:`~neonet.report.wandb_summary` — the ``<stage>-cv`` summary run in W&B;
 - :mod:`~neonet.report.page` — the experiment page ``reports/index.html`` (:mod:`~neonet.report.browser` opens it headless).
+- :mod:`~neonet.report.figures` — the pictures in ``reports/`` (training curves, overlays, patch grids, per-fold plots).
 """

@@ -13,6 +13,10 @@ each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
   each model with vs without synthetic balancing, on the pooled predictions of the same patients
   (with Obuchowski's clustered variance, here and in the DeLong CI, when the cluster bootstrap is used);
 - ``cls_ablation.csv``: {model} x {real only, real + synthetic} pooled AUC [CI];
+- ``cls_calibration.csv``: per stage and quantile bin of the pooled probabilities: count, PNI+ count,
+  mean probability, observed PNI+ fraction with its Wilson CI (the points of ``calibration.png``);
+- every finished stage's pictures (:func:`neonet.report.figures.write_all`: training curves, NeoSeg
+  overlays, TLCR patches, NeoGen panels, per-fold plots), redrawn from the files on disk;
 - ``cls_oof_predictions.csv``, ``cls_report.json``, ``cls_report.md`` (with a note for stages whose pooled
   AUC is well below their fold mean, or whose whole CI is below 0.5), and PNGs: ``roc_<stage>.png``
   (per fold + pooled), ``roc_pooled.png``, ``calibration.png``, ``scores_<stage>.png`` (each fold's
@@ -40,7 +44,7 @@ import pandas as pd
 from neonet.cls.module import REAL, SYNTHETIC
 from neonet.data.splits import read_splits
 from neonet.errors import NeonetError
-from neonet.report.stats import binary_metrics, bootstrap_auc_ci, delong_ci, delong_test, log_odds
+from neonet.report.stats import binary_metrics, bootstrap_auc_ci, delong_ci, delong_test, format_p, log_odds
 from neonet.run.atomic import write_csv, write_json, write_text
 from neonet.workspace import Workspace
 
@@ -326,7 +330,7 @@ def report(
         n_boot: bootstrap resamples of the pooled AUC's CI.
         alpha: 1 - confidence level.
         seed: bootstrap seed.
-        calibration_bins: equal-width bins of the calibration plot.
+        calibration_bins: quantile bins of the calibration plot and ``cls_calibration.csv``.
         log_wandb: also write a W&B summary run (unless ``WANDB_MODE=disabled``).
 
     Returns:
@@ -363,18 +367,21 @@ def report(
             )
 
     out = ws.reports_dir
-    from neonet.cls.plots import plot_calibration, plot_fold_scores, plot_roc_pooled, plot_roc_stage
+    from neonet.cls.plots import calibration_table, plot_calibration, plot_fold_scores, plot_roc_pooled, plot_roc_stage
+    from neonet.report.figures import write_all
 
     images = {f"roc_{s}": plot_roc_stage(frame[frame["stage"] == s], s, out / f"roc_{s}.png") for s in stages}
     images.update({f"scores_{s}": plot_fold_scores(frame[frame["stage"] == s], s, out / f"scores_{s}.png") for s in stages})
     ci = {r.stage: (r.auc_ci_lo, r.auc_ci_hi) for r in summary.itertuples()}
     images["roc_pooled"] = plot_roc_pooled(frame, out / "roc_pooled.png", ci)
-    images["calibration"] = plot_calibration(frame, out / "calibration.png", calibration_bins)
+    images["calibration"] = plot_calibration(frame, out / "calibration.png", calibration_bins, alpha)
+    write_all(ws)  # every finished stage's pictures, redrawn from its files (neonet.report.figures)
     tables = {
         "cls_summary": summary,
         "cls_per_fold": folds,
         "cls_delong": delong,
         "cls_ablation": ablation,
+        "cls_calibration": calibration_table(frame, calibration_bins, alpha),
         "cls_oof_predictions": frame,
     }
     for name, table in tables.items():
@@ -465,7 +472,9 @@ def _markdown_report(
         "\n## Ablation: real only vs real + synthetic (pooled AUC [CI]; fold mean ± sd)\n",
         markdown(ablation[[c for c in ablation.columns if not c.startswith("auc_pooled")]]),
         f"\n## DeLong tests (paired, pooled predictions; {doc['settings']['delong_variance']} variance)\n",
-        markdown(delong[delong_cols], ".4f") if len(delong) else "(one stage only)\n",
+        markdown(delong[delong_cols].assign(p_value=delong["p_value"].map(format_p)), ".4f")
+        if len(delong)
+        else "(one stage only)\n",
         "\n## Per fold\n",
         markdown(folds[fold_cols]),
         _scale_note(summary),

@@ -28,6 +28,7 @@ from torchmetrics.functional.classification import (
 
 __all__ = [
     "auc",
+    "format_p",
     "binary_metrics",
     "bootstrap_auc_ci",
     "delong_ci",
@@ -288,6 +289,17 @@ def delong_ci(y: ArrayLike, p: ArrayLike, alpha: float = 0.05, clusters: ArrayLi
     a = float(aucs[0])
     half = float(sps.norm.ppf(1 - alpha / 2) * np.sqrt(max(float(cov[0, 0]), 0.0)))
     return a, max(0.0, a - half), min(1.0, a + half)
+
+
+#: p-values below this print as ``< 0.0001`` (a test's tail this far out is not a number to read).
+P_FLOOR = 1e-4
+
+
+def format_p(p: float | None) -> str:
+    """A p-value as report text: ``< 0.0001`` below :data:`P_FLOOR`, else four decimals; ``—`` when absent."""
+    if p is None or not np.isfinite(p):
+        return "—"
+    return f"< {P_FLOOR:.4f}" if p < P_FLOOR else f"{p:.4f}"
 
 
 def youden_threshold(y: ArrayLike, p: ArrayLike) -> float:

@@ -7,6 +7,7 @@ Output, in the experiment's workspace (see :mod:`neonet.workspace`)::
       labels/<case>.nii.gz     uint8 label patch: 0 bg, 1 liver, 2 peritumoral shell, 3 tumour
       manifest.csv             one row per case (also skipped and failed ones)
       crop_config.json         the settings the patches were made with (a :mod:`neonet.run.provenance` record)
+    <runs_dir>/<experiment>/reports/tlcr_patches.png   a grid of patches with their shells, PNI+ over PNI−
 
 A patch's affine is the canonical (resampled, RAS) volume's affine with its origin moved to the
 crop box start, so every patch voxel has the world coordinate of the volume voxel it came from
@@ -435,7 +436,8 @@ def crop(
 
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     text = frame.to_csv(index=False)
-    if not manifest_path.exists() or manifest_path.read_text() != text:
+    changed = not manifest_path.exists() or manifest_path.read_text() != text
+    if changed:
         write_csv(manifest_path, frame)
 
     counts = Counter(str(r["status"]).split(":")[0] for r in rows)
@@ -450,6 +452,12 @@ def crop(
     warning = fit_warning(rows, workspace.plans_file("json"), spacing, patch_size, Path(cases))
     if warning:
         log.warning("%s", warning)
+
+    from neonet.report.figures import PATCHES, write_stage
+    from neonet.report.figures.patch_grid import FIGURE as PATCHES_FIGURE
+
+    if changed or not workspace.figure(PATCHES_FIGURE).is_file():
+        write_stage(workspace, PATCHES)  # reports/tlcr_patches.png
     failed = {str(r["case_id"]): str(r["status"]) for r in rows if str(r["status"]).startswith(f"{STATUS_ERROR}:")}
     if failed:
         raise CropFailedError(manifest_path, failed, len(rows), Path(cases))

@@ -124,7 +124,8 @@ def _mean(values: pd.Series) -> float | None:
 
 
 def summarise(frame: pd.DataFrame) -> dict[str, Any]:
-    """Per-fold and pooled mean ± sd of the metric columns (a region no manual mask holds: None)."""
+    """Per-fold and pooled mean ± sd of the metric columns (a region no manual mask holds: None; the numbers of
+    ``reports/seg_folds.png``)."""
     ok = frame[frame["status"] == "ok"]
     out: dict[str, Any] = {
         "n_cases": int(len(ok)),
@@ -146,7 +147,14 @@ def summarise(frame: pd.DataFrame) -> dict[str, Any]:
             if len(vals)
             else None
         )
-    out["per_fold"] = {int(k): {"n": int(len(g)), **{col: _mean(g[col]) for col in _columns(g)}} for k, g in ok.groupby("fold")}
+    out["per_fold"] = {
+        int(k): {
+            "n": int(len(g)),
+            **{c: _mean(g[c]) for c in _columns(g)},
+            **{f"{c}_sd": float(g[c].std(ddof=1)) if g[c].count() > 1 else 0.0 for c in _columns(g)},
+        }
+        for k, g in ok.groupby("fold")
+    }
     return out
 
 
@@ -198,7 +206,7 @@ def write_oof_report(ctx: CVContext) -> None:
         log.warning("no cases with manual labels to evaluate")
         return
     reports = ws.reports_dir
-    write_csv(reports / "seg_oof_dice.csv", frame)
+    write_csv(ws.seg_oof_dice, frame)
     summary = summarise(frame)
     write_json(reports / "seg_summary.json", summary)
     table = markdown_table(summary)

@@ -153,7 +153,10 @@ class SegModule(StageModule):
 
     @classmethod
     def after_folds(cls, ctx: CVContext) -> None:
-        """Out-of-fold Dice per case, per fold and pooled in ``reports/`` (see :mod:`neonet.seg.evaluate`)."""
+        """Out-of-fold Dice per case, per fold and pooled in ``reports/`` (see :mod:`neonet.seg.evaluate`), and
+        the stage's pictures: training curves, best/median/worst overlays, Dice per fold (:mod:`neonet.report.figures`)."""
+        from neonet.report.figures import write_stage
         from neonet.seg.evaluate import write_oof_report
 
         write_oof_report(ctx)
+        write_stage(ctx.ws, cls.stage)
