@@ -248,9 +248,10 @@ class Workspace:
             return []
         return [*sorted(self.root.glob("*/*/wandb/offline-run-*")), *sorted(self.root.glob("*/*/wandb/run-*"))]
 
+    @property
     def seg_oof_dice(self) -> Path:
-        """NeoSeg's out-of-fold Dice per case: ``reports/seg_oof_dice.csv``."""
-        return self.reports_dir / "seg_oof_dice.csv"
+        """NeoSeg's out-of-fold metrics per case: ``reports/seg_oof_dice.csv``."""
+        return self.reports_dir / "seg_oof_dice.csv"  # Dice, HD95 and NSD; the name is kept for earlier runs
 
     def stage_summary(self, stage: str, ext: str = "csv") -> Path:
         """A NeoGen stage's per-fold table: ``reports/<stage>_summary.<ext>``."""
