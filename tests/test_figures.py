@@ -26,7 +26,7 @@ from neonet.report.figures.overlays import pick_cases, plot_seg_overlays
 from neonet.report.figures.patch_grid import plot_patch_grid
 from neonet.report.stats import format_p
 from neonet.run.atomic import write_csv, write_json
-from neonet.seg.evaluate import dice_pair
+from neonet.seg.evaluate import seg_metrics
 from neonet.workspace import Workspace
 
 
@@ -118,7 +118,7 @@ def test_seg_overlays_and_fold_plot_from_out_of_fold_masks(tmp_path: Path) -> No
         cid = f"c{i}"
         label, pred = _volume_case(tmp_path, cid, shift)
         nib.save(nib.Nifti1Image(pred, np.diag([2.0, 2.0, 5.0, 1.0])), str(ws.seg_prediction(cid)))
-        rows.append({"case_id": cid, "fold": i % 2, **dice_pair(pred, label), "status": "ok"})
+        rows.append({"case_id": cid, "fold": i % 2, **seg_metrics(pred, label, (2.0, 2.0, 5.0)), "status": "ok"})
         cases.append({"case_id": cid, "image": f"{cid}_img.nii.gz", "label": f"{cid}_seg.nii.gz", "pni": i % 2})
     write_csv(tmp_path / "cases.csv", pd.DataFrame(cases))
     write_csv(ws.seg_oof_dice, pd.DataFrame(rows))
