@@ -31,7 +31,7 @@ OPT_IN_ENV = "NEONET_WANDB_IDENTIFIERS"
 #: What a redacted value becomes in W&B.
 REDACTED = "<not sent to W&B>"
 #: Columns and keys that identify a case or patient.
-IDENTIFIER_NAMES = ("case_id", "patient_id", "group", "source_case", "nearest_real", "case", "cases", "predict_cases")
+IDENTIFIER_NAMES = ("case_id", "patient_id", "group", "source_case", "nearest_real", "case", "cases", "predict_cases", "host")
 #: Name endings of identifier and path keys and columns.
 IDENTIFIER_SUFFIXES = ("_id", "_ids", "_case", "_cases")
 PATH_SUFFIXES = ("_dir", "_path", "_file", "_csv", "_checkpoint", "_config", "_manifest")
