@@ -101,6 +101,13 @@ def offline_runs(folder: Path) -> list[Path]:
     return sorted((folder / "wandb").glob("offline-run-*"))
 
 
+@pytest.fixture
+def wandb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B's own folders (staging of artifact files, cache, settings) under the test's folder, not ``$HOME``."""
+    for env, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
+        monkeypatch.setenv(env, str(tmp_path / "wandb-home" / sub))
+
+
 def test_logger_naming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     ws = Workspace(tmp_path, "cohortA")
@@ -155,14 +162,12 @@ def _fake_fold(ws: Workspace, stage: str, fold: int, content: bytes) -> Path:
     return ckpt
 
 
-def test_fold_run_carries_config_tags_and_lineage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fold_run_carries_config_tags_and_lineage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wandb_home: None) -> None:
     """A PattenNet fit (real + synthetic patches) read back from its offline run: the resolved config with trainer,
     seed, git sha and version; tags; its model artifact and the autoencoder, patches and synthetic patches it
     declares as inputs; a resumed fit continues the same run; producers and consumers agree on each artifact."""
     from neonet.report.wandb_summary import log_cv_summary
 
-    for env, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
-        monkeypatch.setenv(env, str(tmp_path / "wandb-home" / sub))  # W&B's own folders stay out of $HOME
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv(OPT_IN_ENV, raising=False)
     cohort = write_patch_cohort(tmp_path, experiment="t")
@@ -237,3 +242,42 @@ def test_fold_run_carries_config_tags_and_lineage(tmp_path: Path, monkeypatch: p
         __version__,
     )
     assert summary["used"]["t-pattennet-fold0"]["digest"] == produced
+
+
+def test_upstream_records_name_the_pipeline_artifacts(tmp_path: Path, wandb_home: None) -> None:
+    """Each stage's ``artifact.json`` upstream record (as the stages write it) names the artifacts of W&B's lineage
+    graph: seg → patches → autoencoder → diffusion → ControlNet → synthetic → classifier."""
+    from neonet.run.wandb_run import upstream_artifacts
+
+    cohort = write_patch_cohort(tmp_path, n=4, experiment="t")
+    ws: Workspace = cohort["ws"]
+    moved = Workspace(tmp_path / "elsewhere", "t")  # records written before the runs folder moved still place their files
+    ckpt = {s: _fake_fold(ws, s, 1, s.encode()) for s in ("seg", "autoencoder", "diffusion", "controlnet")}
+    manifest = write_synthetic(ws, 1, ["c000"])
+
+    def record(stage: str) -> dict[str, str]:
+        return {"path": str(moved.best_checkpoint(stage, 1)), "sha256": "0" * 64}
+
+    expected = {
+        "crop": ([str(ckpt["seg"])], {"t-seg-fold1"}),
+        "autoencoder": ({"patches_manifest": ws.checkpoint_record(ws.patches_manifest)}, {"t-patches"}),
+        "diffusion": ({"autoencoder": record("autoencoder"), "latent_cache": str(ws.latents_dir(1))}, {"t-autoencoder-fold1"}),
+        "controlnet": (
+            {"diffusion": record("diffusion"), "autoencoder": record("autoencoder")},
+            {"t-diffusion-fold1", "t-autoencoder-fold1"},
+        ),
+        "synthesize": (
+            {"controlnet checkpoint": record("controlnet"), "patch manifest": {"path": str(ws.patches_manifest)}},
+            {"t-controlnet-fold1", "t-patches"},
+        ),
+        "pattennet_syn": (
+            {"encoder_checkpoint": record("autoencoder"), "synthetic": {"manifest": str(manifest)}, "pos_weight": 1.0},
+            {"t-autoencoder-fold1", "t-synthetic-fold1"},
+        ),
+    }
+    for stage, (upstream, names) in expected.items():
+        arts = upstream_artifacts(ws, upstream)
+        assert {a.name for a in arts} == names, stage
+    (model,) = upstream_artifacts(ws, {"diffusion": record("diffusion")})
+    assert model.type == "model" and sorted(model.manifest.entries) == ["artifact.json", "best.ckpt"]
+    assert upstream_artifacts(ws, {"autoencoder": record("vae_missing")}) == []  # a fold without best.ckpt: nothing
