@@ -101,13 +101,6 @@ def offline_runs(folder: Path) -> list[Path]:
     return sorted((folder / "wandb").glob("offline-run-*"))
 
 
-@pytest.fixture
-def wandb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """W&B's own folders (staging of artifact files, cache, settings) under the test's folder, not ``$HOME``."""
-    for env, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
-        monkeypatch.setenv(env, str(tmp_path / "wandb-home" / sub))
-
-
 def test_logger_naming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     ws = Workspace(tmp_path, "cohortA")
@@ -222,7 +215,7 @@ def test_fold_run_carries_config_tags_and_lineage(tmp_path: Path, monkeypatch: p
     # the synthetic patches' producer (`neonet synthesize`) logs the artifact the classifier declared
     controlnet = _fake_fold(ws, "controlnet", 0, b"controlnet weights")
     log_dataset_run(
-        ws, "synthesize", 0, synthetic_artifact(ws, 0), {"controlnet checkpoint": {"path": str(controlnet)}}, {"steps": 5}
+        ws, "synthesize", 0, lambda: synthetic_artifact(ws, 0), {"controlnet checkpoint": {"path": str(controlnet)}}, {"steps": 5}
     )
     synth = read_run(offline_runs(ws.wandb_run_dir("synthesize", 0))[0])
     assert synth["tags"] == ["t", "synthesize", "fold0"] and synth["config"]["steps"] == 5

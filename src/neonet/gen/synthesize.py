@@ -289,7 +289,12 @@ def synthesize_fold(
     # W&B lineage: the fold's synthetic patches, made by its ControlNet (diffusion model, autoencoder) from the patches
     inputs = {name: rec.to_json() for name, rec in record.inputs.items()}
     log_dataset_run(
-        ws, "synthesize", fold, synthetic_artifact(ws, fold), inputs, {"experiment": ws.experiment, **settings, "fold": fold}
+        ws,
+        "synthesize",
+        fold,
+        lambda: synthetic_artifact(ws, fold),
+        inputs,
+        {"experiment": ws.experiment, **settings, "fold": fold},
     )
     return frame
 

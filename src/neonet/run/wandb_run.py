@@ -37,7 +37,7 @@ import os
 import re
 import secrets
 import string
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +240,7 @@ def log_fold_model(run: Any, ws: Workspace, stage: str, fold: int) -> Any | None
 
 
 def log_dataset_run(
-    ws: Workspace, verb: str, fold: int | None, produced: Any | None, upstream: Any, config: Mapping[str, Any]
+    ws: Workspace, verb: str, fold: int | None, produced: Callable[[], Any | None], upstream: Any, config: Mapping[str, Any]
 ) -> str | None:
     """A W&B run ``<verb>`` or ``<verb>-fold<k>`` that logs a dataset artifact made from ``upstream``.
 
@@ -248,7 +248,7 @@ def log_dataset_run(
         ws: the experiment (the run is kept in :meth:`~neonet.workspace.Workspace.wandb_run_dir`).
         verb: the command (``crop``, ``synthesize``): the run's job type.
         fold: the fold the dataset belongs to (None: the whole experiment).
-        produced: the dataset artifact to log (None: nothing logged, no run).
+        produced: builds the dataset artifact to log (called only when W&B is on; None: no run).
         upstream: a record naming the inputs (checkpoint and manifest paths, as in ``artifact.json``).
         config: the command's settings (sent through the privacy filter).
 
@@ -258,7 +258,8 @@ def log_dataset_run(
     from neonet.run.wandb_privacy import wandb_settings
 
     mode = wandb_mode()
-    if mode == "disabled" or produced is None:
+    artifact = produced() if mode != "disabled" else None
+    if artifact is None:
         return None
     import wandb
 
@@ -280,7 +281,7 @@ def log_dataset_run(
     try:
         for art in upstream_artifacts(ws, upstream):
             declare_use(run, art)
-        run.log_artifact(produced)
+        run.log_artifact(artifact)
         return run.dir
     finally:
         run.finish()
