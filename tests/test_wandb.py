@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from neonet import __version__
 from neonet.run.atomic import write_json
 from neonet.run.cli import main
 from neonet.run.lightning_cli import make_loggers
-from neonet.run.wandb_privacy import OPT_IN_ENV, REDACTED
+from neonet.run.wandb_privacy import OPT_IN_ENV, REDACTED, redact
 from neonet.run.wandb_run import log_dataset_run, run_config, synthetic_artifact
 from neonet.workspace import Workspace, git_sha
 from test_cls_fixtures import (
@@ -185,6 +186,8 @@ def test_fold_run_carries_config_tags_and_lineage(tmp_path: Path, monkeypatch: p
     assert cfg["model"]["class_path"] == "neonet.cls.PattenNetModule" and cfg["data"]["init_args"]["use_synthetic"] is True
     assert (cfg["seed"], cfg["seed_everything"], cfg["git_sha"], cfg["neonet_version"]) == (0, 0, git_sha(), __version__)
     assert cfg["data"]["init_args"]["cases"] == REDACTED and cfg["data"]["init_args"]["runs_dir"] == REDACTED
+    saved = yaml.safe_load(ws.config_path("pattennet", 0).read_text())
+    assert {key: cfg[key] for key in saved} == redact(saved)  # the fold's config.yaml, as W&B may receive it
 
     model = first["logged"]["t-pattennet-fold0"]
     assert model["type"] == "model" and model["files"] == ["artifact.json", "best.ckpt"]
