@@ -23,10 +23,10 @@ graph shows seg → patches → autoencoder → diffusion → ControlNet → syn
 
 An upstream artifact is rebuilt from the same files it was logged with (the checkpoint, the kept
 ``wandb_artifact.json``; for a dataset, a small record of its manifest's SHA-256), so it has the
-same content digest and W&B files the input under the version its producer logged (no copy is made;
-after ``wandb sync`` the graph links the runs). Offline runs record the declaration in the run's
-transaction log the way ``Run.use_artifact`` sends it online (``wandb`` refuses ``use_artifact`` in
-offline mode), and ``wandb sync`` replays it.
+same content digest and W&B files the input under the version its producer logged (the checkpoint is
+not copied: ``wandb sync`` reads it from the fold folder; after the sync the graph links the runs).
+Offline runs record the declaration in the run's transaction log the way ``Run.use_artifact`` sends
+it online (``wandb`` refuses ``use_artifact`` in offline mode), and ``wandb sync`` replays it.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from neonet import __version__
-from neonet.run.atomic import sha256_file, write_json, write_text
+from neonet.errors import NeonetError
+from neonet.run.atomic import read_json, sha256_file, write_json, write_text
 from neonet.run.wandb_privacy import redact
 from neonet.workspace import Workspace, git_sha
 
@@ -134,14 +135,20 @@ def model_artifact(ws: Workspace, stage: str, fold: int) -> Any | None:
     ckpt, record = ws.best_checkpoint(stage, fold), ws.wandb_artifact_record(stage, fold)
     if not ckpt.is_file():
         return None
+    metadata = None
     if record.is_file():
-        metadata = json.loads(record.read_text())
-    else:
+        try:
+            metadata = read_json(record)
+        except NeonetError as exc:  # written atomically, so rarely; the fold's artifact.json stands in
+            log.warning("%s; rebuilt from %s", exc, ws.artifact_path(stage, fold))
+    if not isinstance(metadata, dict):
         metadata = redact(ws.read_artifact(stage, fold) or {})
         record = write_json(record, metadata)
     art = wandb.Artifact(artifact_name(ws, stage, fold), type=MODEL, metadata=metadata)
+    # the checkpoint is read where it is when the run is uploaded (no copy); the small record is copied
+    # into W&B's staging folder, so a later fit's record does not change what this run uploads
     art.add_file(str(ckpt), name=ckpt.name, policy="immutable")
-    art.add_file(str(record), name=ws.artifact_path(stage, fold).name, policy="immutable")
+    art.add_file(str(record), name=ws.artifact_path(stage, fold).name)
     return art
 
 
@@ -236,7 +243,7 @@ def log_fold_model(run: Any, ws: Workspace, stage: str, fold: int) -> Any | None
         declare_use(run, upstream)
     art = model_artifact(ws, stage, fold)
     assert art is not None
-    return run.log_artifact(art, aliases=["latest", f"fold{int(fold)}"])
+    return run.log_artifact(art)
 
 
 def log_dataset_run(
