@@ -71,3 +71,10 @@ def trained_experiment(phantom_cohort: Path, tmp_path_factory: pytest.TempPathFa
         torch.set_num_threads(threads)
     cases = pd.read_csv(phantom_cohort).set_index("case_id")
     return {"cases": cases, "root": phantom_cohort.parent, "runs": runs, "ws": ws}
+
+
+@pytest.fixture
+def wandb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B's own folders (staging of artifact files, cache, settings) under the test's folder, not ``$HOME``."""
+    for env, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
+        monkeypatch.setenv(env, str(tmp_path / "wandb-home" / sub))

@@ -13,6 +13,7 @@ import pytest
 
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.run.provenance import OutOfDateError, UnreadableRecordError
+from neonet.run.wandb_privacy import REDACTED
 from neonet.seg.crop import MANIFEST_COLUMNS, CropFailedError, crop
 from neonet.workspace import Workspace
 
@@ -278,3 +279,35 @@ def test_a_config_of_before_provenance_records_is_current_and_a_corrupt_one_need
     assert {f: f.stat().st_mtime_ns for f in patches} == before
     _crop(cases, runs, force=True)
     assert json.loads(ws.crop_config.read_text()) == record
+
+
+def test_crop_logs_the_patches_with_the_seg_models_to_wandb(cohort, tmp_path, monkeypatch, wandb_home):
+    """``neonet crop --source predicted`` writes a W&B run ``crop`` that logs the patches dataset artifact (the one a
+    later stage declares) and declares every NeoSeg fold model as its input."""
+    from neonet.run.atomic import write_json
+    from neonet.run.wandb_run import patches_artifact
+    from test_wandb import offline_runs, read_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cases, truth = cohort
+    runs = tmp_path / "runs"
+    ws = Workspace(runs, "t")
+    ws.seg_predictions_dir.mkdir(parents=True)
+    for cid, (label, affine) in truth.items():
+        nib.save(nib.Nifti1Image(np.where(label == KIDNEY, 0, label).astype(np.uint8), affine), str(ws.seg_prediction(cid)))
+    ws.seg_prediction("c5").write_bytes(b"broken")
+    for fold in (0, 1):
+        ws.checkpoint_dir("seg", fold).mkdir(parents=True)
+        ws.best_checkpoint("seg", fold).write_bytes(f"seg fold {fold}".encode())
+        write_json(ws.artifact_path("seg", fold), {"stage": "seg", "fold": fold, "train_cases": ["c1"]})
+    _crop(cases, runs, source="predicted", other=[])  # c5 fails: the manifest (and its W&B dataset) is still written
+
+    run = read_run(offline_runs(ws.wandb_run_dir("crop"))[0])
+    assert (run["name"], run["tags"]) == ("crop", ["t", "crop", "all"])
+    assert run["config"]["source"] == "predicted" and run["config"]["shell_mm"] == 4.0
+    assert set(run["used"]) == {"t-seg-fold0", "t-seg-fold1"}
+    assert all(u["metadata"]["train_cases"] == REDACTED for u in run["used"].values())
+    logged = run["logged"]["t-patches"]
+    assert logged["type"] == "dataset" and logged["files"] == ["record.json"]
+    assert logged["digest"] == patches_artifact(ws).manifest.digest()  # what a later stage declares
+    assert set(logged["metadata"]) == {"experiment", "dataset", "fold", "manifest_sha256"}  # no case ids

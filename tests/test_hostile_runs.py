@@ -461,7 +461,7 @@ def test_offline_wandb_runs_hold_no_case_ids_paths_or_host(tmp_path: Path, monke
     assert b"dice_tumor" in summary_run
 
     fold_dir = ws.stage_dir("seg", 0)
-    (logger,) = [lg for lg in make_loggers("seg", 0, EXPERIMENT, fold_dir) if isinstance(lg, PrivateWandbLogger)]
+    (logger,) = [lg for lg in make_loggers(ws, "seg", 0) if isinstance(lg, PrivateWandbLogger)]
     logger.log_hyperparams({**HPARAMS, "cases": str(tmp_path / "cohort" / "cases.csv")})
     logger.log_metrics({"val/dice_tumor": 0.5}, step=0)
     logger.finalize("success")

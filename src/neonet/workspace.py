@@ -6,7 +6,7 @@
       splits.json                       written once, then only read
       plans.{json,csv,md,png}           cohort fingerprint and suggested spacing / patch sizes (neonet plan)
       <stage>/fold<k>/                  config.yaml, checkpoints/{best,last}.ckpt, artifact.json,
-                                        csv/ (CSV log), wandb/
+                                        csv/ (CSV log), wandb/, wandb_id.txt, wandb_artifact.json
       seg/predictions/<case>.nii.gz     out-of-fold NeoSeg masks in each input's original space
       patches/ + patches/manifest.csv   TLCR output
       patches/crop_config.json          provenance of the patches (neonet.run.provenance)
@@ -105,6 +105,33 @@ class Workspace:
         """``config.yaml``: the full resolved config of the fold's ``neonet fit`` (LightningCLI writes it)."""
         return self.stage_dir(stage, fold) / "config.yaml"
 
+    def wandb_id(self, stage: str, fold: int) -> Path:
+        """The W&B run id of the fold's fit, kept so that a resumed fit continues the same W&B run."""
+        return self.stage_dir(stage, fold) / "wandb_id.txt"
+
+    def wandb_artifact_record(self, stage: str, fold: int) -> Path:
+        """The ``artifact.json`` of the fold as its W&B model artifact holds it (without identifiers, unless
+        opted in), kept so that a later stage declares the very same artifact as its input."""
+        return self.stage_dir(stage, fold) / "wandb_artifact.json"
+
+    def wandb_run_dir(self, verb: str, fold: int | None = None) -> Path:
+        """Where the W&B run of a verb that is not a fit (``crop``, ``synthesize``) keeps its ``wandb/`` folder:
+        ``<root>/<verb>/run`` or, for one fold, ``<root>/<verb>/fold<k>``."""
+        return self.root / verb / ("run" if fold is None else f"fold{int(fold)}")
+
+    def checkpoint_owner(self, path: str | os.PathLike) -> tuple[str, int] | None:
+        """``(stage, fold)`` of a checkpoint under some ``<stage>/fold<k>/checkpoints/``, else None.
+
+        Read from the path's last folders only, so a checkpoint recorded before the runs folder moved is still placed.
+        """
+        parts = Path(path).parts
+        if len(parts) < 4 or parts[-2] != self.checkpoint_dir("s", 0).name or not parts[-1].endswith(".ckpt"):
+            return None
+        stage, fold = parts[-4], parts[-3]
+        if not fold.startswith("fold") or not fold[4:].isdigit():
+            return None
+        return stage, int(fold[4:])
+
     def cv_log(self, stage: str, fold: int) -> Path:
         """The fold's output when ``neonet cv --jobs N`` trains folds side by side."""
         return self.stage_dir(stage, fold) / "cv.log"
@@ -122,6 +149,7 @@ class Workspace:
             self.metrics_log(stage, fold),
             d / "hparams.yaml",
         ]
+        files += [self.wandb_id(stage, fold), self.wandb_artifact_record(stage, fold)]  # a re-trained fold is a new W&B run
         return [self.checkpoint_dir(stage, fold), *files, self.test_predictions(stage, fold)]
 
     def metrics_log(self, stage: str, fold: int) -> Path:

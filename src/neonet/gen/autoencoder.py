@@ -291,7 +291,7 @@ class AutoencoderModule(StageModule):
     @classmethod
     def after_folds(cls, ctx: CVContext) -> None:
         """Per-fold table of the stage in ``reports/autoencoder_summary.*`` and a W&B summary run."""
-        write_stage_summary(ctx.ws, cls.stage, ctx.folds)
+        write_stage_summary(ctx.ws, cls.stage, ctx.folds, ctx.config)
 
     def configure_optimizers(self) -> Any:
         """Adam for the autoencoder and, with a discriminator, one for it (manual optimisation)."""

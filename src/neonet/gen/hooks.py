@@ -65,9 +65,16 @@ def stage_summary_rows(ws: Workspace, stage: str, folds: list[int]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def write_stage_summary(ws: Workspace, stage: str, folds: list[int]) -> None:
+def write_stage_summary(ws: Workspace, stage: str, folds: list[int], config: dict[str, Any] | None = None) -> None:
     """Write ``reports/<stage>_summary.{csv,json,md}``, a W&B summary run and the stage's pictures
-    (``curves_<stage>.png``, ``gen_folds.png``; :mod:`neonet.report.figures`) for a NeoGen stage."""
+    (``curves_<stage>.png``, ``gen_folds.png``; :mod:`neonet.report.figures`) for a NeoGen stage.
+
+    Args:
+        ws: the experiment.
+        stage: the NeoGen stage.
+        folds: the folds the summary lists.
+        config: the stage config of the ``neonet cv`` command (the W&B summary run's config).
+    """
     frame = stage_summary_rows(ws, stage, folds)
     if frame.empty:
         return
@@ -83,7 +90,8 @@ def write_stage_summary(ws: Workspace, stage: str, folds: list[int]) -> None:
     log.info("%s summary (%s):\n%s", stage, ws.stage_summary(stage), frame.to_string(index=False))
     from neonet.report.wandb_summary import log_cv_summary
 
-    log_cv_summary(ws, stage, {f"{stage}_folds": frame}, {f"{k}_mean": v["mean"] for k, v in summary.items()})
+    numbers = {f"{k}_mean": v["mean"] for k, v in summary.items()}
+    log_cv_summary(ws, stage, {f"{stage}_folds": frame}, numbers, config=config, models=[(stage, k) for k in folds])
     from neonet.report.figures import write_stage
 
     write_stage(ws, stage)  # training curves and reports/gen_folds.png
@@ -107,7 +115,7 @@ class SummaryHooks:
     @classmethod
     def after_folds(cls, ctx: CVContext) -> None:
         """Per-fold table of the stage in ``reports/<stage>_summary.*`` and a W&B summary run."""
-        write_stage_summary(ctx.ws, cls.stage, ctx.folds)
+        write_stage_summary(ctx.ws, cls.stage, ctx.folds, ctx.config)
 
 
 def _has_tabulate() -> bool:

@@ -157,6 +157,11 @@ class PatchDataModule(FoldDataModule):
         assert self.val_ds is not None
         return self.loader(self.val_ds, batch_size=self.val_batch_size)
 
+    def upstream(self) -> dict[str, Any]:
+        """The TLCR patch manifest this fold trains on (path and SHA-256), for ``artifact.json``."""
+        ws = self.workspace
+        return {"patches_manifest": ws.checkpoint_record(ws.patches_manifest)} if ws.patches_manifest.is_file() else {}
+
     def split_record(self) -> dict[str, list[str]]:
         """The fold's split plus the case ids this module actually served (for the leakage check)."""
         record = super().split_record()

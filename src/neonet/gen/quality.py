@@ -432,7 +432,9 @@ def quality_report(
     from neonet.report.wandb_summary import log_cv_summary
 
     # the panels show real training patches: patient images, sent to W&B only when the user opts in
-    log_cv_summary(ws, "gen", {"gen_quality": table}, {f"gen/{k}": v for k, v in summary.items()}, patient_images=images)
+    numbers = {f"gen/{k}": v for k, v in summary.items()}
+    settings = {"folds": folds, **now.settings}
+    log_cv_summary(ws, "gen", {"gen_quality": table}, numbers, patient_images=images, config=settings)
     return table
 
 

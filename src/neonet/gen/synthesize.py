@@ -284,6 +284,18 @@ def synthesize_fold(
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     write_csv(manifest_path, frame)
     log.info("fold %d: %d synthetic PNI+ patches from %d training PNI+ masks → %s", fold, len(frame), len(sources), out)
+    from neonet.run.wandb_run import log_dataset_run, synthetic_artifact
+
+    # W&B lineage: the fold's synthetic patches, made by its ControlNet (diffusion model, autoencoder) from the patches
+    inputs = {name: rec.to_json() for name, rec in record.inputs.items()}
+    log_dataset_run(
+        ws,
+        "synthesize",
+        fold,
+        lambda: synthetic_artifact(ws, fold),
+        inputs,
+        {"experiment": ws.experiment, **settings, "fold": fold},
+    )
     return frame
 
 

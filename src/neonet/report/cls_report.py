@@ -420,7 +420,12 @@ def report(
             for r in summary.itertuples()
             for k in ("auc_pooled", "auc_ci_lo", "auc_ci_hi", "auc_mean", "auc_sd")
         }
-        log_cv_summary(ws, "cls", {k: v for k, v in tables.items() if k != "cls_oof_predictions"}, numbers, images)
+        settings = {"stages": stages, "reference": reference, "n_boot": n_boot, "alpha": alpha, "seed": seed}
+        models = [(s, k) for s in stages for k in ws.stage_folds(s)]
+        tables = {k: v for k, v in tables.items() if k != "cls_oof_predictions"}
+        log_cv_summary(
+            ws, "cls", tables, numbers, images, config={**settings, "calibration_bins": calibration_bins}, models=models
+        )
     doc["page"] = str(write_page(ws))
     return doc
 

@@ -40,37 +40,38 @@ from neonet.run.csv_log import ResumableCSVLogger
 from neonet.run.fold_lock import worker_lock
 from neonet.run.reload import check_checkpoint_path
 from neonet.run.wandb_privacy import PrivateWandbLogger
+from neonet.run.wandb_run import WandbConfigCallback, fold_run_id, log_fold_model, run_tags, wandb_mode, wandb_project
 from neonet.stage import StageModule
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 
-def wandb_mode() -> str:
-    """W&B mode: ``WANDB_MODE`` if set (online/offline/disabled), else offline (no account needed)."""
-    return os.environ.get("WANDB_MODE", "offline").lower()
+def make_loggers(ws: Workspace, stage: str, fold: int, job: str = "fit") -> list[Logger]:
+    """CSV log in the fold folder, plus a W&B run unless ``WANDB_MODE=disabled``.
 
-
-def make_loggers(stage: str, fold: int, experiment: str, stage_dir: Path, job: str = "fit") -> list[Logger]:
-    """CSV log in the stage folder, plus a W&B run unless ``WANDB_MODE=disabled``.
-
-    The W&B run gets no case ids, paths or host name unless the user opts in
-    (:mod:`neonet.run.wandb_privacy`); the CSV log keeps every value.
+    The fit's W&B run keeps its id in ``wandb_id.txt`` (:func:`neonet.run.wandb_run.fold_run_id`), so a
+    resumed fit continues it; its tags are the experiment, stage and fold. The run gets no case ids,
+    paths or host name unless the user opts in (:mod:`neonet.run.wandb_privacy`); the CSV log keeps every value.
     """
+    stage_dir = ws.stage_dir(stage, fold)
     # fit logs to <stage_dir>/metrics.csv; other verbs to <stage_dir>/<verb>/ so they never overwrite it
     loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(stage_dir), name="", version="" if job == "fit" else job)]
     mode = wandb_mode()
     if mode != "disabled":
         (stage_dir / "wandb").mkdir(parents=True, exist_ok=True)
+        fit = job == "fit"
+        resume: dict[str, Any] = {"id": fold_run_id(ws, stage, fold), "resume": "allow"} if fit else {}
         loggers.append(
             PrivateWandbLogger(
-                project=os.environ.get("WANDB_PROJECT", "neonet"),
-                group=experiment,
-                job_type=stage if job == "fit" else f"{stage}-{job}",
-                name=f"{stage}-fold{fold}" if job == "fit" else f"{stage}-fold{fold}-{job}",
+                project=wandb_project(),
+                group=ws.experiment,
+                job_type=stage if fit else f"{stage}-{job}",
+                name=f"{stage}-fold{fold}" if fit else f"{stage}-fold{fold}-{job}",
                 save_dir=str(stage_dir),
                 offline=mode != "online",
-                tags=[f"fold{fold}", stage],
+                tags=run_tags(ws.experiment, stage, fold) + ([] if fit else [job]),
+                **resume,
             )
         )
     return loggers
@@ -177,6 +178,7 @@ class NeonetCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", WandbConfigCallback)  # config.yaml, and the same config in W&B
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_kwargs", {"default_env": False, "prog": "neonet"})
         self._fold_locks = contextlib.ExitStack()  # the fold lock of this run (see _lock_fold), released on return
@@ -237,7 +239,7 @@ class NeonetCLI(LightningCLI):
         if job == "predict":
             config["logger"] = False
         elif logger is None or logger is True:
-            config["logger"] = make_loggers(stage, fold, self.datamodule.experiment, stage_dir, job)
+            config["logger"] = make_loggers(ws, stage, fold, job)
         config["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
         existing = list(config.get("callbacks") or []) + list(callbacks)
         if not any(isinstance(c, ModelCheckpoint) for c in existing):
@@ -256,7 +258,7 @@ class NeonetCLI(LightningCLI):
         self.datamodule.check_inputs()
 
     def after_fit(self) -> None:
-        """Write ``artifact.json`` (rank zero) and close the W&B run.
+        """Write ``artifact.json`` (rank zero), log the fold's model artifact to W&B and close the W&B run.
 
         Raises:
             NeonetError: the fit ended without a single optimizer step (every rank agrees on this),
@@ -298,6 +300,9 @@ class NeonetCLI(LightningCLI):
                 fields["wandb"] = runs[0]
             ws.write_artifact(stage, fold, **fields)
             log.info("%s fold %d finished: %s", stage, fold, ws.stage_dir(stage, fold))
+            for lg in trainer.loggers:
+                if isinstance(lg, WandbLogger):  # the model and its inputs, for W&B's lineage graph
+                    log_fold_model(lg.experiment, ws, stage, fold)
         self._finish_wandb()
 
     def after_test(self) -> None:

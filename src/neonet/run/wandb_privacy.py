@@ -10,6 +10,9 @@ the machine. By default it therefore holds no identifiers:
 - **cross-fold summary runs** (``neonet.report.wandb_summary.log_cv_summary``): tables go through
   :func:`redact_table` (case/patient id columns, file paths and per-case tumour volumes are left out;
   the per-case Dice rows stay), the same settings, and figures that show patients' images are left out.
+- **what every run carries** (:mod:`neonet.run.wandb_run`): the resolved config goes through :func:`redact`,
+  and so does the ``artifact.json`` a model artifact holds (file and metadata; its ``host`` too); a dataset
+  artifact holds only its manifest's SHA-256.
 
 One setting opts in: ``NEONET_WANDB_IDENTIFIERS=1`` (:data:`OPT_IN_ENV`) sends everything as recorded
 locally. Local files (``reports/*.csv``/``json``, ``artifact.json``, ``metrics.csv``) always keep the
@@ -31,7 +34,7 @@ OPT_IN_ENV = "NEONET_WANDB_IDENTIFIERS"
 #: What a redacted value becomes in W&B.
 REDACTED = "<not sent to W&B>"
 #: Columns and keys that identify a case or patient.
-IDENTIFIER_NAMES = ("case_id", "patient_id", "group", "source_case", "nearest_real", "case", "cases", "predict_cases")
+IDENTIFIER_NAMES = ("case_id", "patient_id", "group", "source_case", "nearest_real", "case", "cases", "predict_cases", "host")
 #: Name endings of identifier and path keys and columns.
 IDENTIFIER_SUFFIXES = ("_id", "_ids", "_case", "_cases")
 PATH_SUFFIXES = ("_dir", "_path", "_file", "_csv", "_checkpoint", "_config", "_manifest")

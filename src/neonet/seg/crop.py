@@ -459,6 +459,12 @@ def crop(
     if changed or not workspace.figure(PATCHES_FIGURE).is_file():
         write_stage(workspace, PATCHES)  # reports/tlcr_patches.png
     failed = {str(r["case_id"]): str(r["status"]) for r in rows if str(r["status"]).startswith(f"{STATUS_ERROR}:")}
+    from neonet.run.wandb_run import log_dataset_run, patches_artifact
+
+    # W&B lineage: the patches as the manifest lists them (failed cases too), made from every NeoSeg fold's masks
+    seg_models = [str(workspace.best_checkpoint("seg", k)) for k in workspace.stage_folds("seg")] if source == "predicted" else []
+    settings_sent = {"experiment": experiment, **settings}
+    log_dataset_run(workspace, "crop", None, lambda: patches_artifact(workspace), seg_models, settings_sent)
     if failed:
         raise CropFailedError(manifest_path, failed, len(rows), Path(cases))
     return manifest_path

@@ -215,4 +215,4 @@ def write_oof_report(ctx: CVContext) -> None:
     from neonet.report.wandb_summary import log_cv_summary
 
     flat = {f"oof/{k}_mean": v["mean"] for k, v in summary.items() if isinstance(v, dict) and "mean" in v}
-    log_cv_summary(ws, "seg", {"oof_dice": frame}, flat)
+    log_cv_summary(ws, "seg", {"oof_dice": frame}, flat, config=ctx.config, models=[("seg", k) for k in done])
