@@ -4,6 +4,7 @@ and (slow) ``neonet cv`` over all folds followed by the report."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -206,7 +207,7 @@ def test_cv_jobs_runs_folds_concurrently_with_logs_then_one_report(tmp_path: Pat
         "--trainer.enable_progress_bar=true",  # asked for, but cv.log is no terminal: one line per epoch instead
         "--trainer.max_epochs=2",
     ]
-    env = {"WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"}
+    env = {"WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin", **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for k in (0, 2):
