@@ -4,6 +4,8 @@ and (slow) ``neonet cv`` over all folds followed by the report."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -202,22 +204,31 @@ def test_cv_jobs_runs_folds_concurrently_with_logs_then_one_report(tmp_path: Pat
         f"--data.cases={cohort['cases']}",
         f"--data.runs_dir={cohort['runs_dir']}",
         f"--data.experiment={cohort['experiment']}",
-        "--trainer.max_epochs=1",
+        "--trainer.enable_progress_bar=true",  # asked for, but cv.log is no terminal: one line per epoch instead
+        "--trainer.max_epochs=2",
     ]
-    env = {"WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"}
+    env = {"WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin", **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for k in (0, 2):
         assert ws.read_artifact("pattennet", k)["status"] == "complete"
-        assert f"fold {k}: neonet fit" in (ws.stage_dir("pattennet", k) / "cv.log").read_text()
+        text = (ws.stage_dir("pattennet", k) / "cv.log").read_text()
+        assert f"fold {k}: neonet fit" in text
+        assert "\r" not in text and "Tip:" not in text and "LeafSpec" not in text, text
+        epoch_line = rf"pattennet fold {k}: epoch (\d+)/2  train/loss [-\d.e]+  val/loss [-\d.e]+  val/selection "
+        assert re.findall(epoch_line, text) == ["1", "2"], text
+        messages = [re.sub(r"^(\d\d:\d\d:\d\d \w+ [\w.]+: |INFO: )", "", line) for line in text.splitlines()]
+        assert not [a for a, b in zip(messages, messages[1:]) if a == b], text  # each line once
+        progress = json.loads(ws.fold_progress("pattennet", k).read_text())
+        assert progress["epoch"] == progress["max_epochs"] == 2 and progress["monitor"] == "val/selection"
     assert ws.read_artifact("pattennet", 1) is None
     summary = pd.read_csv(ws.reports_dir / "cls_per_fold.csv")
     assert sorted(summary["fold"]) == [0, 2]
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "skipped" in again.stderr
     changed = subprocess.run(
-        [*cmd[:-1], "--trainer.max_epochs=2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        [*cmd[:-1], "--trainer.max_epochs=3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
     assert changed.returncode != 0, "a finished fold must not be skipped under changed settings"
-    assert "pattennet fold 0 at " in changed.stderr and "setting trainer.max_epochs: 1 (stored) -> 2 (now)" in changed.stderr
+    assert "pattennet fold 0 at " in changed.stderr and "setting trainer.max_epochs: 2 (stored) -> 3 (now)" in changed.stderr
     assert "--force" in changed.stderr and ws.read_artifact("pattennet", 0)["status"] == "complete"

@@ -136,6 +136,10 @@ class Workspace:
         """The fold's output when ``neonet cv --jobs N`` trains folds side by side."""
         return self.stage_dir(stage, fold) / "cv.log"
 
+    def fold_progress(self, stage: str, fold: int) -> Path:
+        """``progress.json``: the fold's fit after its latest epoch (epoch, metrics, time), read by ``neonet cv --jobs N``."""
+        return self.stage_dir(stage, fold) / "progress.json"
+
     def fold_lock(self, stage: str, fold: int) -> Path:
         """The lock held by the process working on the fold (``neonet fit``, or ``neonet cv`` around it)."""
         return self.stage_dir(stage, fold) / ".cv.lock"

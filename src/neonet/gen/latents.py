@@ -323,9 +323,9 @@ if __name__ == "__main__":  # python -m neonet.gen.latents --experiment ... --fo
 
     from jsonargparse import auto_cli
 
-    from neonet.run.cli import _setup_logging
+    from neonet.run.console import setup_logging
 
-    _setup_logging()
+    setup_logging()
     try:
         sys.exit(auto_cli(cache_latents, as_positional=False))
     except NeonetError as exc:

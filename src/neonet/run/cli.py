@@ -18,11 +18,9 @@ a verb with an ``override`` parameter takes the options after ``--`` (``neonet c
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import logging
-import os
 import re
 import sys
 import types
@@ -32,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neonet.errors import NeonetError
+from neonet.run.console import did_you_mean, route_lightning_logging, setup_logging
 
 log = logging.getLogger("neonet")
 
@@ -107,15 +106,6 @@ def _print_help() -> None:
     lines += [f"  {name:<12} {verb.help}" for name, verb in PROJECT_VERBS.items()]
     lines += ["", "Example:  neonet synth --out data/phantom && neonet cv --config experiments/demo/seg.yaml"]
     print("\n".join(lines))
-
-
-def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=os.environ.get("NEONET_LOG_LEVEL", "INFO"),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            datefmt="%H:%M:%S",
-        )
 
 
 # ---------------------------------------------------------------------------- argument conveniences
@@ -238,8 +228,13 @@ def verb_parser(verb: str, func: Callable[..., Any]) -> Any:
     """The jsonargparse parser of a project verb, from its typed signature and docstring."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
+    from neonet.run.console import SuggestingParser
+
+    class VerbParser(SuggestingParser, ArgumentParser):
+        default_prog = f"neonet {verb}"
+
     doc = inspect.getdoc(func) or ""
-    parser = ArgumentParser(prog=f"neonet {verb}", description=doc.split("\n\nArgs:")[0], default_env=False)
+    parser = VerbParser(description=doc.split("\n\nArgs:")[0], default_env=False)
     if "config" not in inspect.signature(func).parameters:  # cv's --config is its stage configs
         parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of this verb's options")
     parser.add_function_arguments(func, as_positional=False, skip={"override"}, fail_untyped=True)
@@ -250,6 +245,7 @@ def run_project_verb(verb: str, args: list[str]) -> int:
     """Run a project verb: parse ``args`` with its jsonargparse parser and call it; return its exit code."""
     spec = PROJECT_VERBS[verb]
     func = spec.load()
+    route_lightning_logging()  # the verb's modules may have imported Lightning
     params = inspect.signature(func).parameters
     extra: list[str] | None = None
     if "--" in args:  # options after `--` belong to the folds' `neonet fit` (cv)
@@ -348,7 +344,7 @@ def run_lightning(args: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``neonet`` and ``python -m neonet``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    _setup_logging()
+    setup_logging()
     if not argv or argv[0] in ("-h", "--help", "help"):
         _print_help()
         return 0
@@ -366,7 +362,6 @@ def main(argv: list[str] | None = None) -> int:
     except NeonetError as exc:
         print(f"neonet {verb}: error: {exc}", file=sys.stderr)
         return 2
-    close = difflib.get_close_matches(verb, [*LIGHTNING_VERBS, *PROJECT_VERBS], n=1)
-    hint = f" — did you mean `neonet {close[0]}`?" if close else ""
-    print(f"neonet: unknown verb {verb!r}{hint} (`neonet --help` lists the verbs)", file=sys.stderr)
+    hint = did_you_mean(verb, [*LIGHTNING_VERBS, *PROJECT_VERBS])
+    print(f"neonet: unknown verb '{verb}'{hint}\n(`neonet --help` lists the verbs)", file=sys.stderr)
     return 2

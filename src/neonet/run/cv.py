@@ -108,8 +108,13 @@ def run_parallel(
     """Run ``neonet cv`` for each fold of ``todo`` as its own process, ``jobs`` at a time (no summary).
 
     Each fold's output goes to ``<stage>/fold<k>/cv.log``; a failed fold is named with the tail of its log.
+    Meanwhile one line per fold shows its progress (:class:`neonet.run.progress.FoldBoard`).
     """
     from concurrent.futures import ThreadPoolExecutor
+
+    from neonet.run.progress import FoldBoard
+
+    board = FoldBoard(ws, stage, todo)
 
     def one(k: int) -> tuple[int, int, float, Path]:
         logfile = ws.cv_log(stage, k)
@@ -119,12 +124,14 @@ def run_parallel(
         cmd += ["--", *overrides] if overrides else []
         start = time.time()
         log.info("fold %d: started (log: %s)", k, logfile)
+        board.fold_started(k)
         with open(logfile, "w") as handle:
             code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=fold_env(jobs), check=False).returncode
+        board.fold_ended(k)
         log.info("fold %d: %s in %.0f s", k, "done" if code == 0 else f"FAILED (exit {code})", time.time() - start)
         return k, code, time.time() - start, logfile
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with board, ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(one, todo))
     failed = [(k, f) for k, code, _, f in results if code != 0]
     if failed:

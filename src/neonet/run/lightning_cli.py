@@ -17,9 +17,11 @@ writes checkpoints, ``config.yaml``, the CSV log, the W&B run and ``artifact.jso
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -27,7 +29,7 @@ from typing import Any, TypedDict, cast
 import torch
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -35,7 +37,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from neonet.data.base import FoldDataModule
 from neonet.errors import NeonetError
 from neonet.run.atomic import atomic_path
-from neonet.run.callbacks import FiniteLossGuard
+from neonet.run.callbacks import EpochProgress, FiniteLossGuard
+from neonet.run.console import SuggestingParser, route_lightning_logging
 from neonet.run.csv_log import ResumableCSVLogger
 from neonet.run.fold_lock import worker_lock
 from neonet.run.reload import check_checkpoint_path
@@ -171,19 +174,56 @@ def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
     return items
 
 
+#: Packages whose modules, data modules and networks may be named by their class name alone
+#: (``--model SegModule``, ``--model.help SegModule``, ``class_path: PattenNet``): jsonargparse resolves a
+#: short name among the subclasses already imported.
+SHORT_NAME_PACKAGES = ("neonet.seg", "neonet.gen", "neonet.cls", "neonet.nets")
+
+
+class NeonetParser(SuggestingParser, LightningArgumentParser):
+    """LightningCLI's parser with "did you mean" for an unknown option (:class:`neonet.run.console.SuggestingParser`)."""
+
+
+def _parser_class(verb: str) -> type[NeonetParser]:
+    """:class:`NeonetParser` whose helper parsers (``--model.help CLASS``) are named ``neonet <verb>``."""
+    return type("NeonetParser", (NeonetParser,), {"default_prog": f"neonet {verb}".strip()})
+
+
+def _verb_of(args: Any) -> str:
+    """The Lightning verb of a command line (``fit``, ...), or "" when there is none."""
+    given = sys.argv[1:] if args is None else args
+    first = next(iter(given), "") if isinstance(given, (list, tuple)) else ""
+    return first if isinstance(first, str) and not first.startswith("-") else ""
+
+
+def progress_bar_wanted() -> bool:
+    """Whether a fit may draw a progress bar: only when its output is a terminal (not a log file such as ``cv.log``)."""
+    return sys.stdout.isatty()
+
+
 class NeonetCLI(LightningCLI):
     """LightningCLI in subclass mode, with the experiment/stage/fold folder convention."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for package in SHORT_NAME_PACKAGES:
+            importlib.import_module(package)
+        route_lightning_logging()
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("save_config_callback", WandbConfigCallback)  # config.yaml, and the same config in W&B
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_kwargs", {"default_env": False, "prog": "neonet"})
+        kwargs.setdefault("parser_class", _parser_class(_verb_of(kwargs.get("args"))))
         self._fold_locks = contextlib.ExitStack()  # the fold lock of this run (see _lock_fold), released on return
         with self._fold_locks:
             super().__init__(LightningModule, FoldDataModule, *args, **kwargs)
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        """LightningCLI's subcommands, each named ``neonet <verb>`` in its usage and messages."""
+        super()._add_subcommands(parser, **kwargs)
+        for verb, sub in self._subcommand_parsers.items():
+            sub.prog = f"neonet {verb}"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Options of every neonet Lightning verb beyond the trainer, model and data."""
@@ -242,6 +282,11 @@ class NeonetCLI(LightningCLI):
             config["logger"] = make_loggers(ws, stage, fold, job)
         config["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
         existing = list(config.get("callbacks") or []) + list(callbacks)
+        if not progress_bar_wanted() and not any(isinstance(c, ProgressBar) for c in existing):
+            config["enable_progress_bar"] = False  # a bar's \r updates in a log file: one line per epoch instead
+        if job == "fit" and not any(isinstance(c, EpochProgress) for c in existing):
+            log_lines = config.get("enable_progress_bar") is False
+            callbacks.append(EpochProgress(ws.fold_progress(stage, fold), stage, fold, log_lines=log_lines))
         if not any(isinstance(c, ModelCheckpoint) for c in existing):
             every = int(self._get(self.config_init, "checkpoint_every_n_steps", 0) or 0) if job == "fit" else 0
             callbacks += checkpoint_callbacks(ws.checkpoint_dir(stage, fold), self.model.monitor, self.model.monitor_mode, every)

@@ -139,6 +139,8 @@ class PrivateWandbLogger(WandbLogger):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("settings", wandb_settings())
         super().__init__(**kwargs)
+        if self._wandb_init.get("anonymous") is None:  # W&B warns "The anonymous setting has no effect" for any value
+            self._wandb_init.pop("anonymous", None)
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
