@@ -320,7 +320,7 @@ def test_check_data_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     with open(report, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["case_id"] for r in rows} >= set(expected)
-    assert set(rows[0]) == {"case_id", "file", "problem", "severity"}
+    assert set(rows[0]) == {"case_id", "file", "problem", "severity", "blocks"}
 
     report_json = tmp_path / "report.json"
     assert check_data(cases_csv, report=report_json) == 1

@@ -154,6 +154,7 @@ class Workspace:
             d / "hparams.yaml",
         ]
         files += [self.wandb_id(stage, fold), self.wandb_artifact_record(stage, fold)]  # a re-trained fold is a new W&B run
+        files.append(self.fold_progress(stage, fold))
         return [self.checkpoint_dir(stage, fold), *files, self.test_predictions(stage, fold)]
 
     def metrics_log(self, stage: str, fold: int) -> Path:

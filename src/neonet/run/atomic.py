@@ -96,9 +96,9 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Pat
 
 
 def write_text(target: str | os.PathLike, text: str) -> Path:
-    """Atomically write ``text`` to ``target``."""
+    """Atomically write ``text`` to ``target`` (UTF-8, whatever the locale: reports hold ``±`` and ``✓``)."""
     with atomic_path(target) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(target)
 
 
