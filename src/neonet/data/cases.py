@@ -21,6 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,13 @@ class LabelMap:
                 if value in seen:
                     raise ValueError(f"label map: value {value} is listed under both {seen[value]} and {name}")
                 seen[value] = name
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> LabelMap:
+        """The label map of a DataModule's ``init_args`` (absent keys take the defaults; ``tumor: []`` stays
+        empty: a liver-only label set lists no tumour values)."""
+        given = {key: args.get(key) for key in ("liver", "tumor", "other")}
+        return cls(**{key: tuple(value) for key, value in given.items() if value is not None})
 
     @property
     def known_values(self) -> set[int]:

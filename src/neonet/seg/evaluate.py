@@ -193,12 +193,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
 def write_oof_report(ctx: CVContext) -> None:
     """Write ``reports/seg_oof_dice.csv``, ``seg_summary.json`` and ``seg_summary.md`` (NeoSeg's cross-fold summary)."""
     ws, dargs = ctx.ws, ctx.data_args()
-
-    def values(key: str, default: list[int]) -> tuple[int, ...]:
-        given = dargs.get(key)
-        return tuple(default if given is None else given)  # [] stays []: a liver-only label set lists no tumour values
-
-    label_map = LabelMap(liver=values("liver", [1]), tumor=values("tumor", [2]), other=values("other", []))
+    label_map = LabelMap.from_args(dargs)
     n_folds = int(read_splits(ws.splits_path)["folds"])
     done = [k for k in range(n_folds) if ws.is_complete("seg", k)]  # folds may run in separate calls
     frame = evaluate_oof(ws, dargs["cases"], label_map, done)

@@ -54,10 +54,7 @@ def seg_cohort(ws: Workspace) -> tuple[Path, LabelMap] | None:
             continue
         args: dict[str, Any] = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("init_args") or {}
         if args.get("cases"):
-            lm = LabelMap(
-                liver=tuple(args.get("liver") or [1]), tumor=tuple(args.get("tumor") or [2]), other=tuple(args.get("other") or [])
-            )
-            return Path(args["cases"]), lm
+            return Path(args["cases"]), LabelMap.from_args(args)
     return None
 
 
