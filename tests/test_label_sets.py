@@ -73,7 +73,7 @@ def test_neoseg_trains_and_reports_a_liver_only_cohort(liver_only: Path, tmp_pat
     assert report["dice_liver"].between(0, 1).all() and report["dice_tumor"].isna().all()
     summary = read_json(ws.reports_dir / "seg_summary.json")
     assert summary["dice_tumor"] is None and summary["dice_liver"]["mean"] > 0
-    assert "Tumour: n/a" in (ws.reports_dir / "seg_summary.md").read_text()
+    assert "Tumour: n/a" in (ws.reports_dir / "seg_summary.md").read_text(encoding="utf-8")
     metrics = pd.read_csv(ws.stage_dir("seg", 0) / "metrics.csv")
     assert np.isfinite(metrics["val/dice_mean"].dropna()).all()
 

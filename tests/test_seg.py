@@ -111,7 +111,7 @@ def test_cv_fold_then_skip_then_crop(phantom_cohort: Path, tmp_path: Path, capsy
     assert report["nsd_liver"].between(0, 1).all() and (report["hd95_liver"] >= 0).all()
     summary = read_json(ws.reports_dir / "seg_summary.json")
     assert summary["nsd_tolerance_mm"] == 2.0 and {"dice_liver", "hd95_liver", "nsd_liver"} <= set(summary)
-    assert "HD95 mm liver" in (ws.reports_dir / "seg_summary.md").read_text()
+    assert "HD95 mm liver" in (ws.reports_dir / "seg_summary.md").read_text(encoding="utf-8")
     for name in ("curves_seg", "seg_overlays", "seg_folds"):  # the stage's pictures, drawn by its summary
         assert ws.figure(name).stat().st_size > 1000, name
     mtime = ws.best_checkpoint("seg", 0).stat().st_mtime_ns
