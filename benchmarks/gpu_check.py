@@ -69,7 +69,6 @@ log = logging.getLogger("gpu_check")
 #: Stage -> its config in experiments/paper.
 STAGES: dict[str, str] = {
     "seg": "seg.yaml",
-    "seg_swinunetr": "seg_swinunetr.yaml",
     "autoencoder": "autoencoder.yaml",
     "diffusion": "diffusion.yaml",
     "controlnet": "controlnet.yaml",
@@ -77,6 +76,7 @@ STAGES: dict[str, str] = {
     "resnet18": "baseline_resnet18.yaml",
     "densenet121": "baseline_densenet121.yaml",
     "seresnet50": "baseline_seresnet50.yaml",
+    "seg_swinunetr": "seg_swinunetr.yaml",  # a variant of NeoSeg, not in the protocol: measured and fitted last
 }
 CLS_STAGES = ("pattennet", "resnet18", "densenet121", "seresnet50")
 #: Stages whose fit needs another stage's fold-0 results first (all need TLCR patches except NeoSeg).
@@ -277,7 +277,8 @@ def _gan_step(module: Any, opt_g: Any, opt_d: Any, image: Any, autocast: Callabl
         loss_g = module.generator_loss(image, recon, mu, sigma)["loss"] + hp.adv_weight * adv
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
-    torch.nn.utils.clip_grad_norm_(ae.parameters(), hp.grad_clip)
+    if hp.grad_clip:
+        torch.nn.utils.clip_grad_norm_(ae.parameters(), hp.grad_clip)
     opt_g.step()
     disc.requires_grad_(True)
     with autocast():
@@ -286,7 +287,8 @@ def _gan_step(module: Any, opt_g: Any, opt_d: Any, image: Any, autocast: Callabl
         loss_d = hp.adv_weight * 0.5 * (fake + real)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
-    torch.nn.utils.clip_grad_norm_(disc.parameters(), hp.grad_clip)
+    if hp.grad_clip:
+        torch.nn.utils.clip_grad_norm_(disc.parameters(), hp.grad_clip)
     opt_d.step()
 
 
@@ -342,7 +344,7 @@ def measure_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
     extra = ["--model.init_args.encoder_checkpoint=null"] if stage == "pattennet" else []
     module, dm, config = _build(stage, tiny, extra)
     prepare(stage, module, tiny)
-    module.to(device).train()
+    module.to(device)  # train mode as built; frozen parts (PattenNet's encoder, the ControlNet's UNet) stay in eval
     batch = {k: v.to(device) for k, v in stage_batch(stage, dm, tiny).items()}
     step = step_fn(stage, module)
 
@@ -361,11 +363,18 @@ def measure_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
         "shapes": {k: list(v.shape) for k, v in batch.items()},
         "projection": _projection_facts(stage, dm, config),
         "device_name": torch.cuda.get_device_name(0) if cuda else None,
+        # fp32 convolutions run in TF32 where cuDNN allows it (torch's default), matmuls only when this says so
+        "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32} if cuda else None,
         "precisions": {},
     }
-    with FlopCounterMode(display=False) as counter:
-        step(batch, nullcontext)
-    out["flops_per_step"] = int(counter.get_total_flops())
+    try:  # counted once, in fp32 (the same operations run under bf16 autocast)
+        with FlopCounterMode(display=False) as counter:
+            step(batch, nullcontext)
+        out["flops_per_step"] = int(counter.get_total_flops())
+    except Exception as exc:  # e.g. fp32 out of memory: the bf16 timing may still work
+        out["flops_per_step"], out["flops_error"] = None, f"{type(exc).__name__}: {exc}"[:2000]
+        if cuda:
+            torch.cuda.empty_cache()
     for precision in spec["precisions"]:
 
         def autocast(p: str = precision) -> AbstractContextManager[Any]:
@@ -390,7 +399,7 @@ def measure_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
                 "step_s_all": times,
                 "samples_per_s": out["batch"] / step_s,
                 "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-                "tflops_per_s": out["flops_per_step"] / step_s / 1e12,
+                "tflops_per_s": out["flops_per_step"] / step_s / 1e12 if out["flops_per_step"] else None,
             }
         except Exception as exc:  # one precision failing (e.g. out of memory) leaves the other
             out["precisions"][precision] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
@@ -535,7 +544,8 @@ def measure(
 def _progress(row: dict[str, Any]) -> str:
     if "error" in row:
         return f"{row['stage']:<13} FAILED: {row['error'].splitlines()[-1] if row['error'] else ''}"
-    parts = [f"{row['stage']:<13} batch {row['batch']:>3}  {row['flops_per_step'] / 1e9:10.3g} GFLOP/step"]
+    flops = f"{row['flops_per_step'] / 1e9:10.3g}" if row["flops_per_step"] else "  no count"
+    parts = [f"{row['stage']:<13} batch {row['batch']:>3}  {flops} GFLOP/step"]
     for p, m in row["precisions"].items():
         if "error" in m:
             parts.append(f"{p}: FAILED")
@@ -593,24 +603,10 @@ def fits(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
         logs = args.out / "fit_logs"
         logs.mkdir(parents=True, exist_ok=True)
         runs, cases = tmp / "runs", tmp / "data" / "cases.csv"
-        synth = [
-            *py,
-            "synth",
-            "--out",
-            str(tmp / "data"),
-            "--cases",
-            str(args.fit_cases),
-            "--seed",
-            "0",
-            "--workers",
-            str(max(1, args.threads or 1)),
-        ]
-        synth += [
-            "--shape",
-            ",".join(map(str, PHANTOM[size]["shape"])),
-            "--spacing",
-            ",".join(map(str, PHANTOM[size]["spacing"])),
-        ]
+        phantom = PHANTOM[size]
+        synth = [*py, "synth", "--out", str(tmp / "data"), "--cases", str(args.fit_cases), "--seed", "0"]
+        synth += ["--workers", str(args.threads or min(8, os.cpu_count() or 1))]
+        synth += ["--shape", ",".join(map(str, phantom["shape"])), "--spacing", ",".join(map(str, phantom["spacing"]))]
         crop = [*py, "crop", "--config", "experiments/paper/crop.yaml", "--cases", str(cases), "--experiment", "gpucheck"]
         crop += ["--runs_dir", str(runs), "--source", "manual"]
         if args.tiny:
@@ -716,9 +712,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{_fmt(peak, '.1f', 'unknown')} TFLOP/s; {result['elapsed_s']:.0f} s of a {result['budget_s']:.0f} s budget; "
         f"torch {result['versions']['torch']}",
         "",
-        "| stage | batch | GFLOP/step | fp32 s/step | bf16 s/step | bf16 samples/s | fp32 peak MB | bf16 peak MB "
-        "| MFU fp32 | MFU bf16 | CLI fit |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| stage | batch | GFLOP/step | fp32 s/step | bf16 s/step | fp32 samples/s | bf16 samples/s | fp32 peak MB "
+        "| bf16 peak MB | MFU fp32 | MFU bf16 | CLI fit |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for stage in STAGES:
         row = result["stages"].get(stage)
@@ -727,17 +723,16 @@ def markdown(result: dict[str, Any]) -> str:
         if row is None:
             continue
         if "error" in row or "skipped" in row:
-            lines.append(
-                f"| {stage} | | | {row.get('error') or row.get('skipped')} | | | | | | | {fit_text} |".replace("\n", " ")
-            )
+            lines.append(f"| {stage} | | | {'failed' if 'error' in row else 'skipped'} | | | | | | | | {fit_text} |")
             continue
         p = {k: row["precisions"].get(k, {}) for k in PRECISIONS}
         cells = [
             stage,
             str(row["batch"]),
-            f"{row['flops_per_step'] / 1e9:.3g}",
+            _fmt(row["flops_per_step"] and row["flops_per_step"] / 1e9, ".3g", "failed"),
             _fmt(p["fp32"].get("step_s"), ".4f", "failed" if "error" in p["fp32"] else "-"),
             _fmt(p["bf16-mixed"].get("step_s"), ".4f", "failed" if "error" in p["bf16-mixed"] else "-"),
+            _fmt(p["fp32"].get("samples_per_s"), ".1f"),
             _fmt(p["bf16-mixed"].get("samples_per_s"), ".1f"),
             _fmt(p["fp32"].get("peak_memory_mb"), ".0f"),
             _fmt(p["bf16-mixed"].get("peak_memory_mb"), ".0f"),
@@ -761,6 +756,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Not included: {proj['not_included']}."]
     if result["notes"]:
         lines += ["", "Notes:", *[f"- {n}" for n in result["notes"]]]
+    failures = [(s, r.get("error") or r.get("flops_error")) for s, r in result["stages"].items()]
+    failures += [
+        (f"{s} {p}", m["error"]) for s, r in result["stages"].items() for p, m in r.get("precisions", {}).items() if "error" in m
+    ]
+    failures += [(f"fit {s}", r["message"]) for s, r in result["fits"]["stages"].items() if r["status"] == "failed"]
+    failures += [(s, r["message"]) for s, r in result["fits"]["setup"].items() if r["status"] == "failed"]
+    if any(message for _, message in failures):
+        lines += ["", "Failures (whole messages in gpu_check.json and fit_logs/):"]
+        lines += [f"- {what}: {message.strip().splitlines()[-1][:300]}" for what, message in failures if message]
     return "\n".join(lines) + "\n"
 
 
@@ -791,7 +795,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for row in stages.values():
         for m in row.get("precisions", {}).values():
             if "step_s" in m:
-                m["mfu"] = m["tflops_per_s"] / peak if peak else None
+                m["mfu"] = m["tflops_per_s"] / peak if peak and m["tflops_per_s"] else None
     log.info("short neonet fits through the CLI (fold 0, %d batches):", args.fit_batches)
     fit_results = fits(args, budget)
     notes += [f"{stage}: {row['skipped']}" for stage, row in stages.items() if row.get("skipped")]
