@@ -781,6 +781,12 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _rel(path: Path) -> str:
+    """A path as the results name it: relative to the repository when inside it, else its name only."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole check: measurements, CLI fits, projection; every failure recorded, never raised."""
     budget = Budget(args.budget_s)
@@ -807,7 +813,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "peak_bf16_tflops": peak,
         "peak_source": "--peak_tflops" if args.peak_tflops else "PEAK_BF16_TFLOPS (dense bf16, vendor data sheets)",
         "versions": versions(),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
+        "settings": {k: (_rel(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
         "stages": stages,
         "fits": fit_results,
         "projection": project(stages, args.cohort_cases, args.cohort_pni),
