@@ -36,6 +36,8 @@ STAGES: dict[str, str] = {
     "seg_swinunetr": "seg_swinunetr.yaml",  # a variant of NeoSeg, not in the protocol: measured and fitted last
 }
 CLS_STAGES = ("pattennet", "resnet18", "densenet121", "seresnet50")
+
+
 # ---------------------------------------------------------------------- --tiny: shrunk networks and inputs
 _AE = "encoder.init_args.autoencoder.init_args"
 #: Per-stage config overrides of ``--tiny`` (the same for the step measurement and the CLI fit).
