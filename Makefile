@@ -32,8 +32,10 @@ EXPORT_FLAGS ?=
 # written when every demo stage has finished; `make demo` then only prints the summary
 DEMO_DONE   := $(RUNS)/demo/reports/demo_complete.txt
 export WANDB_MODE ?= offline
+# options of `make gpu-check` (benchmarks/gpu_check.py), e.g. ARGS="--device cpu --tiny" or ARGS="--budget_s 300"
+ARGS        ?=
 
-.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case export null clean-demo
+.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case export null clean-demo gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -138,6 +140,9 @@ null: install ## null control: the chain on a matched --strength 0 phantom (expe
 	$(NEONET) cv --jobs 3 $(CV_FLAGS) --config experiments/demo/pattennet.yaml --config experiments/demo/null/null.yaml && \
 	$(NEONET) cv --jobs 3 $(CV_FLAGS) --config experiments/demo/baseline_resnet18.yaml --config experiments/demo/null/null.yaml && \
 	$(NEONET) report --experiment demo-null --runs_dir $(RUNS)
+
+gpu-check: install ## one GPU, < 8 min: each paper stage's step time, memory, FLOPs/MFU, a short CLI fit, projected protocol time (ARGS=...)
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 clean-demo: ## delete the demo experiment ($(RUNS)/demo)
 	rm -rf $(RUNS)/demo

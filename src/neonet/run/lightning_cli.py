@@ -413,3 +413,49 @@ def resolve_stage_config(configs: list[Any], overrides: list[str] | None = None)
     except SystemExit as exc:  # jsonargparse printed its message (the key and the problem) already
         raise NeonetError(f"the stage config {' + '.join(map(str, configs))} does not parse (the message is above)") from exc
     raise NeonetError("internal: the stage config reader did not stop after parsing")
+
+
+class _Built(Exception):
+    """Carries the model and DataModule out of :class:`_StageBuilder` before a trainer is made."""
+
+    def __init__(self, model: LightningModule, datamodule: Any, config: dict[str, Any]) -> None:
+        super().__init__("built")
+        self.model, self.datamodule, self.config = model, datamodule, config
+
+
+class _StageBuilder(NeonetCLI):
+    """``NeonetCLI``'s own parser and instantiation, stopped before the trainer: nothing is written."""
+
+    def instantiate_classes(self) -> None:
+        import yaml
+
+        init = self.parser.instantiate_classes(self.config)
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False)) or {}
+        raise _Built(self._get(init, "model"), self._get(init, "data"), config)
+
+
+def instantiate_stage_config(
+    configs: list[Any], overrides: list[str] | None = None
+) -> tuple[LightningModule, Any, dict[str, Any]]:
+    """The model and DataModule of a stage config, built exactly as ``neonet fit --config ... OVERRIDES`` builds them.
+
+    The config is parsed, seeded (``seed_everything``) and instantiated by :class:`NeonetCLI` itself (networks
+    injected, optimizers as factories), but no trainer is made, no fold is locked and nothing is written: for
+    benchmarks and checks that run the stage's own module outside ``neonet fit``.
+
+    Returns:
+        (model, datamodule, the resolved config as a plain dict).
+
+    Raises:
+        NeonetError: when the configs do not parse (the parser's message names the key and the file).
+    """
+    args = [a for c in configs for a in ("--config", str(c))] + list(overrides or [])
+    try:
+        with warnings.catch_warnings():  # LightningCLI warns about args given while sys.argv has others
+            warnings.simplefilter("ignore")
+            _StageBuilder(args=args, run=False)
+    except _Built as built:
+        return built.model, built.datamodule, built.config
+    except SystemExit as exc:  # jsonargparse printed its message (the key and the problem) already
+        raise NeonetError(f"the stage config {' + '.join(map(str, configs))} does not parse (the message is above)") from exc
+    raise NeonetError("internal: the stage builder did not stop after instantiating")
