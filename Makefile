@@ -33,7 +33,7 @@ EXPORT_FLAGS ?=
 DEMO_DONE   := $(RUNS)/demo/reports/demo_complete.txt
 export WANDB_MODE ?= offline
 
-.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case export null clean-demo
+.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case export null chaos clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -138,6 +138,13 @@ null: install ## null control: the chain on a matched --strength 0 phantom (expe
 	$(NEONET) cv --jobs 3 $(CV_FLAGS) --config experiments/demo/pattennet.yaml --config experiments/demo/null/null.yaml && \
 	$(NEONET) cv --jobs 3 $(CV_FLAGS) --config experiments/demo/baseline_resnet18.yaml --config experiments/demo/null/null.yaml && \
 	$(NEONET) report --experiment demo-null --runs_dir $(RUNS)
+
+# the CHAOS MR T2-SPIR cohort beside the repository (never copied into it)
+CHAOS_DIR   ?= ../shared/real_cohorts/chaos_mr_t2spir
+
+chaos: install ## NeoSeg on real MRI: CHAOS T2-SPIR (10 livers), 5 folds at once on CPU (experiments/chaos/seg.yaml)
+	@test -f $(CHAOS_DIR)/cases.csv || { echo "make chaos: $(CHAOS_DIR)/cases.csv not found: the CHAOS cohort must lie in ../shared/real_cohorts/chaos_mr_t2spir beside the repository (or set CHAOS_DIR=... and --data.cases through CV_FLAGS)"; exit 2; }
+	OMP_NUM_THREADS=1 $(NEONET) cv --jobs 5 $(CV_FLAGS) --config experiments/chaos/seg.yaml -- --data.runs_dir=$(RUNS) --data.cases=$(CHAOS_DIR)/cases.csv
 
 clean-demo: ## delete the demo experiment ($(RUNS)/demo)
 	rm -rf $(RUNS)/demo

@@ -268,6 +268,11 @@ def _mask_path(case: Case, source: str, workspace: Workspace) -> Path | None:
     return case.label if source == "manual" else workspace.seg_prediction(case.case_id)
 
 
+#: A case without a manual label under ``--source manual`` (its manifest row's status).
+NO_LABEL_ROW = (
+    "no manual label in the case manifest (use --source predicted, or --source none for volumes already cropped "
+    "around the lesion)"
+)
 #: What to do when the manifest has no mask to crop with (``--source manual`` without labels).
 NO_MASK_WAY_ON = (
     "for volumes already cropped around the lesion use --source none (centred patches, no label patch); "
@@ -434,7 +439,7 @@ def crop(
         try:
             mask_path = _mask_path(case, source, workspace)
             if mask_path is None and source != "none":
-                raise DataError(f"no manual label in the case manifest ({NO_MASK_WAY_ON})")
+                raise DataError(NO_LABEL_ROW)
             row["source_mask"] = "" if mask_path is None else str(mask_path)
             for path in (case.image, mask_path):
                 if path is not None and not Path(path).exists():
