@@ -35,7 +35,7 @@ export WANDB_MODE ?= offline
 # options of `make gpu-check` (benchmarks/gpu_check.py), e.g. ARGS="--device cpu --tiny" or ARGS="--budget_s 300"
 ARGS        ?=
 
-.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case export null clean-demo gpu-check
+.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case export null chaos clean-demo gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -143,6 +143,13 @@ null: install ## null control: the chain on a matched --strength 0 phantom (expe
 
 gpu-check: install ## one GPU, < 8 min: each paper stage's step time, memory, FLOPs/MFU, a short CLI fit, projected protocol time (ARGS=...)
 	$(PY) benchmarks/gpu_check.py $(ARGS)
+
+# the CHAOS MR T2-SPIR cohort beside the repository (never copied into it)
+CHAOS_DIR   ?= ../shared/real_cohorts/chaos_mr_t2spir
+
+chaos: install ## NeoSeg on real MRI: CHAOS T2-SPIR (10 livers), 5 folds at once on CPU (experiments/chaos/seg.yaml)
+	@test -f $(CHAOS_DIR)/cases.csv || { echo "make chaos: $(CHAOS_DIR)/cases.csv not found: the CHAOS cohort must lie in ../shared/real_cohorts/chaos_mr_t2spir beside the repository (or set CHAOS_DIR=... and --data.cases through CV_FLAGS)"; exit 2; }
+	OMP_NUM_THREADS=1 $(NEONET) cv --jobs 5 $(CV_FLAGS) --config experiments/chaos/seg.yaml -- --data.runs_dir=$(RUNS) --data.cases=$(CHAOS_DIR)/cases.csv
 
 clean-demo: ## delete the demo experiment ($(RUNS)/demo)
 	rm -rf $(RUNS)/demo

@@ -19,7 +19,7 @@ import yaml
 from neonet.run.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = [REPO / "experiments" / "demo", REPO / "experiments" / "paper", REPO / "tests" / "conf"]
+FOLDERS = [REPO / "experiments" / f for f in ("demo", "paper", "chaos")] + [REPO / "tests" / "conf"]
 _MISSING = object()
 
 
@@ -108,3 +108,26 @@ def test_every_block_is_included_and_include_only(block: Path) -> None:
     users = [p for p in block.parent.glob("*.yaml") if _raw(p).get("config") == block.name]
     assert users, f"{block.name} is included by no config of {block.parent.name}/"
     assert "model" not in _raw(block), "a block holds what a folder shares, not a stage"
+
+
+def test_chaos_seg_config_instantiates_for_the_shared_cohort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """experiments/chaos/seg.yaml builds NeoSeg for ../shared/real_cohorts/chaos_mr_t2spir (liver only, 5 folds)."""
+    import torch
+
+    from neonet.run.lightning_cli import NeonetCLI
+    from neonet.seg import SegDataModule, SegModule
+
+    config = REPO / "experiments" / "chaos" / "seg.yaml"
+    cases = _included(config)["data.init_args.cases"]
+    assert cases == "../shared/real_cohorts/chaos_mr_t2spir/cases.csv"  # relative to the repository root
+    monkeypatch.chdir(REPO)
+    cli = NeonetCLI(args=["--config", str(config), f"--data.runs_dir={tmp_path}"], run=False)
+    model, data = cli.model, cli.datamodule
+    assert isinstance(model, SegModule) and isinstance(data, SegDataModule)
+    assert data.label_map.liver == (1,) and data.label_map.tumor == () and data.label_map.other == (2, 3, 4)
+    assert data.folds == 5 and data.spacing == (2.5, 2.5, 7.7) and data.patch_size == (96, 96, 16)
+    with torch.no_grad():  # a training crop and a whole resampled volume (128 x 128 x 31-46 slices, padded to 48)
+        for shape in ((96, 96, 16), (128, 128, 48)):
+            assert model.eval()(torch.zeros(1, 1, *shape)).shape == (1, 3, *shape)
+    if (REPO / cases).is_file():
+        assert len(data.all_cases) == 10 and all(c.label is not None and c.pni is None for c in data.all_cases)

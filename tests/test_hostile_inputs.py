@@ -209,7 +209,8 @@ def test_crop_exits_non_zero_naming_failed_cases_after_writing_the_manifest(
     err = capsys.readouterr().err
     assert (
         "neonet crop: error: 1 of 3 case(s) failed and have no patches:\n"
-        "  case phantom_002: error: no manual label in the case manifest (use --source predicted)\n"
+        "  case phantom_002: error: no manual label in the case manifest (use --source predicted, or --source none for "
+        "volumes already cropped around the lesion)\n"
         f"The 2 other case(s) were cropped; {ws.patches_manifest} lists every case with its status. "
         f"Fix the failed cases (`neonet check-data --cases {no_label}` checks every file) or remove them from the "
         "case manifest, then run the same command again: the cases already cropped are reused."
@@ -226,11 +227,12 @@ def test_crop_exits_non_zero_naming_failed_cases_after_writing_the_manifest(
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert set(pd.read_csv(ws.patches_manifest, dtype=str)["status"]) == {"ok"}
 
-    # issue 18: a manifest without labels refuses every case, and says so
+    # issue 18: a manifest without labels is refused before anything is written, pointing at the sources that need none
     frame.assign(label="").to_csv(no_label, index=False)
     assert main([*crop, "--cases", str(no_label), "--experiment", "f"]) == 2
     err = capsys.readouterr().err
-    assert "3 of 3 case(s) failed and have no patches" in err and err.count("no manual label in the case manifest") == 3
+    assert f"{no_label}: no case has a manual label" in err and "--source none" in err and "--source predicted" in err
+    assert not Workspace(runs, "f").root.exists()
 
 
 # ------------------------------------------------------------------------------------- row 6

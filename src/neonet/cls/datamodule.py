@@ -188,7 +188,11 @@ class ClsDataModule(FoldDataModule):
 
     # ------------------------------------------------------------------ items
     def real_items(self, case_ids: Sequence[str], split: str) -> list[dict[str, Any]]:
-        """Items of the real patches of ``case_ids`` (cases without a usable patch are skipped, with a warning)."""
+        """Items of the real patches of ``case_ids`` (cases without a usable patch are skipped, with a warning).
+
+        Raises:
+            MissingLabelPatchError: with ``label_channel``, a patch has no label patch (``neonet crop --source none``).
+        """
         records = patch_records(self.workspace, list(case_ids), require_pni=True)
         skipped = sorted(set(case_ids) - {r.case_id for r in records})
         if skipped:
@@ -199,17 +203,19 @@ class ClsDataModule(FoldDataModule):
                 len(skipped),
                 ", ".join(skipped[:10]),
             )
-        return [
-            {
+        items: list[dict[str, Any]] = []
+        for r in records:
+            item: dict[str, Any] = {
                 "image": str(r.image),
-                "region": str(r.label),
                 "label": float(cast(int, r.pni)),  # patch_records(require_pni=True) leaves no None
                 "case_id": r.case_id,
                 "patient_id": r.patient_id,
                 "synthetic": 0,
             }
-            for r in records
-        ]
+            if self.label_channel:  # patches cut without a mask (crop --source none) serve only without it
+                item["region"] = str(r.label_path("the classifier's label channel (`label_channel: true`)"))
+            items.append(item)
+        return items
 
     def items(self, split: str) -> list[dict[str, Any]]:
         """Items of ``train`` (real + synthetic if enabled), ``val``, ``test`` (real only) or ``predict``."""

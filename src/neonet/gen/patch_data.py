@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def load_patch(record: PatchRecord, with_label: bool = True) -> dict[str, Any]:
-    """One patch as ``{"image": (1, X, Y, Z) float32, "label": (1, X, Y, Z) uint8, "affine", ...}``."""
+    """One patch as ``{"image": (1, X, Y, Z) float32, "label": (1, X, Y, Z) uint8, "affine", ...}``.
+
+    Raises:
+        MissingLabelPatchError: ``with_label`` and the patch has no label patch (``neonet crop --source none``).
+    """
     img = load_nifti(record.image, record.case_id)
     image = read_array(img, record.image, record.case_id).astype(np.float32)
     if image.ndim != 3:
@@ -37,7 +41,8 @@ def load_patch(record: PatchRecord, with_label: bool = True) -> dict[str, Any]:
         "affine": np.asarray(img.affine, dtype=np.float64),
     }
     if with_label:
-        lab = read_array(load_nifti(record.label, record.case_id), record.label, record.case_id)
+        path = record.label_path("NeoGen (the latent cache, ControlNet's masks, the quality report)")
+        lab = read_array(load_nifti(path, record.case_id), path, record.case_id)
         if lab.shape != image.shape:
             raise DataError(f"case {record.case_id}: label patch {lab.shape} and image patch {image.shape} differ")
         item["label"] = torch.from_numpy(np.rint(lab).astype(np.uint8))[None]

@@ -5,6 +5,7 @@ Output, in the experiment's workspace (see :mod:`neonet.workspace`)::
     <runs_dir>/<experiment>/patches/
       images/<case>.nii.gz     float32 image patch (canonical RAS grid, target spacing)
       labels/<case>.nii.gz     uint8 label patch: 0 bg, 1 liver, 2 peritumoral shell, 3 tumour
+                               (none with ``--source none``: the manifest's ``label`` is empty)
       manifest.csv             one row per case (also skipped and failed ones)
       crop_config.json         the settings the patches were made with (a :mod:`neonet.run.provenance` record)
     <runs_dir>/<experiment>/reports/tlcr_patches.png   a grid of patches with their shells, PNI+ over PNI−
@@ -39,9 +40,11 @@ from neonet.seg.tlcr import (
     SHELL_REGIONS,
     STATUS_LIVER_FALLBACK,
     STATUS_NO_LIVER,
+    STATUS_NO_MASK,
     STATUS_OK,
     STATUS_SKIPPED,
     TLCRResult,
+    centred_patch,
     patch_affine,
     patch_for_share,
     tlcr,
@@ -50,7 +53,7 @@ from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("manual", "predicted")
+SOURCES = ("manual", "predicted", "none")
 #: Arguments that change the patches; a different value needs ``--force``.
 SETTINGS_KEYS = (
     "source",
@@ -71,7 +74,7 @@ SETTINGS_DEFAULTS = {"shell_region": "all", "liver_level": None, "liver_region":
 #: What the crop record describes (in messages).
 WHAT = "the TLCR patch folder"
 #: Statuses whose rows (and files) a re-run with the same settings and inputs may reuse.
-REUSABLE_STATUSES = (STATUS_OK, STATUS_LIVER_FALLBACK, STATUS_SKIPPED, STATUS_NO_LIVER)
+REUSABLE_STATUSES = (STATUS_OK, STATUS_LIVER_FALLBACK, STATUS_SKIPPED, STATUS_NO_LIVER, STATUS_NO_MASK)
 #: Status prefix of a case that failed.
 STATUS_ERROR = "error"
 #: At most this many failed cases are listed in the error message.
@@ -156,6 +159,26 @@ class CropFailedError(NeonetError):
         self.failed = failed
 
 
+class NoPatchesError(NeonetError):
+    """``neonet crop`` ran through every case without a failure, yet no case gave a patch.
+
+    Raised after the manifest (every case with its status) was written, so nothing later mistakes an
+    empty patch folder for a finished crop.
+    """
+
+    def __init__(self, manifest: Path, statuses: Counter[str], source: str, cases: Path) -> None:
+        summary = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()))
+        n = sum(statuses.values())
+        super().__init__(
+            f"none of the {n} case(s) of {cases} gave a patch ({summary}; {manifest} lists every case with its "
+            f"status): the {source} masks hold no tumour (and, where no patch was made, no liver either) under "
+            "--liver/--tumor/--other. Check the label values (`neonet check-data --cases "
+            f"{cases} --stage crop`); for volumes already cropped around the lesion, without masks, use "
+            "--source none (centred patches, no label patch); to cut patches around NeoSeg's tumours, train "
+            "NeoSeg and use --source predicted."
+        )
+
+
 def _legacy_record(data: dict[str, Any]) -> Provenance:
     """A ``crop_config.json`` of before :mod:`neonet.run.provenance`: the settings and the command's
     ``cases``/``experiment``/``runs_dir`` side by side in one object."""
@@ -179,11 +202,12 @@ def crop_record(ws: Workspace) -> Provenance | None:
     return Provenance({**record.settings, **missing}, record.inputs, record.outputs, record.extra) if missing else record
 
 
-def _inputs_digest(image: Path, mask: Path) -> str:
+def _inputs_digest(image: Path, mask: Path | None) -> str:
     """SHA-256 over the image's and the mask's bytes (to notice changed inputs on a re-run)."""
     digest = hashlib.sha256()
     for path in (image, mask):
-        digest.update(scan_sha256(path).encode())
+        if path is not None:
+            digest.update(scan_sha256(path).encode())
     return digest.hexdigest()
 
 
@@ -239,7 +263,21 @@ def _result_fields(result: TLCRResult) -> dict[str, Any]:
 
 
 def _mask_path(case: Case, source: str, workspace: Workspace) -> Path | None:
+    if source == "none":
+        return None
     return case.label if source == "manual" else workspace.seg_prediction(case.case_id)
+
+
+#: A case without a manual label under ``--source manual`` (its manifest row's status).
+NO_LABEL_ROW = (
+    "no manual label in the case manifest (use --source predicted, or --source none for volumes already cropped "
+    "around the lesion)"
+)
+#: What to do when the manifest has no mask to crop with (``--source manual`` without labels).
+NO_MASK_WAY_ON = (
+    "for volumes already cropped around the lesion use --source none (centred patches, no label patch); "
+    "to crop around NeoSeg's tumours train NeoSeg and use --source predicted"
+)
 
 
 def crop(
@@ -273,7 +311,12 @@ def crop(
     the experiment's ``plans.json``, when it planned for this spacing). A re-run skips cases whose
     patches exist with the same settings and unchanged inputs; a case that fails is recorded as
     ``error: ...`` and the others continue, and once the manifest is written the command fails
-    (exit code 2) naming every failed case.
+    (exit code 2) naming every failed case; it fails too when no case gave a patch.
+
+    With ``--source none`` (volumes already cropped around the lesion, no mask) each volume is
+    resampled to ``spacing`` and its centre cut or padded to ``patch_size`` (status
+    ``no_mask_centred``); no label patch is written (the manifest's ``label`` is empty), so only
+    classifiers without a label channel can use the patches.
 
     Args:
         cases: the case manifest (``cases.csv``).
@@ -281,7 +324,9 @@ def crop(
         runs_dir: folder holding all experiments.
         source: ``manual`` uses the masks of the manifest's ``label`` column (mapped with
             ``liver``/``tumor``/``other``); ``predicted`` uses the experiment's out-of-fold NeoSeg
-            masks (``seg/predictions/<case>.nii.gz``, made by ``neonet cv`` on the seg stage).
+            masks (``seg/predictions/<case>.nii.gz``, made by ``neonet cv`` on the seg stage);
+            ``none`` needs no mask: the patch is each volume's centre (for scans that come
+            already cropped around the lesion), with no label patch.
         spacing: target voxel spacing in mm (x, y, z).
         patch_size: patch size in voxels (x, y, z).
         shell_mm: width of the peritumoral shell in mm, measured in physical space.
@@ -322,6 +367,11 @@ def crop(
         raise NeonetError(f"--patch_size needs three positive voxel counts, got {patch_size}")
     if liver_level is not None and not 0 < liver_level <= 1:
         raise NeonetError(f"--liver_level must be in (0, 1] (or null), got {liver_level}")
+    if source == "none" and liver_level is not None:
+        raise NeonetError(
+            f"--liver_level {liver_level} scales each patch to its liver, which needs a mask; --source none has "
+            "none: set --liver_level null (patches keep each volume's percentile scaling)"
+        )
     if liver_region not in LIVER_REGIONS:
         raise NeonetError(f"--liver_region must be one of {', '.join(LIVER_REGIONS)}, got {liver_region!r}")
     if shell_region not in SHELL_REGIONS:
@@ -336,6 +386,11 @@ def crop(
     patches_dir = workspace.patches_dir
     manifest_path = workspace.patches_manifest
     case_list = read_cases(cases)
+    if source == "manual" and case_list and all(c.label is None for c in case_list):
+        raise DataError(
+            f"{cases}: no case has a manual label (the `label` column is empty), so --source manual has no mask "
+            f"to crop with; {NO_MASK_WAY_ON}"
+        )
     settings = _settings(
         source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other, liver_level, liver_region, shell_region
     )
@@ -383,11 +438,11 @@ def crop(
         image_rel, label_rel = case_file("images", case.case_id), case_file("labels", case.case_id)
         try:
             mask_path = _mask_path(case, source, workspace)
-            if mask_path is None:
-                raise DataError("no manual label in the case manifest (use --source predicted)")
-            row["source_mask"] = str(mask_path)
+            if mask_path is None and source != "none":
+                raise DataError(NO_LABEL_ROW)
+            row["source_mask"] = "" if mask_path is None else str(mask_path)
             for path in (case.image, mask_path):
-                if not Path(path).exists():
+                if path is not None and not Path(path).exists():
                     raise DataError(f"{path}: file not found")
             digest = _inputs_digest(case.image, mask_path)
             row["inputs_sha256"] = digest
@@ -398,27 +453,35 @@ def crop(
                 rows.append({**old, **{key: row[key] for key in keep}})
                 reused += 1
                 continue
-            image, mask, affine = load_case(case.image, mask_path, spacing, mask_map, case.case_id)
-            result = tlcr(
-                image,
-                mask,
-                spacing,
-                patch_size=patch_size,
-                shell_mm=shell_mm,
-                no_tumor=no_tumor,
-                liver_level=liver_level,
-                liver_region=liver_region,
-                shell_region=shell_region,
-            )
+            if mask_path is None:
+                image, affine = load_image(case.image, spacing, case.case_id)
+                result = centred_patch(image, spacing, patch_size)
+            else:
+                image, mask, affine = load_case(case.image, mask_path, spacing, mask_map, case.case_id)
+                result = tlcr(
+                    image,
+                    mask,
+                    spacing,
+                    patch_size=patch_size,
+                    shell_mm=shell_mm,
+                    no_tumor=no_tumor,
+                    liver_level=liver_level,
+                    liver_region=liver_region,
+                    shell_region=shell_region,
+                )
             row.update(_result_fields(result))
             row["intensity_scale"] = round(float(result.intensity_scale), 6)
             row["intensity_reference"] = result.intensity_reference
             if result.has_patch:
-                assert result.box is not None and result.image_patch is not None and result.label_patch is not None
+                assert result.box is not None and result.image_patch is not None
                 patch_aff = patch_affine(affine, result.box["start"])
                 save_nifti(patches_dir / image_rel, result.image_patch.astype(np.float32), patch_aff)
-                save_nifti(patches_dir / label_rel, result.label_patch.astype(np.uint8), patch_aff)
-                row["image"], row["label"] = image_rel.as_posix(), label_rel.as_posix()
+                row["image"] = image_rel.as_posix()
+                if result.label_patch is None:
+                    (patches_dir / label_rel).unlink(missing_ok=True)  # a label patch of an earlier crop
+                else:
+                    save_nifti(patches_dir / label_rel, result.label_patch.astype(np.uint8), patch_aff)
+                    row["label"] = label_rel.as_posix()
             else:
                 for rel in (image_rel, label_rel):
                     (patches_dir / rel).unlink(missing_ok=True)
@@ -467,6 +530,8 @@ def crop(
     log_dataset_run(workspace, "crop", None, lambda: patches_artifact(workspace), seg_models, settings_sent)
     if failed:
         raise CropFailedError(manifest_path, failed, len(rows), Path(cases))
+    if rows and not any(r["image"] for r in rows):
+        raise NoPatchesError(manifest_path, counts, source, Path(cases))
     return manifest_path
 
 
@@ -512,6 +577,31 @@ def fit_warning(
     )
 
 
+def load_image(
+    image: str | os.PathLike, spacing: tuple[float, float, float], case_id: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load an image without a mask in canonical form (RAS, resampled, in [0, 1]), as :func:`load_case` does.
+
+    Raises:
+        DataError: the file is missing or unreadable (the message names the file and the cause).
+    """
+    from neonet.data.transforms import load_canonical  # heavy import (MONAI, torchio): only when cropping
+
+    load_nifti(image, case_id, "image")  # header only: a clear error for a file that is not NIfTI, too large, ...
+    try:
+        image_arr, _, affine = load_canonical(str(image), None, spacing)
+    except Exception as exc:  # MONAI wraps the reader's error in "applying transform <...>"
+        raise DataError(f"cannot load {image}: {_root_cause(exc)}") from exc
+    return image_arr, affine
+
+
+def _root_cause(exc: BaseException) -> str:
+    root = exc
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    return f"{type(root).__name__}: {root}"
+
+
 def load_case(
     image: str | os.PathLike,
     mask: str | os.PathLike,
@@ -531,10 +621,7 @@ def load_case(
     try:
         image_arr, mask_arr, affine = load_canonical(str(image), str(mask), spacing, label_map)
     except Exception as exc:  # MONAI wraps the reader's error in "applying transform <...>"
-        root: BaseException = exc
-        while root.__cause__ is not None or root.__context__ is not None:
-            root = root.__cause__ or root.__context__  # type: ignore[assignment]
-        raise DataError(f"cannot load {image} / {mask}: {type(root).__name__}: {root}") from exc
+        raise DataError(f"cannot load {image} / {mask}: {_root_cause(exc)}") from exc
     if mask_arr is None or mask_arr.shape != image_arr.shape:
         raise DataError(f"{mask}: mask grid does not match the image {image} after resampling")
     return image_arr, mask_arr, affine

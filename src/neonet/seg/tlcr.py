@@ -34,6 +34,8 @@ STATUS_OK = "ok"
 STATUS_LIVER_FALLBACK = "no_tumor_liver_fallback"
 STATUS_SKIPPED = "no_tumor_skipped"
 STATUS_NO_LIVER = "no_liver_no_tumor"
+#: A volume without a mask (``neonet crop --source none``): the patch is the volume's centre, no label patch.
+STATUS_NO_MASK = "no_mask_centred"
 NO_TUMOR_POLICIES = ("liver", "skip")
 
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
@@ -170,9 +172,10 @@ class TLCRResult:
     """Outcome of :func:`tlcr` for one case.
 
     Attributes:
-        status: ``ok``, ``no_tumor_liver_fallback``, ``no_tumor_skipped`` or ``no_liver_no_tumor``.
+        status: ``ok``, ``no_tumor_liver_fallback``, ``no_tumor_skipped``, ``no_liver_no_tumor`` or
+            ``no_mask_centred`` (:func:`centred_patch`).
         image_patch: float32 image patch, or None when no patch was made.
-        label_patch: uint8 label patch (0 bg, 1 liver, 2 shell, 3 tumour), or None.
+        label_patch: uint8 label patch (0 bg, 1 liver, 2 shell, 3 tumour), or None (no patch, or no mask).
         n_tumors: number of 26-connected tumour components.
         tumor_volume_ml: volume of the largest tumour component in ml.
         tumor_volume_total_ml: volume of all tumour voxels in ml.
@@ -210,7 +213,7 @@ class TLCRResult:
 
     @property
     def has_patch(self) -> bool:
-        """True when image and label patches were made."""
+        """True when an image patch was made (with a label patch unless the status is ``no_mask_centred``)."""
         return self.image_patch is not None
 
     @property
@@ -440,4 +443,41 @@ def tlcr(
         intensity_scale=scale,
         intensity_reference=reference,
         **common,
+    )
+
+
+def centred_patch(image: np.ndarray, spacing: Sequence[float], patch_size: Sequence[int] = (96, 96, 48)) -> TLCRResult:
+    """The ``patch_size`` patch at the centre of a volume that has no mask (status ``no_mask_centred``).
+
+    For scans that come already cropped around the lesion (many public and radiomics sets): the
+    volume's centre stands in for the tumour centroid, and the box, its rounding and the padding at
+    the borders are :func:`crop_box`'s and :func:`extract_patch`'s, as for a tumour. No label patch
+    is made; the tumour fields stay empty.
+
+    Args:
+        image: 3D image (canonical grid).
+        spacing: voxel spacing ``(sx, sy, sz)`` in mm.
+        patch_size: patch size in voxels.
+
+    Returns:
+        A :class:`TLCRResult` with ``image_patch`` and ``box``, ``label_patch`` None.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or len(patch_size) != 3 or len(spacing) != 3 or min(patch_size) < 1:
+        raise ValueError(
+            f"centred_patch needs a 3D image, 3 spacings and 3 positive patch sizes, got {image.shape}, {spacing}, {patch_size}"
+        )
+    px, py, pz = (int(p) for p in patch_size)
+    sx, sy, sz = (float(s) for s in spacing)
+    cx, cy, cz = ((n - 1) / 2 for n in image.shape)
+    box = crop_box((cx, cy, cz), (px, py, pz), image.shape)
+    pad_value = float(image.min()) if image.size else 0.0
+    return TLCRResult(
+        status=STATUS_NO_MASK,
+        image_patch=extract_patch(image.astype(np.float32, copy=False), box, pad_value),
+        centroid=(cx, cy, cz),
+        box=box,
+        spacing=(sx, sy, sz),
+        patch_size=(px, py, pz),
+        shell_mm=0.0,
     )

@@ -1,7 +1,8 @@
 """A grid of TLCR patches with their peritumoral shells: PNI+ rows above PNI− rows.
 
 Each cell is the axial slice through the tumour's centre of one patch (``patches/manifest.csv``),
-with the label patch's peritumoral shell (yellow) and tumour (red) contours. Written to
+with the label patch's peritumoral shell (yellow) and tumour (red) contours (the middle slice, without
+contours, for a patch cut without a mask: ``neonet crop --source none``). Written to
 ``reports/tlcr_patches.png`` by ``neonet crop`` and by ``neonet report``.
 """
 
@@ -63,10 +64,13 @@ def plot_patch_grid(ws: Workspace, per_class: int = 8, columns: int = 4) -> Path
         for i, rec in enumerate(groups[cls].itertuples()):
             ax = axes[first_row + i // columns][i % columns]
             image = read_array(load_nifti(base / str(rec.image), str(rec.case_id)), base / str(rec.image))
-            label = np.rint(read_array(load_nifti(base / str(rec.label), str(rec.case_id)), base / str(rec.label)))
-            z = tumour_slice(label)
+            label = None  # a patch cut without a mask (crop --source none): the middle slice, no contours
+            if isinstance(rec.label, str) and rec.label:
+                label = np.rint(read_array(load_nifti(base / rec.label, str(rec.case_id)), base / rec.label))
+            z = tumour_slice(label) if label is not None else image.shape[2] // 2
             ax.axis("on")
-            draw_patch(ax, plane(image, 2, z), plane(label, 2, z), vmax=max(1.0, float(np.percentile(image, 99.5))))
+            vmax = max(1.0, float(np.percentile(image, 99.5)))
+            draw_patch(ax, plane(image, 2, z), None if label is None else plane(label, 2, z), vmax=vmax)
             ax.set_title(f"{rec.case_id} ({name}) z={z}", fontsize=7)
     fig.suptitle("TLCR patches, axial slice through the tumour: shell yellow, tumour red", fontsize=9)
     fig.tight_layout()
