@@ -155,6 +155,8 @@ def test_real_t2_scans_are_flagged(tested: dict, tmp_path: Path) -> None:
     listing.to_csv(tmp_path / "real.csv", index=False)
     summary = predict_folder(tested, tmp_path / "real.csv", tmp_path / "out")
     assert len(summary) == len(images) >= 14 and all(summary["ood_flags"] != ""), summary[["case_id", "ood_flags"]]
+    # not only their spacing: the liver's intensities also lie outside the phantom's (another sequence)
+    assert all("liver_p" in flags for flags in summary["ood_flags"]), summary[["case_id", "ood_flags"]]
     record = json.loads((tmp_path / "out" / "real00" / "prediction.json").read_text())
     flag = record["out_of_distribution"]["flags"][0]
     assert set(flag) == {"check", "measured", "cohort_range", "allowed", "message"} and flag["cohort_range"] is not None
