@@ -161,3 +161,22 @@ def test_real_t2_scans_are_flagged(tested: dict, tmp_path: Path) -> None:
     flag = record["out_of_distribution"]["flags"][0]
     assert set(flag) == {"check", "measured", "cohort_range", "allowed", "message"} and flag["cohort_range"] is not None
     assert any(w.startswith("outside the training cohort") for w in record["warnings"])
+
+
+def test_a_dicom_series_folder_is_one_scan(tmp_path: Path) -> None:
+    """In a folder of scans, a sub-folder of DICOM files is one scan; other files and folders are not scans;
+    a DICOM series folder given itself is one scan, not a batch."""
+    import numpy as np
+
+    from neonet.data.itk_io import write_dicom_series
+    from neonet.predict.batch import is_batch_input
+
+    series = write_dicom_series(np.zeros((8, 8, 4), dtype=np.int16), np.diag([2.0, 2.0, 3.0, 1.0]), tmp_path / "in" / "patient7")
+    (tmp_path / "in" / "b.nrrd").write_bytes(b"x")
+    (tmp_path / "in" / "notes.txt").write_text("not a scan")
+    (tmp_path / "in" / "empty").mkdir()
+    scans = find_scans(tmp_path / "in")
+    assert [(s.case_id, s.image) for s in scans] == [("b", tmp_path / "in" / "b.nrrd"), ("patient7", series)]
+    assert is_batch_input(tmp_path / "in") and not is_batch_input(series)
+    with pytest.raises(Exception, match="no scans in this folder"):
+        find_scans(tmp_path / "in" / "empty")
