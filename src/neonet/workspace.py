@@ -5,6 +5,9 @@
     <runs_dir>/<experiment>/
       splits.json                       written once, then only read
       plans.{json,csv,md,png}           cohort fingerprint and suggested spacing / patch sizes (neonet plan)
+      cohort_fingerprint.json           what the trained models saw (spacing, liver intensities, volumes,
+                                        NeoSeg confidence); predict-case flags scans outside it
+      cohort_sha256.json                the cohort scans' content hashes (cache of predict-case's cohort check)
       <stage>/fold<k>/                  config.yaml, checkpoints/{best,last}.ckpt, artifact.json,
                                         csv/ (CSV log), wandb/, wandb_id.txt, wandb_artifact.json
       seg/predictions/<case>.nii.gz     out-of-fold NeoSeg masks in each input's original space
@@ -75,6 +78,16 @@ class Workspace:
     def plans_file(self, ext: str = "json") -> Path:
         """``neonet plan``'s output: ``plans.json`` (summary, rules, per-case fingerprints), ``.csv``, ``.md``, ``.png``."""
         return self.root / f"plans.{ext}"
+
+    @property
+    def cohort_fingerprint(self) -> Path:
+        """The training cohort's fingerprint (:mod:`neonet.predict.cohort`): ``cohort_fingerprint.json``."""
+        return self.root / "cohort_fingerprint.json"
+
+    @property
+    def cohort_hashes(self) -> Path:
+        """The SHA-256 of each cohort scan (:mod:`neonet.predict.membership`'s cache): ``cohort_sha256.json``."""
+        return self.root / "cohort_sha256.json"
 
     @property
     def splits_path(self) -> Path:

@@ -32,7 +32,7 @@ from neonet import __version__
 from neonet.data.cases import LIVER, TUMOR, LabelMap, safe_file_name
 from neonet.data.nifti import load_nifti, read_array, save_nifti
 from neonet.errors import DataError, NeonetError
-from neonet.predict.source import ClsModel, ModelSource, RunsSource, SegModel
+from neonet.predict.source import ClsModel, CropSettings, ModelSource, RunsSource, SegModel
 from neonet.run.atomic import write_json
 from neonet.workspace import Workspace, git_sha
 
@@ -67,8 +67,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 # ----------------------------------------------------------------------------- pipeline steps
-def segment(image: Path, models: list[SegModel], out_dir: Path, device: torch.device) -> Path:
-    """Fold-ensemble NeoSeg mask of ``image`` written in its space (``segmentation.nii.gz``).
+def segment(image: Path, models: list[SegModel], out_dir: Path, device: torch.device) -> tuple[Path, float | None]:
+    """Fold-ensemble NeoSeg mask of ``image`` written in its space (``segmentation.nii.gz``), and NeoSeg's confidence.
+
+    The confidence is each fold's mean maximum softmax over the voxels its own argmax calls liver or
+    tumour, averaged over the folds (None when no fold finds any), as the cohort fingerprint measures
+    it on the out-of-fold masks (:mod:`neonet.predict.cohort`).
 
     The volume is preprocessed as ``neonet predict`` does (:meth:`SegSettings.transform`); the folds'
     softmax maps are averaged, then argmax and NeoSeg's post-processing, and
@@ -95,15 +99,21 @@ def segment(image: Path, models: list[SegModel], out_dir: Path, device: torch.de
     batch = list_data_collate([transform({"image": str(image), "case_id": name, "source": str(image)})])
     x = batch["image"].as_tensor().to(device)
     total = torch.zeros(())
+    confidence: list[float] = []
     with torch.inference_mode():
         for m in models:
             log.info("NeoSeg fold %d on %s", m.fold, device)
             m.net.to(device)
-            total = total + torch.softmax(m.logits(x).float(), dim=1)
+            soft = torch.softmax(m.logits(x).float(), dim=1)
+            top, arg = soft.max(dim=1)
+            if (arg > 0).any():
+                confidence.append(float(top[arg > 0].mean()))
+            total = total + soft
             m.net.cpu()
         labels = (total / len(models)).argmax(1, keepdim=True).to(torch.uint8).cpu()
     cleaned = torch.stack([postprocess_labels(lab, max(min_voxels)) for lab in labels])
-    return SegMaskWriter().write_masks(cleaned, batch, transform, out_dir)[0]
+    path = SegMaskWriter().write_masks(cleaned, batch, transform, out_dir)[0]
+    return path, float(np.mean(confidence)) if confidence else None
 
 
 def write_given_mask(mask: Path, reference: nib.Nifti1Image, out_dir: Path) -> Path:
@@ -242,12 +252,22 @@ def predict_case(
     the result and the JSON path. Without a tumour it says so (``"tumor_found": false``), writes the
     mask and overlay and exits with 0.
 
+    Given a folder of scans or a CSV of them (column ``image``, optional ``case_id``), predicts each scan
+    into ``<out>/<case>/`` with the models loaded once and writes ``<out>/summary.csv`` (one row per
+    scan: probability, tumour, volumes, cohort match, warnings, folder, error); a scan that fails is a
+    row with its error, the others go on, and the command ends with an error naming the failures.
+
+    A scan that is a case of the experiment's cohort (same content, or same case id) is said to be
+    one, with its out-of-fold probability (the fold that held it out) beside the ensemble's.
+
     Args:
-        image: the MRI volume (3D NIfTI, any orientation and spacing).
+        image: the MRI volume (NIfTI, NRRD, MetaImage or a DICOM series folder; any orientation and
+            spacing), or a folder of such scans, or a CSV listing them (column ``image``, optional ``case_id``).
         experiment: experiment whose trained folds are used (folder below ``runs_dir``).
         runs_dir: folder holding all experiments.
         out: output folder (default ``<runs_dir>/<experiment>/predict_case/<image name>/``; with
-            ``--bundle``, ``predict_case/<image name>/`` in the working directory).
+            ``--bundle``, ``predict_case/<image name>/`` in the working directory); for a folder or CSV of
+            scans, the folder of their folders and ``summary.csv`` (default ``.../predict_case/``).
         classifier: classifier stage folder: ``pattennet`` (default), ``pattennet_syn``, ``resnet18``,
             ...; with ``--bundle`` the bundle's classifier (the default); ``none`` stops after
             segmentation and TLCR (tumour volume and crop box only).
@@ -263,31 +283,131 @@ def predict_case(
             ``--runs_dir`` (no runs folder needed).
 
     Returns:
-        The content of ``prediction.json``.
+        The content of ``prediction.json`` (for a batch: the path of ``summary.csv`` and its rows).
     """
+    from neonet.predict.batch import is_batch_input, predict_batch
+
     image = Path(image)
-    src = load_nifti(image, kind="image")  # header checks first: size limit, voxel size, 3D (a trailing singleton axis dropped)
+    if is_batch_input(image):
+        if mask is not None:
+            raise NeonetError(f"--mask is for one scan; {image} holds several (give each scan's mask in a run of its own)")
+        source = model_source(experiment, Path(runs_dir), None if bundle is None else Path(bundle))
+        return predict_batch(
+            image, Predictor.create(source, classifier, folds, None, saliency_layer, device), None if out is None else Path(out)
+        )
+    load_nifti(image, kind="image")  # header checks first: size limit, voxel size, 3D (a trailing singleton axis dropped)
     source = model_source(experiment, Path(runs_dir), None if bundle is None else Path(bundle))
-    classifier = classifier or source.default_classifier
-    seg_folds = None if mask is not None else source.seg_folds(folds)
-    crop = source.crop_settings()
-    cls_folds = None if classifier == "none" else source.classifier_folds(classifier, folds)
+    predictor = Predictor.create(source, classifier, folds, mask, saliency_layer, device)
     out_dir = Path(out) if out is not None else source.default_out(image_name(image))
+    return predict_scan(predictor, image, out_dir, mask=None if mask is None else Path(mask))
+
+
+class CachedModels:
+    """A model source whose folds are loaded once (for every scan of a batch).
+
+    Args:
+        source: where the models come from.
+    """
+
+    def __init__(self, source: ModelSource) -> None:
+        self.source = source
+        self._seg: dict[tuple[int, ...], list[SegModel]] = {}
+        self._cls: dict[tuple[str, tuple[int, ...]], list[ClsModel]] = {}
+
+    def seg_models(self, folds: list[int]) -> list[SegModel]:
+        """The NeoSeg folds, loaded on first use."""
+        key = tuple(folds)
+        if key not in self._seg:
+            self._seg[key] = self.source.seg_models(folds)
+        return self._seg[key]
+
+    def cls_models(self, classifier: str, folds: list[int]) -> list[ClsModel]:
+        """The classifier folds, loaded on first use."""
+        key = (classifier, tuple(folds))
+        if key not in self._cls:
+            self._cls[key] = self.source.cls_models(classifier, folds)
+        return self._cls[key]
+
+
+class Predictor:
+    """Everything one scan's prediction needs besides the scan: the models (loaded once), settings, device.
+
+    Args:
+        source: where the models come from.
+        classifier: the classifier stage (``none``: stop after TLCR).
+        seg_folds: NeoSeg folds (None when a mask replaces NeoSeg).
+        cls_folds: classifier folds (None with ``classifier`` ``none``).
+        crop: the TLCR settings.
+        saliency_layer: Grad-CAM layer (None: the default).
+        device: where the networks run.
+    """
+
+    def __init__(
+        self,
+        source: ModelSource,
+        classifier: str,
+        seg_folds: list[int] | None,
+        cls_folds: list[int] | None,
+        crop: CropSettings,
+        saliency_layer: str | None,
+        device: torch.device,
+    ) -> None:
+        self.source, self.classifier, self.crop = source, classifier, crop
+        self.seg_folds, self.cls_folds = seg_folds, cls_folds
+        self.saliency_layer, self.device = saliency_layer, device
+        self.models = CachedModels(source)
+
+    @classmethod
+    def create(
+        cls,
+        source: ModelSource,
+        classifier: str | None,
+        folds: list[int] | None,
+        mask: Path | None,
+        saliency_layer: str | None,
+        device: str,
+    ) -> Predictor:
+        """Check that the folds asked for are trained and read the crop settings (errors before any scan is read)."""
+        classifier = classifier or source.default_classifier
+        seg_folds = None if mask is not None else source.seg_folds(folds)
+        crop = source.crop_settings()
+        cls_folds = None if classifier == "none" else source.classifier_folds(classifier, folds)
+        return cls(source, classifier, seg_folds, cls_folds, crop, saliency_layer, resolve_device(device))
+
+    @property
+    def workspace(self) -> Workspace | None:
+        """The experiment's workspace (None for a bundle: it holds no cohort)."""
+        return self.source.ws if isinstance(self.source, RunsSource) else None
+
+
+def predict_scan(
+    predictor: Predictor, image: Path, out_dir: Path, mask: Path | None = None, case_id: str | None = None
+) -> dict[str, Any]:
+    """One scan through NeoSeg (or its ``mask``), TLCR and the classifier folds; writes ``out_dir`` and returns
+    the content of ``prediction.json`` (see :func:`predict_case`). ``case_id`` is compared with the cohort's."""
+    src = load_nifti(image, kind="image")
+    source, classifier, crop, dev = predictor.source, predictor.classifier, predictor.crop, predictor.device
+    seg_folds, cls_folds, saliency_layer = predictor.seg_folds, predictor.cls_folds, predictor.saliency_layer
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS.values():  # never leave files of an earlier run beside this run's
         (out_dir / name).unlink(missing_ok=True)
-    dev = resolve_device(device)
     outputs: dict[str, str] = {}
 
     # 1. segmentation in the input's space
+    seg_confidence: float | None = None
     if mask is not None:
         seg_path, seg_from = write_given_mask(Path(mask), src, out_dir), f"the given mask {mask}"
         seg_record: dict[str, Any] = {"source": "mask", "mask": str(mask)}
     else:
-        seg_models = source.seg_models(seg_folds or [])
-        seg_path = segment(image, seg_models, out_dir, dev)
+        seg_models = predictor.models.seg_models(seg_folds or [])
+        seg_path, seg_confidence = segment(image, seg_models, out_dir, dev)
         seg_from = f"NeoSeg (fold{'s' if len(seg_models) > 1 else ''} {', '.join(str(m.fold) for m in seg_models)})"
-        seg_record = {"source": "neoseg", "folds": seg_folds, "checkpoints": [m.record for m in seg_models]}
+        seg_record = {
+            "source": "neoseg",
+            "folds": seg_folds,
+            "checkpoints": [m.record for m in seg_models],
+            "confidence": seg_confidence,
+        }
         del seg_models
     outputs["segmentation"] = str(seg_path)
     labels = np.asarray(cast(nib.Nifti1Image, nib.load(str(seg_path))).dataobj)
@@ -328,7 +448,7 @@ def predict_case(
         outputs |= {"patch_image": str(patch_path), "patch_label": str(out_dir / OUTPUTS["patch_label"])}
         if cls_folds is not None:
             # 3. classifier folds + Grad-CAM
-            cls_models = source.cls_models(classifier, cls_folds)
+            cls_models = predictor.models.cls_models(classifier, cls_folds)
             probs, thresholds, heat, layer = classify(
                 patch_path, cls_models, dev, saliency_layer, label=out_dir / OUTPUTS["patch_label"]
             )
@@ -372,6 +492,7 @@ def predict_case(
         "crop_box": box,
         "crop_box_input_voxels": box_input,
         "warnings": _warnings(result),
+        "cohort": None,
         "crop": {
             "status": result.status,
             "grid": "canonical RAS grid at the crop spacing (as neonet crop)",
@@ -396,12 +517,63 @@ def predict_case(
         "git_sha": git_sha(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    record["cohort"] = cohort_record(predictor, image, case_id or image_name(image), mean)
+    record["out_of_distribution"] = ood_record(predictor, image, seg_path, seg_confidence)
+    for flag in (record["out_of_distribution"] or {}).get("flags", []):
+        record["warnings"].append(f"outside the training cohort: {flag['message']}")
+    if record["cohort"] is not None:
+        record["warnings"].insert(0, record["cohort"]["message"])
     json_path = write_json(out_dir / OUTPUTS["json"], record)
     print(message)
     for warning in record["warnings"]:
         print(f"warning: {warning}")
     print(f"wrote {json_path}")
     return record
+
+
+def ood_record(predictor: Predictor, image: Path, seg_path: Path, confidence: float | None) -> dict[str, Any] | None:
+    """The scan's measures and the flags of those outside the experiment's cohort fingerprint
+    (:mod:`neonet.predict.cohort`); None for a bundle (no cohort)."""
+    from neonet.predict import cohort
+
+    ws = predictor.workspace
+    if ws is None:
+        return None
+    try:
+        fingerprint = cohort.load(ws, predictor)
+    except NeonetError as exc:
+        log.warning("no comparison with the training cohort: %s", exc)
+        return {"error": str(exc), "flags": []}
+    scan = cohort.measure(image_name(image), image, seg_path, confidence)
+    return {"fingerprint": str(ws.cohort_fingerprint), "measured": scan, "flags": cohort.flags(fingerprint, scan)}
+
+
+def cohort_record(predictor: Predictor, image: Path, case_id: str, ensemble: float | None) -> dict[str, Any] | None:
+    """When the scan is a case of the experiment's cohort (:mod:`neonet.predict.membership`): which case, how it
+    matched, its out-of-fold probability and the ensemble folds that trained on it; else None."""
+    from neonet.predict.membership import cohort_matches, out_of_fold_prediction
+
+    ws = predictor.workspace
+    if ws is None:
+        return None
+    match = cohort_matches(ws, [case_id], [image])[0]
+    if match is None:
+        return None
+    oof = None if predictor.cls_folds is None else out_of_fold_prediction(ws, predictor.classifier, match.case_id)
+    seen = sorted(set(predictor.cls_folds or []) & set(match.trained_on))
+    text = f"this scan is case {match.case_id} of experiment {ws.experiment}'s cohort (matched by {' and '.join(match.by)})"
+    if ensemble is not None and seen:
+        text += f"; the ensemble's probability {ensemble:.3f} includes fold(s) {', '.join(map(str, seen))} that trained on it"
+    if oof is not None:
+        text += f"; its out-of-fold probability (fold {oof['fold']}, which held it out) is {oof['probability']:.3f}"
+    elif predictor.cls_folds is not None:
+        text += f"; no out-of-fold prediction of {predictor.classifier} for it (run `neonet cv` to test every fold)"
+    return {
+        **match.to_json(),
+        "ensemble_folds_trained_on_it": seen,
+        "out_of_fold": oof,
+        "message": text,
+    }
 
 
 def predict_case_main(argv: list[str]) -> int:
