@@ -81,7 +81,7 @@ class Workspace:
 
     @property
     def cohort_fingerprint(self) -> Path:
-        """The training cohort's fingerprint (:mod:`neonet.predict.cohort`): ``cohort_fingerprint.json``."""
+        """The training cohort's fingerprint (:mod:`neonet.predict.ood`): ``cohort_fingerprint.json``."""
         return self.root / "cohort_fingerprint.json"
 
     @property

@@ -72,7 +72,7 @@ def segment(image: Path, models: list[SegModel], out_dir: Path, device: torch.de
 
     The confidence is each fold's mean maximum softmax over the voxels its own argmax calls liver or
     tumour, averaged over the folds (None when no fold finds any), as the cohort fingerprint measures
-    it on the out-of-fold masks (:mod:`neonet.predict.cohort`).
+    it on the out-of-fold masks (:mod:`neonet.predict.ood`).
 
     The volume is preprocessed as ``neonet predict`` does (:meth:`SegSettings.transform`); the folds'
     softmax maps are averaged, then argmax and NeoSeg's post-processing, and
@@ -533,19 +533,19 @@ def predict_scan(
 
 def ood_record(predictor: Predictor, image: Path, seg_path: Path, confidence: float | None) -> dict[str, Any] | None:
     """The scan's measures and the flags of those outside the experiment's cohort fingerprint
-    (:mod:`neonet.predict.cohort`); None for a bundle (no cohort)."""
-    from neonet.predict import cohort
+    (:mod:`neonet.predict.ood`); None for a bundle (no cohort)."""
+    from neonet.predict import ood
 
     ws = predictor.workspace
     if ws is None:
         return None
     try:
-        fingerprint = cohort.load(ws, predictor)
+        fingerprint = ood.load(ws, predictor)
     except NeonetError as exc:
         log.warning("no comparison with the training cohort: %s", exc)
         return {"error": str(exc), "flags": []}
-    scan = cohort.measure(image_name(image), image, seg_path, confidence)
-    return {"fingerprint": str(ws.cohort_fingerprint), "measured": scan, "flags": cohort.flags(fingerprint, scan)}
+    scan = ood.measure(image_name(image), image, seg_path, confidence)
+    return {"fingerprint": str(ws.cohort_fingerprint), "measured": scan, "flags": ood.flags(fingerprint, scan)}
 
 
 def cohort_record(predictor: Predictor, image: Path, case_id: str, ensemble: float | None) -> dict[str, Any] | None:
