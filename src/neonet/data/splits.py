@@ -263,7 +263,8 @@ def check_splits_match(doc: dict[str, Any], cases: list[Case], path: Path) -> No
     if removed:
         parts.append(f"removed: {', '.join(removed[:10])}{' ...' if len(removed) > 10 else ''}")
     if changed:
-        parts.append(f"pni/patient/group/split changed: {', '.join(changed[:10])}{' ...' if len(changed) > 10 else ''}")
+        what = "pni/patient/group/split" if doc.get("given") or is_given(cases) else "pni/patient/group"
+        parts.append(f"{what} changed: {', '.join(changed[:10])}{' ...' if len(changed) > 10 else ''}")
     raise SplitMismatchError(
         f"the case manifest no longer matches {path} ({'; '.join(parts) or 'contents differ'}). "
         "Splits are never silently remade, because results of earlier folds would become invalid. "
