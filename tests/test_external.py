@@ -140,3 +140,14 @@ def test_other_label_map_is_refused(
     assert evaluate(trained_experiment, external, "--name", "other_map", "--tumor", "[9]") == 2
     assert "differs from the one the experiment's NeoSeg folds were trained with" in capsys.readouterr().err
     assert not trained_experiment["ws"].external("other_map").root.exists()
+
+
+def test_seg_only_replaces_an_earlier_report(trained_experiment: dict, external: Path) -> None:
+    """``--stages seg`` evaluates NeoSeg alone, and replaces the whole earlier report folder (no stale file stays)."""
+    folder = trained_experiment["ws"].external("seg_only").root
+    folder.mkdir(parents=True)
+    (folder / "predictions.csv").write_text("from an earlier run")
+    assert evaluate(trained_experiment, external, "--name", "seg_only", "--stages", "seg", "--device", "cpu") == 0
+    assert (folder / "seg_metrics.csv").is_file() and not (folder / "predictions.csv").exists()
+    assert json.loads((folder / "external.json").read_text())["folds"] == {"seg": [0, 1]}
+    assert not list(folder.parent.glob(".seg_only.*"))  # no temporary folder left beside it

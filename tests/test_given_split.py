@@ -44,7 +44,9 @@ def test_given_split_is_one_fold_with_the_manifests_test_and_val_rows(tmp_path: 
     csv = manifest(tmp_path, SPLITS)
     dm = FoldDataModule(str(csv), experiment="given", runs_dir=str(tmp_path / "runs"), fold=0, folds=5)
     fold = dm.split
-    assert fold.test == ("c08", "c09", "c10") and fold.val == ("c06", "c07") and fold.train == tuple(f"c{i:02d}" for i in range(6))
+    assert (
+        fold.test == ("c08", "c09", "c10") and fold.val == ("c06", "c07") and fold.train == tuple(f"c{i:02d}" for i in range(6))
+    )
     doc = json.loads(Workspace(tmp_path / "runs", "given").splits_path.read_text())
     assert doc["folds"] == 1 and doc["given"] is True
     with pytest.raises(ValueError, match="folds 0..0"):
@@ -60,13 +62,13 @@ def test_given_split_refuses_a_patient_in_two_splits_and_bad_values(tmp_path: Pa
     csv = manifest(tmp_path / "a", SPLITS, patients)
     dm = FoldDataModule(str(csv), experiment="given", runs_dir=str(tmp_path / "runs"))
     with pytest.raises(DataError, match="patient.*p00.*several splits"):
-        dm.split
+        _ = dm.split
     bad = manifest(tmp_path / "b", [*SPLITS[:-1], "holdout"])
     with pytest.raises(DataError, match="line 12.*split 'holdout'"):
         read_cases(bad)
     no_val = manifest(tmp_path / "c", ["train"] * 8 + ["test"] * 3)
     with pytest.raises(DataError, match="no val rows"):
-        FoldDataModule(str(no_val), experiment="c", runs_dir=str(tmp_path / "runs")).split
+        _ = FoldDataModule(str(no_val), experiment="c", runs_dir=str(tmp_path / "runs")).split
 
 
 def test_report_of_a_given_split_says_so_instead_of_an_sd(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def predict_scans(
     cases: list[Case],
     seg_models: list[SegModel],
     classifiers: dict[str, list[ClsModel]],
-    crop: CropSettings,
+    crop: CropSettings | None,
     out: ExternalPaths,
     device: torch.device,
 ) -> list[ScanPrediction]:
@@ -97,7 +97,7 @@ def predict_scans(
         cases: the scans.
         seg_models: the NeoSeg folds (their mean softmax is the mask).
         classifiers: per classifier stage, its folds.
-        crop: the experiment's TLCR settings.
+        crop: the experiment's TLCR settings (None, or no classifiers: NeoSeg alone).
         out: where masks (``masks/``) and patches (``patches/``) go.
         device: where the networks run.
     """
@@ -111,9 +111,12 @@ def predict_scans(
             mask = out.mask(case.case_id)
             mask.parent.mkdir(parents=True, exist_ok=True)
             written.replace(mask)
+        if crop is None or not classifiers:  # NeoSeg alone: no TLCR
+            done.append(ScanPrediction(case, mask, "not cropped", 0))
+            continue
         result, affine_c = crop_from_mask(case.image, mask, crop)
         pred = ScanPrediction(case, mask, result.status, int(result.n_tumors))
-        if result.has_patch and classifiers:
+        if result.has_patch:
             assert result.box is not None and result.image_patch is not None and result.label_patch is not None
             from neonet.seg.tlcr import patch_affine
 

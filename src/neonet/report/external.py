@@ -191,6 +191,7 @@ def evaluate(
     Returns:
         The content of ``external.json``.
     """
+    from neonet.data.validate import assert_valid
     from neonet.predict.case import resolve_device
     from neonet.predict.ensemble import finished_folds
     from neonet.predict.source import RunsSource
@@ -218,6 +219,7 @@ def evaluate(
     label_map, map_source = experiment_label_map(ws, folds["seg"])
     check_label_map(_label_map(liver, tumor, other), label_map, map_source, external, csv)
     compared = check_disjoint(ws, external, csv, folds)
+    assert_valid(csv, label_map, require_label=False, require_pni=False, stages=("seg",))  # files readable, grids agree
     cls_stages = [s for s in wanted if s != "seg"]
     crop = source.crop_settings() if cls_stages else None
     dev = resolve_device(device)
