@@ -44,7 +44,7 @@ def test_report_files_and_one_case_recomputed(trained_experiment: dict, external
     doc = json.loads((report / "external.json").read_text())
     assert doc["folds"] == {"seg": [0, 1], "pattennet": [0, 1]} and doc["stages"] == ["seg", "pattennet"]
     md = (report / "external.md").read_text()
-    assert "folds 0, 1 (ensemble)" in md and "cohort_b" in md
+    assert "folds 0, 1 (ensemble)" in md and "cohort_b" in md and "The experiment's split: 3 folds" in md
 
     cases = pd.read_csv(external, dtype=str).set_index("case_id")
     seg = pd.read_csv(report / "seg_metrics.csv").set_index("case_id")

@@ -35,6 +35,7 @@ import pandas as pd
 
 from neonet import __version__
 from neonet.data.cases import Case, LabelMap, read_cases, safe_file_name
+from neonet.data.splits import folds_phrase, read_splits
 from neonet.errors import DataError, NeonetError
 from neonet.predict.cohort import ScanPrediction
 from neonet.report.cls_report import markdown
@@ -234,6 +235,7 @@ def evaluate(
         "stages": wanted,
         "folds": folds,
         "folds_text": {s: f"fold{'s' if len(f) > 1 else ''} {', '.join(map(str, f))} (ensemble)" for s, f in folds.items()},
+        "experiment_folds": folds_phrase(read_splits(ws.splits_path)) if ws.splits_path.is_file() else None,
         "checkpoints": {"seg": [m.record for m in seg_models], **{s: [m.record for m in ms] for s, ms in models.items()}},
         "thresholds": {s: {str(k): v for k, v in t.items()} for s, t in thresholds.items()},
         "label_map": describe(label_map),
@@ -314,6 +316,8 @@ def _markdown(doc: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {s} | {doc['folds_text'][s]} | {len(doc['checkpoints'][s])} |" for s in doc["folds"]]
+    if doc.get("experiment_folds"):
+        lines.append(f"\nThe experiment's split: {doc['experiment_folds']}; only folds that finished training are used.")
     lines.append(f"\nLabel map (the NeoSeg folds'): {doc['label_map']}.\n")
     if "seg" in doc["stages"]:
         lines.append("## NeoSeg (cases with a manual label)\n")
