@@ -89,3 +89,11 @@ def test_report_of_a_given_split_says_so_instead_of_an_sd(tmp_path: Path) -> Non
     md = (ws.reports_dir / "cls_report.md").read_text()
     assert doc["folds_text"] == "1 fold, given split" and "(1 fold, given split)" in md
     assert "± nan" not in md and "nan" not in (ws.reports_dir / "cls_ablation.csv").read_text()
+
+
+def test_check_data_names_a_bad_split_value(tmp_path: Path) -> None:
+    from neonet.data.validate import check_cases
+
+    csv = manifest(tmp_path, [*SPLITS[:-1], "holdout"])
+    problems = [p.problem for p in check_cases(csv, require_label=False, progress=False)]
+    assert any("line 12: split 'holdout'" in p for p in problems)

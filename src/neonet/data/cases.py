@@ -295,6 +295,17 @@ def read_cases_raw(csv_path: str | os.PathLike) -> tuple[list[str], list[Manifes
     return header, rows
 
 
+def split_problem(row: ManifestRow, header: list[str]) -> str | None:
+    """What is wrong with the row's ``split`` value (the column is optional; when present every row needs one
+    of :data:`SPLIT_VALUES`, in any case), or None."""
+    if "split" not in header or row.get("split", "").lower() in SPLIT_VALUES:
+        return None
+    return (
+        f"split {row.get('split', '')!r}: give train, val or test in every row of the split column "
+        "(or remove the column for k-fold cross-validation)"
+    )
+
+
 def _raise_row_errors(csv_path: Path, errors: list[str]) -> None:
     if not errors:
         return
@@ -339,11 +350,7 @@ def read_cases(csv_path: str | os.PathLike) -> list[Case]:
             problems.append(str(exc))
             pni = None
         split = row.get("split", "").lower()
-        if "split" in header and split not in SPLIT_VALUES:
-            problems.append(
-                f"split {row.get('split', '')!r}: give train, val or test in every row of the split column "
-                "(or remove the column for k-fold cross-validation)"
-            )
+        problems.append(split_problem(row, header))
         found = [p for p in problems if p]
         if found:
             errors += [f"{where}: {p}" for p in found]
