@@ -29,13 +29,15 @@ CLASSIFIER  ?= pattennet
 # where `make export` writes the demo's bundle, and extra `neonet export` options (e.g. EXPORT_FLAGS=--force)
 BUNDLE      ?= $(RUNS)/demo/bundle
 EXPORT_FLAGS ?=
+# the external cohort's cases.csv that `make evaluate` evaluates the demo's folds on
+EXTERNAL    ?=
 # written when every demo stage has finished; `make demo` then only prints the summary
 DEMO_DONE   := $(RUNS)/demo/reports/demo_complete.txt
 export WANDB_MODE ?= offline
 # options of `make gpu-check` (benchmarks/gpu_check.py), e.g. ARGS="--device cpu --tiny" or ARGS="--budget_s 300"
 ARGS        ?=
 
-.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case export null chaos clean-demo gpu-check
+.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case evaluate export null chaos clean-demo gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -115,6 +117,10 @@ summary: install ## print where the demo's results are, with its metrics
 predict-case: install ## PNI for one new MRI: make predict-case IMAGE=scan.nii.gz [CLASSIFIER=pattennet|resnet18|none]
 	@test -n "$(IMAGE)" || { echo "usage: make predict-case IMAGE=path/to/scan.nii.gz [CLASSIFIER=pattennet|resnet18|none]"; exit 2; }
 	$(NEONET) predict-case $(IMAGE) --experiment demo --runs_dir $(RUNS) --classifier $(CLASSIFIER)
+
+evaluate: install ## the demo's folds on an external cohort: make evaluate EXTERNAL=cohort/cases.csv
+	@test -n "$(EXTERNAL)" || { echo "usage: make evaluate EXTERNAL=path/to/cases.csv"; exit 2; }
+	$(NEONET) evaluate --experiment demo --runs_dir $(RUNS) --cases $(EXTERNAL)
 
 export: install ## bundle of the demo's NeoSeg + classifier folds for predict-case --bundle: make export [BUNDLE=dir] [CLASSIFIER=...]
 	$(NEONET) export --experiment demo --runs_dir $(RUNS) --out $(BUNDLE) --classifier $(CLASSIFIER) $(EXPORT_FLAGS)

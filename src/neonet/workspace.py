@@ -18,6 +18,7 @@
       synthetic/fold<k>/ + manifest.csv synthetic patches with provenance (synth_config.json)
       reports/                          tables (csv/json/md) and figures (png); index.html, the
                                         experiment page
+      reports/external/<name>/          neonet evaluate: the folds on an external cohort (ExternalPaths)
 """
 
 from __future__ import annotations
@@ -266,6 +267,14 @@ class Workspace:
         """Cross-fold tables and figures."""
         return self.root / "reports"
 
+    def external(self, name: str) -> ExternalPaths:
+        """``reports/external/<name>/``: the report of ``neonet evaluate`` on an external cohort.
+
+        Raises:
+            DataError: ``name`` is not one safe folder name.
+        """
+        return ExternalPaths(case_file(self.reports_dir / "external", name, suffix=""))
+
     @property
     def page(self) -> Path:
         """The experiment page ``reports/index.html`` (written by ``neonet report``)."""
@@ -474,3 +483,41 @@ class BundlePaths:
         """Default output folder of ``neonet predict-case --bundle`` for the image ``name``: ``predict_case/<name>/``
         in the working directory (a bundle may be read-only and is never written to)."""
         return Path("predict_case") / name
+
+
+class ExternalPaths:
+    """Files of one external-cohort report (``neonet evaluate``), found from its folder alone.
+
+    ::
+
+        reports/external/<name>/
+          external.md, external.json        summary: cohort, stages and folds used, every number below
+          predictions.csv                   per case and stage: each fold's probability, the ensemble's, threshold
+          seg_metrics.csv, seg_summary.{json,md}   NeoSeg Dice / HD95 / NSD per case (cases with a label)
+          cls_summary.csv, cls_calibration.csv     per classifier: AUC [CI], sensitivity / specificity, calibration
+          roc.png, calibration.png
+          masks/<case>.nii.gz               the NeoSeg fold ensemble's mask in the scan's space
+          patches/<case>_{image,label}.nii.gz  the TLCR patch each classifier saw
+
+    Args:
+        root: the report's folder.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"ExternalPaths({str(self.root)!r})"
+
+    def table(self, name: str, ext: str = "csv") -> Path:
+        """``<name>.<ext>``: ``external``, ``predictions``, ``seg_metrics``, ``seg_summary``, ``cls_summary``,
+        ``cls_calibration`` (csv, json or md) or a figure (``roc``, ``calibration``: png)."""
+        return self.root / f"{name}.{ext}"
+
+    def mask(self, case_id: str) -> Path:
+        """The NeoSeg ensemble's mask of a case."""
+        return case_file(self.root / "masks", case_id)
+
+    def patch(self, case_id: str, part: str) -> Path:
+        """A case's TLCR patch: ``part`` ``image`` or ``label``."""
+        return case_file(self.root / "patches", case_id, suffix=f"_{part}.nii.gz")

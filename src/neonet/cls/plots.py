@@ -77,7 +77,12 @@ def plot_roc_stage(frame: pd.DataFrame, stage: str, path: str | os.PathLike) -> 
     return _save(fig, path)
 
 
-def plot_roc_pooled(frame: pd.DataFrame, path: str | os.PathLike, ci: dict[str, tuple[float, float]] | None = None) -> Path:
+def plot_roc_pooled(
+    frame: pd.DataFrame,
+    path: str | os.PathLike,
+    ci: dict[str, tuple[float, float]] | None = None,
+    title: str = "Pooled out-of-fold ROC",
+) -> Path:
     """Pooled out-of-fold ROC curves of all stages in one figure (legend: AUC and its CI)."""
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     for stage, part in frame.groupby("stage", sort=False):
@@ -92,7 +97,7 @@ def plot_roc_pooled(frame: pd.DataFrame, path: str | os.PathLike, ci: dict[str, 
     _diagonal(ax)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title("Pooled out-of-fold ROC")
+    ax.set_title(title)
     ax.legend(loc="lower right", fontsize=7)
     return _save(fig, path)
 
@@ -141,7 +146,13 @@ def calibration_table(frame: pd.DataFrame, bins: int = 5, alpha: float = 0.05) -
     return table[["stage", *[c for c in table.columns if c != "stage"]]]
 
 
-def plot_calibration(frame: pd.DataFrame, path: str | os.PathLike, bins: int = 5, alpha: float = 0.05) -> Path:
+def plot_calibration(
+    frame: pd.DataFrame,
+    path: str | os.PathLike,
+    bins: int = 5,
+    alpha: float = 0.05,
+    title: str = "Calibration (pooled out-of-fold)",
+) -> Path:
     """Reliability diagram of the pooled out-of-fold probabilities of every stage, with a histogram.
 
     Top: per quantile bin, the observed PNI+ fraction with its Wilson interval against the mean
@@ -169,7 +180,7 @@ def plot_calibration(frame: pd.DataFrame, path: str | os.PathLike, bins: int = 5
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("observed PNI+ fraction")
     level = round(100 * (1 - alpha))
-    ax.set_title(f"Calibration (pooled out-of-fold; {bins} quantile bins, Wilson {level} % CI)", fontsize=9)
+    ax.set_title(f"{title}: {bins} quantile bins, Wilson {level} % CI", fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
     hist.set_xlabel("predicted probability")
     hist.set_ylabel("cases")

@@ -1,7 +1,8 @@
 """The case manifest (``cases.csv``) and the label map.
 
-``cases.csv`` columns: ``case_id``, ``image``, ``label``, ``pni`` and optionally ``patient_id`` and
-``group`` (patients that must share a fold, e.g. the matched sets of a matched phantom cohort).
+``cases.csv`` columns: ``case_id``, ``image``, ``label``, ``pni`` and optionally ``patient_id``,
+``group`` (patients that must share a fold, e.g. the matched sets of a matched phantom cohort) and
+``split`` (``train``/``val``/``test``: a given one-fold split instead of k-fold cross-validation).
 Paths are relative to the CSV's folder (absolute paths are accepted). ``label`` may be empty for
 a case without a manual mask; ``pni`` may be empty only for cases used for segmentation alone.
 
@@ -28,7 +29,9 @@ import numpy as np
 from neonet.errors import DataError
 
 REQUIRED_COLUMNS = ("case_id", "image", "label", "pni")
-OPTIONAL_COLUMNS = ("patient_id", "group")
+OPTIONAL_COLUMNS = ("patient_id", "group", "split")
+#: Values of the optional ``split`` column (a given one-fold split, :mod:`neonet.data.splits`).
+SPLIT_VALUES = ("train", "val", "test")
 
 #: What a case id may be: one file name that cannot leave its folder (no ``/``, no leading ``.``).
 CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -108,6 +111,8 @@ class Case:
             blank lines count), for error messages.
         group: patients with the same non-empty group are always put in the same fold (empty: the
             patient is a group of its own).
+        split: ``train``, ``val`` or ``test`` from the optional ``split`` column (a given one-fold
+            split), or empty.
     """
 
     case_id: str
@@ -117,6 +122,7 @@ class Case:
     patient_id: str
     row: int = 0
     group: str = ""
+    split: str = ""
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -297,6 +303,17 @@ def read_cases_raw(csv_path: str | os.PathLike) -> tuple[list[str], list[Manifes
     return header, rows
 
 
+def split_problem(row: ManifestRow, header: list[str]) -> str | None:
+    """What is wrong with the row's ``split`` value (the column is optional; when present every row needs one
+    of :data:`SPLIT_VALUES`, in any case), or None."""
+    if "split" not in header or row.get("split", "").lower() in SPLIT_VALUES:
+        return None
+    return (
+        f"split {row.get('split', '')!r}: give train, val or test in every row of the split column "
+        "(or remove the column for k-fold cross-validation)"
+    )
+
+
 def _raise_row_errors(csv_path: Path, errors: list[str]) -> None:
     if not errors:
         return
@@ -340,6 +357,8 @@ def read_cases(csv_path: str | os.PathLike) -> list[Case]:
         except ValueError as exc:
             problems.append(str(exc))
             pni = None
+        split = row.get("split", "").lower()
+        problems.append(split_problem(row, header))
         found = [p for p in problems if p]
         if found:
             errors += [f"{where}: {p}" for p in found]
@@ -354,6 +373,7 @@ def read_cases(csv_path: str | os.PathLike) -> list[Case]:
                 patient_id=row.get("patient_id") or cid,
                 row=row.line,
                 group=row.get("group", ""),
+                split=split,
                 extra={k: v for k, v in row.items() if k not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS},
             )
         )
@@ -388,6 +408,7 @@ def write_cases(csv_path: str | os.PathLike, cases: list[Case]) -> Path:
                 "patient_id": c.patient_id,
             }
             | ({"group": c.group} if any(o.group for o in cases) else {})
+            | ({"split": c.split} if any(o.split for o in cases) else {})
             for c in cases
         ]
     )

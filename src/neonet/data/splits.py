@@ -9,6 +9,11 @@ Once written it is only read: if the case manifest changes, the run stops instea
 and once any fold of the experiment is trained a missing split file is an error, never re-made (the
 trained folds' test patients would land in other folds). Every reader goes through :func:`read_splits`,
 which names the file and the way on when it is damaged.
+
+A manifest with a ``split`` column (``train``/``val``/``test`` in every row) gives the split instead:
+exactly one fold (``"folds": 1, "given": true``) whose test set is the ``test`` rows and whose inner
+validation is the ``val`` rows; ``neonet cv`` then runs that one fold, and reports say
+"1 fold, given split" (:func:`folds_phrase`) instead of a spread over folds.
 """
 
 from __future__ import annotations
@@ -97,14 +102,83 @@ def _deal(ids: list[Any], n: int, rng: np.random.Generator, offset: int = 0) -> 
 
 
 def manifest_fingerprint(cases: list[Case]) -> str:
-    """Hash of (case_id, patient_id, pni[, group]) of all cases; paths may move without changing it."""
-    grouped = any(c.group for c in cases)
-    rows = sorted((c.case_id, c.patient_id, c.pni, *((c.group,) if grouped else ())) for c in cases)
+    """Hash of (case_id, patient_id, pni[, group][, split]) of all cases; paths may move without changing it."""
+    grouped, given = any(c.group for c in cases), any(c.split for c in cases)
+    rows = sorted(
+        (c.case_id, c.patient_id, c.pni, *((c.group,) if grouped else ()), *((c.split,) if given else ())) for c in cases
+    )
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
 def _record(case: Case) -> dict[str, Any]:
-    return {"patient_id": case.patient_id, "pni": case.pni, **({"group": case.group} if case.group else {})}
+    return {
+        "patient_id": case.patient_id,
+        "pni": case.pni,
+        **({"group": case.group} if case.group else {}),
+        **({"split": case.split} if case.split else {}),
+    }
+
+
+def is_given(cases: list[Case]) -> bool:
+    """Whether the manifest gives its own split (a ``split`` column)."""
+    return any(c.split for c in cases)
+
+
+def planned_folds(cases: list[Case], folds: int) -> int:
+    """How many folds the experiment has: 1 for a given split, else ``folds``."""
+    return 1 if is_given(cases) else int(folds)
+
+
+def folds_phrase(doc: dict[str, Any] | None) -> str:
+    """How reports name the folds of a split document: ``"1 fold, given split"`` or ``"5 folds"``."""
+    if not doc:
+        return "folds unknown (no splits.json)"
+    n = int(doc["folds"])
+    return "1 fold, given split" if doc.get("given") else f"{n} fold{'s' if n != 1 else ''}"
+
+
+def given_split(cases: list[Case]) -> dict[str, Any]:
+    """The split document of a manifest with a ``split`` column: one fold, test = ``test`` rows, inner
+    validation = ``val`` rows, training = ``train`` rows.
+
+    Raises:
+        DataError: a row has no split, a patient or group spans several splits, or a split is empty.
+    """
+    ids = [c.case_id for c in cases]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise DataError(f"duplicate case ids in the manifest: {', '.join(dupes)}")
+    _patient_table(cases)  # one pni label and one group per patient
+    empty = [c.case_id for c in cases if not c.split]
+    if empty:
+        raise DataError(f"cases {', '.join(empty[:10])} have no split: give train, val or test in every row of the split column")
+    for key, what in ((lambda c: c.patient_id, "patient"), (lambda c: c.group, "group")):
+        seen: dict[str, set[str]] = {}
+        for c in cases:
+            if key(c):
+                seen.setdefault(key(c), set()).add(c.split)
+        mixed = sorted(k for k, v in seen.items() if len(v) > 1)
+        if mixed:
+            raise DataError(
+                f"{what}(s) {', '.join(mixed[:10])} have cases in several splits ({', '.join(sorted(seen[mixed[0]]))} "
+                f"for {mixed[0]}): that would test on patients the model trained on; give all cases of a {what} one split"
+            )
+    parts = {s: sorted(c.case_id for c in cases if c.split == s) for s in ("train", "val", "test")}
+    missing = [s for s, v in parts.items() if not v]
+    if missing:
+        raise DataError(
+            f"the split column has no {' and no '.join(missing)} rows; a given split needs training (train), inner "
+            "validation (val, for model selection) and test cases"
+        )
+    return {
+        "folds": 1,
+        "given": True,
+        "seed": None,
+        "val_fraction": None,
+        "fingerprint": manifest_fingerprint(cases),
+        "cases": {c.case_id: _record(c) for c in sorted(cases, key=lambda c: c.case_id)},
+        "splits": [{"fold": 0, **parts}],
+    }
 
 
 def make_splits(cases: list[Case], folds: int = 5, seed: int = 0, val_fraction: float = 0.2) -> dict[str, Any]:
@@ -180,14 +254,17 @@ def check_splits_match(doc: dict[str, Any], cases: list[Case], path: Path) -> No
     now = {c.case_id: _record(c) for c in cases}
     added = sorted(set(now) - set(recorded))
     removed = sorted(set(recorded) - set(now))
+    parts: list[str] = []
     changed = sorted(cid for cid in set(now) & set(recorded) if now[cid] != recorded[cid])
-    parts = []
+    if bool(doc.get("given")) != is_given(cases):
+        parts.append("the split column was " + ("removed" if doc.get("given") else "added"))
     if added:
         parts.append(f"added: {', '.join(added[:10])}{' ...' if len(added) > 10 else ''}")
     if removed:
         parts.append(f"removed: {', '.join(removed[:10])}{' ...' if len(removed) > 10 else ''}")
     if changed:
-        parts.append(f"pni/patient/group changed: {', '.join(changed[:10])}{' ...' if len(changed) > 10 else ''}")
+        what = "pni/patient/group/split" if doc.get("given") or is_given(cases) else "pni/patient/group"
+        parts.append(f"{what} changed: {', '.join(changed[:10])}{' ...' if len(changed) > 10 else ''}")
     raise SplitMismatchError(
         f"the case manifest no longer matches {path} ({'; '.join(parts) or 'contents differ'}). "
         "Splits are never silently remade, because results of earlier folds would become invalid. "
@@ -208,13 +285,13 @@ def read_splits(path: str | Path) -> dict[str, Any]:
     try:
         n = int(doc["folds"])
         entries = doc["splits"]
-        shaped = n >= 2 and isinstance(entries, list) and len(entries) == n
+        shaped = (n >= 2 or (n == 1 and bool(doc.get("given")))) and isinstance(entries, list) and len(entries) == n
         shaped = shaped and all(isinstance(e, dict) and {"train", "val", "test"} <= set(e) for e in entries)
     except (TypeError, KeyError, ValueError):
         shaped = False
     if not shaped:
         raise SplitMismatchError(
-            f"{path}: not a split file written by neonet (it needs `folds` and "
+            f"{path}: not a split file written by neonet (it needs `folds` (2 or more, or 1 with `given`) and "
             f"one `splits` entry with train/val/test per fold). {SPLITS_REMEDY}"
         )
     return dict(doc)
@@ -252,10 +329,13 @@ def ensure_splits(
 ) -> dict[str, Any]:
     """Read the split file, or write it if it does not exist yet; check it matches ``cases``.
 
+    A manifest with a ``split`` column gives one fold (:func:`given_split`); ``folds``, ``seed`` and
+    ``val_fraction`` are then not used.
+
     Args:
         path: the split file.
         cases: every case of the manifest.
-        folds: number of folds of a new split file (an existing one must have as many).
+        folds: number of folds of a new split file (an existing one must have as many, unless the split is given).
         seed: random seed of a new split file.
         val_fraction: inner validation fraction of a new split file.
         workspace: the experiment ``path`` belongs to; when given, a missing split file is refused
@@ -265,7 +345,7 @@ def ensure_splits(
     if path.exists():
         doc = read_splits(path)
         check_splits_match(doc, cases, path)
-        if int(doc["folds"]) != int(folds):
+        if not doc.get("given") and int(doc["folds"]) != int(folds):
             raise SplitMismatchError(
                 f"{path} has {doc['folds']} folds but {folds} were requested; "
                 "use the recorded number of folds or a new experiment name"
@@ -273,7 +353,7 @@ def ensure_splits(
         return doc
     if workspace is not None:
         check_missing_splits(workspace)
-    doc = make_splits(cases, folds=folds, seed=seed, val_fraction=val_fraction)
+    doc = given_split(cases) if is_given(cases) else make_splits(cases, folds=folds, seed=seed, val_fraction=val_fraction)
     write_json(path, doc)
     return doc
 

@@ -45,6 +45,7 @@ from neonet.data.cases import (
     header_problem,
     parse_manifest,
     parse_pni,
+    split_problem,
     surplus_problem,
 )
 from neonet.data.nifti import MAX_VOXELS_ENV, load_nifti, max_voxels, read_array
@@ -502,6 +503,9 @@ def _run_checks(
                 )
             else:
                 first_row[cid] = row_no
+        split = split_problem(row, header)
+        if split is not None:
+            out.add(cid, cases_csv, f"line {row_no}: {split}")
         if has["pni"]:
             try:
                 pni = parse_pni(row.get("pni", ""))

@@ -41,6 +41,30 @@ def train_command(ws: Workspace, stage: str, folds: list[int] | None = None, ver
     return cmd + (" -- " + " ".join(extra) if extra else "")
 
 
+def is_trained(ws: Workspace, stage: str, fold: int) -> bool:
+    """Whether the fold finished its fit (``artifact.json`` status ``fit-complete``/``complete``, ``config.yaml`` and
+    ``checkpoints/best.ckpt``)."""
+    art = ws.read_artifact(stage, fold) or {}
+    return (
+        art.get("status") in USABLE_STATUSES
+        and ws.best_checkpoint(stage, fold).is_file()
+        and ws.config_path(stage, fold).is_file()
+    )
+
+
+def finished_folds(ws: Workspace, stage: str) -> list[int]:
+    """Every fold of ``stage`` that finished its fit (at least one).
+
+    Raises:
+        MissingUpstreamError: no fold of ``stage`` finished; names the folders and the command that trains them.
+    """
+    found = [k for k in ws.stage_folds(stage) if is_trained(ws, stage, k)]
+    if found:
+        return found
+    trained_folds(ws, stage)  # raises, naming the folds and the command
+    raise MissingUpstreamError(f"a trained {stage} fold", ws.root / stage, train_command(ws, stage))
+
+
 def trained_folds(ws: Workspace, stage: str, folds: list[int] | None = None, hint: str = "") -> list[int]:
     """The folds of ``stage`` to ensemble: ``folds``, or every fold of the experiment.
 
@@ -58,15 +82,7 @@ def trained_folds(ws: Workspace, stage: str, folds: list[int] | None = None, hin
     if not folds:
         raise NeonetError("--folds is empty: name at least one fold")
 
-    def usable(k: int) -> bool:
-        art = ws.read_artifact(stage, k) or {}
-        return (
-            art.get("status") in USABLE_STATUSES
-            and ws.best_checkpoint(stage, k).is_file()
-            and (ws.config_path(stage, k)).is_file()
-        )
-
-    missing = [k for k in folds if not usable(k)]
+    missing = [k for k in folds if not is_trained(ws, stage, k)]
     if missing:
         ready = [k for k in folds if k not in missing]
         if ready:

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from neonet.cls.module import REAL, SYNTHETIC
-from neonet.data.splits import read_splits
+from neonet.data.splits import folds_phrase, read_splits
 from neonet.errors import NeonetError
 from neonet.report.stats import binary_metrics, bootstrap_auc_ci, delong_ci, delong_test, format_p, log_odds
 from neonet.run.atomic import write_csv, write_json, write_text
@@ -274,8 +274,16 @@ def delong_table(frame: pd.DataFrame, reference: str, clusters: dict[str, str] |
     return pd.DataFrame(rows, columns=cols + (["note"] if any("note" in r for r in rows) else []))
 
 
-def ablation_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """{model} x {real only, real + synthetic}: pooled AUC [bootstrap CI] and fold mean ± sd."""
+def fold_spread(mean: float, sd: float, folds_text: str = "") -> str:
+    """``mean ± sd`` of the fold AUCs, or ``mean (1 fold, given split)`` where one fold has no spread."""
+    if np.isfinite(sd):
+        return f"{mean:.3f} ± {sd:.3f}"
+    return f"{mean:.3f} ({folds_text or '1 fold'})"
+
+
+def ablation_table(summary: pd.DataFrame, folds_text: str = "") -> pd.DataFrame:
+    """{model} x {real only, real + synthetic}: pooled AUC [bootstrap CI] and fold mean ± sd (one fold: its AUC and
+    ``folds_text``, e.g. "1 fold, given split")."""
     rows = []
     for model, part in summary.groupby("model", sort=False):
         row: dict[str, Any] = {"model": model}
@@ -283,9 +291,8 @@ def ablation_table(summary: pd.DataFrame) -> pd.DataFrame:
             hit = part[part["variant"] == variant]
             if len(hit):
                 r = hit.iloc[0]
-                row[variant] = (
-                    f"{r.auc_pooled:.3f} [{r.auc_ci_lo:.3f}, {r.auc_ci_hi:.3f}]; folds {r.auc_mean:.3f} ± {r.auc_sd:.3f}"
-                )
+                spread = fold_spread(r.auc_mean, r.auc_sd, folds_text)
+                row[variant] = f"{r.auc_pooled:.3f} [{r.auc_ci_lo:.3f}, {r.auc_ci_hi:.3f}]; folds {spread}"
                 row[f"auc_pooled ({variant})"] = r.auc_pooled
             else:
                 row[variant] = "not run"
@@ -352,6 +359,7 @@ def report(
     stages = sorted(stages, key=lambda s: (ident[s][0] != reference, ident[s][1] != REAL, s))
     splits = read_splits(ws.splits_path) if ws.splits_path.exists() else {}
     n_folds = int(splits["folds"]) if splits else None
+    folds_text = folds_phrase(splits)
     clusters = clusters_of(splits)
     bootstrap = "stratified percentile" if clusters is None else "cluster percentile (whole patients / groups)"
     delong_variance = "DeLong" if clusters is None else "Obuchowski clustered (patients / groups)"
@@ -359,7 +367,7 @@ def report(
     folds = per_fold_table(frame)
     summary = summary_table(frame, folds, n_boot, alpha, seed, n_folds, clusters)
     delong = delong_table(frame, reference, clusters)
-    ablation = ablation_table(summary)
+    ablation = ablation_table(summary, folds_text)
     for row in summary.itertuples():
         if n_folds is not None and row.folds < n_folds:
             log.warning(
@@ -391,6 +399,7 @@ def report(
         "stages": stages,
         "reference": reference,
         "folds": n_folds,
+        "folds_text": folds_text,
         "settings": {
             "n_boot": n_boot,
             "alpha": alpha,
@@ -468,7 +477,7 @@ def _markdown_report(
     ]
     parts = [
         f"# Classification report: {doc['experiment']}\n",
-        f"Out-of-fold predictions of {doc['folds']} folds; every metric is on real held-out patients. "
+        f"Out-of-fold predictions ({doc['folds_text']}); every metric is on real held-out patients. "
         f"Pooled AUC: all folds' test predictions together, with a {level} % {doc['settings']['bootstrap']} bootstrap CI "
         f"({doc['settings']['n_boot']} resamples). Thresholded metrics use each fold's Youden threshold from its "
         "inner validation split (`_youden`).\n",

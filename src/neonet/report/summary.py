@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from neonet.data.splits import read_splits
+from neonet.data.splits import folds_phrase, read_splits
+from neonet.report.cls_report import fold_spread
 from neonet.run.atomic import read_json, write_json
 from neonet.workspace import STAGES, Workspace
 
@@ -18,7 +19,9 @@ def collect(ws: Workspace) -> dict[str, Any]:
     info: dict[str, Any] = {"experiment": ws.experiment, "root": str(ws.root), "stages": {}}
     if ws.splits_path.exists():
         info["splits"] = str(ws.splits_path)
-        info["folds"] = int(read_splits(ws.splits_path)["folds"])
+        doc = read_splits(ws.splits_path)
+        info["folds"] = int(doc["folds"])
+        info["folds_text"] = folds_phrase(doc)
     stage_names = sorted({p.parent.parent.name for p in ws.root.glob("*/fold*/artifact.json")})
     for stage in [s for s in STAGES if s in stage_names] + [s for s in stage_names if s not in STAGES]:
         folds = {}
@@ -67,7 +70,7 @@ def summary(experiment: str = "demo", runs_dir: Path = Path("runs")) -> int:
     info = collect(ws)
     lines = [f"Experiment {experiment}: {ws.root}"]
     if "splits" in info:
-        lines.append(f"  splits        {info['splits']} ({info['folds']} folds)")
+        lines.append(f"  splits        {info['splits']} ({info['folds_text']})")
     for stage, folds in info["stages"].items():
         done = sum(1 for f in folds.values() if f["status"] == "complete")
         scores = ", ".join(f"fold{k} {v['best_score']:.3f}" for k, v in sorted(folds.items()) if v["best_score"] is not None)
@@ -100,7 +103,7 @@ def summary(experiment: str = "demo", runs_dir: Path = Path("runs")) -> int:
         for row in info["cls_summary"]:
             lines.append(
                 f"                {row['stage']:<16} {row['variant']:<17} {row['auc_pooled']:.3f} [{row['auc_ci_lo']:.3f}, "
-                f"{row['auc_ci_hi']:.3f}]   {row['auc_mean']:.3f} ± {row['auc_sd']:.3f}"
+                f"{row['auc_ci_hi']:.3f}]   {fold_spread(row['auc_mean'], row['auc_sd'], info.get('folds_text', ''))}"
             )
     for path in info.get("reports", []):
         lines.append(f"  report        {path}")

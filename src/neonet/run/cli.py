@@ -79,6 +79,10 @@ PROJECT_VERBS: dict[str, Verb] = {
         "PNI for one new MRI: NeoSeg -> TLCR -> classifier folds, Grad-CAM, JSON + NIfTI + PNG",
         positional="image",
     ),
+    "evaluate": Verb(
+        "neonet.report.external:evaluate",
+        "the folds' ensembles on an external cohort: NeoSeg Dice/HD95/NSD, PNI AUC [CI], sens/spec, calibration, ROC",
+    ),
     "export": Verb(
         "neonet.predict.export:export",
         "write an experiment's NeoSeg + classifier fold ensembles as a bundle (MONAI layout, TorchScript)",

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neonet.data.splits import check_missing_splits, check_splits_match, read_splits
+from neonet.data.cases import read_cases
+from neonet.data.splits import check_missing_splits, check_splits_match, planned_folds, read_splits
 from neonet.errors import NeonetError
 from neonet.run.config_drift import check_fold_configs
 from neonet.run.fold_lock import child_env, fold_lock, restamp
@@ -278,7 +279,11 @@ def cv(
     dargs = dict((cfg.get("data") or {}).get("init_args") or {})
     ws = Workspace(dargs.get("runs_dir") or "runs", dargs.get("experiment") or "default")
     check_missing_splits(ws)  # a deleted splits.json is never re-made under trained folds
-    n_folds = int(read_splits(ws.splits_path)["folds"]) if ws.splits_path.exists() else int(dargs.get("folds") or 5)
+    if ws.splits_path.exists():
+        n_folds = int(read_splits(ws.splits_path)["folds"])
+    else:  # a manifest with a split column gives one fold
+        n_folds = int(dargs.get("folds") or 5)
+        n_folds = planned_folds(read_cases(dargs["cases"]), n_folds) if dargs.get("cases") else n_folds
     todo = list(range(n_folds)) if folds is None else [int(k) for k in folds]
     bad = [k for k in todo if not 0 <= k < n_folds]
     if bad:

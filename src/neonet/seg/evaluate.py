@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from neonet.data.cases import LIVER, TUMOR, LabelMap, read_cases
 from neonet.data.nifti import load_nifti, read_array
-from neonet.data.splits import read_splits
+from neonet.data.splits import folds_phrase, read_splits
 from neonet.run.atomic import write_csv, write_json, write_text
 from neonet.stage import CVContext
 from neonet.workspace import Workspace
@@ -96,21 +96,32 @@ def evaluate_oof(ws: Workspace, cases_csv: str | Path, label_map: LabelMap, fold
             row["status"] = "missing prediction"
             rows.append(row)
             continue
-        gt_img = load_nifti(case.label, case.case_id)
-        gt = label_map.apply(read_array(gt_img, case.label, case.case_id))
-        pred = np.asarray(load_nifti(pred_path, case.case_id).dataobj).astype(np.uint8)
-        spacing = tuple(float(z) for z in gt_img.header.get_zooms()[:3])
-        voxel_ml = float(np.prod(spacing)) / 1000.0
-        row.update(seg_metrics(pred, gt, spacing))
-        row.update(
-            {
-                "tumor_ml_true": float((gt == TUMOR).sum() * voxel_ml),
-                "tumor_ml_pred": float((pred == TUMOR).sum() * voxel_ml),
-                "status": "ok",
-            }
-        )
+        row.update(case_metrics(pred_path, case.label, case.case_id, label_map))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def case_metrics(pred_path: Path, label_path: Path, case_id: str, label_map: LabelMap) -> dict[str, Any]:
+    """:func:`seg_metrics` of one case's mask (0/1/2, in the label's grid) against its manual label, with the true
+    and predicted tumour volumes (ml) and ``status`` ``ok``.
+
+    Args:
+        pred_path: the predicted mask (project convention), on the label's grid.
+        label_path: the manual label (raw values, mapped with ``label_map``).
+        case_id: the case, for error messages.
+        label_map: what the label's values mean.
+    """
+    gt_img = load_nifti(label_path, case_id)
+    gt = label_map.apply(read_array(gt_img, label_path, case_id))
+    pred = np.asarray(load_nifti(pred_path, case_id).dataobj).astype(np.uint8)
+    spacing = tuple(float(z) for z in gt_img.header.get_zooms()[:3])
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    return {
+        **seg_metrics(pred, gt, spacing),
+        "tumor_ml_true": float((gt == TUMOR).sum() * voxel_ml),
+        "tumor_ml_pred": float((pred == TUMOR).sum() * voxel_ml),
+        "status": "ok",
+    }
 
 
 def _columns(frame: pd.DataFrame) -> list[str]:
@@ -125,7 +136,8 @@ def _mean(values: pd.Series) -> float | None:
 
 def summarise(frame: pd.DataFrame) -> dict[str, Any]:
     """Per-fold and pooled mean ± sd of the metric columns (a region no manual mask holds: None; the numbers of
-    ``reports/seg_folds.png``)."""
+    ``reports/seg_folds.png``). A frame without a ``fold`` column (one ensemble, e.g. ``neonet evaluate``) has no
+    per-fold rows."""
     ok = frame[frame["status"] == "ok"]
     out: dict[str, Any] = {
         "n_cases": int(len(ok)),
@@ -153,7 +165,7 @@ def summarise(frame: pd.DataFrame) -> dict[str, Any]:
             **{c: _mean(g[c]) for c in _columns(g)},
             **{f"{c}_sd": float(g[c].std(ddof=1)) if g[c].count() > 1 else 0.0 for c in _columns(g)},
         }
-        for k, g in ok.groupby("fold")
+        for k, g in (ok.groupby("fold") if "fold" in ok else [])
     }
     return out
 
@@ -194,7 +206,8 @@ def write_oof_report(ctx: CVContext) -> None:
     """Write ``reports/seg_oof_dice.csv``, ``seg_summary.json`` and ``seg_summary.md`` (NeoSeg's cross-fold summary)."""
     ws, dargs = ctx.ws, ctx.data_args()
     label_map = LabelMap.from_args(dargs)
-    n_folds = int(read_splits(ws.splits_path)["folds"])
+    splits = read_splits(ws.splits_path)
+    n_folds = int(splits["folds"])
     done = [k for k in range(n_folds) if ws.is_complete("seg", k)]  # folds may run in separate calls
     frame = evaluate_oof(ws, dargs["cases"], label_map, done)
     if frame.empty:
@@ -203,9 +216,11 @@ def write_oof_report(ctx: CVContext) -> None:
     reports = ws.reports_dir
     write_csv(ws.seg_oof_dice, frame)
     summary = summarise(frame)
-    write_json(reports / "seg_summary.json", summary)
     table = markdown_table(summary)
-    write_text(reports / "seg_summary.md", "# NeoSeg out-of-fold Dice, HD95 and surface Dice\n\n" + table)
+    summary["folds_text"] = folds_phrase(splits)
+    write_json(reports / "seg_summary.json", summary)
+    heading = f"# NeoSeg out-of-fold Dice, HD95 and surface Dice ({summary['folds_text']})\n\n"
+    write_text(reports / "seg_summary.md", heading + table)
     log.info("NeoSeg out-of-fold metrics (%s):\n%s", reports / "seg_summary.json", table)
     from neonet.report.wandb_summary import log_cv_summary
 
