@@ -107,7 +107,7 @@ def predict_scans(
     for i, case in enumerate(cases, 1):
         log.info("case %d/%d: %s", i, len(cases), case.case_id)
         with tempfile.TemporaryDirectory(dir=out.root) as scratch:
-            written = segment(case.image, seg_models, Path(scratch), device)
+            written, _confidence = segment(case.image, seg_models, Path(scratch), device)
             mask = out.mask(case.case_id)
             mask.parent.mkdir(parents=True, exist_ok=True)
             written.replace(mask)
