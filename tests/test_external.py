@@ -151,3 +151,20 @@ def test_seg_only_replaces_an_earlier_report(trained_experiment: dict, external:
     assert (folder / "seg_metrics.csv").is_file() and not (folder / "predictions.csv").exists()
     assert json.loads((folder / "external.json").read_text())["folds"] == {"seg": [0, 1]}
     assert not list(folder.parent.glob(".seg_only.*"))  # no temporary folder left beside it
+
+
+def test_scans_compared_with_the_cohort_fingerprint(trained_experiment: dict, external: Path, report: Path) -> None:
+    """Every external scan is measured inside its NeoSeg mask and compared with the experiment's cohort fingerprint."""
+    doc = json.loads((report / "external.json").read_text())
+    assert doc["cohort_fingerprint"] == str(trained_experiment["ws"].cohort_fingerprint)
+    assert trained_experiment["ws"].cohort_fingerprint.is_file()
+    ood = pd.read_csv(report / "ood.csv", dtype={"case_id": str}).set_index("case_id")
+    cases = pd.read_csv(external, dtype=str).set_index("case_id")
+    assert sorted(ood.index) == sorted(cases.index)
+    for cid in cases.index:  # the spacing measured is the scan header's
+        zooms = nib.load(external.parent / cases.loc[cid, "image"]).header.get_zooms()[:3]
+        assert [ood.loc[cid, f"spacing_{a}"] for a in "xyz"] == pytest.approx(list(zooms), abs=1e-3)
+    flagged = set(ood.index[ood["out_of_distribution"]])
+    assert set(doc["out_of_distribution"]) == flagged
+    preds = pd.read_csv(report / "predictions.csv", dtype={"case_id": str})
+    assert set(preds.loc[preds["out_of_distribution"], "case_id"]) == flagged

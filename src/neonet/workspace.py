@@ -495,6 +495,7 @@ class ExternalPaths:
           predictions.csv                   per case and stage: each fold's probability, the ensemble's, threshold
           seg_metrics.csv, seg_summary.{json,md}   NeoSeg Dice / HD95 / NSD per case (cases with a label)
           cls_summary.csv, cls_calibration.csv     per classifier: AUC [CI], sensitivity / specificity, calibration
+          ood.csv                           per case: measures inside its mask, checks failed against the cohort fingerprint
           roc.png, calibration.png
           masks/<case>.nii.gz               the NeoSeg fold ensemble's mask in the scan's space
           patches/<case>_{image,label}.nii.gz  the TLCR patch each classifier saw
@@ -511,7 +512,7 @@ class ExternalPaths:
 
     def table(self, name: str, ext: str = "csv") -> Path:
         """``<name>.<ext>``: ``external``, ``predictions``, ``seg_metrics``, ``seg_summary``, ``cls_summary``,
-        ``cls_calibration`` (csv, json or md) or a figure (``roc``, ``calibration``: png)."""
+        ``cls_calibration``, ``ood`` (csv, json or md) or a figure (``roc``, ``calibration``: png)."""
         return self.root / f"{name}.{ext}"
 
     def mask(self, case_id: str) -> Path:

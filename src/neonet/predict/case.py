@@ -540,7 +540,7 @@ def ood_record(predictor: Predictor, image: Path, seg_path: Path, confidence: fl
     if ws is None:
         return None
     try:
-        fingerprint = ood.load(ws, predictor)
+        fingerprint = ood.load(ws, predictor.models, predictor.device)
     except NeonetError as exc:
         log.warning("no comparison with the training cohort: %s", exc)
         return {"error": str(exc), "flags": []}

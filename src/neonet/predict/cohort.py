@@ -14,6 +14,7 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,6 +75,8 @@ class ScanPrediction:
         crop_status: TLCR's status (``ok``, ``no_tumor_skipped``, ...).
         n_tumors: tumour components in the mask.
         probs: per classifier stage, each fold's PNI probability (empty without a patch).
+        ood: the scan's measures and its flags against the experiment's cohort fingerprint
+            (:mod:`neonet.predict.ood`; None when there is no fingerprint).
     """
 
     case: Case
@@ -81,6 +84,7 @@ class ScanPrediction:
     crop_status: str
     n_tumors: int
     probs: dict[str, dict[int, float]] = field(default_factory=dict)
+    ood: dict[str, Any] | None = None
 
 
 def predict_scans(
@@ -90,6 +94,7 @@ def predict_scans(
     crop: CropSettings | None,
     out: ExternalPaths,
     device: torch.device,
+    fingerprint: dict[str, Any] | None = None,
 ) -> list[ScanPrediction]:
     """Every scan through NeoSeg → TLCR → each classifier's folds; masks and patches written under ``out``.
 
@@ -100,22 +105,32 @@ def predict_scans(
         crop: the experiment's TLCR settings (None, or no classifiers: NeoSeg alone).
         out: where masks (``masks/``) and patches (``patches/``) go.
         device: where the networks run.
+        fingerprint: the experiment's cohort fingerprint; each scan is measured inside its mask and
+            flagged where it lies outside (None: no comparison).
     """
+    from neonet.predict import ood
     from neonet.predict.case import segment
 
     done = []
     for i, case in enumerate(cases, 1):
         log.info("case %d/%d: %s", i, len(cases), case.case_id)
         with tempfile.TemporaryDirectory(dir=out.root) as scratch:
-            written, _confidence = segment(case.image, seg_models, Path(scratch), device)
+            written, confidence = segment(case.image, seg_models, Path(scratch), device)
             mask = out.mask(case.case_id)
             mask.parent.mkdir(parents=True, exist_ok=True)
             written.replace(mask)
+        found: dict[str, Any] | None = None
+        if fingerprint is not None:
+            measured = ood.measure(case.case_id, case.image, mask, confidence)
+            scan_flags = ood.flags(fingerprint, measured)
+            found = {"measured": measured, "flags": scan_flags}
+            for flag in scan_flags:
+                log.warning("%s: outside the experiment's cohort: %s", case.case_id, flag["message"])
         if crop is None or not classifiers:  # NeoSeg alone: no TLCR
-            done.append(ScanPrediction(case, mask, "not cropped", 0))
+            done.append(ScanPrediction(case, mask, "not cropped", 0, ood=found))
             continue
         result, affine_c = crop_from_mask(case.image, mask, crop)
-        pred = ScanPrediction(case, mask, result.status, int(result.n_tumors))
+        pred = ScanPrediction(case, mask, result.status, int(result.n_tumors), ood=found)
         if result.has_patch:
             assert result.box is not None and result.image_patch is not None and result.label_patch is not None
             from neonet.seg.tlcr import patch_affine

@@ -40,7 +40,9 @@ from neonet.run.atomic import read_json, write_json
 from neonet.workspace import Workspace
 
 if TYPE_CHECKING:
-    from neonet.predict.case import Predictor
+    import torch
+
+    from neonet.predict.case import CachedModels
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def _trained_seg_folds(ws: Workspace) -> list[int]:
     return [k for k in ws.stage_folds("seg") if (ws.read_artifact("seg", k) or {}).get("status") in USABLE_STATUSES]
 
 
-def build(ws: Workspace, predictor: Predictor) -> dict[str, Any]:
+def build(ws: Workspace, models: CachedModels, device: torch.device) -> dict[str, Any]:
     """Measure the cohort (see the module docstring) and write ``ws.cohort_fingerprint``.
 
     Raises:
@@ -110,7 +112,7 @@ def build(ws: Workspace, predictor: Predictor) -> dict[str, Any]:
         for case in read_cases(manifest):
             fold = test_of.get(case.case_id)
             if fold in folds:
-                mask, conf = segment(case.image, predictor.models.seg_models([fold]), Path(tmp), predictor.device)
+                mask, conf = segment(case.image, models.seg_models([fold]), Path(tmp), device)
                 rows.append(measure(case.case_id, case.image, mask, conf) | {"mask": f"neoseg fold {fold}"})
             elif case.label is not None:
                 rows.append(measure(case.case_id, case.image, case.label, None) | {"mask": "manual"})
@@ -132,7 +134,7 @@ def build(ws: Workspace, predictor: Predictor) -> dict[str, Any]:
     return doc
 
 
-def load(ws: Workspace, predictor: Predictor) -> dict[str, Any]:
+def load(ws: Workspace, models: CachedModels, device: torch.device) -> dict[str, Any]:
     """The experiment's cohort fingerprint: read, or built when missing or made with other seg checkpoints."""
     path = ws.cohort_fingerprint
     if path.is_file():
@@ -140,7 +142,7 @@ def load(ws: Workspace, predictor: Predictor) -> dict[str, Any]:
         if isinstance(doc, dict) and doc.get("seg_checkpoints") == _seg_checkpoints(ws, _trained_seg_folds(ws)):
             return doc
         log.info("%s was made with other NeoSeg checkpoints: measuring the cohort again", path)
-    return build(ws, predictor)
+    return build(ws, models, device)
 
 
 def _flag(check: str, measured: Any, cohort: list[float] | None, allowed: list[float] | None, text: str) -> dict[str, Any]:

@@ -94,12 +94,34 @@ def prediction_table(preds: list[ScanPrediction], thresholds: dict[str, dict[int
                     "y_true": math.nan if p.case.pni is None else int(p.case.pni),
                     "crop_status": p.crop_status,
                     "n_tumors": p.n_tumors,
+                    "out_of_distribution": None if p.ood is None else bool(p.ood["flags"]),
                     "prob": prob,
                     **{f"prob_fold{k}": probs.get(k, math.nan) for k in by_fold},
                     "threshold": threshold,
                     "predicted_pni": math.nan if math.isnan(prob) else int(prob >= threshold),
                 }
             )
+    return pd.DataFrame(rows)
+
+
+def ood_table(preds: list[ScanPrediction]) -> pd.DataFrame:
+    """One row per scan: what it measured inside its NeoSeg mask and the checks it fails against the
+    experiment's cohort fingerprint (:mod:`neonet.predict.ood`); empty without a fingerprint."""
+    rows = []
+    for p in preds:
+        if p.ood is None:
+            continue
+        measured = {k: v for k, v in p.ood["measured"].items() if k != "case_id"}
+        flags = p.ood["flags"]
+        rows.append(
+            {
+                "case_id": p.case.case_id,
+                "out_of_distribution": bool(flags),
+                "flags": ";".join(f["check"] for f in flags),
+                **measured,
+                "messages": " | ".join(f["message"] for f in flags),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -245,8 +267,12 @@ def evaluate(
         "git_sha": git_sha(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    fingerprint = _cohort_fingerprint(ws, source, dev)
+    doc["cohort_fingerprint"] = None if fingerprint is None else str(ws.cohort_fingerprint)
     with atomic_dir(out.root, replace=True) as tmp:
-        doc.update(_write_report(ExternalPaths(tmp), external, seg_models, models, thresholds, crop, label_map, dev, doc))
+        doc.update(
+            _write_report(ExternalPaths(tmp), external, seg_models, models, thresholds, crop, label_map, dev, doc, fingerprint)
+        )
         write_json(ExternalPaths(tmp).table("external", "json"), doc)
         write_text(ExternalPaths(tmp).table("external", "md"), _markdown(doc))
     print(f"wrote {out.table('external', 'md')}")
@@ -263,14 +289,19 @@ def _write_report(
     label_map: LabelMap,
     device: Any,
     doc: dict[str, Any],
+    fingerprint: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Predict every scan and write the tables and figures into ``paths``; returns the numbers for ``external.json``."""
     from neonet.cls.plots import calibration_table, plot_calibration, plot_roc_pooled
     from neonet.predict.cohort import predict_scans
     from neonet.seg.evaluate import markdown_table, summarise
 
-    preds = predict_scans(external, seg_models, models, crop, paths, device)
+    preds = predict_scans(external, seg_models, models, crop, paths, device, fingerprint)
     found: dict[str, Any] = {"crop_status": {p.case.case_id: p.crop_status for p in preds}, "files": {}}
+    ood = ood_table(preds)
+    if not ood.empty:
+        write_csv(paths.table("ood"), ood)
+    found["out_of_distribution"] = {r["case_id"]: r["messages"] for r in ood.to_dict("records") if r["out_of_distribution"]}
     if "seg" in doc["stages"]:
         seg = seg_table(preds, label_map)
         if seg.empty:
@@ -303,6 +334,18 @@ def _write_report(
     return found
 
 
+def _cohort_fingerprint(ws: Workspace, source: Any, device: Any) -> dict[str, Any] | None:
+    """The experiment's cohort fingerprint (read, or measured once); None, with a warning, when it cannot be made."""
+    from neonet.predict import ood
+    from neonet.predict.case import CachedModels
+
+    try:
+        return ood.load(ws, CachedModels(source), device)
+    except NeonetError as exc:
+        log.warning("no comparison with the training cohort: %s", exc)
+        return None
+
+
 def _markdown(doc: dict[str, Any]) -> str:
     """``external.md``: what was evaluated with which folds, and the numbers."""
     from neonet.seg.evaluate import markdown_table
@@ -319,6 +362,14 @@ def _markdown(doc: dict[str, Any]) -> str:
     if doc.get("experiment_folds"):
         lines.append(f"\nThe experiment's split: {doc['experiment_folds']}; only folds that finished training are used.")
     lines.append(f"\nLabel map (the NeoSeg folds'): {doc['label_map']}.\n")
+    if doc.get("cohort_fingerprint") is None:
+        lines.append("No comparison with the training cohort (no cohort fingerprint could be made).\n")
+    elif doc.get("out_of_distribution"):
+        lines.append("## Scans outside what the models saw (`ood.csv`)\n")
+        lines += [f"- `{c}`: {m}" for c, m in sorted(doc["out_of_distribution"].items())]
+        lines.append("")
+    else:
+        lines.append("Every scan lies inside the training cohort's fingerprint (`ood.csv`).\n")
     if "seg" in doc["stages"]:
         lines.append("## NeoSeg (cases with a manual label)\n")
         lines.append(markdown_table(doc["seg"]) if doc.get("seg") else "No case of the cohort has a manual label.\n")
