@@ -180,3 +180,22 @@ def test_a_dicom_series_folder_is_one_scan(tmp_path: Path) -> None:
     assert is_batch_input(tmp_path / "in") and not is_batch_input(series)
     with pytest.raises(Exception, match="no scans in this folder"):
         find_scans(tmp_path / "in" / "empty")
+
+
+def test_cohort_manifest_found_when_the_runs_folder_is_opened_from_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold's config names ``runs/e/data/cases.csv`` relative to where it ran; opened from another folder it is still found."""
+    from neonet.predict.membership import cohort_manifest
+
+    project = tmp_path / "project"
+    ws = Workspace(project / "runs", "e")
+    (ws.root / "seg" / "fold0").mkdir(parents=True)
+    (ws.root / "seg" / "fold0" / "config.yaml").write_text("data:\n  init_args:\n    cases: runs/e/data/cases.csv\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cohort_manifest(ws) is None  # no such file anywhere yet
+    (ws.root / "data").mkdir()
+    (ws.root / "data" / "cases.csv").write_text("case_id,image\n")
+    assert cohort_manifest(ws) == project / "runs" / "e" / "data" / "cases.csv"

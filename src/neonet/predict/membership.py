@@ -52,16 +52,25 @@ class CohortMatch:
 
 
 def cohort_manifest(ws: Workspace) -> Path | None:
-    """The experiment's ``cases.csv``, as a trained fold's ``config.yaml`` names it (None when none does or it is gone)."""
+    """The experiment's ``cases.csv``, as a trained fold's ``config.yaml`` names it (None when none does or it is gone).
+
+    A relative path is read from the working directory, else from the folders above the experiment: a
+    runs folder opened from elsewhere (``--runs_dir /data/runs``) still finds ``runs/demo/data/cases.csv``.
+    """
     import yaml
 
     for config in sorted(ws.root.glob("*/fold*/config.yaml")) if ws.root.is_dir() else []:
         try:
-            args = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("init_args") or {}
+            args = ((yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}).get("init_args") or {}
         except (OSError, yaml.YAMLError):
             continue
-        if args.get("cases") and Path(args["cases"]).is_file():
-            return Path(args["cases"])
+        if not args.get("cases"):
+            continue
+        named = Path(args["cases"])
+        bases = [Path.cwd()] if named.is_absolute() else [Path.cwd(), *ws.root.resolve().parents]
+        for base in bases:
+            if (base / named).is_file():
+                return base / named
     return None
 
 
