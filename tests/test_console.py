@@ -99,6 +99,10 @@ def test_lightning_lines_are_printed_once_without_adverts() -> None:
         "rank_zero_info('\\N{ELECTRIC LIGHT BULB} Tip: try installing litlogger')\n"
         "from lightning.pytorch.utilities import _pytree\n"
         "_pytree._tree_flatten(1)\n"  # Lightning's own use of torch's deprecated LeafSpec
+        "import torch\n"
+        "from monai.transforms import RemoveSmallObjects\n"
+        "x = torch.zeros(1, 6, 6, 6); x[0, 1, 1, 1] = 1; x[0, 3:5, 3:5, 3:5] = 1\n"
+        "assert RemoveSmallObjects(min_size=2)(x).sum() == 8\n"  # MONAI passes skimage's deprecated min_size on
         "warnings.warn('a warning of our own', FutureWarning)\n"
     )
     env = {**os.environ, "NEONET_LOG_LEVEL": "INFO"}
@@ -108,5 +112,5 @@ def test_lightning_lines_are_printed_once_without_adverts() -> None:
     assert [line for line in lines if "GPU available" in line] == [
         next(line for line in lines if line.endswith("INFO lightning.pytorch.utilities.rank_zero: GPU available: False"))
     ]
-    assert "Tip" not in proc.stderr and "LeafSpec" not in proc.stderr
+    assert "Tip" not in proc.stderr and "LeafSpec" not in proc.stderr and "min_size" not in proc.stderr
     assert "FutureWarning: a warning of our own" in proc.stderr  # other warnings are shown as before

@@ -89,6 +89,7 @@ def test_renamed_training_scan_is_recognised_with_its_out_of_fold_probability(ba
     assert summary.loc["new_patient", "out_of_fold_probability"] == pytest.approx(float(oof["prob"]))
     by_id = json.loads((batch["out"] / batch["by_id"] / "prediction.json").read_text())["cohort"]
     assert by_id["case_id"] == batch["by_id"] and by_id["matched_by"] == ["content", "case_id"]
+    assert by_id["content_differs"] is False
 
 
 def test_membership_by_id_only_and_strangers(tested: dict, tmp_path: Path) -> None:
@@ -100,7 +101,10 @@ def test_membership_by_id_only_and_strangers(tested: dict, tmp_path: Path) -> No
     cid = tested["held_out"][2]
     found = cohort_matches(tested["ws"], [cid, "stranger"], [other, other])
     assert found[0] is not None and found[0].case_id == cid and found[0].by == ("case_id",)
+    assert found[0].content_differs  # the cohort's scan of that id is known and is another scan
     assert found[1] is None
+    same = cohort_matches(tested["ws"], [cid], [tested["root"] / tested["cases"].loc[cid, "image"]])[0]
+    assert same is not None and not same.content_differs
     assert tested["ws"].cohort_hashes.is_file()
 
 

@@ -562,6 +562,11 @@ def cohort_record(predictor: Predictor, image: Path, case_id: str, ensemble: flo
     oof = None if predictor.cls_folds is None else out_of_fold_prediction(ws, predictor.classifier, match.case_id)
     seen = sorted(set(predictor.cls_folds or []) & set(match.trained_on))
     text = f"this scan is case {match.case_id} of experiment {ws.experiment}'s cohort (matched by {' and '.join(match.by)})"
+    if match.content_differs:
+        text = (
+            f"this scan is named like case {match.case_id} of experiment {ws.experiment}'s cohort but its content differs "
+            "from that case's scan (another scan of the patient, or a reused name? rename it if it is a new patient)"
+        )
     if ensemble is not None and seen:
         text += f"; the ensemble's probability {ensemble:.3f} includes fold(s) {', '.join(map(str, seen))} that trained on it"
     if oof is not None:

@@ -34,12 +34,15 @@ class CohortMatch:
         by: how it matched: ``content`` (its SHA-256 is the case's image's) and/or ``case_id``.
         test_fold: the fold that holds the case out (None when ``splits.json`` does not list it).
         trained_on: the folds whose training or inner validation set holds the case.
+        content_differs: matched by case id alone while the case's scan is known and has other content
+            (another scan under the same id: a later scan of the patient, or a reused name).
     """
 
     case_id: str
     by: tuple[str, ...]
     test_fold: int | None
     trained_on: tuple[int, ...]
+    content_differs: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The match as plain JSON values."""
@@ -48,6 +51,7 @@ class CohortMatch:
             "matched_by": list(self.by),
             "test_fold": self.test_fold,
             "trained_on": list(self.trained_on),
+            "content_differs": self.content_differs,
         }
 
 
@@ -129,15 +133,18 @@ def cohort_matches(ws: Workspace, case_ids: Sequence[str | None], scans: Sequenc
     known = set(doc.get("cases") or {}) | set(test_of) | set(trained)
     manifest = cohort_manifest(ws)
     by_hash: dict[str, str] = {}
+    hash_of: dict[str, str] = {}
     if manifest is None:
         log.warning(
             "%s: no trained fold names a cases.csv that exists; scans are compared with the cohort by case id only", ws.root
         )
     else:
-        by_hash = {h: cid for cid, h in cohort_hashes(ws, manifest).items()}
+        hash_of = cohort_hashes(ws, manifest)
+        by_hash = {h: cid for cid, h in hash_of.items()}
     out: list[CohortMatch | None] = []
     for cid, scan in zip(case_ids, scans):
-        hit = by_hash.get(scan_sha256(scan)) if by_hash else None
+        digest = scan_sha256(scan) if by_hash else None
+        hit = by_hash.get(digest) if digest else None
         by = ["content"] if hit else []
         if cid is not None and cid in known and (hit is None or hit == cid):
             hit = cid
@@ -145,7 +152,8 @@ def cohort_matches(ws: Workspace, case_ids: Sequence[str | None], scans: Sequenc
         if hit is None:
             out.append(None)
             continue
-        out.append(CohortMatch(hit, tuple(by), test_of.get(hit), tuple(sorted(trained.get(hit, [])))))
+        differs = by == ["case_id"] and hit in hash_of and hash_of[hit] != digest
+        out.append(CohortMatch(hit, tuple(by), test_of.get(hit), tuple(sorted(trained.get(hit, []))), differs))
     return out
 
 

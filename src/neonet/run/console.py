@@ -79,7 +79,11 @@ def silence_known_noise() -> None:
 
     - Lightning's "💡 Tip" adverts, on its ``rank_zero`` loggers only;
     - torch's ``FutureWarning`` "`isinstance(treespec, LeafSpec)` is deprecated", only where Lightning's
-      ``lightning.pytorch.utilities._pytree`` triggers it (Lightning's code, not neonet's or the user's).
+      ``lightning.pytorch.utilities._pytree`` triggers it (Lightning's code, not neonet's or the user's);
+    - scikit-image's ``FutureWarning`` on ``remove_small_objects(min_size=...)``, raised inside MONAI's
+      ``RemoveSmallObjects`` (``monai.transforms.utils``), whose argument MONAI passes on;
+    - MONAI's "Setting affine, but the applied meta contains an affine" from ``monai.data.meta_tensor``
+      when an inverted transform restores the scan's own affine (NeoSeg's masks are written in the scan's space).
     """
     for name in LIGHTNING_RANK_ZERO_LOGGERS:
         logger = logging.getLogger(name)
@@ -90,6 +94,15 @@ def silence_known_noise() -> None:
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    warnings.filterwarnings(
+        "ignore", message=r"Parameter `min_size` is deprecated", category=FutureWarning, module=r"monai\.transforms\.utils"
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Setting affine, but the applied meta contains an affine",
+        category=UserWarning,
+        module=r"monai\.data\.meta_tensor",
     )
 
 
