@@ -68,14 +68,18 @@ def cohort_manifest(ws: Workspace) -> Path | None:
             args = ((yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}).get("init_args") or {}
         except (OSError, yaml.YAMLError):
             continue
-        if not args.get("cases"):
-            continue
-        named = Path(args["cases"])
-        bases = [Path.cwd()] if named.is_absolute() else [Path.cwd(), *ws.root.resolve().parents]
-        for base in bases:
-            if (base / named).is_file():
-                return base / named
+        found = resolve_manifest(ws, args["cases"]) if args.get("cases") else None
+        if found is not None:
+            return found
     return None
+
+
+def resolve_manifest(ws: Workspace, named: str | Path) -> Path | None:
+    """A ``cases.csv`` as a fold's config names it: read from the working directory, else (a relative path)
+    from each folder above the experiment; None when it is nowhere."""
+    path = Path(named)
+    bases = [Path.cwd()] if path.is_absolute() else [Path.cwd(), *ws.root.resolve().parents]
+    return next((base / path for base in bases if (base / path).is_file()), None)
 
 
 def _stamp(path: Path) -> list[int]:

@@ -112,13 +112,17 @@ def check_label_map(given: LabelMap | None, ours: LabelMap, source: Path | None,
 
 
 def experiment_manifests(ws: Workspace, stages: dict[str, list[int]]) -> list[Path]:
-    """The ``cases.csv`` files the folds of ``stages`` were trained on (``data.init_args.cases`` of each fold)."""
+    """The ``cases.csv`` files the folds of ``stages`` were trained on (``data.init_args.cases`` of each fold;
+    a relative path found as :func:`neonet.predict.membership.resolve_manifest` finds it, else as named)."""
+    from neonet.predict.membership import resolve_manifest
+
     found: list[Path] = []
     for stage, folds in stages.items():
         for k in folds:
             cases = fold_data_args(ws, stage, k).get("cases")
-            if cases and Path(cases) not in found:
-                found.append(Path(cases))
+            path = (resolve_manifest(ws, cases) or Path(cases)) if cases else None
+            if path is not None and path not in found:
+                found.append(path)
     return found
 
 
