@@ -283,7 +283,9 @@ def cv(
         n_folds = int(read_splits(ws.splits_path)["folds"])
     else:  # a manifest with a split column gives one fold
         n_folds = int(dargs.get("folds") or 5)
-        n_folds = planned_folds(read_cases(dargs["cases"]), n_folds) if dargs.get("cases") else n_folds
+        cases = Path(dargs["cases"]) if dargs.get("cases") else None
+        if cases is not None and cases.is_file():  # a missing manifest is named by the fold's own data check
+            n_folds = planned_folds(read_cases(cases), n_folds)
     todo = list(range(n_folds)) if folds is None else [int(k) for k in folds]
     bad = [k for k in todo if not 0 <= k < n_folds]
     if bad:
