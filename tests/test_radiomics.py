@@ -143,6 +143,7 @@ def test_writes_what_the_classifier_report_reads(experiment: dict[str, Any]) -> 
     summary = pd.read_csv(ws.reports_dir / "cls_summary.csv")
     assert summary.loc[summary["stage"] == "radiomics", "n"].item() == 12
     assert pd.read_csv(ws.stage_summary("radiomics"))["fold"].tolist() == [0, 1, 2]
+    assert ws.figure("radiomics_coefficients").is_file()
 
 
 def test_test_patients_never_reach_the_fold_model(experiment: dict[str, Any], tmp_path: Path) -> None:

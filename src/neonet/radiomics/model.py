@@ -162,4 +162,3 @@ def predict(model: FoldModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     logit = np.asarray(model.pipeline.decision_function(x), dtype=float)
     prob = 1.0 / (1.0 + np.exp(-logit))
     return prob, logit
-

@@ -33,6 +33,7 @@ from neonet.data.splits import Fold, ensure_splits, get_fold
 from neonet.errors import NeonetError
 from neonet.radiomics.features import REGIONS, feature_names, patch_features
 from neonet.radiomics.model import C_GRID, fit_fold, predict
+from neonet.report.figures import write_stage
 from neonet.report.stats import binary_metrics
 from neonet.run.atomic import read_json, write_csv, write_json
 from neonet.run.provenance import FileRecord, Provenance, check_current
@@ -171,6 +172,7 @@ def radiomics(
     for k, now in pending:
         _run_fold(ws, get_fold(doc, k), stage, model_name, settings, now, features, cols, regions, bins)
     _write_summary(ws, stage, [k for k in range(n) if ws.is_complete(stage, k)])
+    write_stage(ws, stage)  # reports/<stage>_coefficients.png
     if report:
         from neonet.report.cls_report import report as cls_report
 
