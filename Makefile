@@ -37,7 +37,7 @@ export WANDB_MODE ?= offline
 # options of `make gpu-check` (benchmarks/gpu_check.py), e.g. ARGS="--device cpu --tiny" or ARGS="--budget_s 300"
 ARGS        ?=
 
-.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case evaluate export null chaos clean-demo gpu-check
+.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines radiomics report summary predict-case evaluate export null chaos clean-demo gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -108,6 +108,9 @@ baselines: install ## NeoCls: 3D ResNet-18, DenseNet-121, SE-ResNet-50 on the sa
 		$(CV) --config $(EXPERIMENTS)/baseline_$$net.yaml -- --model.stage=$${net}_syn --data.use_synthetic=true; \
 	done
 
+radiomics: install ## radiomics baseline: IBSI tumour + shell features, L2 logistic regression per fold (stage radiomics), then the report
+	$(NEONET) radiomics --config $(EXPERIMENTS)/radiomics.yaml --runs_dir $(RUNS)
+
 report: install ## NeoCls cross-validation report (per fold, pooled AUC + CI, DeLong, ROC) in reports/
 	$(NEONET) report --experiment demo --runs_dir $(RUNS)
 
@@ -125,13 +128,13 @@ evaluate: install ## the demo's folds on an external cohort: make evaluate EXTER
 export: install ## bundle of the demo's NeoSeg + classifier folds for predict-case --bundle: make export [BUNDLE=dir] [CLASSIFIER=...]
 	$(NEONET) export --experiment demo --runs_dir $(RUNS) --out $(BUNDLE) --classifier $(CLASSIFIER) $(EXPORT_FLAGS)
 
-demo: install ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, synthesize, PattenNet (+syn), ResNet-18, report
+demo: install ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, synthesize, PattenNet (+syn), ResNet-18, radiomics, report
 	@start=$$(date +%s); \
 	if [ -f $(DEMO_DONE) ] && [ -z "$$(find experiments/demo Makefile -newer $(DEMO_DONE) -type f)" ]; then \
 		echo "demo already complete ($(DEMO_DONE) is newer than every demo config); delete it to re-check each stage"; \
 	else \
 		OMP_NUM_THREADS=1 $(MAKE) --no-print-directory synth seg crop autoencoder diffusion controlnet synthesize \
-			pattennet pattennet-syn baseline report EXPERIMENTS=experiments/demo JOBS=3 && \
+			pattennet pattennet-syn baseline radiomics report EXPERIMENTS=experiments/demo JOBS=3 && \
 		date -u +%Y-%m-%dT%H:%M:%SZ > $(DEMO_DONE) || exit 1; \
 	fi; \
 	$(MAKE) --no-print-directory summary && \

@@ -10,6 +10,8 @@
       cohort_sha256.json                the cohort scans' content hashes (cache of predict-case's cohort check)
       <stage>/fold<k>/                  config.yaml, checkpoints/{best,last}.ckpt, artifact.json,
                                         csv/ (CSV log), wandb/, wandb_id.txt, wandb_artifact.json
+      radiomics/fold<k>/                neonet radiomics: features.csv, model.json, test_predictions.csv,
+                                        artifact.json, radiomics_config.json (provenance)
       seg/predictions/<case>.nii.gz     out-of-fold NeoSeg masks in each input's original space
       patches/ + patches/manifest.csv   TLCR output
       patches/crop_config.json          provenance of the patches (neonet.run.provenance)
@@ -186,6 +188,18 @@ class Workspace:
     def test_predictions(self, stage: str, fold: int) -> Path:
         """A classifier fold's predictions on its held-out patients (written by ``neonet test``)."""
         return self.stage_dir(stage, fold) / "test_predictions.csv"
+
+    def radiomics_features(self, stage: str, fold: int) -> Path:
+        """The radiomics fold's features of its training, validation and test patches (``features.csv``)."""
+        return self.stage_dir(stage, fold) / "features.csv"
+
+    def radiomics_model(self, stage: str, fold: int) -> Path:
+        """The radiomics fold's model: coefficients, training statistics, the L2 strength chosen (``model.json``)."""
+        return self.stage_dir(stage, fold) / "model.json"
+
+    def radiomics_record(self, stage: str, fold: int) -> Path:
+        """Provenance of the radiomics fold (``radiomics_config.json``: settings, patch manifest and split file)."""
+        return self.stage_dir(stage, fold) / "radiomics_config.json"
 
     def all_test_predictions(self) -> list[Path]:
         """Every classifier fold's test predictions in the experiment."""

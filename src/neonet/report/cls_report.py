@@ -9,7 +9,8 @@ each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
 - ``cls_summary.csv``: per stage: fold AUC mean ± sd, pooled out-of-fold AUC with a stratified
   bootstrap 95 % CI (a cluster bootstrap over patients and ``group``s when a patient or group has
   several cases, e.g. matched sets) and a DeLong CI, pooled thresholded metrics, Brier score, calibration error;
-- ``cls_delong.csv``: DeLong tests of the reference model (PattenNet) against each baseline, and of
+- ``cls_delong.csv``: DeLong tests of the reference model (PattenNet) against each baseline, of each
+  deep model against each feature baseline (``neonet radiomics``), and of
   each model with vs without synthetic balancing, on the pooled predictions of the same patients
   (with Obuchowski's clustered variance, here and in the DeLong CI, when the cluster bootstrap is used);
 - ``cls_ablation.csv``: {model} x {real only, real + synthetic} pooled AUC [CI];
@@ -77,6 +78,13 @@ def identity_of(ws: Workspace, stage: str) -> tuple[str, str]:
         *legacy,
     )
     return legacy
+
+
+def is_deep(ws: Workspace, stage: str) -> bool:
+    """Whether a classifier stage is a deep network (False when its folds' ``artifact.json`` say ``deep: false``,
+    e.g. the radiomics baseline)."""
+    records = [(ws.read_artifact(stage, k) or {}).get("classifier") for k in ws.stage_folds(stage)]
+    return not any(isinstance(r, dict) and r.get("deep") is False for r in records)
 
 
 def discover_stages(ws: Workspace) -> list[str]:
@@ -240,8 +248,11 @@ def summary_table(
     return pd.DataFrame(rows)
 
 
-def delong_table(frame: pd.DataFrame, reference: str, clusters: dict[str, str] | None = None) -> pd.DataFrame:
-    """Paired DeLong tests on the patients both stages predicted: reference vs baselines, and syn vs real.
+def delong_table(
+    frame: pd.DataFrame, reference: str, clusters: dict[str, str] | None = None, shallow: list[str] | None = None
+) -> pd.DataFrame:
+    """Paired DeLong tests on the patients both stages predicted: reference vs baselines, every deep model vs
+    each feature baseline (the stages in ``shallow``), and syn vs real.
 
     ``clusters`` (case_id -> cluster) switches to Obuchowski's clustered variance.
     """
@@ -250,6 +261,10 @@ def delong_table(frame: pd.DataFrame, reference: str, clusters: dict[str, str] |
     model, variant = ident["model"].to_dict(), ident["variant"].to_dict()
     refs = [s for s in stages if model[s] == reference]
     pairs = [(r, b, "reference vs baseline") for r in refs for b in stages if model[b] != reference]
+    shallow = [s for s in shallow or [] if s in model and model[s] != reference]
+    pairs += [
+        (d, s, "deep model vs feature baseline") for s in shallow for d in stages if d not in shallow and model[d] != reference
+    ]
     pairs += [
         (s, r, "synthetic vs real only")
         for s in stages
@@ -366,7 +381,7 @@ def report(
     frame = load_predictions(ws, stages)
     folds = per_fold_table(frame)
     summary = summary_table(frame, folds, n_boot, alpha, seed, n_folds, clusters)
-    delong = delong_table(frame, reference, clusters)
+    delong = delong_table(frame, reference, clusters, shallow=[s for s in stages if not is_deep(ws, s)])
     ablation = ablation_table(summary, folds_text)
     for row in summary.itertuples():
         if n_folds is not None and row.folds < n_folds:

@@ -70,6 +70,10 @@ PROJECT_VERBS: dict[str, Verb] = {
     "gen-quality": Verb(
         "neonet.gen.quality:gen_quality", "NeoGen: recompute the synthetic-patch quality report (synthesize writes it too)"
     ),
+    "radiomics": Verb(
+        "neonet.radiomics.run:radiomics",
+        "radiomics baseline: IBSI tumour + shell features, L2 logistic regression per fold (C on inner validation)",
+    ),
     "report": Verb(
         "neonet.report.cls_report:report", "NeoCls cross-validation report: per-fold and pooled AUC with CI, DeLong, ROC"
     ),

@@ -9,6 +9,7 @@ figure                                what it shows                             
 ``tlcr_patches.png``                  TLCR patches with their shells, PNI+ rows over PNI− rows    :mod:`.patch_grid`
 ``gen_quality_fold<k>.png``           synthetic patches beside their nearest real one, 3 planes   :mod:`.gen_pairs`
 ``gen_folds.png``                     NeoGen stage and quality metrics per fold                   :mod:`.fold_compare`
+``<stage>_coefficients.png``          the radiomics baseline's standardised coefficients per fold :mod:`.radiomics`
 ====================================  =========================================================  ==================
 
 (The classification figures, ROC, calibration and scores, are :mod:`neonet.cls.plots`, drawn by
@@ -52,7 +53,7 @@ Figure = tuple[str, Callable[[], "Path | None"]]
 
 def _figures(ws: Workspace, stage: str) -> list[Figure]:
     """(name, drawing function) of every figure of ``stage`` (see :func:`write_stage`)."""
-    from neonet.report.figures import curves, fold_compare, gen_pairs, overlays, patch_grid
+    from neonet.report.figures import curves, fold_compare, gen_pairs, overlays, patch_grid, radiomics
 
     if stage == PATCHES:
         grid: Figure = (patch_grid.FIGURE, partial(patch_grid.plot_patch_grid, ws))
@@ -69,6 +70,8 @@ def _figures(ws: Workspace, stage: str) -> list[Figure]:
         ]
     elif stage in fold_compare.GEN_STAGES:
         out.append(gen_folds)
+    elif any(ws.radiomics_model(stage, k).is_file() for k in ws.stage_folds(stage)):
+        out.append((radiomics.figure_name(stage), partial(radiomics.plot_coefficients, ws, stage)))
     return out
 
 
