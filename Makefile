@@ -37,7 +37,7 @@ export WANDB_MODE ?= offline
 # options of `make gpu-check` (benchmarks/gpu_check.py), e.g. ARGS="--device cpu --tiny" or ARGS="--budget_s 300"
 ARGS        ?=
 
-.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines radiomics report summary predict-case evaluate export null chaos clean-demo gpu-check
+.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn pattennet-hist pattennet-hist-syn baseline baselines radiomics report summary predict-case evaluate export null chaos clean-demo gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -93,11 +93,17 @@ controlnet: install ## NeoGen 2: per-fold mask ControlNet on the frozen diffusio
 synthesize: install ## NeoGen: synthetic PNI+ patches per fold (1:1) + quality report
 	$(NEONET) synthesize --config $(EXPERIMENTS)/synthesize.yaml --runs_dir $(RUNS)
 
-pattennet: install ## NeoCls: PattenNet on each fold (frozen fold autoencoder encoder)
+pattennet: install ## NeoCls: PattenNet as the paper describes it on each fold (frozen fold autoencoder encoder, image patch)
 	$(CV) --config $(EXPERIMENTS)/pattennet.yaml
 
 pattennet-syn: install ## NeoCls: PattenNet on real + synthetic training patches (stage pattennet_syn)
 	$(CV) --config $(EXPERIMENTS)/pattennet.yaml -- --model.stage=pattennet_syn --data.use_synthetic=true
+
+pattennet-hist: install ## NeoCls: the histogram-head variant of PattenNet (stage pattennet_hist; label patch, shell + tumour)
+	$(CV) --config $(EXPERIMENTS)/pattennet_hist.yaml
+
+pattennet-hist-syn: install ## NeoCls: the histogram-head variant on real + synthetic patches (stage pattennet_hist_syn)
+	$(CV) --config $(EXPERIMENTS)/pattennet_hist.yaml -- --model.stage=pattennet_hist_syn --data.use_synthetic=true
 
 baseline: install ## NeoCls: the 3D ResNet-18 baseline only (what the demo runs)
 	$(CV) --config $(EXPERIMENTS)/baseline_resnet18.yaml
@@ -128,13 +134,13 @@ evaluate: install ## the demo's folds on an external cohort: make evaluate EXTER
 export: install ## bundle of the demo's NeoSeg + classifier folds for predict-case --bundle: make export [BUNDLE=dir] [CLASSIFIER=...]
 	$(NEONET) export --experiment demo --runs_dir $(RUNS) --out $(BUNDLE) --classifier $(CLASSIFIER) $(EXPORT_FLAGS)
 
-demo: install ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, synthesize, PattenNet (+syn), ResNet-18, radiomics, report
+demo: install ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, synthesize, PattenNet (+syn), its histogram variant, ResNet-18, radiomics, report
 	@start=$$(date +%s); \
 	if [ -f $(DEMO_DONE) ] && [ -z "$$(find experiments/demo Makefile -newer $(DEMO_DONE) -type f)" ]; then \
 		echo "demo already complete ($(DEMO_DONE) is newer than every demo config); delete it to re-check each stage"; \
 	else \
 		OMP_NUM_THREADS=1 $(MAKE) --no-print-directory synth seg crop autoencoder diffusion controlnet synthesize \
-			pattennet pattennet-syn baseline radiomics report EXPERIMENTS=experiments/demo JOBS=3 && \
+			pattennet pattennet-syn pattennet-hist baseline radiomics report EXPERIMENTS=experiments/demo JOBS=3 && \
 		date -u +%Y-%m-%dT%H:%M:%SZ > $(DEMO_DONE) || exit 1; \
 	fi; \
 	$(MAKE) --no-print-directory summary && \

@@ -23,8 +23,10 @@ A diagnostic for the phantom cohort, independent of any classifier:
    ``features`` and the full-resolution ``level0``), a 14-bin histogram over the shell + tumour
    cells with bin edges at the fold's training quantiles; L2 logistic regression as in 3. Read
    against 3: what the frozen features keep of the intensity signal, before any PattenNet training.
-   Second kind (``encoder-region-histogram``): PattenNet's own pooling, untrained (each patch's
-   channels standardised over its own shell + tumour, 14 fixed triangular bins), same regression.
+   Second kind (``encoder-region-histogram``): the ``pattennet_hist`` variant's pooling, untrained (each
+   patch's channels standardised over its own shell + tumour, 14 fixed triangular bins), same regression.
+   Third kind (``encoder-global-average``): the paper's global average pooling (``pattennet``), one value
+   per channel over the whole patch, same regression.
 5. **Chance associations of the cohort**: the AUC of each nuisance parameter the phantom drew
    independently of PNI (tumour volume and intensity, liver volume, nerve gap; from
    ``phantom_info.csv``) against the labels. In a finite cohort some of them differ between the
@@ -225,7 +227,11 @@ def encoder_cv(
             with torch.no_grad():
                 return SoftHistogramPool3d(maps.shape[1], bins, norm="region")(maps, weights)
 
+        def global_averages(split: dict, _fit: list[int]) -> torch.Tensor:
+            return encode(split["fold"]).mean(dim=(2, 3, 4))  # the paper head's pooling, before its attention blocks
+
         out[f"oof auc encoder-histogram-logistic {tap}"] = ridge_oof(quantile_histograms, y, row_of, folds, l2)
+        out[f"oof auc encoder-global-average-logistic {tap}"] = ridge_oof(global_averages, y, row_of, folds, l2)
         out[f"oof auc encoder-region-histogram-logistic {tap}"] = ridge_oof(region_histograms, y, row_of, folds, l2)
     return out
 

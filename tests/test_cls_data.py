@@ -56,6 +56,10 @@ def test_use_synthetic_adds_to_training_only(cohort: dict) -> None:
     up = syn.upstream()
     assert up["synthetic"]["n_used"] == len(synthetic) and len(up["synthetic"]["sha256"]) == 64
     assert set(up["synthetic"]["source_cases"]) <= set(s.train)
+    # without the label channel (the paper's PattenNet) synthetic items carry the real ones' keys, so a batch mixes them
+    assert {frozenset(i) for i in train} == {frozenset(real.items("train")[0])}
+    batch = next(iter(syn.loader(syn.train_ds, shuffle=False, batch_size=len(syn.train_ds))))
+    assert batch["image"].shape[:2] == (len(train), 1) and batch["synthetic"].sum() == len(synthetic)
 
 
 @pytest.mark.parametrize("where", ["test", "val", "unknown"])

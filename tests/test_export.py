@@ -71,7 +71,7 @@ def test_bundle_layout_metadata_and_provenance(bundle: dict) -> None:
     assert seg["spacing"] == [7.0, 7.0, 12.0] and seg["divisible"] == 8 and seg["orientation"] == "RAS"
     assert seg["intensity_percentiles"] == [0.5, 99.5] and seg["overlap"] == 0.25
     assert config["crop"]["patch_size"] == [16, 16, 8] and config["crop"]["liver_level"] == 0.75
-    assert config["classifier"]["stage"] == "pattennet" and config["classifier"]["settings"]["label_channel"] is True
+    assert config["classifier"]["stage"] == "pattennet" and config["classifier"]["settings"]["label_channel"] is False
     ws = bundle["ws"]
     for section, stage in (("segmentation", "seg"), ("classifier", "pattennet")):
         for entry in config[section]["models"]:

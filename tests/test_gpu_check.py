@@ -48,7 +48,7 @@ def _check_measured(result: dict[str, Any], md: str, stdout: str, precisions: li
     assert result["stages"]["seg_swinunetr"]["network"] == {"net": "SwinUNETR"}
     assert result["stages"]["controlnet"]["network"]["controlnet"] == "ControlNet"
     assert result["stages"]["pattennet"]["module"] == "PattenNetModule"
-    assert result["stages"]["pattennet"]["shapes"]["image"][1] == 2  # label patch as the 2nd channel (label_channel)
+    assert result["stages"]["pattennet"]["shapes"]["image"][1] == 1  # the image patch alone, as the paper (no label_channel)
     assert result["stages"]["densenet121"]["shapes"]["image"][2:] == [32, 32, 32]  # padded for DenseNet-121 (pad_to)
     assert result["device_name"] is None and result["peak_bf16_tflops"] is None
 

@@ -234,6 +234,8 @@ class ClsDataModule(FoldDataModule):
                             f"{self.workspace.synthetic_dir(self.fold) / 'manifest.csv'} has rows without a `label` "
                             "path; re-run `neonet synthesize --force` or set --data.label_channel=false"
                         )
+                    if not self.label_channel:  # real items carry no label patch then: one set of keys per batch
+                        syn = [{k: v for k, v in i.items() if k != "region"} for i in syn]
                     items = items + syn
             elif split in ("val", "test"):
                 items = self.real_items(getattr(s, split), split)

@@ -9,9 +9,11 @@ each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
 - ``cls_summary.csv``: per stage: fold AUC mean ± sd, pooled out-of-fold AUC with a stratified
   bootstrap 95 % CI (a cluster bootstrap over patients and ``group``s when a patient or group has
   several cases, e.g. matched sets) and a DeLong CI, pooled thresholded metrics, Brier score, calibration error;
-- ``cls_delong.csv``: DeLong tests of the reference model (PattenNet) against each baseline, of each
-  deep model against each feature baseline (``neonet radiomics``), and of
-  each model with vs without synthetic balancing, on the pooled predictions of the same patients
+- ``cls_delong.csv``: DeLong tests of the reference model (PattenNet) against each baseline and against
+  each of its named variants (a model ``<reference>_<name>``, e.g. ``pattennet_hist``: "paper vs variant",
+  real against real and synthetic against synthetic), of each deep model against each feature baseline
+  (``neonet radiomics``), and of each model with vs without synthetic balancing, on the pooled predictions
+  of the same patients
   (with Obuchowski's clustered variance, here and in the DeLong CI, when the cluster bootstrap is used);
 - ``cls_ablation.csv``: {model} x {real only, real + synthetic} pooled AUC [CI];
 - ``cls_calibration.csv``: per stage and quantile bin of the pooled probabilities: count, PNI+ count,
@@ -251,8 +253,9 @@ def summary_table(
 def delong_table(
     frame: pd.DataFrame, reference: str, clusters: dict[str, str] | None = None, shallow: list[str] | None = None
 ) -> pd.DataFrame:
-    """Paired DeLong tests on the patients both stages predicted: reference vs baselines, every deep model vs
-    each feature baseline (the stages in ``shallow``), and syn vs real.
+    """Paired DeLong tests on the patients both stages predicted: reference vs baselines, reference vs its named
+    variants (models ``<reference>_<name>``, same variant of the data), every deep model vs each feature
+    baseline (the stages in ``shallow``), and syn vs real.
 
     ``clusters`` (case_id -> cluster) switches to Obuchowski's clustered variance.
     """
@@ -260,7 +263,9 @@ def delong_table(
     stages = list(ident.index)
     model, variant = ident["model"].to_dict(), ident["variant"].to_dict()
     refs = [s for s in stages if model[s] == reference]
-    pairs = [(r, b, "reference vs baseline") for r in refs for b in stages if model[b] != reference]
+    named = [s for s in stages if model[s].startswith(f"{reference}_")]  # e.g. pattennet_hist
+    pairs = [(r, b, "reference vs baseline") for r in refs for b in stages if model[b] != reference and b not in named]
+    pairs += [(r, v, "paper vs variant") for r in refs for v in named if variant[v] == variant[r]]
     shallow = [s for s in shallow or [] if s in model and model[s] != reference]
     pairs += [
         (d, s, "deep model vs feature baseline") for s in shallow for d in stages if d not in shallow and model[d] != reference
@@ -347,8 +352,8 @@ def report(
         experiment: experiment name.
         runs_dir: folder holding all experiments.
         stages: stages to compare (default: every stage with test predictions).
-        reference: the model tested against each baseline with DeLong (stages ``reference`` and
-            ``reference_syn``).
+        reference: the model tested against each baseline and each named variant ``<reference>_<name>``
+            with DeLong (stages ``reference`` and ``reference_syn``).
         n_boot: bootstrap resamples of the pooled AUC's CI.
         alpha: 1 - confidence level.
         seed: bootstrap seed.
@@ -371,7 +376,9 @@ def report(
         log.warning("%s; the experiment page shows the stages so far: %s", problem, page)
         return {"experiment": experiment, "stages": [], "page": str(page)}
     ident = {s: identity_of(ws, s) for s in stages}
-    stages = sorted(stages, key=lambda s: (ident[s][0] != reference, ident[s][1] != REAL, s))
+    # the reference first, then its named variants (pattennet_hist), then the rest; real before synthetic
+    rank = {s: (ident[s][0] != reference, not ident[s][0].startswith(f"{reference}_")) for s in stages}
+    stages = sorted(stages, key=lambda s: (*rank[s], ident[s][1] != REAL, s))
     splits = read_splits(ws.splits_path) if ws.splits_path.exists() else {}
     n_folds = int(splits["folds"]) if splits else None
     folds_text = folds_phrase(splits)
