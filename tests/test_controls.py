@@ -146,6 +146,12 @@ def test_a_control_fit_records_what_makes_it_a_control(cohort: dict) -> None:
     }
     assert art["upstream"]["patches_manifest"]["path"] == str(manual.patches_manifest)
     assert art["upstream"]["patches_manifest"]["sha256"] == sha256_file(manual.patches_manifest)
+    from neonet.predict.source import RunsSource
+    from neonet.report.external import classifier_stages
+
+    with pytest.raises(NeonetError, match="diagnostic control"):  # it scores no new scan's patch
+        RunsSource(ws).cls_models(stage, [0])
+    assert stage not in classifier_stages(ws)  # neonet evaluate leaves it out
 
 
 # ----------------------------------------------------------------------------- the report's control rows
