@@ -21,6 +21,11 @@ JOBS        ?= 1
 # null control cohort: matched sets of 3 (one anatomy, own noise, one PNI+ each, kept in one fold), so no
 # anatomical parameter is associated with PNI by chance; NULL_SYNTH= gives independent cases instead
 NULL_SYNTH  ?= --matched 3
+# classifier configs of $(EXPERIMENTS) whose stage (= the config's name) `make controls` controls: those that read the
+# label patch (`label_channel: true`), each trained again on manual-mask patches and with a constant image
+CONTROLS    ?= pattennet_hist
+# classifier configs controlled with manual-mask patches only (they read no label patch, so an image-free control means nothing)
+MASK_CONTROLS ?= pattennet
 # extra `neonet cv` options of every stage target, e.g. CV_FLAGS=--force re-trains finished folds (needed when a
 # config changed after its folds were trained: neonet cv refuses to skip or resume them under other settings)
 CV_FLAGS    ?=
@@ -37,7 +42,7 @@ export WANDB_MODE ?= offline
 # options of `make gpu-check` (benchmarks/gpu_check.py), e.g. ARGS="--device cpu --tiny" or ARGS="--budget_s 300"
 ARGS        ?=
 
-.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn pattennet-hist pattennet-hist-syn baseline baselines radiomics report summary predict-case evaluate export null chaos clean-demo gpu-check
+.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn pattennet-hist pattennet-hist-syn baseline baselines radiomics report summary predict-case evaluate export null controls demo-full chaos clean-demo gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -165,6 +170,21 @@ CHAOS_DIR   ?= ../shared/real_cohorts/chaos_mr_t2spir
 chaos: install ## NeoSeg on real MRI: CHAOS T2-SPIR (10 livers), 5 folds at once on CPU (experiments/chaos/seg.yaml)
 	@test -f $(CHAOS_DIR)/cases.csv || { echo "make chaos: $(CHAOS_DIR)/cases.csv not found: the CHAOS cohort must lie in ../shared/real_cohorts/chaos_mr_t2spir beside the repository (or set CHAOS_DIR=... and --data.cases through CV_FLAGS)"; exit 2; }
 	OMP_NUM_THREADS=1 $(NEONET) cv --jobs 5 $(CV_FLAGS) --config experiments/chaos/seg.yaml -- --data.runs_dir=$(RUNS) --data.cases=$(CHAOS_DIR)/cases.csv
+
+controls: install ## classifier controls: manual-mask patches (patches_manual/) and a constant image, stages <stage>_manualmask, <stage>_imagefree; report
+	$(NEONET) crop --config $(EXPERIMENTS)/crop.yaml --runs_dir $(RUNS) --source manual --patches manual
+	set -e; for stage in $(CONTROLS); do \
+		$(CV) --config $(EXPERIMENTS)/$$stage.yaml --config $(EXPERIMENTS)/controls/manualmask.yaml -- --model.stage=$${stage}_manualmask; \
+		$(CV) --config $(EXPERIMENTS)/$$stage.yaml --config $(EXPERIMENTS)/controls/imagefree.yaml -- --model.stage=$${stage}_imagefree; \
+	done
+	set -e; for stage in $(MASK_CONTROLS); do \
+		$(CV) --config $(EXPERIMENTS)/$$stage.yaml --config $(EXPERIMENTS)/controls/manualmask.yaml -- --model.stage=$${stage}_manualmask; \
+	done
+	$(NEONET) report --experiment demo --runs_dir $(RUNS)
+
+demo-full: install ## make demo, then make controls (3 folds at once, one CPU thread each)
+	$(MAKE) --no-print-directory demo
+	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory controls JOBS=3
 
 clean-demo: ## delete the demo experiment ($(RUNS)/demo)
 	rm -rf $(RUNS)/demo

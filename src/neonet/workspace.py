@@ -15,6 +15,8 @@
       seg/predictions/<case>.nii.gz     out-of-fold NeoSeg masks in each input's original space
       patches/ + patches/manifest.csv   TLCR output
       patches/crop_config.json          provenance of the patches (neonet.run.provenance)
+      patches_<set>/                    another set of TLCR patches of the same cases (``neonet crop --patches <set>``,
+                                        e.g. ``patches_manual/`` from the manual masks for a control stage)
       latents/fold<k>/                  latent cache of the fold's autoencoder: cache.pt, manifest.csv,
                                         cache.json (provenance)
       synthetic/fold<k>/ + manifest.csv synthetic patches with provenance (synth_config.json)
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -62,16 +65,23 @@ class Workspace:
     Args:
         runs_dir: folder holding all experiments.
         experiment: experiment name (one folder below ``runs_dir``).
+        patches: the set of TLCR patches that :attr:`patches_dir` names: None is ``patches/`` (what every
+            stage reads by default), a name ``<set>`` is ``patches_<set>/`` (another crop of the same cases,
+            e.g. ``manual``: from the manual masks, read by a control stage). Every other path is the same.
     """
 
-    def __init__(self, runs_dir: str | os.PathLike = "runs", experiment: str = "default") -> None:
+    def __init__(self, runs_dir: str | os.PathLike = "runs", experiment: str = "default", patches: str | None = None) -> None:
         if not experiment or "/" in experiment or experiment.startswith("."):
             raise ValueError(f"invalid experiment name {experiment!r}: use a plain folder name")
+        if patches is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", patches):
+            raise ValueError(f"invalid patch set name {patches!r}: use letters, digits, _ and - (e.g. manual)")
         self.runs_dir = Path(runs_dir)
         self.experiment = experiment
+        self.patches = patches
 
     def __repr__(self) -> str:
-        return f"Workspace({str(self.runs_dir)!r}, {self.experiment!r})"
+        extra = "" if self.patches is None else f", patches={self.patches!r}"
+        return f"Workspace({str(self.runs_dir)!r}, {self.experiment!r}{extra})"
 
     @property
     def root(self) -> Path:
@@ -231,8 +241,8 @@ class Workspace:
 
     @property
     def patches_dir(self) -> Path:
-        """TLCR patches."""
-        return self.root / "patches"
+        """TLCR patches: ``patches/``, or ``patches_<set>/`` for a workspace of another patch set (``patches``)."""
+        return self.root / ("patches" if self.patches is None else f"patches_{self.patches}")
 
     @property
     def patches_manifest(self) -> Path:

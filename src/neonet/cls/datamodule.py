@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import nibabel as nib
 import numpy as np
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from neonet.data.base import FoldDataModule
 from neonet.data.patches import patch_records
 from neonet.data.transforms import TorchioAugmentd, mri_augmentation
-from neonet.errors import DataError, MissingUpstreamError
+from neonet.errors import DataError, MissingUpstreamError, NeonetError
 from neonet.run.atomic import sha256_file
 from neonet.workspace import Workspace
 
@@ -104,18 +104,39 @@ def read_synthetic(ws: Workspace, fold: int, train_cases: Sequence[str], real_ca
     return items
 
 
-def patch_transform(label_channel: bool, pad_to: Sequence[int] | None = None, augment: mt.Transform | None = None) -> mt.Compose:
+#: What ``ClsDataModule(image=...)`` may replace the image patch with (None keeps it): a constant (the image-free control).
+IMAGE_MODES = ("constant",)
+#: The value of every image voxel under ``image: constant``.
+CONSTANT_IMAGE_VALUE = 0.0
+
+
+def constant_image(image: torch.Tensor) -> torch.Tensor:
+    """A tensor of the image's shape and type holding :data:`CONSTANT_IMAGE_VALUE` everywhere (no image content)."""
+    return torch.full_like(image, CONSTANT_IMAGE_VALUE)
+
+
+def patch_transform(
+    label_channel: bool,
+    pad_to: Sequence[int] | None = None,
+    augment: mt.Transform | None = None,
+    image: str | None = None,
+) -> mt.Compose:
     """A classifier's input from a TLCR patch: ``{"image": path[, "region": label path]}`` → ``image`` (C, X, Y, Z).
 
     Loads the patch as float32 in its stored intensity range, zero-pads it to ``pad_to``, applies
-    ``augment`` (training only) and, with ``label_channel``, appends the label patch as the last channel.
+    ``augment`` (training only), with ``image="constant"`` replaces the image by a constant and, with
+    ``label_channel``, appends the label patch as the last channel.
     :class:`ClsDataModule` (every split) and ``neonet predict-case`` (from a runs folder or a bundle) use it.
 
     Args:
         label_channel: append the label patch (item key ``region``) as a second channel.
         pad_to: zero-pad to at least this size; None keeps the patch size.
         augment: a transform of the ``image`` (and ``region``) keys run after padding, or None.
+        image: None keeps the image patch; ``constant`` sets every image voxel to
+            :data:`CONSTANT_IMAGE_VALUE` after augmentation, so nothing of the image reaches the network.
     """
+    if image is not None and image not in IMAGE_MODES:
+        raise ValueError(f"image must be None (the image patch) or one of {', '.join(IMAGE_MODES)}, got {image!r}")
     keys = ["image", "region"] if label_channel else ["image"]
     steps: list[Any] = [
         mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True, dtype=np.float32),
@@ -125,6 +146,8 @@ def patch_transform(label_channel: bool, pad_to: Sequence[int] | None = None, au
         steps.append(mt.SpatialPadd(keys=keys, spatial_size=tuple(int(s) for s in pad_to)))
     if augment is not None:
         steps.append(augment)
+    if image == "constant":
+        steps.append(mt.Lambdad(keys=["image"], func=constant_image))
     if label_channel:
         steps += [mt.ConcatItemsd(keys=keys, name="image"), mt.DeleteItemsd(keys=["region"])]
     steps.append(mt.EnsureTyped(keys=["image"], track_meta=False))
@@ -152,6 +175,15 @@ class ClsDataModule(FoldDataModule):
             with ``region_labels`` uses it to pool over the peritumoral region; a baseline given
             ``in_channels: 2`` sees it as input. Synthetic patches need their conditioning mask
             (the ``label`` column of the synthetic manifest).
+        patches: the TLCR patch set to read: None is the experiment's ``patches/`` (from the masks
+            ``neonet crop`` was given, NeoSeg's in the demo); a name reads ``patches_<name>/``, made by
+            ``neonet crop --patches <name>``, e.g. ``manual`` (``--source manual``) for the
+            manual-mask control, whose test patients' patches are cut and labelled with their manual
+            masks: a diagnostic control, not a deployable model (docs/controls.md).
+        image: None feeds the image patch; ``constant`` replaces it by a constant
+            (:data:`CONSTANT_IMAGE_VALUE`) in every split, so a network given ``label_channel`` sees
+            only the label patch: the image-free control of a mask-reading classifier
+            (docs/controls.md). Needs ``label_channel``.
         **kwargs: the cohort, the fold, ``batch_size`` (training, validation and test) and
             ``num_workers`` (:class:`~neonet.data.base.FoldDataModule`).
     """
@@ -169,11 +201,23 @@ class ClsDataModule(FoldDataModule):
         pad_to: Sequence[int] | None = None,
         predict_split: str = "test",
         label_channel: bool = False,
+        patches: str | None = None,
+        image: Literal["constant"] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if predict_split not in ("test", "val", "train", "all"):
             raise ValueError(f"predict_split must be test, val, train or all, not {predict_split!r}")
+        if image is not None and image not in IMAGE_MODES:
+            raise ValueError(f"image must be None (the image patch) or one of {', '.join(IMAGE_MODES)}, got {image!r}")
+        if image == "constant" and not label_channel:
+            raise ValueError(
+                "image: constant leaves the network no input but the label patch, and label_channel is false: "
+                "set label_channel: true (the image-free control of a classifier that reads the label patch)"
+            )
+        self.workspace = Workspace(self.runs_dir, self.experiment, patches)  # the one path that differs: patches_dir
+        self.patches = patches
+        self.image = image
         self.use_synthetic = bool(use_synthetic)
         self.max_synthetic = max_synthetic
         self.cache_rate = float(cache_rate)
@@ -269,6 +313,9 @@ class ClsDataModule(FoldDataModule):
         """Provenance of the fold's inputs (patch manifest, synthetic manifest), for ``artifact.json``."""
         ws = self.workspace
         out: dict[str, Any] = {"patches_manifest": ws.checkpoint_record(ws.patches_manifest)}
+        control = self.control()
+        if control:
+            out["control"] = control
         if self.use_synthetic:
             manifest = ws.synthetic_manifest(self.fold)
             syn = [i for i in self.items("train") if i["synthetic"]]
@@ -282,6 +329,26 @@ class ClsDataModule(FoldDataModule):
         out["train_counts"] = {"negative": neg, "positive": pos}
         return out
 
+    def control(self) -> dict[str, Any]:
+        """What makes the fold a control (``artifact.json``'s ``classifier.control``), empty for an ordinary fold.
+
+        ``patches``: the patch set read instead of ``patches/`` with the source of its masks (``manual``
+        for the manual-mask control); ``image``: ``constant`` for the image-free control.
+        """
+        out: dict[str, Any] = {}
+        if self.patches is not None:
+            from neonet.seg.crop import crop_record  # the patch set's record: which masks cut it
+
+            try:
+                record = crop_record(self.workspace)
+            except NeonetError:
+                record = None
+            source = None if record is None else record.settings.get("source")
+            out["patches"] = {"set": self.patches, "dir": self.workspace.patches_dir.name, "source": source}
+        if self.image is not None:
+            out["image"] = self.image
+        return out
+
     # ------------------------------------------------------------------ transforms
     def transform(self, train: bool) -> mt.Compose:
         """Load the patch as (1, X, Y, Z) float32 in its stored intensity range; training adds augmentation."""
@@ -291,7 +358,7 @@ class ClsDataModule(FoldDataModule):
             augment = TorchioAugmentd(
                 keys, mri_augmentation(p=self.aug_prob, flip_axes=self.flip_axes, intensity=self.intensity_aug)
             )
-        return patch_transform(self.label_channel, self.pad_to, augment)
+        return patch_transform(self.label_channel, self.pad_to, augment, self.image)
 
     def _dataset(self, split: str, train: bool = False) -> CacheDataset:
         items = self.items(split)

@@ -150,22 +150,25 @@ class ClassifierModule(StageModule):
         return out
 
     def describe(self) -> dict[str, Any]:
-        """The fold's model for ``artifact.json``: its name in reports, variant (real only / + synthetic), network."""
+        """The fold's model for ``artifact.json``: its name in reports, variant (real only / + synthetic), network,
+        and for a control (:meth:`~neonet.cls.datamodule.ClsDataModule.control`) what makes it one."""
         dm = self.fold_data
         synthetic = isinstance(dm, ClsDataModule) and dm.use_synthetic
         name = self.hparams.model_name or (
             self.stage[: -len("_syn")] if synthetic and self.stage.endswith("_syn") else self.stage
         )
         net = type(self.net)
-        return {
-            "classifier": {
-                "model": name,
-                "variant": SYNTHETIC if synthetic else REAL,
-                "use_synthetic": synthetic,
-                "network": f"{net.__module__}.{net.__qualname__}",
-                "module": type(self).__name__,
-            }
+        record = {
+            "model": name,
+            "variant": SYNTHETIC if synthetic else REAL,
+            "use_synthetic": synthetic,
+            "network": f"{net.__module__}.{net.__qualname__}",
+            "module": type(self).__name__,
         }
+        control = dm.control() if isinstance(dm, ClsDataModule) else {}
+        if control:  # a diagnostic control (manual-mask patches, constant image): its own rows in the report
+            record["control"] = control
+        return {"classifier": record}
 
     # ------------------------------------------------------------------ cv hooks
     @classmethod

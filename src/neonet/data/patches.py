@@ -62,8 +62,11 @@ def read_patch_manifest(ws: Workspace) -> pd.DataFrame:
     """The experiment's patch manifest; MissingUpstreamError (naming ``neonet crop``) if absent."""
     path = ws.patches_manifest
     if not path.is_file():
+        patch_set = "" if ws.patches is None else f" --patches {ws.patches} (e.g. with --source manual)"
         raise MissingUpstreamError(
-            "TLCR patches", path, f"neonet crop --cases <cases.csv> --experiment {ws.experiment} --runs_dir {ws.runs_dir}"
+            "TLCR patches",
+            path,
+            f"neonet crop --cases <cases.csv> --experiment {ws.experiment} --runs_dir {ws.runs_dir}{patch_set}",
         )
     return pd.read_csv(path, dtype={"case_id": str, "patient_id": str, "image": str, "label": str})
 

@@ -373,12 +373,25 @@ class RunsSource:
         return out
 
     def cls_models(self, classifier: str, folds: list[int]) -> list[ClsModel]:
-        """Each classifier fold rebuilt with ``best.ckpt`` loaded strictly."""
+        """Each classifier fold rebuilt with ``best.ckpt`` loaded strictly.
+
+        Raises:
+            NeonetError: the stage is a diagnostic control (manual-mask patches, constant image).
+        """
+        from neonet.cls.datamodule import ClsDataModule
         from neonet.run.reload import load_trained_fold
 
         out = []
         for k in folds:
             fold = load_trained_fold(self.ws, classifier, k)
+            control = fold.data.control() if isinstance(fold.data, ClsDataModule) else {}
+            if control:  # trained on manual-mask patches or a constant image: it does not score a new scan's patch
+                raise NeonetError(
+                    f"{self.ws.config_path(classifier, k)}: stage {classifier} is a diagnostic control "
+                    f"({', '.join(f'{key}: {value}' for key, value in control.items())}), not a model for prediction "
+                    "(docs/controls.md); predict with its main stage, e.g. --classifier "
+                    f"{classifier.rsplit('_', 1)[0]}"
+                )
             module = cast(Any, fold.module)
             record = self.ws.checkpoint_record(fold.checkpoint)
             out.append(ClsModel(fold.fold, module.net, cls_settings_of(fold.data), float(module.val_threshold), record))

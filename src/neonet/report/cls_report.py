@@ -16,6 +16,9 @@ each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
   of the same patients
   (with Obuchowski's clustered variance, here and in the DeLong CI, when the cluster bootstrap is used);
 - ``cls_ablation.csv``: {model} x {real only, real + synthetic} pooled AUC [CI];
+- ``cls_controls.csv``: per control stage (:mod:`neonet.report.controls`: manual masks, image-free): its pooled
+  AUC [CI] against its main stage's, where it lies (within / above / below the main CI), a paired DeLong test and
+  the sentence that says what it means; control stages stay out of the ablation and DeLong tables;
 - ``cls_calibration.csv``: per stage and quantile bin of the pooled probabilities: count, PNI+ count,
   mean probability, observed PNI+ fraction with its Wilson CI (the points of ``calibration.png``);
 - every finished stage's pictures (:func:`neonet.report.figures.write_all`: training curves, NeoSeg
@@ -47,6 +50,7 @@ import pandas as pd
 from neonet.cls.module import REAL, SYNTHETIC
 from neonet.data.splits import folds_phrase, read_splits
 from neonet.errors import NeonetError
+from neonet.report.controls import controls_markdown, controls_table, find_controls
 from neonet.report.stats import binary_metrics, bootstrap_auc_ci, delong_ci, delong_test, format_p, log_odds
 from neonet.run.atomic import write_csv, write_json, write_text
 from neonet.workspace import Workspace
@@ -376,8 +380,9 @@ def report(
         log.warning("%s; the experiment page shows the stages so far: %s", problem, page)
         return {"experiment": experiment, "stages": [], "page": str(page)}
     ident = {s: identity_of(ws, s) for s in stages}
-    # the reference first, then its named variants (pattennet_hist), then the rest; real before synthetic
-    rank = {s: (ident[s][0] != reference, not ident[s][0].startswith(f"{reference}_")) for s in stages}
+    controls = find_controls(ws, stages)  # manual-mask / image-free controls: their own rows (neonet.report.controls)
+    # the reference first, then its named variants (pattennet_hist), then the rest, controls last; real before synthetic
+    rank = {s: (s in controls, ident[s][0] != reference, not ident[s][0].startswith(f"{reference}_")) for s in stages}
     stages = sorted(stages, key=lambda s: (*rank[s], ident[s][1] != REAL, s))
     splits = read_splits(ws.splits_path) if ws.splits_path.exists() else {}
     n_folds = int(splits["folds"]) if splits else None
@@ -388,8 +393,11 @@ def report(
     frame = load_predictions(ws, stages)
     folds = per_fold_table(frame)
     summary = summary_table(frame, folds, n_boot, alpha, seed, n_folds, clusters)
-    delong = delong_table(frame, reference, clusters, shallow=[s for s in stages if not is_deep(ws, s)])
-    ablation = ablation_table(summary, folds_text)
+    is_control = summary["stage"].isin(list(controls))
+    shallow = [s for s in stages if s not in controls and not is_deep(ws, s)]
+    delong = delong_table(frame[~frame["stage"].isin(list(controls))], reference, clusters, shallow=shallow)
+    ablation = ablation_table(summary[~is_control], folds_text)
+    control_rows = controls_table(summary, frame, controls, alpha, clusters)
     for row in summary.itertuples():
         if n_folds is not None and row.folds < n_folds:
             log.warning(
@@ -411,6 +419,7 @@ def report(
         "cls_per_fold": folds,
         "cls_delong": delong,
         "cls_ablation": ablation,
+        "cls_controls": control_rows,
         "cls_calibration": calibration_table(frame, calibration_bins, alpha),
         "cls_oof_predictions": frame,
     }
@@ -434,15 +443,19 @@ def report(
         "per_fold": folds.to_dict("records"),
         "delong": delong.to_dict("records"),
         "ablation": ablation.to_dict("records"),
+        "controls": control_rows.to_dict("records"),
         "figures": {k: str(v) for k, v in images.items()},
     }
     write_json(out / "cls_report.json", doc)
-    write_text(out / "cls_report.md", _markdown_report(doc, summary, folds, delong, ablation, alpha))
+    text = _markdown_report(doc, summary[~is_control], folds, delong, ablation, alpha, controls_markdown(control_rows, alpha))
+    write_text(out / "cls_report.md", text)
     log.info(
         "classification report: %s\n%s",
         out / "cls_report.md",
         markdown(summary[["stage", "folds", "n", "auc_mean", "auc_sd", "auc_pooled", "auc_ci_lo", "auc_ci_hi"]]),
     )
+    for line in control_rows["sentence"]:
+        log.info("control: %s", line)
     if log_wandb:
         from neonet.report.wandb_summary import log_cv_summary
 
@@ -462,7 +475,13 @@ def report(
 
 
 def _markdown_report(
-    doc: dict[str, Any], summary: pd.DataFrame, folds: pd.DataFrame, delong: pd.DataFrame, ablation: pd.DataFrame, alpha: float
+    doc: dict[str, Any],
+    summary: pd.DataFrame,
+    folds: pd.DataFrame,
+    delong: pd.DataFrame,
+    ablation: pd.DataFrame,
+    alpha: float,
+    controls: str = "",
 ) -> str:
     level = round(100 * (1 - alpha))
     main_cols = [
@@ -505,6 +524,7 @@ def _markdown_report(
         "inner validation split (`_youden`).\n",
         "## Summary\n",
         markdown(summary[main_cols]),
+        controls,
         "\n## Ablation: real only vs real + synthetic (pooled AUC [CI]; fold mean ± sd)\n",
         markdown(ablation[[c for c in ablation.columns if not c.startswith("auc_pooled")]]),
         f"\n## DeLong tests (paired, pooled predictions; {doc['settings']['delong_variance']} variance)\n",

@@ -51,8 +51,14 @@ def default_name(cases: Path) -> str:
 
 
 def classifier_stages(ws: Workspace) -> list[str]:
-    """Stages of the experiment whose folds record a classifier (``artifact.json`` ``classifier``)."""
-    return [s for s in ws.artifact_stages() if any("classifier" in (ws.read_artifact(s, k) or {}) for k in ws.stage_folds(s))]
+    """Stages of the experiment whose folds record a classifier (``artifact.json`` ``classifier``), diagnostic
+    controls (``classifier.control``: manual-mask patches, constant image; docs/controls.md) left out."""
+    records = {s: [(ws.read_artifact(s, k) or {}).get("classifier") for k in ws.stage_folds(s)] for s in ws.artifact_stages()}
+    return [
+        s
+        for s, found in records.items()
+        if any(isinstance(r, dict) for r in found) and not any(isinstance(r, dict) and r.get("control") for r in found)
+    ]
 
 
 def _label_map(liver: list[int] | None, tumor: list[int] | None, other: list[int] | None) -> LabelMap | None:

@@ -196,6 +196,9 @@ def classification(page: PageSources) -> str:
             return h.not_run("report", f"trained ({', '.join(page.classifiers)}) but not reported yet")
         return h.not_run("pattennet") + controls(page)
     doc = read_json(page.ws.reports_dir / "cls_report.json") if (page.ws.reports_dir / "cls_report.json").is_file() else {}
+    control_rows = page.report_csv("cls_controls")
+    if control_rows is not None:  # control stages are shown under Controls, against their main rows
+        summary = summary[~summary["stage"].isin(control_rows["stage"])]
     settings = doc.get("settings") or {}
     level = round(100 * (1 - float(settings.get("alpha", 0.05))))
     parts = [
@@ -233,8 +236,21 @@ def flat(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def controls(page: PageSources) -> str:
+    from neonet.report.controls import COLUMNS as CONTROL_COLUMNS
+
     ws = page.ws
     parts = []
+    rows = page.report_csv("cls_controls")
+    if rows is not None and len(rows):
+        parts.append(
+            h.paragraph(
+                "Classifier controls, trained and tested on the same folds as their main stage with one input swapped "
+                "(manual masks) or taken away (image-free: a constant image); see docs/controls.md."
+            )
+            + page.table(rows, [c for c in CONTROL_COLUMNS if c != "sentence"])
+            + "".join(h.paragraph(str(text)) for text in rows["sentence"])
+            + page.source("cls_controls.csv")
+        )
     null = Workspace(ws.runs_dir, f"{ws.experiment}-null")
     null_summary = null.reports_dir / "cls_summary.csv"
     if null_summary.is_file():
@@ -250,7 +266,8 @@ def controls(page: PageSources) -> str:
         values = dict(flat(read_json(probe)))
         parts.append(h.paragraph("PNI signal probe (benchmarks/pni_signal_probe.py):") + page.key_values(values))
     if not parts:
-        return "<h3>Controls</h3>\n" + h.not_run("null", "no null control or signal probe for this experiment")
+        what = "no classifier control (make controls), null control (make null) or signal probe for this experiment"
+        return "<h3>Controls</h3>\n" + h.not_run("controls", what)
     return "<h3>Controls</h3>\n" + "".join(parts)
 
 

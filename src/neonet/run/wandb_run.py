@@ -166,8 +166,9 @@ def dataset_artifact(ws: Workspace, manifest: Path, what: str, fold: int | None 
 
 
 def patches_artifact(ws: Workspace) -> Any | None:
-    """The experiment's TLCR patches as a dataset artifact (``<experiment>-patches``)."""
-    return dataset_artifact(ws, ws.patches_manifest, "patches")
+    """The experiment's TLCR patches as a dataset artifact (``<experiment>-patches``; another patch set's
+    ``<experiment>-patches_<set>``)."""
+    return dataset_artifact(ws, ws.patches_manifest, ws.patches_dir.name)
 
 
 def synthetic_artifact(ws: Workspace, fold: int) -> Any | None:
@@ -194,15 +195,19 @@ def upstream_artifacts(ws: Workspace, upstream: Any) -> list[Any]:
     manifest for the patches, a fold's synthetic manifest for its synthetic patches; each appears once.
     """
     found: dict[str, Any] = {}
-    patches = ws.patches_manifest.relative_to(ws.root).parts
+    manifest = ws.patches_manifest.name
     for text in _paths(upstream):
         parts = Path(text).parts
         owner = ws.checkpoint_owner(text)
         art = None
         if owner is not None:
             art = model_artifact(ws, *owner)
-        elif parts[-len(patches) :] == patches:
-            art = patches_artifact(ws)
+        elif len(parts) > 1 and parts[-1] == manifest and (parts[-2] == "patches" or parts[-2].startswith("patches_")):
+            patch_set = None if parts[-2] == "patches" else parts[-2].removeprefix("patches_")
+            try:  # patches/ or another patch set's patches_<set>/ (neonet crop --patches)
+                art = patches_artifact(Workspace(ws.runs_dir, ws.experiment, patch_set))
+            except ValueError:  # not a patch set's name: a manifest of something else
+                art = None
         else:
             for fold in ws.stage_folds(ws.synthetic_dir(0).parent.name):
                 if parts[-3:] == ws.synthetic_manifest(fold).relative_to(ws.root).parts:

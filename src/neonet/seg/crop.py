@@ -10,6 +10,9 @@ Output, in the experiment's workspace (see :mod:`neonet.workspace`)::
       crop_config.json         the settings the patches were made with (a :mod:`neonet.run.provenance` record)
     <runs_dir>/<experiment>/reports/tlcr_patches.png   a grid of patches with their shells, PNI+ over PNI−
 
+``--patches <set>`` writes another set of patches of the same cases to ``patches_<set>/`` (and
+``reports/tlcr_patches_<set>.png``) instead, leaving ``patches/`` as it is.
+
 A patch's affine is the canonical (resampled, RAS) volume's affine with its origin moved to the
 crop box start, so every patch voxel has the world coordinate of the volume voxel it came from
 (padding voxels extend the same grid beyond the volume).
@@ -295,6 +298,7 @@ def crop(
     liver_level: float | None = None,
     liver_region: str = "volume",
     shell_region: str = "all",
+    patches: str | None = None,
     force: bool = False,
 ) -> Path:
     """Tumour-localised ROI crop (TLCR): an image patch and a label patch around each tumour.
@@ -348,6 +352,11 @@ def crop(
             tumour; ``liver``: only the liver voxels among them, so tissue outside the liver next
             to the tumour (fat, bowel, the hilum) stays background in the label patch. Choose
             ``liver`` only when invasion outside the liver is not what the classifier should see.
+        patches: None writes ``patches/`` (what every stage reads); a name writes another set of
+            patches beside it, ``patches_<name>/`` (its own manifest, record and
+            ``reports/tlcr_patches_<name>.png``), read by a classifier with ``--data.patches <name>``:
+            e.g. ``--source manual --patches manual`` for the manual-mask control of a classifier
+            trained on NeoSeg's masks (docs/controls.md).
         force: rewrite all patches, also when they were made with other settings.
 
     Returns:
@@ -382,7 +391,10 @@ def crop(
         raise DataError(str(exc)) from exc
     mask_map = label_map if source == "manual" else LabelMap()
 
-    workspace = Workspace(runs_dir, experiment)
+    try:
+        workspace = Workspace(runs_dir, experiment, patches)
+    except ValueError as exc:
+        raise NeonetError(f"--patches: {exc}") from exc
     patches_dir = workspace.patches_dir
     manifest_path = workspace.patches_manifest
     case_list = read_cases(cases)
@@ -394,7 +406,8 @@ def crop(
     settings = _settings(
         source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other, liver_level, liver_region, shell_region
     )
-    record = Provenance(settings, extra={"cases": str(cases), "experiment": experiment, "runs_dir": str(runs_dir)})
+    extra = {"cases": str(cases), "experiment": experiment, "runs_dir": str(runs_dir)}
+    record = Provenance(settings, extra=extra if patches is None else {**extra, "patches": patches})
     # same settings: the patches are current and each case is reused unless its inputs changed
     current = (
         not force
@@ -517,16 +530,16 @@ def crop(
         log.warning("%s", warning)
 
     from neonet.report.figures import PATCHES, write_stage
-    from neonet.report.figures.patch_grid import FIGURE as PATCHES_FIGURE
+    from neonet.report.figures.patch_grid import figure_name
 
-    if changed or not workspace.figure(PATCHES_FIGURE).is_file():
-        write_stage(workspace, PATCHES)  # reports/tlcr_patches.png
+    if changed or not workspace.figure(figure_name(workspace)).is_file():
+        write_stage(workspace, PATCHES)  # reports/tlcr_patches[_<set>].png
     failed = {str(r["case_id"]): str(r["status"]) for r in rows if str(r["status"]).startswith(f"{STATUS_ERROR}:")}
     from neonet.run.wandb_run import log_dataset_run, patches_artifact
 
     # W&B lineage: the patches as the manifest lists them (failed cases too), made from every NeoSeg fold's masks
     seg_models = [str(workspace.best_checkpoint("seg", k)) for k in workspace.stage_folds("seg")] if source == "predicted" else []
-    settings_sent = {"experiment": experiment, **settings}
+    settings_sent = {"experiment": experiment, **settings, **({} if patches is None else {"patches": patches})}
     log_dataset_run(workspace, "crop", None, lambda: patches_artifact(workspace), seg_models, settings_sent)
     if failed:
         raise CropFailedError(manifest_path, failed, len(rows), Path(cases))

@@ -56,7 +56,7 @@ def _figures(ws: Workspace, stage: str) -> list[Figure]:
     from neonet.report.figures import curves, fold_compare, gen_pairs, overlays, patch_grid, radiomics
 
     if stage == PATCHES:
-        grid: Figure = (patch_grid.FIGURE, partial(patch_grid.plot_patch_grid, ws))
+        grid: Figure = (patch_grid.figure_name(ws), partial(patch_grid.plot_patch_grid, ws))
         return [grid]
     gen_folds: Figure = (fold_compare.GEN_FIGURE, partial(fold_compare.plot_gen_folds, ws))
     if stage == GEN_QUALITY:

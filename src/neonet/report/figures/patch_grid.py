@@ -22,6 +22,11 @@ from neonet.workspace import Workspace
 FIGURE = "tlcr_patches"
 
 
+def figure_name(ws: Workspace) -> str:
+    """``tlcr_patches``, or ``tlcr_patches_<set>`` for a workspace of another patch set (``neonet crop --patches``)."""
+    return FIGURE if ws.patches is None else f"{FIGURE}_{ws.patches}"
+
+
 def patch_rows(manifest: pd.DataFrame, per_class: int = 8) -> dict[int, pd.DataFrame]:
     """Up to ``per_class`` cropped patches of each PNI class (1 first, then 0), in case-id order."""
     have = manifest[manifest["image"].fillna("").astype(str).str.len() > 0]
@@ -37,7 +42,8 @@ def tumour_slice(label: np.ndarray) -> int:
 
 
 def plot_patch_grid(ws: Workspace, per_class: int = 8, columns: int = 4) -> Path | None:
-    """Write ``reports/tlcr_patches.png``; None without a patch manifest or cropped patches.
+    """Write ``reports/tlcr_patches.png`` (``tlcr_patches_<set>.png`` for another patch set); None without a
+    patch manifest or cropped patches.
 
     Args:
         ws: the experiment's workspace.
@@ -74,4 +80,4 @@ def plot_patch_grid(ws: Workspace, per_class: int = 8, columns: int = 4) -> Path
             ax.set_title(f"{rec.case_id} ({name}) z={z}", fontsize=7)
     fig.suptitle("TLCR patches, axial slice through the tumour: shell yellow, tumour red", fontsize=9)
     fig.tight_layout()
-    return save_png(fig, ws.figure(FIGURE))
+    return save_png(fig, ws.figure(figure_name(ws)))
