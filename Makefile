@@ -37,7 +37,7 @@ export WANDB_MODE ?= offline
 # options of `make gpu-check` (benchmarks/gpu_check.py), e.g. ARGS="--device cpu --tiny" or ARGS="--budget_s 300"
 ARGS        ?=
 
-.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn baseline baselines report summary predict-case evaluate export null chaos clean-demo gpu-check
+.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn confound baseline baselines report summary predict-case evaluate export null chaos clean-demo gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -98,6 +98,14 @@ pattennet: install ## NeoCls: PattenNet on each fold (frozen fold autoencoder en
 
 pattennet-syn: install ## NeoCls: PattenNet on real + synthetic training patches (stage pattennet_syn)
 	$(CV) --config $(EXPERIMENTS)/pattennet.yaml -- --model.stage=pattennet_syn --data.use_synthetic=true
+
+confound: install ## the synthetic confound's remedies beside pattennet_syn: PNI+ and PNI- synthetic patches (stage pattennet_syn_both), real training patches round-tripped (pattennet_syn_roundtrip), then the report
+	$(NEONET) synthesize --config $(EXPERIMENTS)/synthesize.yaml --runs_dir $(RUNS) --classes both --neg_ratio null --name synthetic_both
+	$(CV) --config $(EXPERIMENTS)/pattennet.yaml -- --model.stage=pattennet_syn_both --model.model_name=pattennet_syn_both \
+		--data.use_synthetic=true --data.synthetic_set=synthetic_both
+	$(CV) --config $(EXPERIMENTS)/pattennet.yaml -- --model.stage=pattennet_syn_roundtrip --model.model_name=pattennet_syn_roundtrip \
+		--data.use_synthetic=true --data.roundtrip_real=true
+	$(NEONET) report --experiment demo --runs_dir $(RUNS)
 
 baseline: install ## NeoCls: the 3D ResNet-18 baseline only (what the demo runs)
 	$(CV) --config $(EXPERIMENTS)/baseline_resnet18.yaml
