@@ -42,7 +42,7 @@ export WANDB_MODE ?= offline
 # options of `make gpu-check` (benchmarks/gpu_check.py), e.g. ARGS="--device cpu --tiny" or ARGS="--budget_s 300"
 ARGS        ?=
 
-.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn pattennet-hist pattennet-hist-syn baseline baselines radiomics report summary predict-case evaluate export null controls demo-full chaos clean-demo gpu-check
+.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn pattennet-hist pattennet-hist-syn confound baseline baselines radiomics report summary predict-case evaluate export null controls demo-full chaos clean-demo gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -109,6 +109,17 @@ pattennet-hist: install ## NeoCls: the histogram-head variant of PattenNet (stag
 
 pattennet-hist-syn: install ## NeoCls: the histogram-head variant on real + synthetic patches (stage pattennet_hist_syn)
 	$(CV) --config $(EXPERIMENTS)/pattennet_hist.yaml -- --model.stage=pattennet_hist_syn --data.use_synthetic=true
+
+# the classifier config whose synthetic confound `make confound` measures (stages <config>_syn_both, <config>_syn_roundtrip)
+CONFOUND    ?= pattennet_hist
+
+confound: install ## the synthetic confound's remedies: PNI+ and PNI- synthetic patches (stage <CONFOUND>_syn_both), real training patches round-tripped (<CONFOUND>_syn_roundtrip), then the report
+	$(NEONET) synthesize --config $(EXPERIMENTS)/synthesize.yaml --runs_dir $(RUNS) --classes both --neg_ratio null --name synthetic_both
+	$(CV) --config $(EXPERIMENTS)/$(CONFOUND).yaml -- --model.stage=$(CONFOUND)_syn_both --model.model_name=$(CONFOUND)_syn_both \
+		--data.use_synthetic=true --data.synthetic_set=synthetic_both
+	$(CV) --config $(EXPERIMENTS)/$(CONFOUND).yaml -- --model.stage=$(CONFOUND)_syn_roundtrip --model.model_name=$(CONFOUND)_syn_roundtrip \
+		--data.use_synthetic=true --data.roundtrip_real=true
+	$(NEONET) report --experiment demo --runs_dir $(RUNS)
 
 baseline: install ## NeoCls: the 3D ResNet-18 baseline only (what the demo runs)
 	$(CV) --config $(EXPERIMENTS)/baseline_resnet18.yaml

@@ -19,7 +19,9 @@
                                         e.g. ``patches_manual/`` from the manual masks for a control stage)
       latents/fold<k>/                  latent cache of the fold's autoencoder: cache.pt, manifest.csv,
                                         cache.json (provenance)
-      synthetic/fold<k>/ + manifest.csv synthetic patches with provenance (synth_config.json)
+      synthetic/fold<k>/ + manifest.csv synthetic patches with provenance (synth_config.json);
+                                        synthetic_<name>/fold<k>/ another set (synthesize --name)
+      roundtrip/fold<k>/                real training patches through the fold's autoencoder (roundtrip_real)
       reports/                          tables (csv/json/md) and figures (png); index.html, the
                                         experiment page
       reports/external/<name>/          neonet evaluate: the folds on an external cohort (ExternalPaths)
@@ -41,6 +43,22 @@ from neonet.errors import NeonetError
 from neonet.run.atomic import read_json, sha256_file, write_json
 
 STAGES = ("seg", "autoencoder", "diffusion", "controlnet", "pattennet")
+#: The default synthetic set (``synthetic/fold<k>``); other sets are folders named ``synthetic_<name>``.
+SYNTHETIC = "synthetic"
+
+
+def check_synthetic_name(name: str) -> str:
+    """``name`` if it names a synthetic set: ``synthetic`` or ``synthetic_<letters, digits, _>``.
+
+    Raises:
+        NeonetError: any other name (it could clash with a stage folder or leave the experiment).
+    """
+    rest = name.removeprefix(SYNTHETIC + "_")
+    if name != SYNTHETIC and (rest == name or not rest or not all((c.isascii() and c.isalnum()) or c == "_" for c in rest)):
+        raise NeonetError(
+            f"synthetic set name {name!r}: use `synthetic` or `synthetic_<name>` (letters, digits, _), e.g. `synthetic_both`"
+        )
+    return name
 
 
 def git_sha() -> str | None:
@@ -265,17 +283,27 @@ class Workspace:
         """Provenance of fold ``k``'s latent cache (written last: the cache is complete only when it exists)."""
         return self.latents_dir(fold) / "cache.json"
 
-    def synthetic_dir(self, fold: int) -> Path:
-        """Synthetic patches of fold ``k``."""
-        return self.root / "synthetic" / f"fold{int(fold)}"
+    def synthetic_dir(self, fold: int, name: str = SYNTHETIC) -> Path:
+        """Synthetic patches of fold ``k``: ``synthetic/fold<k>``, or those of another synthetic set
+        (``neonet synthesize --name synthetic_both``): ``<name>/fold<k>``."""
+        return self.root / check_synthetic_name(name) / f"fold{int(fold)}"
 
-    def synthetic_manifest(self, fold: int) -> Path:
-        """Provenance manifest of fold ``k``'s synthetic patches."""
-        return self.synthetic_dir(fold) / "manifest.csv"
+    def synthetic_manifest(self, fold: int, name: str = SYNTHETIC) -> Path:
+        """Provenance manifest of fold ``k``'s synthetic patches (of the set ``name``)."""
+        return self.synthetic_dir(fold, name) / "manifest.csv"
 
-    def synthetic_config(self, fold: int) -> Path:
-        """Provenance (settings, checkpoints) of fold ``k``'s synthetic patches."""
-        return self.synthetic_dir(fold) / "synth_config.json"
+    def synthetic_config(self, fold: int, name: str = SYNTHETIC) -> Path:
+        """Provenance (settings, checkpoints) of fold ``k``'s synthetic patches (of the set ``name``)."""
+        return self.synthetic_dir(fold, name) / "synth_config.json"
+
+    def roundtrip_dir(self, fold: int) -> Path:
+        """Fold ``k``'s real training patches passed through its autoencoder (encode, decode):
+        ``roundtrip/fold<k>/images/<case>.nii.gz``, for ``ClsDataModule(roundtrip_real=True)``."""
+        return self.root / "roundtrip" / f"fold{int(fold)}"
+
+    def roundtrip_record(self, fold: int) -> Path:
+        """Provenance of fold ``k``'s round-trip cache (autoencoder checkpoint, patches; written last)."""
+        return self.roundtrip_dir(fold) / "roundtrip.json"
 
     @property
     def crop_config(self) -> Path:
@@ -340,11 +368,19 @@ class Workspace:
         """A report figure: ``reports/<name>.png`` (names in :mod:`neonet.report.figures`)."""
         return self.reports_dir / f"{name}.png"
 
-    def gen_quality_report(self, ext: str = "json", fold: int | None = None) -> Path:
+    def gen_quality_report(self, ext: str = "json", fold: int | None = None, synthetic: str = SYNTHETIC) -> Path:
         """The synthetic-patch quality report: ``reports/gen_quality.<ext>`` (``.json`` also holds its
-        provenance), or fold ``k``'s part ``reports/gen_quality_fold<k>.<ext>`` (``csv``, ``png``)."""
-        name = "gen_quality" if fold is None else f"gen_quality_fold{int(fold)}"
+        provenance), or fold ``k``'s part ``reports/gen_quality_fold<k>.<ext>`` (``csv``, ``png``); for
+        another synthetic set ``reports/gen_quality_<set>[_fold<k>].<ext>``."""
+        stem = "gen_quality" if check_synthetic_name(synthetic) == SYNTHETIC else f"gen_quality_{synthetic}"
+        name = stem if fold is None else f"{stem}_fold{int(fold)}"
         return self.reports_dir / f"{name}.{ext}"
+
+    def gen_discriminator_report(self, ext: str = "csv", synthetic: str = SYNTHETIC) -> Path:
+        """The real-vs-synthetic discriminator of the quality report: ``reports/gen_discriminator.<ext>``
+        (``csv``, ``png``), ``reports/gen_discriminator_<set>.<ext>`` for another synthetic set."""
+        stem = "gen_discriminator" if check_synthetic_name(synthetic) == SYNTHETIC else f"gen_discriminator_{synthetic}"
+        return self.reports_dir / f"{stem}.{ext}"
 
     def quality_folds(self) -> list[int]:
         """The folds with a per-patch quality table ``reports/gen_quality_fold<k>.csv``, in order."""

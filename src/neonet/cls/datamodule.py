@@ -25,7 +25,7 @@ from neonet.data.patches import patch_records
 from neonet.data.transforms import TorchioAugmentd, mri_augmentation
 from neonet.errors import DataError, MissingUpstreamError, NeonetError
 from neonet.run.atomic import sha256_file
-from neonet.workspace import Workspace
+from neonet.workspace import SYNTHETIC, Workspace, check_synthetic_name
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 SYNTHETIC_COLUMNS = ("case_id", "source_case", "image")
 
 
-def read_synthetic(ws: Workspace, fold: int, train_cases: Sequence[str], real_cases: Sequence[str]) -> list[dict[str, Any]]:
+def read_synthetic(
+    ws: Workspace, fold: int, train_cases: Sequence[str], real_cases: Sequence[str], name: str = SYNTHETIC
+) -> list[dict[str, Any]]:
     """Items of the fold's synthetic patches, after checking they can only have come from its training cases.
 
     Args:
@@ -41,19 +43,21 @@ def read_synthetic(ws: Workspace, fold: int, train_cases: Sequence[str], real_ca
         fold: the fold.
         train_cases: the fold's training cases (the only allowed ``source_case`` values).
         real_cases: every real case id of the experiment (synthetic ids must differ from them).
+        name: the synthetic set (``synthetic``, or ``synthetic_<name>`` of ``neonet synthesize --name``).
 
     Raises:
         MissingUpstreamError: when ``synthetic/fold<k>/manifest.csv`` is missing.
         DataError: on missing columns, files or labels, a ``fold`` column naming another fold, a
             synthetic id equal to a real case id, or a source case outside the fold's training cases.
     """
-    folder = ws.synthetic_dir(fold)
-    manifest = folder / "manifest.csv"
+    folder = ws.synthetic_dir(fold, name)
+    manifest = ws.synthetic_manifest(fold, name)
     if not manifest.is_file():
         raise MissingUpstreamError(
-            f"synthetic patches of fold {fold}",
+            f"synthetic patches of fold {fold}" + ("" if name == SYNTHETIC else f" (set {name})"),
             manifest,
-            f"neonet synthesize (NeoGen) for experiment {ws.experiment}, fold {fold}",
+            f"neonet synthesize (NeoGen) for experiment {ws.experiment}, fold {fold}"
+            + ("" if name == SYNTHETIC else f", with --name {name}"),
         )
     frame = pd.read_csv(manifest, dtype={"case_id": str, "source_case": str})
     missing_cols = [c for c in SYNTHETIC_COLUMNS if c not in frame.columns]
@@ -184,6 +188,15 @@ class ClsDataModule(FoldDataModule):
             (:data:`CONSTANT_IMAGE_VALUE`) in every split, so a network given ``label_channel`` sees
             only the label patch: the image-free control of a mask-reading classifier
             (docs/controls.md). Needs ``label_channel``.
+        synthetic_set: the synthetic set ``use_synthetic`` reads: None or ``synthetic``
+            (``synthetic/fold<k>``), or ``synthetic_<name>`` of ``neonet synthesize --name`` (e.g.
+            ``synthetic_both``, PNI+ and PNI- patches: ``--classes both``).
+        roundtrip_real: replace each real **training** patch by its round trip through the fold's
+            autoencoder (encode, decode the posterior mean; cached once per fold in
+            ``roundtrip/fold<k>/``), so that training patches of both classes are decoded like the
+            synthetic ones and "decoded" no longer means PNI+. Validation and test patches stay real
+            and undecoded, as the model meets them in use (docs/method.md, "synthetic confound").
+            None or false: off.
         **kwargs: the cohort, the fold, ``batch_size`` (training, validation and test) and
             ``num_workers`` (:class:`~neonet.data.base.FoldDataModule`).
     """
@@ -203,6 +216,8 @@ class ClsDataModule(FoldDataModule):
         label_channel: bool = False,
         patches: str | None = None,
         image: Literal["constant"] | None = None,
+        synthetic_set: str | None = None,
+        roundtrip_real: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -228,6 +243,8 @@ class ClsDataModule(FoldDataModule):
         self.pad_to = tuple(int(s) for s in pad_to) if pad_to else None
         self.predict_split = predict_split
         self.label_channel = bool(label_channel)
+        self.synthetic_set = check_synthetic_name(synthetic_set or SYNTHETIC)
+        self.roundtrip_real = bool(roundtrip_real)
         self._items: dict[str, list[dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ items
@@ -267,15 +284,18 @@ class ClsDataModule(FoldDataModule):
             s = self.split
             if split == "train":
                 items = self.real_items(s.train, "train")
+                if self.roundtrip_real:
+                    items = self.roundtrip_items(items)
                 if self.use_synthetic:
-                    syn = read_synthetic(self.workspace, self.fold, s.train, [c.case_id for c in self.all_cases])
+                    all_ids = [c.case_id for c in self.all_cases]
+                    syn = read_synthetic(self.workspace, self.fold, s.train, all_ids, self.synthetic_set)
                     if self.max_synthetic is not None:
                         syn = syn[: self.max_synthetic]
                     log.info("fold %d: %d real + %d synthetic training patches", self.fold, len(items), len(syn))
                     if self.label_channel and any("region" not in i for i in syn):
                         raise DataError(
                             f"fold {self.fold}: label_channel needs each synthetic patch's label patch, but "
-                            f"{self.workspace.synthetic_dir(self.fold) / 'manifest.csv'} has rows without a `label` "
+                            f"{self.workspace.synthetic_manifest(self.fold, self.synthetic_set)} has rows without a `label` "
                             "path; re-run `neonet synthesize --force` or set --data.label_channel=false"
                         )
                     if not self.label_channel:  # real items carry no label patch then: one set of keys per batch
@@ -292,6 +312,16 @@ class ClsDataModule(FoldDataModule):
                 raise DataError(f"fold {self.fold}: no {split} patches (run `neonet crop` for experiment {self.experiment})")
             self._items[split] = items
         return self._items[split]
+
+    def roundtrip_items(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``items`` (real training patches) with each image replaced by its cached round trip through the
+        fold's autoencoder (:func:`neonet.gen.roundtrip.roundtrip_paths`); label patches stay as they are."""
+        from neonet.gen.roundtrip import roundtrip_paths
+
+        records = patch_records(self.workspace, [i["case_id"] for i in items], require_pni=True)
+        paths = roundtrip_paths(self.workspace, self.fold, records)
+        log.info("fold %d: %d real training patches round-tripped through the autoencoder", self.fold, len(items))
+        return [dict(item, image=str(paths[item["case_id"]])) for item in items]
 
     def class_counts(self) -> tuple[int, int]:
         """(negatives, positives) among the training items, synthetic included."""
@@ -316,8 +346,11 @@ class ClsDataModule(FoldDataModule):
         control = self.control()
         if control:
             out["control"] = control
+        if self.roundtrip_real:
+            self.items("train")  # the cache exists (and is current) from here on
+            out["roundtrip"] = ws.checkpoint_record(ws.roundtrip_record(self.fold))
         if self.use_synthetic:
-            manifest = ws.synthetic_manifest(self.fold)
+            manifest = ws.synthetic_manifest(self.fold, self.synthetic_set)
             syn = [i for i in self.items("train") if i["synthetic"]]
             out["synthetic"] = {
                 "manifest": str(manifest),

@@ -18,8 +18,17 @@ Per fold (nothing here reads the fold's test patients):
     (inside the mask's liver+shell+tumour region, voxels closer to the real tumours' mean intensity
     than to the real livers'; the component nearest the patch centre) — ``segmenter`` says which; the same segmenter on
     the real patches against their own labels gives its ceiling (``dice_real``).
+(e) **real vs synthetic** (:mod:`neonet.gen.discriminator`): per class of the synthetic patches, a
+    cross-validated logistic regression between the fold's synthetic patches and its real **training**
+    patches of that class (grouped by patient; AUC 0.5 = indistinguishable), on intensity/texture
+    features and on the fold's frozen autoencoder encoder's pooled features (what PattenNet sees), and
+    the same against the real patches after a round trip through the autoencoder (``roundtrip_real``).
+    Every synthetic patch is decoded and, without ``--classes both``, PNI+: a high AUC means a classifier
+    trained on real + synthetic patches can learn "decoded → PNI+". Per fold, pooled over folds, and in
+    words: ``reports/gen_discriminator.{csv,png}``, ``disc_*`` columns and a section of ``gen_quality.md``.
 
-Outputs: ``reports/gen_quality.{csv,json,md}``, ``reports/gen_quality_fold<k>.csv`` (per synthetic
+Outputs (for another synthetic set ``synthetic_<name>``: ``gen_quality_synthetic_<name>*``, no figures
+but the discriminator's): ``reports/gen_quality.{csv,json,md}``, ``reports/gen_quality_fold<k>.csv`` (per synthetic
 patch), ``reports/gen_quality_fold<k>.png`` (synthetic patches beside their nearest real training
 patch in three planes, :mod:`neonet.report.figures.gen_pairs`) and ``reports/gen_folds.png``, plus a
 W&B summary run ``gen-cv``. ``gen_quality.md`` gives KID ± its sd over subsets and says what a negative
@@ -43,13 +52,15 @@ from neonet.data.nifti import load_nifti, read_array
 from neonet.data.patches import PATCH_LIVER, PATCH_TUMOR, patch_records
 from neonet.data.splits import read_splits
 from neonet.errors import MissingUpstreamError
+from neonet.gen import discriminator as disc
 from neonet.gen.common import ms_ssim_settings
 from neonet.gen.latents import read_fold
 from neonet.gen.patch_data import load_patch
-from neonet.gen.upstream import load_seg_network
+from neonet.gen.roundtrip import roundtrip
+from neonet.gen.upstream import load_autoencoder, load_seg_network
 from neonet.run.atomic import write_csv, write_text
 from neonet.run.provenance import FileRecord, Provenance, UnreadableRecordError, differences, read_provenance
-from neonet.workspace import Workspace
+from neonet.workspace import SYNTHETIC, Workspace, check_synthetic_name
 
 log = logging.getLogger(__name__)
 SEG_TUMOR = 2  # NeoSeg output convention: 0 bg, 1 liver, 2 tumour
@@ -218,8 +229,8 @@ class SegTumour:
 
 
 # ----------------------------------------------------------------------------- report
-def _load_synthetic(ws: Workspace, fold: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    path = ws.synthetic_manifest(fold)
+def _load_synthetic(ws: Workspace, fold: int, synthetic: str = SYNTHETIC) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    path = ws.synthetic_manifest(fold, synthetic)
     frame = pd.read_csv(path, dtype={"case_id": str, "source_case": str}) if path.is_file() else pd.DataFrame()
     if frame.empty:
         return frame, np.zeros((0,)), np.zeros((0,))
@@ -229,20 +240,95 @@ def _load_synthetic(ws: Workspace, fold: int) -> tuple[pd.DataFrame, np.ndarray,
     return frame, imgs, labs
 
 
+#: The discriminator's comparisons: (real patches as they are | after the autoencoder round trip) x features.
+DISC_REAL, DISC_FEATURES = ("real", "round-tripped real"), ("intensity", "encoder")
+#: Columns of ``reports/gen_discriminator.csv``.
+DISC_COLUMNS = ["fold", "class", "real", "features", "n_real", "n_synthetic", "auc", "ci_lo", "ci_hi"]
+
+
+def fold_discrimination(
+    ws: Workspace, fold: int, real: list[dict[str, Any]], frame: pd.DataFrame, s_img: np.ndarray
+) -> list[tuple[dict[str, Any], disc.Discrimination]]:
+    """Real vs synthetic per class of the fold's synthetic patches, against the fold's real **training**
+    patches of that class (``real``: items of the fold's training cases only, with ``pni`` and
+    ``patient_id``), as they are and after the fold autoencoder's round trip; returns (row, result) pairs.
+    Encoder features and round trips need the fold's autoencoder ``best.ckpt`` (skipped without it)."""
+    split = read_fold(ws, fold)
+    allowed = set(split.train)
+    if any(it["case_id"] not in allowed for it in real):
+        raise ValueError(f"fold {fold}: the discriminator takes the fold's training patches only")
+    ckpt = ws.best_checkpoint("autoencoder", fold)
+    autoencoder = load_autoencoder(ckpt) if ckpt.is_file() else None
+    encoder = None
+    if autoencoder is not None:
+        from neonet.nets import AutoencoderKLEncoder
+
+        encoder = AutoencoderKLEncoder(autoencoder, tap="features")
+    out = []
+    for pni in sorted({int(p) for p in frame["pni"]}, reverse=True):
+        rows = [it for it in real if int(it["pni"]) == pni]
+        syn = (frame["pni"].astype(int) == pni).to_numpy()
+        if not rows or not syn.any():
+            continue
+        images = {"real": np.stack([it["image"][0].numpy() for it in rows])}
+        if autoencoder is not None:
+            images["round-tripped real"] = roundtrip(autoencoder, images["real"])
+        groups = [str(it["patient_id"]) for it in rows]
+        s_groups = frame.loc[syn, "source_patient" if "source_patient" in frame else "source_case"].astype(str).tolist()
+        for kind in DISC_REAL:
+            for feats in DISC_FEATURES:
+                if kind not in images or (feats == "encoder" and encoder is None):
+                    continue
+                if feats == "encoder":
+                    assert encoder is not None
+                    fr, fs = disc.encoder_features(encoder, images[kind]), disc.encoder_features(encoder, s_img[syn])
+                else:
+                    fr, fs = disc.intensity_features(images[kind]), disc.intensity_features(s_img[syn])
+                res = disc.discriminate(fr, fs, groups, s_groups, seed=fold)
+                row: dict[str, Any] = {"fold": fold, "class": "PNI+" if pni == 1 else "PNI-", "real": kind, "features": feats}
+                row.update(n_real=res.n_real, n_synthetic=res.n_synthetic, auc=res.auc, ci_lo=res.ci_lo, ci_hi=res.ci_hi)
+                out.append((row, res))
+    return out
+
+
+def _disc_columns(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The summary row's ``disc_*`` columns: PNI+ synthetic against real training PNI+ patches."""
+    found = {(r["class"], r["real"], r["features"]): r for r in rows}
+    out = {}
+    for key, (kind, feats) in {
+        "disc_auc_intensity": ("real", "intensity"),
+        "disc_auc_encoder": ("real", "encoder"),
+        "disc_auc_encoder_roundtrip": ("round-tripped real", "encoder"),
+    }.items():
+        row = found.get(("PNI+", kind, feats))
+        if row is not None:
+            out[key] = row["auc"]
+            if key == "disc_auc_encoder":
+                out["disc_auc_encoder_lo"], out["disc_auc_encoder_hi"] = row["ci_lo"], row["ci_hi"]
+    return out
+
+
 def fold_quality(
-    ws: Workspace, fold: int, near_copy_threshold: float = 0.95, min_segmenter_dice: float = 0.5
+    ws: Workspace,
+    fold: int,
+    near_copy_threshold: float = 0.95,
+    min_segmenter_dice: float = 0.5,
+    synthetic: str = SYNTHETIC,
+    discrimination: list[tuple[dict[str, Any], disc.Discrimination]] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Quality numbers of one fold (summary row, per-synthetic-patch table).
 
     The fold's NeoSeg model segments the synthetic tumours only if it reaches ``min_segmenter_dice``
     on the fold's real patches (it was trained on whole volumes); otherwise the intensity rule does.
+    The real-vs-synthetic results (:func:`fold_discrimination`) are appended to ``discrimination``.
     """
     split = read_fold(ws, fold)
-    real_items = [load_patch(r) for r in patch_records(ws, split.fit)]
+    records = patch_records(ws, split.fit)
+    real_items = [dict(load_patch(r), patient_id=r.patient_id) for r in records]
     r_img = np.stack([it["image"][0].numpy() for it in real_items])
     r_lab = np.stack([it["label"][0].numpy() for it in real_items])
     r_ids = [it["case_id"] for it in real_items]
-    frame, s_img, s_lab = _load_synthetic(ws, fold)
+    frame, s_img, s_lab = _load_synthetic(ws, fold, synthetic)
     row: dict[str, Any] = {"fold": fold, "n_real": len(r_img), "n_synthetic": len(frame)}
     ae_eval = (ws.read_artifact("autoencoder", fold) or {}).get("evaluation") or {}
     row["ae_val_psnr"] = ae_eval.get("val_psnr")
@@ -280,6 +366,11 @@ def fold_quality(
     d_syn = [dice(segmenter(s_img[i], s_lab[i]), s_lab[i] == PATCH_TUMOR) for i in range(len(s_img))]
     row["dice_synthetic"] = float(np.nanmean(d_syn))
     row["dice_real"] = float(np.nanmean(d_real))
+    train = set(split.train)  # the discriminator sees the fold's training patients only (not its validation ones)
+    found = fold_discrimination(ws, fold, [it for it in real_items if it["case_id"] in train], frame, s_img)
+    row.update(_disc_columns([r for r, _ in found]))
+    if discrimination is not None:
+        discrimination += found
     per = pd.DataFrame(
         {
             "case_id": frame["case_id"],
@@ -289,31 +380,42 @@ def fold_quality(
             "nearest_is_source": [r_ids[j] == s for j, s in zip(nearest, frame["source_case"])],
             "near_copy": corr.max(1) >= near_copy_threshold,
             "tumour_dice": d_syn,
+            "pni": frame["pni"].astype(int) if "pni" in frame else 1,
         }
     )
     return row, per
 
 
-def _input_files(ws: Workspace, folds: list[int]) -> dict[str, Path]:
+def _input_files(ws: Workspace, folds: list[int], synthetic: str = SYNTHETIC) -> dict[str, Path]:
     """Every file the report of ``folds`` may depend on, by input name."""
     files = {"splits": ws.splits_path, "patches": ws.patches_manifest}
     for k in folds:
-        files[f"synthetic_fold{k}"] = ws.synthetic_manifest(k)
-        files[f"synthetic_config_fold{k}"] = ws.synthetic_config(k)
+        files[f"synthetic_fold{k}"] = ws.synthetic_manifest(k, synthetic)
+        files[f"synthetic_config_fold{k}"] = ws.synthetic_config(k, synthetic)
         files[f"autoencoder_fold{k}"] = ws.artifact_path("autoencoder", k)
         files[f"seg_fold{k}"] = ws.artifact_path("seg", k)
     return files
 
 
-def quality_inputs(ws: Workspace, folds: list[int], near_copy_threshold: float, min_segmenter_dice: float) -> Provenance:
+#: The discriminator's settings, recorded in the report's provenance (a report without them is recomputed).
+DISCRIMINATOR_SETTINGS = {"cv_folds": disc.CV_FOLDS, "l2": disc.L2, "features": list(DISC_FEATURES), "real": list(DISC_REAL)}
+
+
+def quality_inputs(
+    ws: Workspace, folds: list[int], near_copy_threshold: float, min_segmenter_dice: float, synthetic: str = SYNTHETIC
+) -> Provenance:
     """The report's provenance now: its settings and the SHA-256 of every file of ``folds`` it depends
     on that exists (for :func:`quality_is_current`)."""
-    settings = {
+    settings: dict[str, Any] = {
         "folds": [int(k) for k in folds],
         "near_copy_threshold": near_copy_threshold,
         "min_segmenter_dice": min_segmenter_dice,
+        "discriminator": DISCRIMINATOR_SETTINGS,
     }
-    return Provenance(settings, {name: FileRecord.of(path) for name, path in _input_files(ws, folds).items() if path.is_file()})
+    if synthetic != SYNTHETIC:
+        settings["synthetic"] = synthetic
+    files = _input_files(ws, folds, synthetic)
+    return Provenance(settings, {name: FileRecord.of(path) for name, path in files.items() if path.is_file()})
 
 
 def _legacy_record(data: dict[str, Any], files: dict[str, Path]) -> Provenance:
@@ -330,20 +432,25 @@ def _legacy_record(data: dict[str, Any], files: dict[str, Path]) -> Provenance:
 
 
 def quality_is_current(
-    ws: Workspace, folds: list[int], near_copy_threshold: float = 0.95, min_segmenter_dice: float = 0.5
+    ws: Workspace,
+    folds: list[int],
+    near_copy_threshold: float = 0.95,
+    min_segmenter_dice: float = 0.5,
+    synthetic: str = SYNTHETIC,
 ) -> bool:
-    """True when ``reports/gen_quality.json`` was made from exactly the current inputs of ``folds``."""
-    files = _input_files(ws, folds)
+    """True when ``reports/gen_quality.json`` (of the synthetic set) was made from exactly the current inputs of ``folds``."""
+    files = _input_files(ws, folds, synthetic)
+    report = ws.gen_quality_report(synthetic=synthetic)
     try:
-        stored = read_provenance(ws.gen_quality_report(), "the quality report", lambda data: _legacy_record(data, files))
+        stored = read_provenance(report, "the quality report", lambda data: _legacy_record(data, files))
     except UnreadableRecordError as exc:
         log.info("%s", exc)
         return False
     if stored is None:
         return False
-    found = differences(stored, quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice))
+    found = differences(stored, quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice, synthetic))
     if found:
-        log.info("quality report %s is out of date: %s", ws.gen_quality_report(), "; ".join(found))
+        log.info("quality report %s is out of date: %s", report, "; ".join(found))
     return not found
 
 
@@ -381,8 +488,97 @@ def quality_markdown(table: pd.DataFrame, cols: list[str]) -> str:
     return f"# NeoGen synthetic patch quality\n\n{text}\n{KID_NOTE.format(repeats=KID_REPEATS, n=n)}\n"
 
 
+def discriminator_table(found: list[tuple[dict[str, Any], disc.Discrimination]]) -> tuple[pd.DataFrame, list[str]]:
+    """``gen_discriminator.csv``: every fold's rows, then one ``pooled`` row per comparison (all folds'
+    out-of-CV scores together, CI over patients); and the pooled results in words."""
+    rows = [r for r, _ in found]
+    sentences = []
+    keys = list(dict.fromkeys((r["class"], r["real"], r["features"]) for r in rows))
+    for cls, kind, feats in keys:
+        parts = [(r, res) for r, res in found if (r["class"], r["real"], r["features"]) == (cls, kind, feats)]
+        auc, lo, hi = disc.pooled([res for _, res in parts])
+        rows.append(
+            {
+                "fold": "pooled",
+                "class": cls,
+                "real": kind,
+                "features": feats,
+                "n_real": sum(r["n_real"] for r, _ in parts),
+                "n_synthetic": sum(r["n_synthetic"] for r, _ in parts),
+                "auc": auc,
+                "ci_lo": lo,
+                "ci_hi": hi,
+            }
+        )
+        confound = cls == "PNI+" and kind == "real"
+        sentences.append(
+            disc.sentence(auc, lo, hi, f"synthetic {cls} patches", f"{kind} training {cls} patches", feats, confound)
+        )
+    return pd.DataFrame(rows, columns=DISC_COLUMNS), sentences
+
+
+#: What ``gen_quality.md``'s real-vs-synthetic section says above its table.
+DISC_NOTE = (
+    "A cross-validated L2 logistic regression (5 folds by patient: a real patch and the synthetic patches conditioned "
+    "on its mask share a fold) between each fold's synthetic patches and its real training patches of the same class "
+    "(never its validation or test patients); features: `intensity` (percentiles, gradient and Laplacian statistics, "
+    "high-frequency share) or `encoder` (mean and sd of each channel of the fold's frozen autoencoder encoder, the map "
+    "PattenNet reads); `round-tripped real`: the real patches after the autoencoder's encode-decode round trip "
+    "(`roundtrip_real`). AUC 0.5: indistinguishable; 95 % CI by cluster bootstrap over patients. Every synthetic patch "
+    "is decoded by the fold's autoencoder; when they are all PNI+, a high AUC means a classifier trained on real + "
+    "synthetic patches can learn 'decoded → PNI+'."
+)
+
+
+def _discriminator_markdown(table: pd.DataFrame, sentences: list[str]) -> str:
+    from neonet.report.cls_report import markdown
+
+    if table.empty:
+        return ""
+    shown = table.astype(object)
+    shown["auc [CI]"] = [
+        "—" if not np.isfinite(a) else f"{a:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else "")
+        for a, lo, hi in zip(table["auc"].astype(float), table["ci_lo"].astype(float), table["ci_hi"].astype(float))
+    ]
+    shown = shown[["fold", "class", "real", "features", "n_real", "n_synthetic", "auc [CI]"]]
+    words = "\n".join(f"- {s}" for s in sentences)
+    return f"\n## Real vs synthetic\n\n{DISC_NOTE}\n\n{words}\n\n{markdown(shown)}\n"
+
+
+def write_discriminator_figure(ws: Workspace, table: pd.DataFrame, synthetic: str = SYNTHETIC) -> Path | None:
+    """``gen_discriminator.png``: AUC [CI] per fold and pooled, one panel per class and real-patch kind."""
+    from neonet.report.figures.common import plt, save_png
+
+    if table.empty:
+        return None
+    panels = list(dict.fromkeys(zip(table["class"], table["real"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, sharey=True)
+    for ax, (cls, kind) in zip(axes[0], panels):
+        part = table[(table["class"] == cls) & (table["real"] == kind)]
+        labels = list(dict.fromkeys(str(f) for f in part["fold"]))
+        for j, feats in enumerate(DISC_FEATURES):
+            sub = part[part["features"] == feats].set_index(part[part["features"] == feats]["fold"].astype(str))
+            x = [labels.index(f) + (j - 0.5) * 0.25 for f in sub.index]
+            auc = sub["auc"].astype(float).to_numpy()
+            lo, hi = sub["ci_lo"].astype(float).to_numpy(), sub["ci_hi"].astype(float).to_numpy()
+            err = np.vstack([np.nan_to_num(auc - lo), np.nan_to_num(hi - auc)])
+            ax.errorbar(x, auc, yerr=err, fmt="o", capsize=3, label=feats)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(len(labels)), [f"fold {f}" if f != "pooled" else f for f in labels])
+        ax.set_ylim(0.0, 1.05)
+        ax.set_title(f"synthetic {cls} vs {kind} {cls}", fontsize=9)
+        ax.set_ylabel("discriminator AUC (0.5 = indistinguishable)")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return save_png(fig, ws.gen_discriminator_report("png", synthetic))
+
+
 def quality_report(
-    ws: Workspace, folds: list[int], near_copy_threshold: float = 0.95, min_segmenter_dice: float = 0.5
+    ws: Workspace,
+    folds: list[int],
+    near_copy_threshold: float = 0.95,
+    min_segmenter_dice: float = 0.5,
+    synthetic: str = SYNTHETIC,
 ) -> pd.DataFrame:
     """Write the quality report of ``folds`` to ``reports/`` and W&B; returns the per-fold table.
 
@@ -391,25 +587,37 @@ def quality_report(
         folds: folds to evaluate.
         near_copy_threshold: correlation at or above which a synthetic patch counts as a near copy.
         min_segmenter_dice: real-patch tumour Dice the fold's NeoSeg model needs to be used for (d).
+        synthetic: the synthetic set (``synthetic`` or ``synthetic_<name>``).
     """
     from neonet.report.figures import GEN_QUALITY, write_stage
 
     rows = []
+    found: list[tuple[dict[str, Any], disc.Discrimination]] = []
     for k in folds:
-        row, per = fold_quality(ws, k, near_copy_threshold, min_segmenter_dice)
+        row, per = fold_quality(ws, k, near_copy_threshold, min_segmenter_dice, synthetic, found)
         rows.append(row)
         if not per.empty:
-            write_csv(ws.gen_quality_report("csv", k), per)
+            write_csv(ws.gen_quality_report("csv", k, synthetic), per)
     table = pd.DataFrame(rows)
-    write_csv(ws.gen_quality_report("csv"), table)
-    figures = write_stage(ws, GEN_QUALITY)  # gen_quality_fold<k>.png (synthetic beside nearest real), gen_folds.png
+    write_csv(ws.gen_quality_report("csv", synthetic=synthetic), table)
+    d_table, sentences = discriminator_table(found)
+    write_csv(ws.gen_discriminator_report("csv", synthetic), d_table)
+    disc_png = write_discriminator_figure(ws, d_table, synthetic)
+    # gen_quality_fold<k>.png (synthetic beside nearest real), gen_folds.png: of the default set
+    figures = write_stage(ws, GEN_QUALITY) if synthetic == SYNTHETIC else []
     images = {p.stem: p for p in (ws.gen_quality_report("png", k) for k in folds) if p in figures}
     numeric = table.drop(columns=["fold"]).select_dtypes("number")
     summary = {c: float(numeric[c].mean()) for c in numeric.columns}
     spread = {c: float(numeric[c].std(ddof=1)) if numeric[c].count() > 1 else None for c in numeric.columns}
-    now = quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice)
-    extra = {"per_fold": table.to_dict(orient="records"), "mean": summary, "sd_over_folds": spread}
-    Provenance(now.settings, now.inputs, extra=extra).write(ws.gen_quality_report())
+    now = quality_inputs(ws, folds, near_copy_threshold, min_segmenter_dice, synthetic)
+    pooled_rows = d_table[d_table["fold"] == "pooled"].to_dict(orient="records")
+    extra = {
+        "per_fold": table.to_dict(orient="records"),
+        "mean": summary,
+        "sd_over_folds": spread,
+        "discriminator": {"rows": d_table.to_dict(orient="records"), "pooled": pooled_rows, "in_words": sentences},
+    }
+    Provenance(now.settings, now.inputs, extra=extra).write(ws.gen_quality_report(synthetic=synthetic))
     cols = [
         c
         for c in (
@@ -424,17 +632,26 @@ def quality_report(
             "dice_synthetic",
             "dice_real",
             "neoseg_dice_real",
+            "disc_auc_intensity",
+            "disc_auc_encoder",
+            "disc_auc_encoder_roundtrip",
         )
         if c in table.columns
     ]
-    write_text(ws.gen_quality_report("md"), quality_markdown(table, cols))
-    log.info("NeoGen quality (%s):\n%s", ws.gen_quality_report("csv"), table[cols].to_string(index=False))
+    text = quality_markdown(table, cols) + _discriminator_markdown(d_table, sentences)
+    write_text(ws.gen_quality_report("md", synthetic=synthetic), text)
+    log.info("NeoGen quality (%s):\n%s", ws.gen_quality_report("csv", synthetic=synthetic), table[cols].to_string(index=False))
+    for line in sentences:
+        log.info("real vs synthetic: %s", line)
     from neonet.report.wandb_summary import log_cv_summary
 
     # the panels show real training patches: patient images, sent to W&B only when the user opts in
     numbers = {f"gen/{k}": v for k, v in summary.items()}
     settings = {"folds": folds, **now.settings}
-    log_cv_summary(ws, "gen", {"gen_quality": table}, numbers, patient_images=images, config=settings)
+    plots = {disc_png.stem: disc_png} if disc_png is not None else None
+    tables = {"gen_quality": table, "gen_discriminator": d_table.astype({"fold": str})}
+    stage = "gen" if synthetic == SYNTHETIC else f"gen_{synthetic}"
+    log_cv_summary(ws, stage, tables, numbers, images=plots, patient_images=images, config=settings)
     return table
 
 
@@ -444,6 +661,7 @@ def gen_quality(
     folds: list[int] | None = None,
     near_copy_threshold: float = 0.95,
     min_segmenter_dice: float = 0.5,
+    synthetic: str = SYNTHETIC,
 ) -> int:
     """Write the quality report of each fold's synthetic patches (``neonet synthesize`` does this too).
 
@@ -453,14 +671,20 @@ def gen_quality(
         folds: folds to evaluate (default: every fold with a ``synthetic/fold<k>/manifest.csv``).
         near_copy_threshold: correlation at or above which a synthetic patch counts as a near copy.
         min_segmenter_dice: real-patch tumour Dice the fold's NeoSeg model needs to be used for mask adherence.
+        synthetic: the synthetic set: ``synthetic`` or ``synthetic_<name>`` (``neonet synthesize --name``);
+            another set's report is ``reports/gen_quality_<set>.*`` and ``reports/gen_discriminator_<set>.*``.
     """
+    check_synthetic_name(synthetic)
     ws = Workspace(runs_dir, experiment)
     if folds is None:
         n = int(read_splits(ws.splits_path)["folds"]) if ws.splits_path.is_file() else 0
-        folds = [k for k in range(n) if ws.synthetic_manifest(k).is_file()]
+        folds = [k for k in range(n) if ws.synthetic_manifest(k, synthetic).is_file()]
     if not folds:
         raise MissingUpstreamError(
-            "synthetic patches", ws.root / "synthetic", f"neonet synthesize --experiment {experiment} --runs_dir {runs_dir}"
+            "synthetic patches",
+            ws.root / synthetic,
+            f"neonet synthesize --experiment {experiment} --runs_dir {runs_dir}"
+            + ("" if synthetic == SYNTHETIC else f" --name {synthetic}"),
         )
-    quality_report(ws, [int(k) for k in folds], near_copy_threshold, min_segmenter_dice)
+    quality_report(ws, [int(k) for k in folds], near_copy_threshold, min_segmenter_dice, synthetic)
     return 0

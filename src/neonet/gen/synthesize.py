@@ -3,12 +3,16 @@
 For fold k the masks come only from the fold's **training** PNI+ cases (never its inner validation
 or test cases); each synthetic patch is conditioned on a randomly augmented copy of one of them
 (round-robin over the sources, no two masks identical) until PNI+ : PNI- in the fold's training set
-reaches ``ratio``. Output::
+reaches ``ratio``. With ``classes="both"`` PNI- patches follow, conditioned on augmented masks of the
+fold's training PNI- cases, ``neg_ratio`` per synthetic PNI+ patch (None: as many as give both classes
+the same share of synthetic patches), so that "decoded by the fold's autoencoder" no longer means
+PNI+ (docs/method.md, "synthetic confound"). Output::
 
-    <runs_dir>/<experiment>/synthetic/fold<k>/
-      images/syn_f<k>_<i>.nii.gz   float32 image in [0, 1] (like the TLCR patches)
+    <runs_dir>/<experiment>/<name>/fold<k>/      (name: synthetic, or synthetic_<set> with --name)
+      images/syn_f<k>_<i>.nii.gz   float32 image in [0, 1] (like the TLCR patches); PNI- ones syn_f<k>_neg<i>
       labels/syn_f<k>_<i>.nii.gz   uint8 augmented conditioning mask (0 bg, 1 liver, 2 shell, 3 tumour)
-      manifest.csv                 one row per patch (provenance below); pni = 1, patient_id = source patient
+      manifest.csv                 one row per patch (provenance below); pni = the patch's class (its source
+                                   case's), patient_id = source patient
       synth_config.json            provenance (:mod:`neonet.run.provenance`): settings + the checkpoints and the
                                    patch manifest (sha256) the folder was made from
 
@@ -45,16 +49,19 @@ from neonet.gen.upstream import load_autoencoder, require_checkpoint
 from neonet.run.atomic import sha256_file, write_csv
 from neonet.run.provenance import UNRECORDED, FileRecord, Provenance, check_current
 from neonet.run.reload import load_checkpoint_fold
-from neonet.workspace import Workspace
+from neonet.workspace import SYNTHETIC, Workspace, check_synthetic_name
 
 log = logging.getLogger(__name__)
 
 PNI_POSITIVE = 1
+PNI_NEGATIVE = 0
+#: ``--classes``: synthesise PNI+ patches only (the paper), or PNI+ and PNI- patches.
+CLASSES = ("pos", "both")
 #: Checkpoints of the record's inputs (``<name> checkpoint``) and the patch manifest the masks come from.
 CHECKPOINTS = ("autoencoder", "controlnet", "diffusion")
 PATCH_MANIFEST = "patch manifest"
-#: Inputs that records of before :mod:`neonet.run.provenance` lack (any file now matches them).
-RECORD_DEFAULTS = {PATCH_MANIFEST: UNRECORDED}
+#: Inputs and settings that older records lack: any patch manifest matched then; only PNI+ patches were made.
+RECORD_DEFAULTS: dict[str, Any] = {PATCH_MANIFEST: UNRECORDED, "classes": "pos", "neg_ratio": None, "n_synthetic_negative": 0}
 #: Columns of ``synthetic/fold<k>/manifest.csv`` (paths relative to the manifest's folder).
 MANIFEST_COLUMNS = [
     *PATCH_COLUMNS,
@@ -81,6 +88,20 @@ def synthetic_count(records: list[PatchRecord], ratio: float = 1.0) -> int:
     n_pos = sum(1 for r in records if r.pni == 1)
     n_neg = sum(1 for r in records if r.pni == 0)
     return max(0, int(round(float(ratio) * n_neg)) - n_pos)
+
+
+def synthetic_negative_count(records: list[PatchRecord], n_positive: int, neg_ratio: float | None = 1.0) -> int:
+    """Synthetic PNI- patches beside ``n_positive`` synthetic PNI+ ones (``--classes both``).
+
+    ``neg_ratio`` synthetic PNI- per synthetic PNI+ patch; None: as many as give PNI- the same share of
+    synthetic patches as PNI+ has (``n_neg * n_positive / n_pos`` of the real counts), so that being
+    synthetic says nothing about the label, which leaves the training set at its real class ratio.
+    """
+    n_pos = sum(1 for r in records if r.pni == 1)
+    n_neg = sum(1 for r in records if r.pni == 0)
+    if neg_ratio is None:
+        return int(round(n_neg * n_positive / n_pos)) if n_pos else 0
+    return int(round(float(neg_ratio) * n_positive))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -138,12 +159,14 @@ class FoldGenerator:
         guidance_scale: float,
         conditioning_scale: float,
         latent_shape: tuple[int, ...],
+        pni: int = PNI_POSITIVE,
     ) -> np.ndarray:
-        """One PNI+ image patch (X, Y, Z) in [0, 1] that follows ``mask`` (reproducible from ``seed``)."""
+        """One image patch (X, Y, Z) in [0, 1] that follows ``mask`` (reproducible from ``seed``); a
+        class-conditioned diffusion model is asked for class ``pni``."""
         cond = label_onehot(torch.as_tensor(mask)[None]).to(self.device)
         labels = None
         if self.num_classes is not None:
-            labels = torch.full((1,), PNI_POSITIVE, dtype=torch.long, device=self.device)
+            labels = torch.full((1,), int(pni), dtype=torch.long, device=self.device)
         elif guidance_scale != 1.0:
             raise NeonetError("guidance_scale != 1 needs a class-conditioned diffusion model (num_classes)")
         denoiser = Denoiser(
@@ -162,8 +185,8 @@ class FoldGenerator:
         return image[0, 0].float().cpu().numpy()
 
 
-def _what(fold: int) -> str:
-    return f"the synthetic patch folder of fold {int(fold)}"
+def _what(fold: int, name: str = SYNTHETIC) -> str:
+    return f"the synthetic patch folder of fold {int(fold)}" + ("" if name == SYNTHETIC else f" ({name})")
 
 
 def _record(ws: Workspace, settings: dict[str, Any], gen: FoldGenerator | None) -> Provenance:
@@ -192,29 +215,42 @@ def _latent_shape(gen: FoldGenerator, patch_shape: tuple[int, ...]) -> tuple[int
 
 
 def synthesize_fold(
-    ws: Workspace, fold: int, settings: dict[str, Any], aug: MaskAugmentation, device: torch.device, force: bool = False
+    ws: Workspace,
+    fold: int,
+    settings: dict[str, Any],
+    aug: MaskAugmentation,
+    device: torch.device,
+    force: bool = False,
+    name: str = SYNTHETIC,
 ) -> pd.DataFrame:
-    """Write the synthetic patches of one fold; returns its manifest."""
+    """Write the synthetic patches of one fold (to the set ``name``); returns its manifest."""
     split = read_fold(ws, fold)
     train = patch_records(ws, split.train, require_pni=True)
-    sources = [r for r in train if r.pni == 1]
-    n_target = synthetic_count(train, settings["ratio"])
-    out = ws.synthetic_dir(fold)
+    sources = {PNI_POSITIVE: [r for r in train if r.pni == 1], PNI_NEGATIVE: [r for r in train if r.pni == 0]}
+    n_pos = synthetic_count(train, settings["ratio"])
+    n_neg = synthetic_negative_count(train, n_pos, settings["neg_ratio"]) if settings["classes"] == "both" else 0
+    n_target = n_pos + n_neg
+    out = ws.synthetic_dir(fold, name)
     if n_target == 0:
         log.info("fold %d: training set already at PNI+:PNI- >= %s, nothing to synthesize", fold, settings["ratio"])
-    if n_target and not sources:
-        raise DataError(f"fold {fold}: no PNI+ training patches to condition on; cannot balance this fold")
+    for pni, count in ((PNI_POSITIVE, n_pos), (PNI_NEGATIVE, n_neg)):
+        if count and not sources[pni]:
+            what = "PNI+" if pni == PNI_POSITIVE else "PNI-"
+            raise DataError(f"fold {fold}: no {what} training patches to condition on; cannot synthesize {what} patches")
     gen = FoldGenerator(ws, fold, device) if n_target else None
-    record = _record(ws, dict(settings, fold=fold, n_synthetic=n_target), gen)
-    cfg_path = ws.synthetic_config(fold)
+    counts: dict[str, Any] = {"n_synthetic": n_pos}
+    if n_neg:
+        counts["n_synthetic_negative"] = n_neg
+    record = _record(ws, dict(settings, fold=fold, **counts), gen)
+    cfg_path = ws.synthetic_config(fold, name)
     stored = (
         None
         if force
-        else check_current(cfg_path, record, _what(fold), output=out, legacy=_legacy_record, defaults=RECORD_DEFAULTS)
+        else check_current(cfg_path, record, _what(fold, name), output=out, legacy=_legacy_record, defaults=RECORD_DEFAULTS)
     )
     if force and out.exists():
         shutil.rmtree(out)
-    manifest_path = ws.synthetic_manifest(fold)
+    manifest_path = ws.synthetic_manifest(fold, name)
     previous = {}
     if manifest_path.is_file():
         previous = {
@@ -227,16 +263,19 @@ def synthesize_fold(
         write_csv(manifest_path, pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
         return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     assert gen is not None
-    source_items = {r.case_id: load_patch(r, with_label=True) for r in sources}
+    needed = sources[PNI_POSITIVE] + (sources[PNI_NEGATIVE] if n_neg else [])
+    source_items = {r.case_id: load_patch(r, with_label=True) for r in needed}
     patch_shape = tuple(next(iter(source_items.values()))["label"].shape[1:])
     latent_shape = _latent_shape(gen, patch_shape)
     used = {mask_digest(item["label"][0].numpy()) for item in source_items.values()}
     steps = effective_steps(gen.schedule, settings["sampler"], settings["steps"])
-    for i in tqdm(range(n_target), desc=f"synthesize fold {fold}", unit="patch"):
-        source = sources[i % len(sources)]
-        sid = f"syn_f{fold}_{i:04d}"
+    # PNI+ first, with the ids and seeds they have without --classes both (the same PNI+ patches); then PNI-
+    jobs = [(PNI_POSITIVE, i) for i in range(n_pos)] + [(PNI_NEGATIVE, i) for i in range(n_neg)]
+    for pni, i in tqdm(jobs, desc=f"synthesize fold {fold}", unit="patch"):
+        source = sources[pni][i % len(sources[pni])]
+        sid = f"syn_f{fold}_{i:04d}" if pni == PNI_POSITIVE else f"syn_f{fold}_neg{i:04d}"
         image_rel, label_rel = f"images/{sid}.nii.gz", f"labels/{sid}.nii.gz"
-        seq = np.random.SeedSequence([int(settings["seed"]), int(fold), i])
+        seq = np.random.SeedSequence([int(settings["seed"]), int(fold), i] + ([] if pni == PNI_POSITIVE else [1]))
         rng = np.random.default_rng(seq)
         item = source_items[source.case_id]
         mask, params = augment_mask(item["label"][0].numpy(), item["affine"], rng, aug, avoid=used)
@@ -253,6 +292,7 @@ def synthesize_fold(
             settings["guidance_scale"],
             settings["conditioning_scale"],
             latent_shape,
+            pni=pni,
         )
         save_nifti(out / image_rel, image.astype(np.float32), item["affine"])
         save_nifti(out / label_rel, mask.astype(np.uint8), item["affine"])
@@ -260,7 +300,7 @@ def synthesize_fold(
             {
                 "case_id": sid,
                 "patient_id": source.patient_id,
-                "pni": PNI_POSITIVE,
+                "pni": pni,
                 "image": image_rel,
                 "label": label_rel,
                 "status": "ok",
@@ -283,18 +323,27 @@ def synthesize_fold(
         write_csv(manifest_path, pd.DataFrame(rows, columns=MANIFEST_COLUMNS))  # an interrupted run keeps its work
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     write_csv(manifest_path, frame)
-    log.info("fold %d: %d synthetic PNI+ patches from %d training PNI+ masks → %s", fold, len(frame), len(sources), out)
-    from neonet.run.wandb_run import log_dataset_run, synthetic_artifact
+    log.info(
+        "fold %d: %d synthetic PNI+ patches from %d training PNI+ masks, %d PNI- from %d PNI- masks → %s",
+        fold,
+        n_pos,
+        len(sources[PNI_POSITIVE]),
+        n_neg,
+        len(sources[PNI_NEGATIVE]) if n_neg else 0,
+        out,
+    )
+    from neonet.run.wandb_run import dataset_artifact, log_dataset_run
 
     # W&B lineage: the fold's synthetic patches, made by its ControlNet (diffusion model, autoencoder) from the patches
-    inputs = {name: rec.to_json() for name, rec in record.inputs.items()}
+    inputs = {key: rec.to_json() for key, rec in record.inputs.items()}
+    named = {} if name == SYNTHETIC else {"name": name}
     log_dataset_run(
         ws,
-        "synthesize",
+        "synthesize" if name == SYNTHETIC else f"synthesize_{name}",
         fold,
-        lambda: synthetic_artifact(ws, fold),
+        lambda: dataset_artifact(ws, manifest_path, name, fold),
         inputs,
-        {"experiment": ws.experiment, **settings, "fold": fold},
+        {"experiment": ws.experiment, **settings, "fold": fold, **named},
     )
     return frame
 
@@ -318,12 +367,17 @@ def synthesize(
     device: str = "auto",
     quality: bool = True,
     force: bool = False,
+    classes: str = "pos",
+    neg_ratio: float | None = 1.0,
+    name: str = SYNTHETIC,
 ) -> int:
     """Generate PNI+ patches with each fold's ControlNet until the fold's training set is balanced.
 
     Masks come from the fold's training PNI+ cases only (augmented so no two are identical); the
     synthetic patches go to ``synthetic/fold<k>/`` with a provenance manifest, then a quality report
-    (``reports/gen_quality*``) compares them with the fold's real training patches.
+    (``reports/gen_quality*``) compares them with the fold's real training patches. Every synthetic
+    PNI+ patch is decoded by the fold's autoencoder, so "looks decoded" goes with PNI+: ``--classes
+    both`` adds PNI- patches from the fold's training PNI- masks (docs/method.md, "synthetic confound").
 
     Args:
         experiment: experiment name (folder below ``runs_dir``).
@@ -344,11 +398,24 @@ def synthesize(
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         quality: write the quality report after synthesis.
         force: replace synthetic patches made with other settings or checkpoints.
+        classes: ``pos`` (PNI+ patches only, the paper's balancing) or ``both`` (PNI+ as with ``pos``,
+            then PNI- patches conditioned on augmented masks of the fold's training PNI- cases).
+        neg_ratio: with ``classes: both``, synthetic PNI- patches per synthetic PNI+ patch; null: as
+            many as give PNI- the same share of synthetic patches as PNI+ (the training set then keeps
+            its real class ratio, and being synthetic says nothing about the label).
+        name: the synthetic set: ``synthetic`` (read by ``ClsDataModule(use_synthetic=true)``) or
+            ``synthetic_<name>`` (another folder, read with ``--data.synthetic_set``), so a variant does
+            not replace the default set; its quality report is ``reports/gen_quality_<name>.*``.
     """
     if sampler not in SAMPLERS:
         raise NeonetError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if ratio <= 0:
         raise NeonetError(f"--ratio must be positive, got {ratio}")
+    if classes not in CLASSES:
+        raise NeonetError(f"--classes must be one of {', '.join(CLASSES)}, got {classes!r}")
+    if neg_ratio is not None and neg_ratio < 0:
+        raise NeonetError(f"--neg_ratio must be >= 0 or null, got {neg_ratio}")
+    check_synthetic_name(name)
     ws = Workspace(runs_dir, experiment)
     if folds is None:
         n = int(read_splits(ws.splits_path)["folds"]) if ws.splits_path.is_file() else 0
@@ -363,6 +430,8 @@ def synthesize(
         "guidance_scale": float(guidance_scale),
         "conditioning_scale": float(conditioning_scale),
         "seed": int(seed),
+        "classes": classes,
+        "neg_ratio": None if classes == "pos" or neg_ratio is None else float(neg_ratio),
     }
     aug = MaskAugmentation(
         tuple(int(a) for a in mask_flip_axes),
@@ -375,15 +444,15 @@ def synthesize(
     settings["mask_augmentation"]["flip_axes"] = list(aug.flip_axes)
     dev = resolve_device(device)
     for k in folds:
-        synthesize_fold(ws, int(k), settings, aug, dev, force=force)
+        synthesize_fold(ws, int(k), settings, aug, dev, force=force, name=name)
     if quality:
         from neonet.gen.quality import quality_is_current, quality_report
 
-        if quality_is_current(ws, [int(k) for k in folds]):
+        if quality_is_current(ws, [int(k) for k in folds], synthetic=name):
             log.info(
                 "quality report %s is up to date with these synthetic patches; `neonet gen-quality` recomputes it",
-                ws.gen_quality_report(),
+                ws.gen_quality_report(synthetic=name),
             )
         else:
-            quality_report(ws, [int(k) for k in folds])
+            quality_report(ws, [int(k) for k in folds], synthetic=name)
     return 0
