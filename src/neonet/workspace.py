@@ -10,6 +10,7 @@
       cohort_sha256.json                the cohort scans' content hashes (cache of predict-case's cohort check)
       <stage>/fold<k>/                  config.yaml, checkpoints/{best,last}.ckpt, artifact.json,
                                         csv/ (CSV log), wandb/, wandb_id.txt, wandb_artifact.json
+      <stage>_seed<s>/fold<k>/          the same stage under another training seed (neonet cv --seeds)
       seg/predictions/<case>.nii.gz     out-of-fold NeoSeg masks in each input's original space
       patches/ + patches/manifest.csv   TLCR output
       patches/crop_config.json          provenance of the patches (neonet.run.provenance)
@@ -36,6 +37,8 @@ from neonet.errors import NeonetError
 from neonet.run.atomic import read_json, sha256_file, write_json
 
 STAGES = ("seg", "autoencoder", "diffusion", "controlnet", "pattennet")
+#: ``<stage><SEED_SUFFIX><s>``: the stage's folder under training seed ``s`` (:meth:`Workspace.seed_stage`).
+SEED_SUFFIX = "_seed"
 
 
 def git_sha() -> str | None:
@@ -98,6 +101,23 @@ class Workspace:
     def stage_dir(self, stage: str, fold: int) -> Path:
         """``<root>/<stage>/fold<k>``."""
         return self.root / stage / f"fold{int(fold)}"
+
+    @staticmethod
+    def seed_stage(stage: str, seed: int) -> str:
+        """The stage folder of ``stage`` trained under another training seed (``neonet cv --seeds``): ``<stage>_seed<s>``.
+
+        The seed of the stage's own config keeps the plain ``<stage>`` folder.
+        """
+        return f"{stage}{SEED_SUFFIX}{int(seed)}"
+
+    def seed_stages(self, stage: str) -> dict[int, str]:
+        """``{seed: stage folder}`` of every ``<stage>_seed<s>`` folder beside ``stage``, by seed."""
+        found = {}
+        for path in self.root.glob(f"{stage}{SEED_SUFFIX}*") if self.root.is_dir() else []:
+            tail = path.name[len(stage) + len(SEED_SUFFIX) :]
+            if path.is_dir() and tail.isdigit():
+                found[int(tail)] = path.name
+        return dict(sorted(found.items()))
 
     def checkpoint_dir(self, stage: str, fold: int) -> Path:
         """Folder of ``best.ckpt`` and ``last.ckpt``."""
