@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from scipy import stats as sps
 
 from neonet.report.stats import auc, bootstrap_auc_ci
 from neonet.workspace import Workspace
@@ -97,20 +98,28 @@ def seed_bootstrap_ci(
     if not 0 < y.sum() < len(y):
         raise ValueError("the cases hold one class only")
     rng = np.random.default_rng(seed)
-    if clusters is None:
-        strata = [np.flatnonzero(y == 1), np.flatnonzero(y == 0)]
-    else:
+    if clusters is None:  # stratified: vectorised over resamples, in chunks
+        pos, neg = scores[y == 1], scores[y == 0]
+        chunks, done = [], 0
+        while done < n_boot:
+            b = min(n_boot - done, max(1, 2_000_000 // len(y)))
+            which = rng.integers(scores.shape[1], size=(b, 1))
+            sp = pos[rng.integers(len(pos), size=(b, len(pos))), which]
+            sn = neg[rng.integers(len(neg), size=(b, len(neg))), which]
+            ranks = sps.rankdata(np.concatenate([sp, sn], axis=1), axis=1)
+            chunks.append((ranks[:, : len(pos)].sum(axis=1) - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+            done += b
+        aucs = np.concatenate(chunks)
+    else:  # whole clusters; resamples holding one class are skipped
         ids = pd.factorize(np.asarray(clusters))[0]
         members = [np.flatnonzero(ids == c) for c in range(ids.max() + 1)]
-    aucs = []
-    for _ in range(n_boot):
-        which = int(rng.integers(scores.shape[1]))
-        if clusters is None:
-            idx = np.concatenate([rng.choice(s, size=s.size) for s in strata])
-        else:
+        found = []
+        for _ in range(n_boot):
+            pick = int(rng.integers(scores.shape[1]))
             idx = np.concatenate([members[c] for c in rng.integers(len(members), size=len(members))])
-        if 0 < y[idx].sum() < idx.size:
-            aucs.append(auc(y[idx], scores[idx, which]))
+            if 0 < y[idx].sum() < idx.size:
+                found.append(auc(y[idx], scores[idx, pick]))
+        aucs = np.asarray(found)
     lo, hi = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 

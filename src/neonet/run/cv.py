@@ -5,6 +5,8 @@ random generators) leaks from one fold into the next, DDP launches its own ranks
 folds can also be spread over machines by running ``neonet fit ... --data.fold k`` directly.
 Finished folds are skipped; an interrupted fold resumes from its ``last.ckpt`` — both only when
 the fold's saved ``config.yaml`` agrees with the command's settings (``neonet.run.config_drift``).
+``--seeds`` trains the stage under several training seeds on the same splits and upstream models, each
+seed other than the config's in its own stage folder ``<stage>_seed<s>`` (:class:`SeedRun`).
 """
 
 from __future__ import annotations
