@@ -30,6 +30,10 @@ MASK_CONTROLS ?= pattennet
 # config changed after its folds were trained: neonet cv refuses to skip or resume them under other settings)
 CV_FLAGS    ?=
 CV          := $(NEONET) cv --jobs $(JOBS) $(CV_FLAGS)
+# training seeds of the classifier targets, e.g. SEEDS="0 1 2": each seed's folds in <stage>_seed<s>/ (the config's
+# seed keeps <stage>/), same splits and autoencoders; the report adds each seed's pooled AUC, mean ± sd and an interval
+SEEDS       ?=
+CLS_CV      := $(CV) $(if $(strip $(SEEDS)),--seeds $(SEEDS))
 CLASSIFIER  ?= pattennet
 # where `make export` writes the demo's bundle, and extra `neonet export` options (e.g. EXPORT_FLAGS=--force)
 BUNDLE      ?= $(RUNS)/demo/bundle
@@ -99,16 +103,16 @@ synthesize: install ## NeoGen: synthetic PNI+ patches per fold (1:1) + quality r
 	$(NEONET) synthesize --config $(EXPERIMENTS)/synthesize.yaml --runs_dir $(RUNS)
 
 pattennet: install ## NeoCls: PattenNet as the paper describes it on each fold (frozen fold autoencoder encoder, image patch)
-	$(CV) --config $(EXPERIMENTS)/pattennet.yaml
+	$(CLS_CV) --config $(EXPERIMENTS)/pattennet.yaml
 
 pattennet-syn: install ## NeoCls: PattenNet on real + synthetic training patches (stage pattennet_syn)
-	$(CV) --config $(EXPERIMENTS)/pattennet.yaml -- --model.stage=pattennet_syn --data.use_synthetic=true
+	$(CLS_CV) --config $(EXPERIMENTS)/pattennet.yaml -- --model.stage=pattennet_syn --data.use_synthetic=true
 
 pattennet-hist: install ## NeoCls: the histogram-head variant of PattenNet (stage pattennet_hist; label patch, shell + tumour)
-	$(CV) --config $(EXPERIMENTS)/pattennet_hist.yaml
+	$(CLS_CV) --config $(EXPERIMENTS)/pattennet_hist.yaml
 
 pattennet-hist-syn: install ## NeoCls: the histogram-head variant on real + synthetic patches (stage pattennet_hist_syn)
-	$(CV) --config $(EXPERIMENTS)/pattennet_hist.yaml -- --model.stage=pattennet_hist_syn --data.use_synthetic=true
+	$(CLS_CV) --config $(EXPERIMENTS)/pattennet_hist.yaml -- --model.stage=pattennet_hist_syn --data.use_synthetic=true
 
 # the classifier config whose synthetic confound `make confound` measures (stages <config>_syn_both, <config>_syn_roundtrip)
 CONFOUND    ?= pattennet_hist
@@ -122,12 +126,12 @@ confound: install ## the synthetic confound's remedies: PNI+ and PNI- synthetic 
 	$(NEONET) report --experiment demo --runs_dir $(RUNS)
 
 baseline: install ## NeoCls: the 3D ResNet-18 baseline only (what the demo runs)
-	$(CV) --config $(EXPERIMENTS)/baseline_resnet18.yaml
+	$(CLS_CV) --config $(EXPERIMENTS)/baseline_resnet18.yaml
 
 baselines: install ## NeoCls: 3D ResNet-18, DenseNet-121, SE-ResNet-50 on the same folds, real and real + synthetic (stages <net>, <net>_syn)
 	set -e; for net in resnet18 densenet121 seresnet50; do \
-		$(CV) --config $(EXPERIMENTS)/baseline_$$net.yaml; \
-		$(CV) --config $(EXPERIMENTS)/baseline_$$net.yaml -- --model.stage=$${net}_syn --data.use_synthetic=true; \
+		$(CLS_CV) --config $(EXPERIMENTS)/baseline_$$net.yaml; \
+		$(CLS_CV) --config $(EXPERIMENTS)/baseline_$$net.yaml -- --model.stage=$${net}_syn --data.use_synthetic=true; \
 	done
 
 radiomics: install ## radiomics baseline: IBSI tumour + shell features, L2 logistic regression per fold (stage radiomics), then the report

@@ -12,6 +12,7 @@
                                         csv/ (CSV log), wandb/, wandb_id.txt, wandb_artifact.json
       radiomics/fold<k>/                neonet radiomics: features.csv, model.json, test_predictions.csv,
                                         artifact.json, radiomics_config.json (provenance)
+      <stage>_seed<s>/fold<k>/          the same stage under another training seed (neonet cv --seeds)
       seg/predictions/<case>.nii.gz     out-of-fold NeoSeg masks in each input's original space
       patches/ + patches/manifest.csv   TLCR output
       patches/crop_config.json          provenance of the patches (neonet.run.provenance)
@@ -59,6 +60,10 @@ def check_synthetic_name(name: str) -> str:
             f"synthetic set name {name!r}: use `synthetic` or `synthetic_<name>` (letters, digits, _), e.g. `synthetic_both`"
         )
     return name
+
+
+#: ``<stage><SEED_SUFFIX><s>``: the stage's folder under training seed ``s`` (:meth:`Workspace.seed_stage`).
+SEED_SUFFIX = "_seed"
 
 
 def git_sha() -> str | None:
@@ -128,6 +133,23 @@ class Workspace:
     def stage_dir(self, stage: str, fold: int) -> Path:
         """``<root>/<stage>/fold<k>``."""
         return self.root / stage / f"fold{int(fold)}"
+
+    @staticmethod
+    def seed_stage(stage: str, seed: int) -> str:
+        """The stage folder of ``stage`` trained under another training seed (``neonet cv --seeds``): ``<stage>_seed<s>``.
+
+        The seed of the stage's own config keeps the plain ``<stage>`` folder.
+        """
+        return f"{stage}{SEED_SUFFIX}{int(seed)}"
+
+    def seed_stages(self, stage: str) -> dict[int, str]:
+        """``{seed: stage folder}`` of every ``<stage>_seed<s>`` folder beside ``stage``, by seed."""
+        found = {}
+        for path in self.root.glob(f"{stage}{SEED_SUFFIX}*") if self.root.is_dir() else []:
+            tail = path.name[len(stage) + len(SEED_SUFFIX) :]
+            if path.is_dir() and tail.isdigit():
+                found[int(tail)] = path.name
+        return dict(sorted(found.items()))
 
     def checkpoint_dir(self, stage: str, fold: int) -> Path:
         """Folder of ``best.ckpt`` and ``last.ckpt``."""

@@ -5,10 +5,13 @@ random generators) leaks from one fold into the next, DDP launches its own ranks
 folds can also be spread over machines by running ``neonet fit ... --data.fold k`` directly.
 Finished folds are skipped; an interrupted fold resumes from its ``last.ckpt`` — both only when
 the fold's saved ``config.yaml`` agrees with the command's settings (``neonet.run.config_drift``).
+``--seeds`` trains the stage under several training seeds on the same splits and upstream models, each
+seed other than the config's in its own stage folder ``<stage>_seed<s>`` (:class:`SeedRun`).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import os
@@ -16,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from neonet.data.splits import check_missing_splits, check_splits_match, planned
 from neonet.errors import NeonetError
 from neonet.run.config_drift import check_fold_configs
 from neonet.run.fold_lock import child_env, fold_lock, restamp
+from neonet.run.progress import FoldBoard, progress_line, read_progress
 from neonet.run.reload import check_resume_checkpoint
 from neonet.stage import CVContext, FoldContext, StageModule
 from neonet.workspace import Workspace
@@ -103,46 +108,137 @@ def fold_env(jobs: int) -> dict[str, str]:
     return env
 
 
-def run_parallel(
-    configs: list[Path], overrides: list[str], todo: list[int], jobs: int, force: bool, ws: Workspace, stage: str
-) -> None:
-    """Run ``neonet cv`` for each fold of ``todo`` as its own process, ``jobs`` at a time (no summary).
+@dataclass
+class SeedRun:
+    """The stage under one training seed: its folder, its fit overrides and its resolved config.
+
+    The config's own seed (``seed_everything``) trains the stage's plain folder ``<stage>/fold<k>`` with the
+    command's overrides; another seed ``s`` trains ``<stage>_seed<s>/fold<k>`` (:meth:`Workspace.seed_stage`)
+    with ``--seed_everything=s --model.stage=<stage>_seed<s>`` added. Splits and upstream inputs (e.g.
+    PattenNet's fold autoencoder) are the same for every seed: the seed varies the stage's own training only.
+    """
+
+    seed: int | None
+    stage: str
+    user: list[str]  # the command's overrides (after ``--``)
+    config: dict[str, Any]
+    seeded: bool = False  # named with --seeds in this command's messages and per-fold workers
+    extra: list[str] = field(default_factory=list)  # the seed's own overrides
+
+    @property
+    def overrides(self) -> list[str]:
+        """What every fold's ``neonet fit`` gets: the command's overrides, then the seed's."""
+        return [*self.user, *self.extra]
+
+    def command(self, configs: list[Path], fold: int | None, force: bool, summary: bool = True) -> list[str]:
+        """``neonet cv`` options that redo this seed's work for one fold (``fold``) or for all folds."""
+        cmd = [a for c in configs for a in ("--config", str(c))]
+        cmd += ["--folds", str(fold)] if fold is not None else []
+        cmd += ["--seeds", str(self.seed)] if self.seeded and self.seed is not None else []
+        cmd += (["--force"] if force else []) + ([] if summary else ["--summary=false"])
+        return cmd + (["--", *self.user] if self.user else [])
+
+
+def config_seed(cfg: dict[str, Any]) -> int | None:
+    """The training seed a resolved stage config states (``seed_everything`` as an integer), else None."""
+    seed = cfg.get("seed_everything")
+    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def seed_runs(cfg: dict[str, Any], overrides: list[str], seeds: list[int] | None, module: type[StageModule]) -> list[SeedRun]:
+    """The stage under each of ``seeds`` (default: the config's own seed only), in the order given.
+
+    Raises:
+        NeonetError: a seed other than the config's for a stage module without a ``stage`` argument
+            (its folder cannot be renamed; the classifiers have one).
+    """
+    stage, own = stage_of(cfg), config_seed(cfg)
+    if not seeds:
+        return [SeedRun(own, stage, list(overrides), cfg)]
+    runs = []
+    for seed in dict.fromkeys(int(s) for s in seeds):
+        if seed == own:
+            runs.append(SeedRun(seed, stage, list(overrides), cfg, seeded=True))
+            continue
+        if "stage" not in inspect.signature(module).parameters:
+            raise NeonetError(
+                f"--seeds {seed}: {module.__name__} has no `stage` argument, so its folds cannot be filed under "
+                f"{Workspace.seed_stage(stage, seed)}/ beside {stage}/ (the classifier stages have one). Train it under "
+                f"its config's seed ({own}), or set seed_everything in a config of another experiment."
+            )
+        name = Workspace.seed_stage(stage, seed)
+        config = copy.deepcopy(cfg)
+        config["seed_everything"] = seed
+        config.setdefault("model", {}).setdefault("init_args", {})["stage"] = name
+        runs.append(SeedRun(seed, name, list(overrides), config, True, [f"--seed_everything={seed}", f"--model.stage={name}"]))
+    return runs
+
+
+def run_parallel(configs: list[Path], pending: list[tuple[SeedRun, int]], jobs: int, force: bool, ws: Workspace) -> None:
+    """Run ``neonet cv`` for each (seed, fold) of ``pending`` as its own process, ``jobs`` at a time (no summary).
 
     Each fold's output goes to ``<stage>/fold<k>/cv.log``; a failed fold is named with the tail of its log.
-    Meanwhile one line per fold shows its progress (:class:`neonet.run.progress.FoldBoard`).
+    Meanwhile one line per fold shows its progress (:class:`SeedFoldBoard`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from neonet.run.progress import FoldBoard
+    board = SeedFoldBoard(ws, pending)
 
-    board = FoldBoard(ws, stage, todo)
-
-    def one(k: int) -> tuple[int, int, float, Path]:
-        logfile = ws.cv_log(stage, k)
+    def one(i: int) -> tuple[str, int, float, Path]:
+        run, k = pending[i]
+        logfile = ws.cv_log(run.stage, k)
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "neonet", "cv"] + [a for c in configs for a in ("--config", str(c))]
-        cmd += ["--folds", str(k), "--summary=false"] + (["--force"] if force else [])
-        cmd += ["--", *overrides] if overrides else []
+        cmd = [sys.executable, "-m", "neonet", "cv", *run.command(configs, k, force, summary=False)]
         start = time.time()
-        log.info("fold %d: started (log: %s)", k, logfile)
-        board.fold_started(k)
+        name = board.name(i)
+        log.info("%s: started (log: %s)", name, logfile)
+        board.fold_started(i)
         with open(logfile, "w") as handle:
             code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=fold_env(jobs), check=False).returncode
-        board.fold_ended(k)
-        log.info("fold %d: %s in %.0f s", k, "done" if code == 0 else f"FAILED (exit {code})", time.time() - start)
-        return k, code, time.time() - start, logfile
+        board.fold_ended(i)
+        log.info("%s: %s in %.0f s", name, "done" if code == 0 else f"FAILED (exit {code})", time.time() - start)
+        return name, code, time.time() - start, logfile
 
     with board, ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(one, todo))
-    failed = [(k, f) for k, code, _, f in results if code != 0]
+        results = list(pool.map(one, range(len(pending))))
+    failed = [(name, f) for name, code, _, f in results if code != 0]
     if failed:
         tails = "\n".join(
-            f"--- fold {k} ({f}):\n" + "".join(f.read_text(errors="replace").splitlines(True)[-15:]) for k, f in failed
+            f"--- {name} ({f}):\n" + "".join(f.read_text(errors="replace").splitlines(True)[-15:]) for name, f in failed
         )
+        stages = sorted({run.stage for run, _ in pending})
         raise NeonetError(
-            f"{len(failed)} fold(s) of stage {stage} failed: {[k for k, _ in failed]}. Last lines of their logs:\n{tails}\n"
-            "Fix the cause and run the same `neonet cv` command again: finished folds are skipped."
+            f"{len(failed)} fold(s) of stage {', '.join(stages)} failed: {[name for name, _ in failed]}. Last lines of "
+            f"their logs:\n{tails}\nFix the cause and run the same `neonet cv` command again: finished folds are skipped."
         )
+
+
+class SeedFoldBoard(FoldBoard):
+    """:class:`~neonet.run.progress.FoldBoard` over (seed, fold) pairs: entry ``i`` is ``pending[i]``, shown as
+    ``fold k`` when one seed trains and ``seed s fold k`` when several do."""
+
+    def __init__(self, ws: Workspace, pending: list[tuple[SeedRun, int]]) -> None:
+        super().__init__(ws, pending[0][0].stage, list(range(len(pending))))
+        self.pending = pending
+        self.several = len({run.stage for run, _ in pending}) > 1
+
+    def name(self, i: int) -> str:
+        """``fold k``, or ``seed s fold k`` when several seeds train."""
+        run, k = self.pending[i]
+        return f"seed {run.seed} fold {k}" if self.several else f"fold {k}"
+
+    def lines(self, now: float | None = None) -> dict[int, str]:
+        """The line of each (seed, fold) that has not ended."""
+        now = time.time() if now is None else now
+        with self._lock:
+            running = {i: self.started.get(i) for i in self.folds if i not in self.ended}
+        out = {}
+        for i, started in running.items():
+            run, k = self.pending[i]
+            record = read_progress(self.ws.fold_progress(run.stage, k), started) if started is not None else None
+            line = progress_line(k, record, now, started)
+            out[i] = f"seed {run.seed} {line}" if self.several else line
+        return out
 
 
 def check_manifest(dargs: dict[str, Any], ws: Workspace) -> None:
@@ -234,6 +330,7 @@ def cv(
     force: bool = False,
     jobs: int = 1,
     summary: bool = True,
+    seeds: list[int] | None = None,
     print_config: bool = False,
     override: list[str] | None = None,
 ) -> int:
@@ -255,8 +352,14 @@ def cv(
             ``<stage>/fold<k>/replaced/`` until the new fit succeeds).
         jobs: folds trained at the same time, each its own process with ``cpu_count // jobs`` CPU
             threads (unless ``OMP_NUM_THREADS`` is set) and its output in ``<stage>/fold<k>/cv.log``.
-            Small CPU models finish sooner this way; on GPUs give each fold its own devices.
+            Small CPU models finish sooner this way; on GPUs give each fold its own devices. With
+            ``--seeds``, the (seed, fold) pairs share the ``jobs`` slots.
         summary: write the stage's cross-fold summary after the folds (off for the per-fold workers of ``jobs``).
+        seeds: train the stage under each of these training seeds (``seed_everything``) on the same splits
+            and upstream models (e.g. PattenNet's fold autoencoders): the config's own seed in
+            ``<stage>/fold<k>/``, any other seed ``s`` in ``<stage>_seed<s>/fold<k>/``. The classification
+            report then gives each seed's pooled AUC, their mean ± sd and an interval over patients and
+            seeds. Stages with a ``stage`` argument only (the classifiers). Default: the config's seed.
         print_config: print the stage config as every fold's ``neonet fit`` resolves it (overrides
             included) and stop.
         override: extra ``--key=value`` options passed to every fold (the options after ``--``), e.g.
@@ -269,13 +372,14 @@ def cv(
     configs = [Path(c) for c in config]
     overrides = list(override or [])
     cfg = resolve_stage_config(configs, overrides)
+    module = stage_module_of(cfg)
+    runs = seed_runs(cfg, overrides, seeds, module)
     if print_config:
         import yaml
 
-        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        for run in runs:
+            print(yaml.safe_dump(run.config, sort_keys=False), end="" if run is runs[-1] else "---\n")
         return 0
-    module = stage_module_of(cfg)
-    stage = stage_of(cfg)
     dargs = dict((cfg.get("data") or {}).get("init_args") or {})
     ws = Workspace(dargs.get("runs_dir") or "runs", dargs.get("experiment") or "default")
     check_missing_splits(ws)  # a deleted splits.json is never re-made under trained folds
@@ -291,49 +395,53 @@ def cv(
     if bad:
         raise NeonetError(f"fold(s) {bad} do not exist: the experiment has folds 0..{n_folds - 1}")
 
-    def command(k: int, force_it: bool) -> str:
-        """This command for fold ``k`` alone (what a message tells the user to run)."""
-        cmd = ["neonet cv", *(f"--config {c}" for c in configs), f"--folds {k}", *(["--force"] if force_it else [])]
-        return " ".join(cmd + (["--", *overrides] if overrides else []))
+    def command(run: SeedRun, k: int, force_it: bool) -> str:
+        """This command for one seed and fold ``k`` alone (what a message tells the user to run)."""
+        return " ".join(["neonet cv", *run.command(configs, k, force_it)])
 
-    def verified_complete(k: int) -> bool:
+    def verified_complete(run: SeedRun, k: int) -> bool:
         """Whether fold ``k`` is complete, with its recorded best checkpoint still intact (else an error)."""
-        if not ws.is_complete(stage, k):
+        if not ws.is_complete(run.stage, k):
             return False
         ws.verify_checkpoint(
-            stage,
+            run.stage,
             k,
             remedy=f"Restore the file from a backup, or re-train the fold (its current results are moved aside to "
-            f"{ws.replaced_dir(stage, k)} until the new fit succeeds):\n    {command(k, True)}",
+            f"{ws.replaced_dir(run.stage, k)} until the new fit succeeds):\n    {command(run, k, True)}",
         )
         return True
 
+    stage_option = "stage" in inspect.signature(module).parameters
     if force:  # checks first: --force moves a fold's results aside only once the inputs are known to be usable
         check_manifest(dargs, ws)
     else:  # a finished fold is skipped and an interrupted one resumed only under the same settings
-        started = [k for k in todo if ws.is_complete(stage, k) or ws.last_checkpoint(stage, k).exists()]
-        check_fold_configs(ws, stage, started, cfg, stage_option="stage" in inspect.signature(module).parameters)
-    log.info("cv: stage %s, experiment %s, folds %s", stage, ws.experiment, todo)
+        for run in runs:
+            started = [k for k in todo if ws.is_complete(run.stage, k) or ws.last_checkpoint(run.stage, k).exists()]
+            check_fold_configs(ws, run.stage, started, run.config, stage_option=stage_option)
+    for run in runs:
+        seed = "" if run.seed is None or not seeds else f", training seed {run.seed}"
+        log.info("cv: stage %s%s, experiment %s, folds %s", run.stage, seed, ws.experiment, todo)
     ran_any = False
-    pending = [k for k in todo if force or not verified_complete(k)]
+    pending = [(run, k) for run in runs for k in todo if force or not verified_complete(run, k)]
     if jobs > 1 and len(pending) > 1:
-        log.info("cv: folds %s, %d at a time", pending, jobs)
-        run_parallel(configs, overrides, pending, jobs, force, ws, stage)
+        log.info("cv: %s, %d at a time", ", ".join(f"{r.stage} fold {k}" for r, k in pending), jobs)
+        run_parallel(configs, pending, jobs, force, ws)
         ran_any, todo_serial = True, []
     else:
-        todo_serial = todo
-    for k in todo_serial:
-        if not force and verified_complete(k):
+        todo_serial = [(run, k) for run in runs for k in todo]
+    for run, k in todo_serial:
+        stage = run.stage
+        if not force and verified_complete(run, k):
             log.info("fold %d: %s already complete (%s) — skipped", k, stage, ws.artifact_path(stage, k))
             continue
         with fold_lock(ws.fold_lock(stage, k), stage, k, holder="neonet cv") as lock_fd:
-            if not force and verified_complete(k):  # finished by another process since the check above
+            if not force and verified_complete(run, k):  # finished by another process since the check above
                 log.info("fold %d: %s already complete (%s) — skipped", k, stage, ws.artifact_path(stage, k))
                 continue
-            run = FoldRunner(configs, overrides, k, lock_fd)
+            runner = FoldRunner(configs, run.overrides, k, lock_fd)
             last = ws.last_checkpoint(stage, k)
             if not force and last.exists() and (ws.read_artifact(stage, k) or {}).get("status") != "fit-complete":
-                check_resume_checkpoint(ws, stage, k, last, rerun=f"`{command(k, False)}`", retrain=command(k, True))
+                check_resume_checkpoint(ws, stage, k, last, rerun=f"`{command(run, k, False)}`", retrain=command(run, k, True))
             replaced = put_aside(ws, stage, k) if force else None
             art = ws.read_artifact(stage, k) or {}
             if art.get("status") != "fit-complete":
@@ -341,19 +449,21 @@ def cv(
                 if extra:
                     log.info("fold %d: resuming from %s", k, last)
                 try:
-                    run("fit", extra)
+                    runner("fit", extra)
                 except NeonetError as exc:
                     raise NeonetError(f"{exc}{after_failed_fit(ws, stage, k, replaced)}") from exc
             else:
-                ws.verify_checkpoint(stage, k, remedy=f"Re-train the fold:\n    {command(k, True)}")
+                ws.verify_checkpoint(stage, k, remedy=f"Re-train the fold:\n    {command(run, k, True)}")
             drop_replaced(ws, stage, k)
             ran_any = True
-            fields = module.after_fold(FoldContext(ws, k, cfg, run))
+            fields = module.after_fold(FoldContext(ws, k, run.config, runner))
+            if run.seeded:
+                fields["training_seed"] = run.seed
             ws.write_artifact(stage, k, status="complete", **fields)
-    summary_path = ws.reports_dir / f"{stage}_summary.json"
+    summary_path = ws.reports_dir / f"{runs[0].stage}_summary.json"
     if summary and (ran_any or not summary_path.exists()):
-        module.after_folds(CVContext(ws, cfg, todo))
+        module.after_folds(CVContext(ws, runs[0].config, todo))  # the classifiers' report covers every seed
     elif summary:
         log.info("cv: nothing new to summarise; the report is %s", summary_path)
-    log.info("cv: %s done — results under %s", stage, ws.root)
+    log.info("cv: %s done — results under %s", ", ".join(r.stage for r in runs), ws.root)
     return 0
