@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import json
 import logging
 import os
@@ -80,15 +79,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "diffusion": {"ema_start_step": -1},
     **{s: {"encoder_checkpoint": None, "cosine": False, "write_predictions": False} for s in CLS_STAGES},
 }
-FACTORIES = ("optimizer", "disc_optimizer", "scheduler")
 
 
 # ---------------------------------------------------------------------- configs and synthetic batches
-def _import(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
 def _yaml(folder: Path, name: str) -> dict[str, Any]:
     return yaml.safe_load((folder / name).read_text())
 
@@ -112,19 +105,21 @@ def _data(folder: Path, name: str) -> dict[str, Any]:
     return yaml.safe_load(_resolved_data(folder, name))
 
 
-def build_module(folder: Path, stage: str, **overrides: Any) -> Any:
-    """The stage's LightningModule from ``<folder>/<config>``: networks built, optimizers as factories."""
-    from neonet.gen.common import instantiate
+def _override(key: str, value: Any) -> str:
+    """``--key=value`` with the value in YAML/JSON form (``null``, ``false``, numbers, lists)."""
+    return f"--{key}={json.dumps(value)}"
 
-    spec = _yaml(folder, CONFIGS[stage])["model"]
-    kwargs = {
-        k: functools.partial(_import(v["class_path"]), **(v.get("init_args") or {}))
-        if k in FACTORIES and isinstance(v, dict)
-        else instantiate(v)
-        for k, v in (spec.get("init_args") or {}).items()
-    }
-    kwargs.update(OVERRIDES.get(stage, {}), **overrides)
-    return _import(spec["class_path"])(**kwargs)
+
+def build_module(folder: Path, stage: str, **overrides: Any) -> Any:
+    """The stage's LightningModule from ``<folder>/<config>``, built as ``neonet fit`` builds it
+    (:func:`neonet.run.lightning_cli.instantiate_stage_config`), with the benchmark-only settings and ``overrides``."""
+    from neonet.run.lightning_cli import instantiate_stage_config
+
+    kwargs = {**OVERRIDES.get(stage, {}), **overrides}
+    model, _, _ = instantiate_stage_config(
+        [folder / CONFIGS[stage]], [_override(f"model.init_args.{k}", v) for k, v in kwargs.items()]
+    )
+    return model
 
 
 def prepare(stage: str, module: Any, folder: Path) -> None:
@@ -427,15 +422,17 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def loader_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Epochs of the real DataModule + plain step against the same step on pre-materialised batches."""
-    from neonet.gen.common import instantiate
+    from neonet.run.lightning_cli import instantiate_stage_config
 
     _setup_worker(spec)
     folder, stage = Path(spec["configs"]), spec["stage"]
     data = _data(folder, CONFIGS[stage])
-    data["init_args"].update(cases=spec["cases"], runs_dir=spec["runs_dir"], experiment=spec["experiment"])
+    given = {"cases": spec["cases"], "runs_dir": spec["runs_dir"], "experiment": spec["experiment"]}
     if spec.get("num_workers") is not None:
-        data["init_args"]["num_workers"] = int(spec["num_workers"])
-    dm = instantiate(data)
+        given["num_workers"] = int(spec["num_workers"])
+    _, dm, _ = instantiate_stage_config(
+        [folder / CONFIGS[stage]], [_override(f"data.init_args.{k}", v) for k, v in given.items()]
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     module = build_module(folder, stage)
