@@ -125,9 +125,9 @@ def test_chaos_seg_config_instantiates_for_the_shared_cohort(tmp_path: Path, mon
     model, data = cli.model, cli.datamodule
     assert isinstance(model, SegModule) and isinstance(data, SegDataModule)
     assert data.label_map.liver == (1,) and data.label_map.tumor == () and data.label_map.other == (2, 3, 4)
-    assert data.folds == 5 and data.spacing == (2.5, 2.5, 7.7) and data.patch_size == (96, 96, 16)
-    with torch.no_grad():  # a training crop and a whole resampled volume (128 x 128 x 31-46 slices, padded to 48)
-        for shape in ((96, 96, 16), (128, 128, 48)):
+    assert data.folds == 5 and data.spacing == (4.1, 4.1, 7.7) and data.patch_size is None and data.flip_axes == ()
+    with torch.no_grad():  # whole resampled volumes (79 x 79 x 31-46 voxels, padded to 80 x 80 x 32 or 48)
+        for shape in ((80, 80, 32), (80, 80, 48)):
             assert model.eval()(torch.zeros(1, 1, *shape)).shape == (1, 3, *shape)
     if (REPO / cases).is_file():
         assert len(data.all_cases) == 10 and all(c.label is not None and c.pni is None for c in data.all_cases)

@@ -54,6 +54,8 @@ class SegDataModule(FoldDataModule):
         cache_rate: fraction of preprocessed volumes kept in memory.
         augment: whether to apply torchio MRI augmentation during training.
         aug_prob: probability of each augmentation.
+        flip_axes: axes of the random flips (probability 0.5 each; 0 = left-right in RAS); an empty list
+            flips nothing, which keeps the liver on the body's right (a cue a small cohort should keep).
         predict_cases: a ``cases.csv`` to predict instead of the fold's test cases (new patients).
         predict_split: which cases ``predict`` uses when ``predict_cases`` is not given:
             ``test`` (out-of-fold), ``val``, ``train`` or ``all``.
@@ -72,6 +74,7 @@ class SegDataModule(FoldDataModule):
         cache_rate: float = 1.0,
         augment: bool = True,
         aug_prob: float = 0.3,
+        flip_axes: Sequence[int] = (0,),
         predict_cases: str | None = None,
         predict_split: str = "test",
         check: bool = True,
@@ -85,6 +88,7 @@ class SegDataModule(FoldDataModule):
         self.cache_rate = cache_rate
         self.augment = augment
         self.aug_prob = aug_prob
+        self.flip_axes = tuple(int(a) for a in flip_axes)
         self.predict_cases = predict_cases
         if predict_split not in ("test", "val", "train", "all"):
             raise ValueError(f"predict_split must be test, val, train or all, not {predict_split!r}")
@@ -121,7 +125,7 @@ class SegDataModule(FoldDataModule):
                 ),
             ]
         if self.augment:
-            steps.append(TorchioAugmentd(["image", "label"], mri_augmentation(p=self.aug_prob)))
+            steps.append(TorchioAugmentd(["image", "label"], mri_augmentation(p=self.aug_prob, flip_axes=self.flip_axes)))
         steps.append(mt.EnsureTyped(keys=["image", "label"], track_meta=False))
         # flat, so that CacheDataset's "cache up to the first random transform" index is right
         return mt.Compose(steps).flatten()
