@@ -128,7 +128,7 @@ def test_list_options_take_several_values_or_repeat() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_config_parses(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--print_config` works for every config: Lightning configs with `fit`, verb configs by file stem."""
-    data = yaml.safe_load(path.read_text())
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
     configs = ["--config", str(path)]
     if "model" in data:
         verb = "fit"

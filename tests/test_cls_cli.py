@@ -134,7 +134,7 @@ def test_shipped_configs_parse(config: Path, capsys: pytest.CaptureFixture) -> N
 
 
 def autoencoder_kl_args(config: Path) -> dict:
-    cfg = yaml.safe_load(config.read_text())
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
     model = cfg["model"]["init_args"]
     if "net" in model:
         model = model["net"]["init_args"]["encoder"]["init_args"]
@@ -173,7 +173,7 @@ def test_cv_runs_every_fold_then_reports(tmp_path: Path) -> None:
         f"--data.experiment={cohort['experiment']}",
     ]
     env = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for k in range(3):
         art = ws.read_artifact("pattennet", k)
@@ -181,7 +181,7 @@ def test_cv_runs_every_fold_then_reports(tmp_path: Path) -> None:
         assert (ws.stage_dir("pattennet", k) / "metrics.csv").is_file()  # the fit's log survives `neonet test`
     summary = pd.read_csv(ws.reports_dir / "cls_summary.csv")
     assert list(summary["stage"]) == ["pattennet"] and summary["n"].iloc[0] == 15
-    assert json.loads((ws.reports_dir / "cls_report.json").read_text())["folds"] == 3
+    assert json.loads((ws.reports_dir / "cls_report.json").read_text(encoding="utf-8"))["folds"] == 3
 
 
 def test_cv_jobs_runs_folds_concurrently_with_logs_then_one_report(tmp_path: Path) -> None:
@@ -208,26 +208,26 @@ def test_cv_jobs_runs_folds_concurrently_with_logs_then_one_report(tmp_path: Pat
         "--trainer.max_epochs=2",
     ]
     env = {"WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin", **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for k in (0, 2):
         assert ws.read_artifact("pattennet", k)["status"] == "complete"
-        text = (ws.stage_dir("pattennet", k) / "cv.log").read_text()
+        text = (ws.stage_dir("pattennet", k) / "cv.log").read_text(encoding="utf-8")
         assert f"fold {k}: neonet fit" in text
         assert "\r" not in text and "Tip:" not in text and "LeafSpec" not in text, text
         epoch_line = rf"pattennet fold {k}: epoch (\d+)/2  train/loss [-\d.e]+  val/loss [-\d.e]+  val/selection "
         assert re.findall(epoch_line, text) == ["1", "2"], text
         messages = [re.sub(r"^(\d\d:\d\d:\d\d \w+ [\w.]+: |INFO: )", "", line) for line in text.splitlines()]
         assert not [a for a, b in zip(messages, messages[1:]) if a == b], text  # each line once
-        progress = json.loads(ws.fold_progress("pattennet", k).read_text())
+        progress = json.loads(ws.fold_progress("pattennet", k).read_text(encoding="utf-8"))
         assert progress["epoch"] == progress["max_epochs"] == 2 and progress["monitor"] == "val/selection"
     assert ws.read_artifact("pattennet", 1) is None
     summary = pd.read_csv(ws.reports_dir / "cls_per_fold.csv")
     assert sorted(summary["fold"]) == [0, 2]
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert again.returncode == 0 and "skipped" in again.stderr
     changed = subprocess.run(
-        [*cmd[:-1], "--trainer.max_epochs=3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        [*cmd[:-1], "--trainer.max_epochs=3"], cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600
     )
     assert changed.returncode != 0, "a finished fold must not be skipped under changed settings"
     assert "pattennet fold 0 at " in changed.stderr and "setting trainer.max_epochs: 2 (stored) -> 3 (now)" in changed.stderr

@@ -104,7 +104,7 @@ def write_patch_cohort(
 
 def autoencoder_args(conf: str = "pattennet.yaml") -> dict[str, Any]:
     """The AutoencoderKL init_args of a test config (the fake checkpoint must match them)."""
-    cfg = yaml.safe_load((CONF / conf).read_text())
+    cfg = yaml.safe_load((CONF / conf).read_text(encoding="utf-8"))
     return cfg["model"]["init_args"]["net"]["init_args"]["encoder"]["init_args"]["autoencoder"]["init_args"]
 
 

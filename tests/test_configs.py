@@ -24,7 +24,7 @@ _MISSING = object()
 
 
 def _raw(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text()) or {}
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 def _flat(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:

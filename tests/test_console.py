@@ -106,7 +106,7 @@ def test_lightning_lines_are_printed_once_without_adverts() -> None:
         "warnings.warn('a warning of our own', FutureWarning)\n"
     )
     env = {**os.environ, "NEONET_LOG_LEVEL": "INFO"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert [line for line in lines if "GPU available" in line] == [

@@ -179,7 +179,7 @@ def test_rerun_is_noop_and_settings_need_force(cohort, tmp_path):
     with pytest.raises(NeonetError, match=r"setting shell_region: 'all' \(stored\) -> 'liver' \(now\)"):
         _crop(cases, runs, shell_mm=6.0, shell_region="liver")
     config = manifest_path.parent / "crop_config.json"
-    record = json.loads(config.read_text())
+    record = json.loads(config.read_text(encoding="utf-8"))
     old_format = {k: record[k] for k in ("cases", "experiment", "runs_dir")} | record["settings"]  # before neonet.run.provenance
     assert old_format.pop("shell_region") == "all"
     config.write_text(json.dumps(old_format))
@@ -187,7 +187,7 @@ def test_rerun_is_noop_and_settings_need_force(cohort, tmp_path):
     kept = {f: f.stat().st_mtime_ns for f in files if f not in (config, manifest_path)}
     _crop(cases, runs, shell_mm=6.0)  # no patch rewritten; the config (now a current record) and the manifest gain the key
     assert {f: f.stat().st_mtime_ns for f in files if f not in (config, manifest_path)} == kept
-    assert json.loads(config.read_text()) == record
+    assert json.loads(config.read_text(encoding="utf-8")) == record
     assert _manifest(manifest_path).loc["c1", "shell_region"] == "all"
 
     # "skip" leaves the tumour-free case without patch files
@@ -230,7 +230,7 @@ def test_liver_level_normalises_each_case_and_is_a_setting(cohort, tmp_path):
         assert float(frame.loc[cid, "intensity_scale"]) != 1.0 and frame.loc[cid, "intensity_reference"] == "patch"
         assert 0.4 < np.median(image[label == 1]) < 0.6 and image.max() <= 1.0
     assert frame.loc["c5", "status"].startswith("error")
-    config = json.loads((patches / "crop_config.json").read_text())
+    config = json.loads((patches / "crop_config.json").read_text(encoding="utf-8"))
     assert config["settings"]["liver_level"] == 0.5 and config["settings"]["liver_region"] == "patch"
     with pytest.raises(NeonetError, match="liver_level"):
         _crop(cases, runs)  # back to the volume scaling: a changed setting needs --force
@@ -264,12 +264,12 @@ def test_a_config_of_before_provenance_records_is_current_and_a_corrupt_one_need
     before = {f: f.stat().st_mtime_ns for f in patches}
     _crop(cases, runs)
     assert {f: f.stat().st_mtime_ns for f in patches} == before  # nothing cropped again
-    record = json.loads(ws.crop_config.read_text())
+    record = json.loads(ws.crop_config.read_text(encoding="utf-8"))
     assert record["provenance"] == 1 and record["cases"] == str(cases)
     settings = {k: v for k, v in old_format.items() if k not in ("cases", "experiment", "runs_dir")}
     assert record["settings"] == settings | {"liver_level": None, "liver_region": None, "shell_region": "all"}
 
-    ws.crop_config.write_text(ws.crop_config.read_text()[:40])  # a truncated record
+    ws.crop_config.write_text(ws.crop_config.read_text(encoding="utf-8")[:40])  # a truncated record
     with pytest.raises(
         UnreadableRecordError,
         match=r"crop_config\.json: unreadable record of the TLCR patch folder "
@@ -278,7 +278,7 @@ def test_a_config_of_before_provenance_records_is_current_and_a_corrupt_one_need
         _crop(cases, runs)
     assert {f: f.stat().st_mtime_ns for f in patches} == before
     _crop(cases, runs, force=True)
-    assert json.loads(ws.crop_config.read_text()) == record
+    assert json.loads(ws.crop_config.read_text(encoding="utf-8")) == record
 
 
 def test_crop_logs_the_patches_with_the_seg_models_to_wandb(cohort, tmp_path, monkeypatch, wandb_home):

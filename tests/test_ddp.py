@@ -50,14 +50,20 @@ def probe(out_dir: Path) -> str:
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "neonet", *args], env=fit_env(), capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", "neonet", *args],
+        env=fit_env(),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=timeout,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
 
 
 def rank_records(out_dir: Path) -> list[dict[str, Any]]:
-    records = [json.loads(p.read_text()) for p in sorted(out_dir.glob("rank*.json"))]
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(out_dir.glob("rank*.json"))]
     assert [r["rank"] for r in records] == [0, 1], records
     return records
 

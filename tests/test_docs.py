@@ -10,8 +10,8 @@ from pathlib import Path
 from neonet.run.cli import LIGHTNING_VERBS, PROJECT_VERBS
 
 REPO = Path(__file__).resolve().parents[1]
-README = (REPO / "README.md").read_text()
-MAKEFILE = (REPO / "Makefile").read_text()
+README = (REPO / "README.md").read_text(encoding="utf-8")
+MAKEFILE = (REPO / "Makefile").read_text(encoding="utf-8")
 
 
 def phony_targets() -> list[str]:

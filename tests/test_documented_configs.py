@@ -72,15 +72,15 @@ def test_parsers_find_what_they_should() -> None:
 
 @pytest.mark.parametrize("doc", [*DOCS, MAKEFILE], ids=lambda p: str(p.relative_to(REPO)))
 def test_every_config_path_a_document_names_exists(doc: Path) -> None:
-    named = documented_paths(doc.read_text())
+    named = documented_paths(doc.read_text(encoding="utf-8"))
     missing = sorted(p for p in named if not exists(p))
     assert not missing, f"{doc.relative_to(REPO)} names config(s) that do not exist: {missing}"
 
 
 def test_every_makefile_config_exists_in_each_experiments_folder() -> None:
-    makefile = MAKEFILE.read_text()
+    makefile = MAKEFILE.read_text(encoding="utf-8")
     names = makefile_configs(makefile)
     assert {"seg.yaml", "pattennet.yaml", "pattennet_hist.yaml", "baseline_densenet121.yaml"} <= names
-    folders = experiments_folders(makefile, [d.read_text() for d in DOCS])
+    folders = experiments_folders(makefile, [d.read_text(encoding="utf-8") for d in DOCS])
     missing = sorted(f"{folder}/{name}" for folder in folders for name in names if not (REPO / folder / name).is_file())
     assert not missing, f"Makefile targets use configs that do not exist: {missing}"

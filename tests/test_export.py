@@ -43,7 +43,7 @@ def case_files(experiment: dict, case_id: str) -> tuple[Path, Path]:
 
 def predict(image: Path, out: Path, source: list[str], *extra: str) -> dict:
     assert main(["predict-case", str(image), *source, "--out", str(out), *extra]) == 0
-    return json.loads((out / "prediction.json").read_text())
+    return json.loads((out / "prediction.json").read_text(encoding="utf-8"))
 
 
 def test_bundle_layout_metadata_and_provenance(bundle: dict) -> None:
@@ -58,7 +58,7 @@ def test_bundle_layout_metadata_and_provenance(bundle: dict) -> None:
         "models/seg_fold0.ts",
         "models/seg_fold1.ts",
     ]
-    meta = json.loads(paths.metadata.read_text())
+    meta = json.loads(paths.metadata.read_text(encoding="utf-8"))
     assert meta["version"] == "1.0.0" and meta["experiment"] == "test" and "git_sha" in meta and meta["neonet_version"]
     assert set(meta["network_data_format"]["inputs"]) == {"image"}
     assert set(meta["network_data_format"]["outputs"]) == {"pni_probability", "segmentation"}
@@ -66,7 +66,7 @@ def test_bundle_layout_metadata_and_provenance(bundle: dict) -> None:
     assert sorted(diffs) == ["pattennet_fold0", "pattennet_fold1", "seg_fold0", "seg_fold1"]
     assert all(d <= meta["export_check"]["tolerance"] for d in diffs.values())
 
-    config = json.loads(paths.inference.read_text())
+    config = json.loads(paths.inference.read_text(encoding="utf-8"))
     seg = config["segmentation"]["settings"]
     assert seg["spacing"] == [7.0, 7.0, 12.0] and seg["divisible"] == 8 and seg["orientation"] == "RAS"
     assert seg["intensity_percentiles"] == [0.5, 99.5] and seg["overlap"] == 0.25
@@ -79,9 +79,9 @@ def test_bundle_layout_metadata_and_provenance(bundle: dict) -> None:
             assert entry["sha256"] == sha256_file(paths.model(stage, k))
             assert entry["source_checkpoint"]["sha256"] == sha256_file(ws.best_checkpoint(stage, k))
             if stage == "pattennet":
-                trained = json.loads((ws.stage_dir(stage, k) / "artifact.json").read_text())
+                trained = json.loads((ws.stage_dir(stage, k) / "artifact.json").read_text(encoding="utf-8"))
                 assert 0.0 <= entry["val_threshold"] <= 1.0 and trained["status"] in ("complete", "fit-complete")
-    text = paths.inference.read_text() + paths.metadata.read_text()
+    text = paths.inference.read_text(encoding="utf-8") + paths.metadata.read_text(encoding="utf-8")
     assert "class_path" not in text and "_target_" not in text  # nothing in the JSON names code to build
 
 
@@ -145,8 +145,8 @@ def test_out_refused_unless_force_and_a_failed_export_keeps_the_old_bundle(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "notes"]  # no temporary folder left behind
     monkeypatch.undo()
     assert main([*base, "--out", str(out), "--force", "--version", "2.0.0"]) == 0
-    assert json.loads(BundlePaths(out).metadata.read_text())["version"] == "2.0.0"
-    assert json.loads(BundlePaths(out).inference.read_text())["classifier"] is None
+    assert json.loads(BundlePaths(out).metadata.read_text(encoding="utf-8"))["version"] == "2.0.0"
+    assert json.loads(BundlePaths(out).inference.read_text(encoding="utf-8"))["classifier"] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "notes"]
 
 
@@ -173,7 +173,7 @@ def test_tampered_bundle_is_refused_and_runs_no_pickle(bundle: dict, tmp_path: P
     err = capsys.readouterr().err
     assert str(target) in err and "not the one the bundle's inference.json records" in err
 
-    config = json.loads(paths.inference.read_text())  # even when inference.json is edited to match the pickle
+    config = json.loads(paths.inference.read_text(encoding="utf-8"))  # even when inference.json is edited to match the pickle
     config["classifier"]["models"][1]["sha256"] = sha256_file(target)
     write_json(paths.inference, config)
     assert main(args) == 2

@@ -19,7 +19,7 @@ DOC = REPO / "docs" / "extending.md"
 
 def doc_block(marker: str) -> str:
     """The fenced code block of docs/extending.md whose first line carries ``(extending: <marker>)``."""
-    for block in re.findall(r"```(?:python|yaml)\n(.*?)```", DOC.read_text(), flags=re.S):
+    for block in re.findall(r"```(?:python|yaml)\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S):
         if f"(extending: {marker})" in block.splitlines()[0]:
             return block
     raise AssertionError(f"docs/extending.md has no code block marked (extending: {marker})")
@@ -51,7 +51,7 @@ def test_a_classifier_network_added_as_the_doc_says_trains_and_is_reported_under
         f"--data.runs_dir={cohort['runs_dir']}",
         "--data.experiment=ext",
     ]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ws = cohort["ws"]
     for k in range(3):
@@ -67,4 +67,4 @@ def test_a_classifier_network_added_as_the_doc_says_trains_and_is_reported_under
     summary = pd.read_csv(ws.reports_dir / "cls_summary.csv")
     assert list(summary["stage"]) == ["tinycnn"] and list(summary["model"]) == ["tinycnn"]
     assert summary["n"].iloc[0] == 12  # every patient once, out of fold
-    assert "| tinycnn |" in (ws.reports_dir / "cls_report.md").read_text()
+    assert "| tinycnn |" in (ws.reports_dir / "cls_report.md").read_text(encoding="utf-8")

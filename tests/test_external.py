@@ -41,9 +41,9 @@ def test_report_files_and_one_case_recomputed(trained_experiment: dict, external
     """Every file is there; one case's Dice and ensemble probability match an independent computation."""
     for name in ("external.md", "external.json", "seg_metrics.csv", "seg_summary.json", "seg_summary.md", "predictions.csv"):
         assert (report / name).is_file(), name
-    doc = json.loads((report / "external.json").read_text())
+    doc = json.loads((report / "external.json").read_text(encoding="utf-8"))
     assert doc["folds"] == {"seg": [0, 1], "pattennet": [0, 1]} and doc["stages"] == ["seg", "pattennet"]
-    md = (report / "external.md").read_text()
+    md = (report / "external.md").read_text(encoding="utf-8")
     assert "folds 0, 1 (ensemble)" in md and "cohort_b" in md and "The experiment's split: 3 folds" in md
 
     cases = pd.read_csv(external, dtype=str).set_index("case_id")
@@ -55,7 +55,7 @@ def test_report_files_and_one_case_recomputed(trained_experiment: dict, external
     liver_p, liver_t = pred >= 1, truth >= 1
     dice = 2 * (liver_p & liver_t).sum() / (liver_p.sum() + liver_t.sum())
     assert seg.loc[cid, "dice_liver"] == pytest.approx(dice, abs=1e-6)
-    summary = json.loads((report / "seg_summary.json").read_text())
+    summary = json.loads((report / "seg_summary.json").read_text(encoding="utf-8"))
     assert summary["n_cases"] == len(cases)
     assert summary["dice_liver"]["mean"] == pytest.approx(seg["dice_liver"].mean())
 
@@ -70,7 +70,7 @@ def test_report_files_and_one_case_recomputed(trained_experiment: dict, external
     args = ["predict-case", str(external.parent / cases.loc[row["case_id"], "image"]), "--experiment", "test"]
     args += ["--runs_dir", str(trained_experiment["runs"]), "--out", str(one), "--folds", "[0,1]"]
     assert main([*args, "--mask", str(report / "masks" / f"{row['case_id']}.nii.gz"), "--device", "cpu"]) == 0
-    single = json.loads((one / "prediction.json").read_text())
+    single = json.loads((one / "prediction.json").read_text(encoding="utf-8"))
     assert single["pni_probability"] == pytest.approx(row["prob"], abs=1e-5)
     assert row["threshold"] == pytest.approx(np.mean(list(single["val_threshold_per_fold"].values())))
 
@@ -149,13 +149,13 @@ def test_seg_only_replaces_an_earlier_report(trained_experiment: dict, external:
     (folder / "predictions.csv").write_text("from an earlier run")
     assert evaluate(trained_experiment, external, "--name", "seg_only", "--stages", "seg", "--device", "cpu") == 0
     assert (folder / "seg_metrics.csv").is_file() and not (folder / "predictions.csv").exists()
-    assert json.loads((folder / "external.json").read_text())["folds"] == {"seg": [0, 1]}
+    assert json.loads((folder / "external.json").read_text(encoding="utf-8"))["folds"] == {"seg": [0, 1]}
     assert not list(folder.parent.glob(".seg_only.*"))  # no temporary folder left beside it
 
 
 def test_scans_compared_with_the_cohort_fingerprint(trained_experiment: dict, external: Path, report: Path) -> None:
     """Every external scan is measured inside its NeoSeg mask and compared with the experiment's cohort fingerprint."""
-    doc = json.loads((report / "external.json").read_text())
+    doc = json.loads((report / "external.json").read_text(encoding="utf-8"))
     assert doc["cohort_fingerprint"] == str(trained_experiment["ws"].cohort_fingerprint)
     assert trained_experiment["ws"].cohort_fingerprint.is_file()
     ood = pd.read_csv(report / "ood.csv", dtype={"case_id": str}).set_index("case_id")

@@ -252,7 +252,7 @@ def test_report_redraws_finished_stages_and_formats_p_values(tmp_path: Path) -> 
     assert ws.figure("curves_pattennet").is_file() and not ws.figure("curves_resnet18").exists()  # only finished stages
     delong = pd.read_csv(ws.reports_dir / "cls_delong.csv")
     assert (delong["p_value"] < 1e-4).any()
-    md = (ws.reports_dir / "cls_report.md").read_text()
+    md = (ws.reports_dir / "cls_report.md").read_text(encoding="utf-8")
     assert "< 0.0001" in md and "| 0.0000 |" not in md
     for p in delong["p_value"]:
         assert format_p(p) in md

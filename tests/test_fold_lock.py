@@ -52,6 +52,7 @@ def test_cv_refuses_a_fold_that_another_process_runs(tmp_path: Path) -> None:
         ],
         stdout=subprocess.PIPE,
         text=True,
+        encoding="utf-8",
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

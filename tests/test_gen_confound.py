@@ -192,7 +192,7 @@ def test_quality_discriminator_reads_training_patients_only(tmp_path, fake_gener
     assert set(disc_table["class"]) == {"PNI+", "PNI-"} and set(disc_table["fold"].astype(str)) == {"0", "pooled"}
     assert 0.0 <= table.loc[0, "disc_auc_intensity"] <= 1.0
     assert ws.gen_discriminator_report("png", "synthetic_both").is_file()
-    assert "## Real vs synthetic" in ws.gen_quality_report("md", synthetic="synthetic_both").read_text()
+    assert "## Real vs synthetic" in ws.gen_quality_report("md", synthetic="synthetic_both").read_text(encoding="utf-8")
     assert not ws.gen_quality_report().exists()  # the default set's report is another file
     with pytest.raises(ValueError, match="training patches only"):
         test_items = [{"case_id": c, "pni": 1, "patient_id": c, "image": torch.zeros(1, 2, 2, 2)} for c in split.test]

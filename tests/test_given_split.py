@@ -47,7 +47,7 @@ def test_given_split_is_one_fold_with_the_manifests_test_and_val_rows(tmp_path: 
     assert (
         fold.test == ("c08", "c09", "c10") and fold.val == ("c06", "c07") and fold.train == tuple(f"c{i:02d}" for i in range(6))
     )
-    doc = json.loads(Workspace(tmp_path / "runs", "given").splits_path.read_text())
+    doc = json.loads(Workspace(tmp_path / "runs", "given").splits_path.read_text(encoding="utf-8"))
     assert doc["folds"] == 1 and doc["given"] is True
     with pytest.raises(ValueError, match="folds 0..0"):
         get_fold(doc, 1)
@@ -86,9 +86,9 @@ def test_report_of_a_given_split_says_so_instead_of_an_sd(tmp_path: Path) -> Non
         {"case_id": test, "patient_id": test, "fold": 0, "y_true": y, "prob": prob, "logit": np.log(prob / (1 - prob))}
     ).assign(threshold_youden_val=0.5).to_csv(path, index=False)
     doc = report("given", runs_dir=runs, n_boot=50, log_wandb=False)
-    md = (ws.reports_dir / "cls_report.md").read_text()
+    md = (ws.reports_dir / "cls_report.md").read_text(encoding="utf-8")
     assert doc["folds_text"] == "1 fold, given split" and "(1 fold, given split)" in md
-    assert "± nan" not in md and "nan" not in (ws.reports_dir / "cls_ablation.csv").read_text()
+    assert "± nan" not in md and "nan" not in (ws.reports_dir / "cls_ablation.csv").read_text(encoding="utf-8")
 
 
 def test_check_data_names_a_bad_split_value(tmp_path: Path) -> None:

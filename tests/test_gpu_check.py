@@ -25,9 +25,15 @@ import gpu_check  # noqa: E402  (a script beside its worker gpu_check_step.py, n
 def _run(out: Path, *args: str) -> tuple[dict[str, Any], str, str]:
     """The script as a user runs it; (its JSON, its markdown, what it printed)."""
     cmd = [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(out), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, encoding="utf-8", timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text(), proc.stdout
+    return (
+        json.loads((out / "gpu_check.json").read_text(encoding="utf-8")),
+        (out / "gpu_check.md").read_text(encoding="utf-8"),
+        proc.stdout,
+    )
 
 
 def _check_measured(result: dict[str, Any], md: str, stdout: str, precisions: list[str]) -> None:
@@ -92,14 +98,14 @@ def test_a_spent_budget_skips_with_notes_and_still_writes(tmp_path: Path) -> Non
     """No time left: nothing is started, every stage and fit is recorded as skipped, the files are written."""
     out = tmp_path / "out"
     gpu_check.main(["--device", "cpu", "--tiny", "--budget_s", "0", "--out", str(out)])
-    result = json.loads((out / "gpu_check.json").read_text())
+    result = json.loads((out / "gpu_check.json").read_text(encoding="utf-8"))
     assert all("time budget" in r["skipped"] for r in result["stages"].values())
     assert list(result["stages"]) == list(gpu_check.STAGES)
     assert result["fits"]["setup"]["synth"]["status"] == "skipped"
     assert {r["status"] for r in result["fits"]["stages"].values()} == {"skipped"}
     assert len(result["notes"]) == 2 * len(gpu_check.STAGES)
     assert not result["projection"]["complete"] and result["projection"]["total_seconds"] == 0
-    assert "time budget" in (out / "gpu_check.md").read_text()
+    assert "time budget" in (out / "gpu_check.md").read_text(encoding="utf-8")
     assert not (out / "fit_logs" / "seg.log").exists()
 
 

@@ -57,7 +57,7 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 def _lines(cases_csv: Path) -> list[str]:
-    return cases_csv.read_text().splitlines()
+    return cases_csv.read_text(encoding="utf-8").splitlines()
 
 
 # --------------------------------------------------------------------------------------- row 1

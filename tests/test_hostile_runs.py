@@ -110,7 +110,7 @@ def test_truncated_artifact_and_splits_name_the_file_and_the_way_on(
     runs = tmp_path / "runs"
     ws = fabricated_fold(phantom_cohort, runs)
     artifact = ws.artifact_path("seg", 0)
-    artifact.write_text(artifact.read_text()[:40])
+    artifact.write_text(artifact.read_text(encoding="utf-8")[:40])
     before = stamps(tmp_path)
     code, err = run_cli(cv_args(phantom_cohort, runs), capsys)
     assert code == 2 and "Traceback" not in err and "JSONDecodeError" not in err
@@ -121,7 +121,7 @@ def test_truncated_artifact_and_splits_name_the_file_and_the_way_on(
     assert code == 2 and f"{artifact}: cannot read this JSON file" in err
     assert stamps(tmp_path) == before  # nothing written, nothing lost
 
-    ws.splits_path.write_text(ws.splits_path.read_text()[:100])
+    ws.splits_path.write_text(ws.splits_path.read_text(encoding="utf-8")[:100])
     before = stamps(tmp_path)
     code, err = run_cli(cv_args(phantom_cohort, runs), capsys)
     assert code == 2 and "Traceback" not in err
@@ -219,7 +219,7 @@ def test_moved_project_is_not_a_settings_change(
 ) -> None:
     """The fold's config.yaml holds absolute paths of the old place (cohort, runs folder); both moved together."""
     cases, runs, ws = copy_project(trained_fold, tmp_path, "old_place")
-    saved = yaml.safe_load(ws.config_path("seg", 0).read_text())
+    saved = yaml.safe_load(ws.config_path("seg", 0).read_text(encoding="utf-8"))
     assert saved["data"]["init_args"]["runs_dir"] == str(trained_fold / "runs")
     shutil.move(str(tmp_path / "old_place"), str(tmp_path / "new_place"))
     cases, runs, ws = (
@@ -263,13 +263,17 @@ def test_lock_names_the_live_fit_child_after_the_cv_driver_is_killed(tmp_path: P
     lock = Workspace(tmp_path / "runs", EXPERIMENT).fold_lock("seg", 0)
     lock.parent.mkdir(parents=True)
     driver = subprocess.Popen(
-        [sys.executable, "-c", LOCK_DRIVER, str(lock), LOCK_CHILD], stdout=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", LOCK_DRIVER, str(lock), LOCK_CHILD],
+        stdout=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        start_new_session=True,
     )
     child_pid = int(driver.stdout.readline())
     try:
         deadline = time.time() + 30
-        while "neonet fit" not in lock.read_text():  # the child adopted the lock cv holds
-            assert time.time() < deadline, lock.read_text()
+        while "neonet fit" not in lock.read_text(encoding="utf-8"):  # the child adopted the lock cv holds
+            assert time.time() < deadline, lock.read_text(encoding="utf-8")
             time.sleep(0.1)
         os.kill(driver.pid, signal.SIGKILL)  # the cv driver dies; its fit child trains on
         driver.wait()
@@ -308,6 +312,7 @@ def test_a_second_fit_of_a_fold_in_progress_is_refused(
         ],
         stdout=subprocess.PIPE,
         text=True,
+        encoding="utf-8",
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

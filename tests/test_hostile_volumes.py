@@ -134,7 +134,12 @@ def _run_child(code: str, env: dict[str, str] | None = None, timeout: float = 12
     """Run ``code`` in a fresh interpreter (neonet from this checkout); it prints one JSON line last."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled", **(env or {})}
     done = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS_KB + textwrap.dedent(code)], capture_output=True, text=True, env=full_env, timeout=timeout
+        [sys.executable, "-c", PEAK_RSS_KB + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=full_env,
+        timeout=timeout,
     )
     assert done.returncode == 0, f"child failed:\n{done.stdout}\n{done.stderr}"
     assert "Traceback" not in done.stderr, done.stderr
@@ -249,7 +254,7 @@ def test_singleton_4th_axis_is_squeezed_everywhere(cohort: Path, cropped: Path, 
     assert main([*args, "--mask", str(label), "--classifier", "none"]) == 0
     seg = nib.load(str(out / "segmentation.nii.gz"))
     assert seg.shape == (48, 48, 16) and np.allclose(seg.affine, src.affine)
-    assert json.loads((out / "prediction.json").read_text())["tumor_found"]
+    assert json.loads((out / "prediction.json").read_text(encoding="utf-8"))["tumor_found"]
 
 
 def test_real_4d_volume_is_refused_with_the_way_on(cohort: Path, cropped: Path, tmp_path: Path) -> None:
@@ -487,7 +492,12 @@ def test_fuzzed_nifti_headers_are_reported_or_pass_never_crash(tmp_path: Path) -
     script.write_text(PEAK_RSS_KB + FUZZ_CHILD)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled"}
     done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), "150", "20"], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, str(script), str(tmp_path), "150", "20"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

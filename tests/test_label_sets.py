@@ -108,5 +108,5 @@ def test_chaos_liver_masks_serve_neoseg_only(tmp_path: Path) -> None:
     base = ["check-data", "--cases", str(tmp_path / "cases.csv"), "--require_pni", "false", "--tumor", "[]", "--other", "[2,3,4]"]
     assert main([*base, "--stage", "seg"]) == 0
     assert main([*base, "--stage", "crop", "--report", str(tmp_path / "r.json")]) == 1
-    cases = json.loads((tmp_path / "r.json").read_text())["cases"]
+    cases = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["cases"]
     assert [c["case_id"] for c in cases if not c["crop"]] == list(frame["case_id"])

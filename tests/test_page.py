@@ -66,12 +66,12 @@ class Tables(HTMLParser):
 
 def tables_of(page: Path) -> dict[str, list[pd.DataFrame]]:
     parser = Tables()
-    parser.feed(page.read_text())
+    parser.feed(page.read_text(encoding="utf-8"))
     return {s: [pd.DataFrame(t[1:], columns=t[0]) for t in ts] for s, ts in parser.tables.items()}
 
 
 def section_html(page: Path, section: str) -> str:
-    match = re.search(rf'<section id="{section}">(.*?)</section>', page.read_text(), re.S)
+    match = re.search(rf'<section id="{section}">(.*?)</section>', page.read_text(encoding="utf-8"), re.S)
     assert match, f"no section {section}"
     return match.group(1)
 
@@ -218,13 +218,13 @@ def test_report_writes_the_page_with_each_stage_and_its_numbers(experiment) -> N
     assert record["sections"]["cohort"][0][-1]["test PNI+"] == int(pni.sum())
     # synthesis never ran: a line that says so and names the make target, not an error
     assert "not run — run <code>make synthesize</code>" in section_html(page, "synthesize")
-    assert 'class="problem"' not in page.read_text()
+    assert 'class="problem"' not in page.read_text(encoding="utf-8")
 
 
 def test_page_figures_provenance_and_wandb(experiment) -> None:
     ws: Workspace = experiment["ws"]
     page = ws.page
-    text = page.read_text()
+    text = page.read_text(encoding="utf-8")
     srcs = re.findall(r'<img src="([^"]+)"', text)
     assert len(srcs) == len(ws.report_figures()) >= 8  # every PNG, whatever its name
     assert "<b>" not in text and "seg_dice_&lt;b&gt;&amp;#1" in text  # the odd name escaped ...
@@ -264,7 +264,7 @@ def test_page_without_classifiers_and_with_a_damaged_report(tmp_path: Path, phan
     with pytest.raises(NeonetError, match="no test predictions"):  # no experiment at all: nothing written
         report("absent", ws.runs_dir, log_wandb=False)
     assert not (ws.runs_dir / "absent").exists()
-    write_text(ws.splits_path, ws.splits_path.read_text()[:40])  # damaged: named in the cohort section
+    write_text(ws.splits_path, ws.splits_path.read_text(encoding="utf-8")[:40])  # damaged: named in the cohort section
     cohort = section_html(write_page(ws), "cohort")
     assert 'class="problem"' in cohort and "splits.json" in cohort
     assert "not run — run <code>make crop</code>" in section_html(ws.page, "crop")

@@ -46,16 +46,16 @@ def test_predict_case_and_its_bundle_run_the_variant(variant: dict, tmp_path: Pa
 
     out = tmp_path / "runs_pred"
     assert main(["predict-case", str(image), *runs, "--mask", str(label), "--out", str(out)]) == 0
-    ref = json.loads((out / "prediction.json").read_text())
+    ref = json.loads((out / "prediction.json").read_text(encoding="utf-8"))
     assert ref["classifier"]["stage"] == "pattennet_hist" and ref["classifier"]["folds"] == [0]
     assert 0.0 <= ref["pni_probability"] <= 1.0 and ref["saliency"]["layer"] == "attention.1"
     assert (out / "saliency.nii.gz").is_file() and (out / "patch_label.nii.gz").is_file()
 
     bundle = tmp_path / "bundle"
     assert main(["export", *runs, "--out", str(bundle)]) == 0
-    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config = json.loads((bundle / "configs" / "inference.json").read_text(encoding="utf-8"))
     assert config["classifier"]["stage"] == "pattennet_hist" and config["classifier"]["settings"]["label_channel"] is True
     out = tmp_path / "bundle_pred"
     assert main(["predict-case", str(image), "--bundle", str(bundle), "--mask", str(label), "--out", str(out)]) == 0
-    got = json.loads((out / "prediction.json").read_text())
+    got = json.loads((out / "prediction.json").read_text(encoding="utf-8"))
     assert got["pni_probability"] == pytest.approx(ref["pni_probability"], abs=1e-5)

@@ -145,7 +145,7 @@ def known(tmp_path_factory):
 
 def test_fingerprint_numbers_on_known_volumes(known):
     _, out, img, lab = known
-    plans = json.loads(out.read_text())
+    plans = json.loads(out.read_text(encoding="utf-8"))
     cases = {c["case_id"]: c for c in plans["per_case"]}
     assert plans["counts"] == {"cases": 4, "with_tumor": 2, "without_tumor": 1, "without_label": 1}
     assert cases["c"]["status"] == "no_tumor" and cases["d"]["status"] == "no_label"
@@ -161,7 +161,7 @@ def test_fingerprint_numbers_on_known_volumes(known):
     frame = pd.read_csv(out.with_suffix(".csv")).set_index("case_id")
     assert frame.loc["a", "n_tumors"] == 2 and frame.loc["c", "n_tumors"] == 0
     assert frame.loc["b", "largest_extent_x_mm"] == 10.5
-    assert out.with_suffix(".md").read_text().startswith("# neonet plan")
+    assert out.with_suffix(".md").read_text(encoding="utf-8").startswith("# neonet plan")
     assert out.with_suffix(".png").stat().st_size > 1000
     demo = plans["crop_configs"][0]
     assert demo["config"].endswith("experiments/demo/crop.yaml") and demo["patch_size"] == [32, 32, 16]
@@ -201,7 +201,7 @@ def phantom6(phantom_cohort, tmp_path_factory) -> Path:
 def planned(phantom6, tmp_path_factory):
     runs = tmp_path_factory.mktemp("plan_runs")
     assert main(["plan", "--cases", str(phantom6), "--experiment", "p", "--runs_dir", str(runs), "--crop_configs", "[]"]) == 0
-    return runs, json.loads(Workspace(runs, "p").plans_file("json").read_text())
+    return runs, json.loads(Workspace(runs, "p").plans_file("json").read_text(encoding="utf-8"))
 
 
 def test_phantom_plan_matches_the_label_files(phantom6, planned):
@@ -300,7 +300,7 @@ def test_real_scans_without_tumours_are_counted_and_their_thick_slices_are_aniso
     rows = [f"chaos{k},{folder / f'image_{k}.nii.gz'},{folder / f'label_{k}.nii.gz'},\n" for k in (1, 2, 3)]
     manifest.write_text("case_id,image,label,pni\n" + "".join(rows))
     out = plan(manifest, out=tmp_path / "plans.json", crop_configs=[], tumor=[], other=[2, 3, 4])
-    plans = json.loads(out.read_text())
+    plans = json.loads(out.read_text(encoding="utf-8"))
     assert plans["counts"] == {"cases": 3, "with_tumor": 0, "without_tumor": 3, "without_label": 0}
     assert plans["target_spacing"]["anisotropic_axis"] == "z" and plans["target_spacing"]["spacing"] == [1.25, 1.25, 7.7]
     assert plans["tlcr"]["patch_size"] is None and plans["tlcr"]["n_tumors"] == 0
@@ -308,4 +308,4 @@ def test_real_scans_without_tumours_are_counted_and_their_thick_slices_are_aniso
     label = np.asarray(nib.load(str(folder / "label_2.nii.gz")).dataobj)
     expected = np.percentile(image[np.rint(label) == 1], [0.5, 50, 99.5])
     assert list(plans["per_case"][1]["liver_percentiles"].values()) == pytest.approx(expected)
-    assert "| tumour volume (ml) | - | - | - |" in out.with_suffix(".md").read_text()
+    assert "| tumour volume (ml) | - | - | - |" in out.with_suffix(".md").read_text(encoding="utf-8")

@@ -66,7 +66,7 @@ def test_folder_of_three_scans_gives_folders_summary_and_names_the_failure(batch
     assert list(summary["status"].sort_index()) == sorted(["failed", "ok", "ok"])
     assert "not a readable NIfTI" in summary.loc["broken", "error"]
     for name in ("new_patient", batch["by_id"]):
-        record = json.loads((batch["out"] / name / "prediction.json").read_text())
+        record = json.loads((batch["out"] / name / "prediction.json").read_text(encoding="utf-8"))
         assert summary.loc[name, "output_dir"] == str(batch["out"] / name)
         assert summary.loc[name, "pni_probability"] == pytest.approx(record["pni_probability"])
         assert summary.loc[name, "liver_volume_ml"] == pytest.approx(record["segmentation"]["liver_volume_ml"])
@@ -76,7 +76,7 @@ def test_folder_of_three_scans_gives_folders_summary_and_names_the_failure(batch
 def test_renamed_training_scan_is_recognised_with_its_out_of_fold_probability(batch: dict, tested: dict) -> None:
     """Matched by content; its out-of-fold probability is the one `neonet report` reads; the ensemble's folds that
     trained on it are named."""
-    record = json.loads((batch["out"] / "new_patient" / "prediction.json").read_text())
+    record = json.loads((batch["out"] / "new_patient" / "prediction.json").read_text(encoding="utf-8"))
     cohort = record["cohort"]
     assert cohort["case_id"] == batch["renamed"] and cohort["matched_by"] == ["content"]
     oof = load_predictions(tested["ws"], ["pattennet"]).set_index("case_id").loc[batch["renamed"]]
@@ -87,7 +87,7 @@ def test_renamed_training_scan_is_recognised_with_its_out_of_fold_probability(ba
     summary = pd.read_csv(batch["out"] / "summary.csv", dtype={"case_id": str, "cohort_case": str}).set_index("case_id")
     assert summary.loc["new_patient", "cohort_case"] == batch["renamed"]
     assert summary.loc["new_patient", "out_of_fold_probability"] == pytest.approx(float(oof["prob"]))
-    by_id = json.loads((batch["out"] / batch["by_id"] / "prediction.json").read_text())["cohort"]
+    by_id = json.loads((batch["out"] / batch["by_id"] / "prediction.json").read_text(encoding="utf-8"))["cohort"]
     assert by_id["case_id"] == batch["by_id"] and by_id["matched_by"] == ["content", "case_id"]
     assert by_id["content_differs"] is False
 
@@ -136,11 +136,11 @@ def test_phantom_scans_of_the_training_distribution_are_not_flagged(tested: dict
     new = synth(tmp_path / "new", cases=3, seed=7, pni_fraction=0.5, shape=(48, 48, 16), spacing=(7.0, 7.0, 12.0))
     summary = predict_folder(tested, new.parent / "images", tmp_path / "out")
     assert len(summary) == 3 and list(summary["ood_flags"]) == ["", "", ""]
-    fingerprint = json.loads(tested["ws"].cohort_fingerprint.read_text())
+    fingerprint = json.loads(tested["ws"].cohort_fingerprint.read_text(encoding="utf-8"))
     assert fingerprint["n_cases"] == 12 and fingerprint["ranges"]["confidence"] is not None
     measured = [c for c in fingerprint["cases"] if c["mask"].startswith("neoseg")]
     assert len(measured) == 8 and all(0.3 < c["confidence"] <= 1.0 for c in measured)
-    record = json.loads((tmp_path / "out" / summary["case_id"][0] / "prediction.json").read_text())
+    record = json.loads((tmp_path / "out" / summary["case_id"][0] / "prediction.json").read_text(encoding="utf-8"))
     assert record["out_of_distribution"]["flags"] == [] and record["out_of_distribution"]["measured"]["spacing_z"] == 12.0
 
 
@@ -161,7 +161,7 @@ def test_real_t2_scans_are_flagged(tested: dict, tmp_path: Path) -> None:
     assert len(summary) == len(images) >= 14 and all(summary["ood_flags"] != ""), summary[["case_id", "ood_flags"]]
     # not only their spacing: the liver's intensities also lie outside the phantom's (another sequence)
     assert all("liver_p" in flags for flags in summary["ood_flags"]), summary[["case_id", "ood_flags"]]
-    record = json.loads((tmp_path / "out" / "real00" / "prediction.json").read_text())
+    record = json.loads((tmp_path / "out" / "real00" / "prediction.json").read_text(encoding="utf-8"))
     flag = record["out_of_distribution"]["flags"][0]
     assert set(flag) == {"check", "measured", "cohort_range", "allowed", "message"} and flag["cohort_range"] is not None
     assert any(w.startswith("outside the training cohort") for w in record["warnings"])

@@ -34,7 +34,7 @@ def experiment(trained_experiment: dict) -> dict:
 def run(image: Path, experiment: dict, out: Path, *extra: str) -> dict:
     args = ["predict-case", str(image), "--experiment", "test", "--runs_dir", str(experiment["runs"]), "--out", str(out)]
     assert main([*args, "--folds", FOLDS, *extra]) == 0
-    return json.loads((out / "prediction.json").read_text())
+    return json.loads((out / "prediction.json").read_text(encoding="utf-8"))
 
 
 def case_files(experiment: dict, case_id: str) -> tuple[Path, Path]:
@@ -210,7 +210,7 @@ def test_trained_neoseg_finds_the_tumour_of_a_new_non_ras_case(tmp_path: Path) -
         main(["predict-case", str(image), "--experiment", "test", "--runs_dir", str(runs), "--folds", "[0]", "--out", str(out)])
         == 0
     )
-    result = json.loads((out / "prediction.json").read_text())
+    result = json.loads((out / "prediction.json").read_text(encoding="utf-8"))
     assert result["tumor_found"] is True and list(result["pni_probability_per_fold"]) == ["0"]
     seg = assert_input_space(out / "segmentation.nii.gz", image)
     assert nib.aff2axcodes(seg.affine) == ("L", "P", "S")

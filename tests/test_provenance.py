@@ -40,7 +40,7 @@ def record(tmp_path: Path) -> Provenance:
 def test_record_round_trip(tmp_path: Path, record: Provenance) -> None:
     path = tmp_path / "out" / "record.json"
     assert record.write(path)
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     assert data["provenance"] == 1 and data["created"] == "today" and data["settings"]["spacing"] == [1.0, 1.0, 2.0]
     assert data["inputs"]["controlnet checkpoint"]["sha256"] == record.inputs["controlnet checkpoint"].sha256
     back = read_provenance(path, "the output")

@@ -124,7 +124,7 @@ def _copy(experiment: dict[str, Any], tmp_path: Path) -> tuple[Path, Workspace]:
 
 def test_writes_what_the_classifier_report_reads(experiment: dict[str, Any]) -> None:
     ws: Workspace = experiment["ws"]
-    splits = json.loads(ws.splits_path.read_text())
+    splits = json.loads(ws.splits_path.read_text(encoding="utf-8"))
     for k in range(3):
         art = ws.read_artifact("radiomics", k)
         assert art is not None and art["status"] == "complete"
@@ -136,7 +136,7 @@ def test_writes_what_the_classifier_report_reads(experiment: dict[str, Any]) -> 
         features = pd.read_csv(ws.radiomics_features("radiomics", k), dtype={"case_id": str})
         assert set(features["case_id"][features["split"] == "val"]) == set(splits["splits"][k]["val"])
         assert "tumour.morph_sphericity" in features and "shell.stat_mean" in features
-        model = json.loads(ws.radiomics_model("radiomics", k).read_text())
+        model = json.loads(ws.radiomics_model("radiomics", k).read_text(encoding="utf-8"))
         assert model["C"] in (0.01, 1.0, 100.0) and len(model["coefficients"]) == features.shape[1] - 4
     oof = load_predictions(ws, ["radiomics"])  # also checks every prediction is out-of-fold per splits.json
     assert len(oof) == 12
@@ -149,17 +149,17 @@ def test_writes_what_the_classifier_report_reads(experiment: dict[str, Any]) -> 
 def test_test_patients_never_reach_the_fold_model(experiment: dict[str, Any], tmp_path: Path) -> None:
     """Scramble fold 0's test patches and re-fit fold 0: its model (statistics, C, coefficients) stays the same."""
     runs, ws = _copy(experiment, tmp_path)
-    before = ws.radiomics_model("radiomics", 0).read_text()
+    before = ws.radiomics_model("radiomics", 0).read_text(encoding="utf-8")
     preds_before = pd.read_csv(ws.test_predictions("radiomics", 0))
     manifest = pd.read_csv(ws.patches_manifest, dtype={"case_id": str}).set_index("case_id")
     rng = np.random.default_rng(0)
-    for case in json.loads(ws.splits_path.read_text())["splits"][0]["test"]:
+    for case in json.loads(ws.splits_path.read_text(encoding="utf-8"))["splits"][0]["test"]:
         path = ws.patches_dir / manifest.loc[case, "image"]
         img = nib.load(path)
         data = np.asarray(img.dataobj, dtype=np.float32)
         nib.save(nib.Nifti1Image(data * rng.uniform(0.2, 3.0, size=data.shape).astype(np.float32), img.affine), path)
     assert _run(runs, experiment["cases"], "--folds", "0", "--force", "--report=false") == 0
-    assert ws.radiomics_model("radiomics", 0).read_text() == before
+    assert ws.radiomics_model("radiomics", 0).read_text(encoding="utf-8") == before
     assert not np.allclose(pd.read_csv(ws.test_predictions("radiomics", 0))["prob"], preds_before["prob"])
 
 
@@ -177,7 +177,7 @@ def test_rerun_skips_and_other_settings_are_refused(
     assert "setting bins: 16 (stored) -> 8 (now)" in err and "--force" in err
     assert [sha256_file(f) for f in files] == digests  # nothing written
     assert _run(runs, experiment["cases"], "--bins", "8", "--force", "--report=false") == 0
-    assert json.loads(ws.radiomics_record("radiomics", 1).read_text())["settings"]["bins"] == 8
+    assert json.loads(ws.radiomics_record("radiomics", 1).read_text(encoding="utf-8"))["settings"]["bins"] == 8
 
 
 def test_refuses_another_models_folder_and_names_missing_patches(

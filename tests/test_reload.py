@@ -54,7 +54,7 @@ def copy_fold(ws: Workspace, stage: str, fold: int, root: Path) -> Workspace:
 
 def edit_config(ws: Workspace, stage: str, fold: int, edit) -> Path:
     path = ws.stage_dir(stage, fold) / "config.yaml"
-    cfg = yaml.safe_load(path.read_text())
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     edit(cfg)
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -94,7 +94,7 @@ def test_seg_fold_reloads_with_the_trained_weights_and_outputs(trained_experimen
     assert own.keys() == stored.keys() and all(torch.equal(own[k], stored[k]) for k in stored)
 
     # the same network built by hand from tests/conf/seg.yaml, with the checkpoint's weights
-    net_args = yaml.safe_load((CONF / "seg.yaml").read_text())["model"]["init_args"]["net"]["init_args"]
+    net_args = yaml.safe_load((CONF / "seg.yaml").read_text(encoding="utf-8"))["model"]["init_args"]["net"]["init_args"]
     reference = SegModule(net=DynUNet(**net_args), min_tumor_voxels=0)
     reference.load_state_dict(stored, strict=True)
     x = torch.rand(1, 1, 32, 32, 16, generator=torch.Generator().manual_seed(0))

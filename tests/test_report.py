@@ -164,8 +164,8 @@ def test_report_files_and_ablation_table(reported) -> None:
     assert set(ablation.index) == {"pattennet", "resnet18"}
     assert ablation.loc["resnet18", "real + synthetic"] == "not run"
     assert ablation.loc["pattennet", "real + synthetic"].startswith(f"{doc['summary'][1]['auc_pooled']:.3f}")
-    assert json.loads((out / "cls_report.json").read_text())["stages"][0] == "pattennet"
-    md = (out / "cls_report.md").read_text()
+    assert json.loads((out / "cls_report.json").read_text(encoding="utf-8"))["stages"][0] == "pattennet"
+    md = (out / "cls_report.md").read_text(encoding="utf-8")
     assert "## Ablation" in md and "## DeLong" in md and "| pattennet |" in md
 
 
@@ -243,7 +243,7 @@ def test_report_uses_clustered_delong_when_groups_hold_several_cases(tmp_path: P
     assert row["p_value"] != pytest.approx(delong_test(a["y_true"], a["prob"], b["prob"])["p_value"], rel=1e-3)
     summary = pd.read_csv(ws.reports_dir / "cls_summary.csv").set_index("stage").loc["pattennet"]
     assert summary["auc_delong_lo"] == pytest.approx(delong_ci(a["y_true"], a["prob"], clusters=ids)[1], rel=1e-9)
-    assert "Obuchowski" in (ws.reports_dir / "cls_report.md").read_text()
+    assert "Obuchowski" in (ws.reports_dir / "cls_report.md").read_text(encoding="utf-8")
 
 
 def test_report_shows_folds_that_score_on_different_scales(tmp_path: Path) -> None:
@@ -266,7 +266,7 @@ def test_report_shows_folds_that_score_on_different_scales(tmp_path: Path) -> No
     assert mine.loc[2, "logit_median_neg"] - mine.loc[0, "logit_median_neg"] == pytest.approx(4.0, abs=1.0)
     summary = pd.read_csv(ws.reports_dir / "cls_summary.csv").set_index("stage")
     assert summary.loc["pattennet", "auc_mean"] - summary.loc["pattennet", "auc_pooled"] > 0.03
-    md = (ws.reports_dir / "cls_report.md").read_text()
+    md = (ws.reports_dir / "cls_report.md").read_text(encoding="utf-8")
     assert "pattennet: fold mean" in md and "resnet18: fold mean" not in md  # unshifted resnet18 pools fine
     png = ws.reports_dir / "scores_pattennet.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -286,6 +286,6 @@ def test_report_flags_a_stage_that_ranks_against_the_labels(tmp_path: Path) -> N
     assert summary.loc["resnet18", "auc_pooled"] == pytest.approx(brute_auc(y, p), abs=1e-12)
     assert summary.loc["resnet18", "auc_pooled"] == pytest.approx(1 - summary.loc["pattennet", "auc_pooled"], abs=1e-12)
     assert summary.loc["resnet18", "auc_ci_hi"] < 0.5
-    md = (ws.reports_dir / "cls_report.md").read_text()
+    md = (ws.reports_dir / "cls_report.md").read_text(encoding="utf-8")
     note = md.split("Pooled AUC below chance", 1)
     assert len(note) == 2 and "resnet18: 0." in note[1].split("\n")[0] and "pattennet:" not in note[1].split("\n")[0]

@@ -70,7 +70,7 @@ def test_sigkill_mid_epoch_then_cv_resumes_and_rerun_is_noop(phantom_cohort: Pat
     try:
         deadline = time.time() + 240
         while not marker.exists():
-            assert proc.poll() is None, (tmp_path / "killed-fit.log").read_text()[-4000:]
+            assert proc.poll() is None, (tmp_path / "killed-fit.log").read_text(encoding="utf-8")[-4000:]
             assert time.time() < deadline, "the fit never reached the kill step"
             time.sleep(0.2)
         os.kill(proc.pid, signal.SIGKILL)
@@ -81,7 +81,7 @@ def test_sigkill_mid_epoch_then_cv_resumes_and_rerun_is_noop(phantom_cohort: Pat
         log.close()
     assert proc.returncode == -signal.SIGKILL
 
-    step, batch_idx = (int(v) for v in marker.read_text().split())
+    step, batch_idx = (int(v) for v in marker.read_text(encoding="utf-8").split())
     killed = torch.load(ws.last_checkpoint("seg", FOLD), map_location="cpu", weights_only=False)
     assert killed["global_step"] == step == KILL_AT_STEP
     assert batch_idx > 0, "the kill must come mid-epoch"
@@ -90,7 +90,7 @@ def test_sigkill_mid_epoch_then_cv_resumes_and_rerun_is_noop(phantom_cohort: Pat
     assert ws.read_artifact("seg", FOLD) is None  # a killed fit never claims to be finished
 
     cv = [sys.executable, "-m", "neonet", "cv", "--config", str(SEG), "--folds", str(FOLD), "--", *common]
-    first = subprocess.run(cv, env=fit_env(), capture_output=True, text=True, timeout=400, check=False)
+    first = subprocess.run(cv, env=fit_env(), capture_output=True, text=True, encoding="utf-8", timeout=400, check=False)
     out = first.stdout + first.stderr
     assert first.returncode == 0, out[-6000:]
     assert f"fold {FOLD}: resuming from {ws.last_checkpoint('seg', FOLD)}" in out
@@ -108,7 +108,7 @@ def test_sigkill_mid_epoch_then_cv_resumes_and_rerun_is_noop(phantom_cohort: Pat
 
     before = file_stamps(runs)
     start = time.time()
-    again = subprocess.run(cv, env=fit_env(), capture_output=True, text=True, timeout=200, check=False)
+    again = subprocess.run(cv, env=fit_env(), capture_output=True, text=True, encoding="utf-8", timeout=200, check=False)
     assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
     assert f"fold {FOLD}: seg already complete" in again.stderr
     assert "nothing new to summarise" in again.stderr

@@ -134,7 +134,7 @@ def test_report_gives_each_seed_and_the_maximum_fold_auc(tmp_path: Path) -> None
     summary = pd.read_csv(ws.reports_dir / "cls_summary.csv").set_index("stage")
     fold_aucs = [auc(g["y_true"].to_numpy(), g["prob"].to_numpy()) for _, g in frames["resnet18"].groupby("fold")]
     assert summary.loc["resnet18", "auc_fold_max"] == pytest.approx(max(fold_aucs)) and max(fold_aucs) > min(fold_aucs)
-    md = (ws.reports_dir / "cls_report.md").read_text()
+    md = (ws.reports_dir / "cls_report.md").read_text(encoding="utf-8")
     assert "auc_fold_max (optimistic)" in md and "the figure the NeoNet paper reports" in md
 
     per_seed = pd.read_csv(ws.reports_dir / "cls_seeds.csv")
@@ -185,19 +185,19 @@ def test_cv_seeds_trains_each_seed_in_its_own_folder_then_reports(tmp_path: Path
         "--model.net.init_args.widen_factor=0.125",
     ]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "NEONET_LOG_LEVEL": "INFO"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for stage, seed in (("resnet18", 0), ("resnet18_seed3", 3)):
         assert ws.read_artifact(stage, 2) is None
         for k in (0, 1):
             art = ws.read_artifact(stage, k)
             assert art["status"] == "complete" and art["training_seed"] == seed
-            assert yaml.safe_load(ws.config_path(stage, k).read_text())["seed_everything"] == seed
+            assert yaml.safe_load(ws.config_path(stage, k).read_text(encoding="utf-8"))["seed_everything"] == seed
             assert ws.test_predictions(stage, k).is_file() and ws.cv_log(stage, k).is_file()
     splits = [ws.read_artifact(s, 0)["test_cases"] for s in ("resnet18", "resnet18_seed3")]
     assert splits[0] == splits[1]  # the same folds under every seed
     assert list(pd.read_csv(ws.reports_dir / "cls_summary.csv")["stage"]) == ["resnet18"]
     per_seed = pd.read_csv(ws.reports_dir / "cls_seeds.csv")
     assert list(per_seed["seed_stage"]) == ["resnet18", "resnet18_seed3"] and (per_seed["n"] == 8).all()
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=900)
     assert again.returncode == 0 and again.stderr.count("skipped") == 2 * 2, again.stderr[-3000:]

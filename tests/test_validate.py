@@ -324,7 +324,7 @@ def test_check_data_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
     report_json = tmp_path / "report.json"
     assert check_data(cases_csv, report=report_json) == 1
-    data = json.loads(report_json.read_text())
+    data = json.loads(report_json.read_text(encoding="utf-8"))
     assert data["n_errors"] >= len(expected) and data["problems"]
 
 
@@ -334,7 +334,7 @@ def test_check_data_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     report = tmp_path / "report.json"
     assert check_data(cases_csv, report=report) == 0
     assert "3 cases OK" in capsys.readouterr().out
-    assert json.loads(report.read_text())["problems"] == []
+    assert json.loads(report.read_text(encoding="utf-8"))["problems"] == []
     assert_valid(cases_csv)  # does not raise
 
 

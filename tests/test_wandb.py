@@ -112,7 +112,7 @@ def test_logger_naming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (init["project"], init["group"], init["job_type"], init["name"]) == ("neonet", "cohortA", "seg", "seg-fold2")
     assert wb._offline and Path(init["dir"]) == ws.stage_dir("seg", 2)
     assert init["tags"] == ["cohortA", "seg", "fold2"] and init["resume"] == "allow"
-    assert init["id"] == ws.wandb_id("seg", 2).read_text().strip()  # kept in the fold folder
+    assert init["id"] == ws.wandb_id("seg", 2).read_text(encoding="utf-8").strip()  # kept in the fold folder
     again = next(lg for lg in make_loggers(ws, "seg", 2) if isinstance(lg, WandbLogger))
     assert again._wandb_init["id"] == init["id"]
     test_run = next(lg for lg in make_loggers(ws, "seg", 2, job="test") if isinstance(lg, WandbLogger))
@@ -189,15 +189,17 @@ def test_fold_run_carries_config_tags_and_lineage(tmp_path: Path, monkeypatch: p
     assert cfg["model"]["class_path"] == "neonet.cls.PattenNetModule" and cfg["data"]["init_args"]["use_synthetic"] is True
     assert (cfg["seed"], cfg["seed_everything"], cfg["git_sha"], cfg["neonet_version"]) == (0, 0, git_sha(), __version__)
     assert cfg["data"]["init_args"]["cases"] == REDACTED and cfg["data"]["init_args"]["runs_dir"] == REDACTED
-    saved = yaml.safe_load(ws.config_path("pattennet", 0).read_text())
+    saved = yaml.safe_load(ws.config_path("pattennet", 0).read_text(encoding="utf-8"))
     assert {key: cfg[key] for key in saved} == redact(saved)  # the fold's config.yaml, as W&B may receive it
 
     model = first["logged"]["t-pattennet-fold0"]
     assert model["type"] == "model" and model["files"] == ["artifact.json", "best.ckpt"]
-    local = json.loads(ws.artifact_path("pattennet", 0).read_text())
+    local = json.loads(ws.artifact_path("pattennet", 0).read_text(encoding="utf-8"))
     assert model["metadata"]["best_score"] == local["best_score"] and model["metadata"]["train_cases"] == REDACTED
     assert model["metadata"]["host"] == REDACTED and local["host"] != REDACTED
-    assert json.loads(ws.wandb_artifact_record("pattennet", 0).read_text()) == model["metadata"]  # the file it holds
+    assert (
+        json.loads(ws.wandb_artifact_record("pattennet", 0).read_text(encoding="utf-8")) == model["metadata"]
+    )  # the file it holds
     used = first["used"]
     assert set(used) == {"t-autoencoder-fold0", "t-patches", "t-synthetic-fold0"}
     assert (used["t-autoencoder-fold0"]["type"], used["t-patches"]["type"]) == ("model", "dataset")
@@ -214,7 +216,7 @@ def test_fold_run_carries_config_tags_and_lineage(tmp_path: Path, monkeypatch: p
     runs = offline_runs(fold_dir)
     assert len(runs) == 2
     resumed = read_run(runs[1])
-    assert resumed["id"] == first["id"] == ws.wandb_id("pattennet", 0).read_text().strip()
+    assert resumed["id"] == first["id"] == ws.wandb_id("pattennet", 0).read_text(encoding="utf-8").strip()
     assert resumed["config"]["trainer"]["max_epochs"] == 2
     produced = resumed["logged"]["t-pattennet-fold0"]["digest"]
 
