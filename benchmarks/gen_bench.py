@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from neonet.gen.common import autoencoder_factor, instantiate, label_onehot
+from neonet.gen.common import autoencoder_factor, label_onehot
 from neonet.gen.controlnet import init_controlnet_from_unet
 from neonet.gen.diffusion import DiffusionModule
 from neonet.gen.sampling import Denoiser, sample_latents
@@ -45,12 +45,17 @@ log = logging.getLogger("gen_bench")
 
 
 def _net(config: Path, key: str) -> torch.nn.Module:
-    cfg = yaml.safe_load(config.read_text())
-    return instantiate(cfg["model"]["init_args"][key])
+    """The network ``model.init_args.<key>`` of a stage config, built by jsonargparse as ``neonet fit`` builds it."""
+    from jsonargparse import ArgumentParser
+
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--net", type=torch.nn.Module)
+    return parser.instantiate_classes(parser.parse_object({"net": cfg["model"]["init_args"][key]})).net
 
 
 def _model_args(config: Path) -> dict:
-    args = dict(yaml.safe_load(config.read_text())["model"]["init_args"])
+    args = dict(yaml.safe_load(config.read_text(encoding="utf-8"))["model"]["init_args"])
     return {k: v for k, v in args.items() if k not in ("unet", "optimizer", "scheduler")}
 
 
