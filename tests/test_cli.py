@@ -132,8 +132,9 @@ def test_every_shipped_config_parses(path: Path, capsys: pytest.CaptureFixture[s
     configs = ["--config", str(path)]
     if "model" in data:
         verb = "fit"
-    elif "data" in data:  # an overlay (e.g. the null control): parse it on top of a stage config
-        verb, configs = "fit", ["--config", str(REPO / "experiments" / "demo" / "seg.yaml"), *configs]
+    elif "data" in data:  # an overlay (the null control, a classifier control): parse it on top of a stage config
+        base = path.parents[1] / "pattennet_hist.yaml" if path.parent.name == "controls" else REPO / "experiments/demo/seg.yaml"
+        verb, configs = "fit", ["--config", str(base), *configs]
     else:
         verb = path.stem
     assert verb in LIGHTNING_VERBS or verb in PROJECT_VERBS, f"{path}: no verb named {verb}"

@@ -124,11 +124,11 @@ def test_a_control_fit_records_what_makes_it_a_control(cohort: dict) -> None:
 
     split = FoldDataModule(cohort["cases"], experiment=cohort["experiment"], runs_dir=cohort["runs_dir"], fold=0, folds=3).split
     write_fake_autoencoder(ws, 0, train_cases=list(split.train))
-    stage = "pattennet_manualmask_imagefree"
+    stage = "pattennet_hist_manualmask_imagefree"
     args = [
         "fit",
         "--config",
-        str(CONF / "pattennet.yaml"),
+        str(CONF / "pattennet_hist.yaml"),
         f"--data.cases={cohort['cases']}",
         f"--data.runs_dir={cohort['runs_dir']}",
         f"--data.experiment={cohort['experiment']}",

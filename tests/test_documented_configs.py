@@ -21,7 +21,8 @@ MAKEFILE = REPO / "Makefile"
 #: a repository-relative config path (letters, digits, ``_ - . / *`` and placeholders ``<...>``, ``{...}``)
 CONFIG_PATH = re.compile(r"(?<![\w./-])((?:experiments|tests/conf)/[\w./*<>{}$-]*?\.ya?ml)(?![\w.])")
 EXPERIMENTS_REF = re.compile(r"\$\(EXPERIMENTS\)/([\w./$-]+?\.ya?ml)")
-FOR_LOOP = re.compile(r"for (\w+) in ([\w .-]+?); do(.*?)done", re.S)
+FOR_LOOP = re.compile(r"for (\w+) in ([\w .$()-]+?); do(.*?)done", re.S)
+MAKE_DEFAULT = re.compile(r"^(\w+)\s*\?=\s*(.*)$", re.M)
 
 
 def documented_paths(text: str) -> set[str]:
@@ -46,7 +47,9 @@ def makefile_configs(makefile: str) -> set[str]:
         if loop is None:
             names.add(name)
             continue
-        var, values = loop.group(1), loop.group(2).split()
+        defaults = dict(MAKE_DEFAULT.findall(makefile))  # `for x in $(VAR)` loops over VAR's default value
+        var = loop.group(1)
+        values = re.sub(r"\$\((\w+)\)", lambda m: defaults.get(m.group(1), ""), loop.group(2)).split()
         names |= {re.sub(rf"\$\$\{{?{var}\}}?", value, name) for value in values}
     return names
 
