@@ -47,9 +47,10 @@ def makefile_configs(makefile: str) -> set[str]:
         if loop is None:
             names.add(name)
             continue
-        defaults = dict(MAKE_DEFAULT.findall(makefile))  # `for x in $(VAR)` loops over VAR's default value
-        var = loop.group(1)
-        values = re.sub(r"\$\((\w+)\)", lambda m: defaults.get(m.group(1), ""), loop.group(2)).split()
+        var, values = loop.group(1), loop.group(2)
+        for ref, default in MAKE_DEFAULT.findall(makefile):  # `for x in $(VAR)` loops over VAR's default value
+            values = values.replace(f"$({ref})", default)
+        values = re.sub(r"\$\(\w+\)", "", values).split()
         names |= {re.sub(rf"\$\$\{{?{var}\}}?", value, name) for value in values}
     return names
 
