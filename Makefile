@@ -159,7 +159,7 @@ demo: install ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, syn
 	if [ -f $(DEMO_DONE) ] && [ -z "$$(find experiments/demo Makefile -newer $(DEMO_DONE) -type f)" ]; then \
 		echo "demo already complete ($(DEMO_DONE) is newer than every demo config); delete it to re-check each stage"; \
 	else \
-		OMP_NUM_THREADS=1 $(MAKE) --no-print-directory synth seg crop autoencoder diffusion controlnet synthesize \
+		$(MAKE) --no-print-directory synth seg crop autoencoder diffusion controlnet synthesize \
 			pattennet pattennet-syn pattennet-hist baseline radiomics report EXPERIMENTS=experiments/demo JOBS=3 && \
 		date -u +%Y-%m-%dT%H:%M:%SZ > $(DEMO_DONE) || exit 1; \
 	fi; \

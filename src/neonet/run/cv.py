@@ -16,7 +16,6 @@ import inspect
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 from neonet.data.cases import read_cases
 from neonet.data.splits import check_missing_splits, check_splits_match, planned_folds, read_splits
 from neonet.errors import NeonetError
+from neonet.run.child import Child, run_neonet, start_neonet
 from neonet.run.config_drift import check_fold_configs
 from neonet.run.fold_lock import child_env, fold_lock, restamp
 from neonet.run.progress import FoldBoard, progress_line, read_progress
@@ -34,6 +34,9 @@ from neonet.stage import CVContext, FoldContext, StageModule
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two looks at the fold processes of ``neonet cv --jobs``.
+POLL_S = 0.5
 
 
 class FoldRunner:
@@ -60,15 +63,15 @@ class FoldRunner:
         return cmd + list(extra or [])
 
     def __call__(self, verb: str, extra: list[str] | None = None) -> None:
-        cmd = self.command(verb, extra)
-        log.info("fold %d: %s", self.fold, " ".join(cmd[2:]))
+        argv = self.command(verb, extra)[2:]
+        log.info("fold %d: %s", self.fold, " ".join(argv))
         start = time.time()
         fds = () if self.lock_fd is None else (self.lock_fd,)
-        proc = subprocess.run(cmd, check=False, pass_fds=fds, env=child_env(self.lock_fd))
+        code = run_neonet(argv[1:], env=child_env(self.lock_fd), pass_fds=fds)
         restamp(self.lock_fd, "neonet cv")
-        if proc.returncode != 0:
+        if code != 0:
             raise NeonetError(
-                f"fold {self.fold}: `neonet {verb}` failed with exit code {proc.returncode} (its output is above). "
+                f"fold {self.fold}: `neonet {verb}` failed with exit code {code} (its output is above). "
                 "Fix the cause and run the same `neonet cv` command again: finished folds are skipped and "
                 "this fold resumes from its last checkpoint."
             )
@@ -178,30 +181,36 @@ def run_parallel(configs: list[Path], pending: list[tuple[SeedRun, int]], jobs: 
     """Run ``neonet cv`` for each (seed, fold) of ``pending`` as its own process, ``jobs`` at a time (no summary).
 
     Each fold's output goes to ``<stage>/fold<k>/cv.log``; a failed fold is named with the tail of its log.
-    Meanwhile one line per fold shows its progress (:class:`SeedFoldBoard`).
+    Meanwhile one line per fold shows its progress (:class:`SeedFoldBoard`). The processes are started and
+    watched from this thread alone, so that they can be forked from it (:mod:`neonet.run.child`).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     board = SeedFoldBoard(ws, pending)
-
-    def one(i: int) -> tuple[str, int, float, Path]:
-        run, k = pending[i]
-        logfile = ws.cv_log(run.stage, k)
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "neonet", "cv", *run.command(configs, k, force, summary=False)]
-        start = time.time()
-        name = board.name(i)
-        log.info("%s: started (log: %s)", name, logfile)
-        board.fold_started(i)
-        with open(logfile, "w") as handle:
-            code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=fold_env(jobs), check=False).returncode
-        board.fold_ended(i)
-        log.info("%s: %s in %.0f s", name, "done" if code == 0 else f"FAILED (exit {code})", time.time() - start)
-        return name, code, time.time() - start, logfile
-
-    with board, ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(one, range(len(pending))))
-    failed = [(name, f) for name, code, _, f in results if code != 0]
+    waiting = list(range(len(pending)))
+    running: dict[int, tuple[Child, float, Path]] = {}
+    results: list[tuple[str, int, Path]] = []
+    with board:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                i = waiting.pop(0)
+                run, k = pending[i]
+                logfile = ws.cv_log(run.stage, k)
+                logfile.parent.mkdir(parents=True, exist_ok=True)
+                log.info("%s: started (log: %s)", board.name(i), logfile)
+                board.fold_started(i)
+                argv = ["cv", *run.command(configs, k, force, summary=False)]
+                running[i] = (start_neonet(argv, env=fold_env(jobs), output=logfile), time.time(), logfile)
+            time.sleep(POLL_S)
+            for i, (child, start, logfile) in list(running.items()):
+                code = child.poll()
+                if code is None:
+                    continue
+                del running[i]
+                board.fold_ended(i)
+                name = board.name(i)
+                log.info("%s: %s in %.0f s", name, "done" if code == 0 else f"FAILED (exit {code})", time.time() - start)
+                results.append((name, code, logfile))
+            board.tick()
+    failed = [(name, f) for name, code, f in results if code != 0]
     if failed:
         tails = "\n".join(
             f"--- {name} ({f}):\n" + "".join(f.read_text(errors="replace").splitlines(True)[-15:]) for name, f in failed
@@ -230,8 +239,7 @@ class SeedFoldBoard(FoldBoard):
     def lines(self, now: float | None = None) -> dict[int, str]:
         """The line of each (seed, fold) that has not ended."""
         now = time.time() if now is None else now
-        with self._lock:
-            running = {i: self.started.get(i) for i in self.folds if i not in self.ended}
+        running = {i: self.started.get(i) for i in self.folds if i not in self.ended}
         out = {}
         for i, started in running.items():
             run, k = self.pending[i]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -101,27 +100,22 @@ class FoldBoard:
         self.every = every if every is not None else (LIVE_EVERY_S if self.live else LOG_EVERY_S)
         self.started: dict[int, float] = {}
         self.ended: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._due = 0.0
         self._bars: dict[int, Any] = {}
         self._redirect: Any = None
 
     def fold_started(self, fold: int) -> None:
         """Mark a fold's process as started (its ``progress.json`` counts from now on)."""
-        with self._lock:
-            self.started[fold] = time.time()
+        self.started[fold] = time.time()
 
     def fold_ended(self, fold: int) -> None:
         """Mark a fold's process as ended (its line is no longer reported)."""
-        with self._lock:
-            self.ended.add(fold)
+        self.ended.add(fold)
 
     def lines(self, now: float | None = None) -> dict[int, str]:
         """The line of each fold that has not ended."""
         now = time.time() if now is None else now
-        with self._lock:
-            running = {k: self.started.get(k) for k in self.folds if k not in self.ended}
+        running = {k: self.started.get(k) for k in self.folds if k not in self.ended}
         out = {}
         for k, started in running.items():
             record = read_progress(self.ws.fold_progress(self.stage, k), started) if started is not None else None
@@ -139,29 +133,30 @@ class FoldBoard:
             if k in self.started:
                 log.info("%s", line)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            self.report()
+    def tick(self, now: float | None = None) -> None:
+        """Report when :attr:`every` seconds have passed since the last report (call it from the waiting loop)."""
+        now = time.time() if now is None else now
+        if now >= self._due:
+            self._due = now + self.every
+            if self._bars or not self.live:
+                self.report()
 
     def __enter__(self) -> FoldBoard:
         if self.live:
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
+            tqdm.monitor_interval = 0  # no tqdm monitor thread: cv forks its fold processes from this one thread
             self._bars = {
                 k: tqdm(total=None, position=i, bar_format="{desc}", file=self.stream, leave=False)
                 for i, k in enumerate(self.folds)
             }
             self._redirect = logging_redirect_tqdm()
             self._redirect.__enter__()  # the driver's log lines are printed above the live lines
-        self._thread = threading.Thread(target=self._loop, name="neonet-cv-progress", daemon=True)
-        self._thread.start()
+        self._due = time.time() + self.every
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
         for bar in self._bars.values():
             bar.close()
         if self._redirect is not None:

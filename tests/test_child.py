@@ -1,0 +1,54 @@
+"""neonet.run.child: fold processes forked from the driver's imports, a fresh interpreter where a fork is unsafe."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from neonet import __version__
+from neonet.run import child
+from neonet.run.child import run_neonet, start_mode, start_neonet
+
+
+def test_a_forked_child_runs_the_verb_into_its_log(tmp_path: Path) -> None:
+    if start_mode() != "fork":
+        pytest.skip("this process cannot fork safely here (another thread is running)")
+    out = tmp_path / "cv.log"
+    assert run_neonet(["--version"], output=out) == 0
+    assert out.read_text(encoding="utf-8").strip() == f"neonet {__version__}"
+
+
+def test_a_failing_child_returns_its_exit_code_and_message(tmp_path: Path) -> None:
+    out = tmp_path / "cv.log"
+    handle = start_neonet(["nosuchverb"], output=out)
+    assert handle.forked == (start_mode() == "fork")
+    assert handle.wait() == 2
+    assert "unknown verb 'nosuchverb'" in out.read_text(encoding="utf-8")
+
+
+def test_the_child_gets_the_environment_it_is_given(tmp_path: Path) -> None:
+    out = tmp_path / "cv.log"
+    # NEONET_LOG_LEVEL=ERROR in the child's environment hides the INFO line that `check-data` logs for a missing file
+    code = run_neonet(["check-data", "--cases", str(tmp_path / "missing.csv")], env={"NEONET_LOG_LEVEL": "ERROR", "PATH": ""}, output=out)
+    assert code != 0
+    assert "missing.csv" in out.read_text(encoding="utf-8")
+
+
+def test_another_thread_means_a_fresh_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        assert start_mode() == "exec"  # a lock held by the other thread would stay locked in a forked child
+        out = tmp_path / "cv.log"
+        handle = start_neonet(["--version"], output=out)
+        assert not handle.forked
+        assert handle.wait() == 0
+        assert out.read_text(encoding="utf-8").strip() == f"neonet {__version__}"
+    finally:
+        stop.set()
+        worker.join()
+    monkeypatch.setenv(child.START_ENV, "exec")
+    assert start_mode() == "exec"
