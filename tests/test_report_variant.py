@@ -62,7 +62,8 @@ def test_report_tests_the_paper_model_against_its_named_variant(tmp_path: Path) 
 def test_only_the_configured_variant_is_tested_as_the_papers_variant(tmp_path: Path) -> None:
     """Confound stages of the variant (models ``pattennet_hist_syn_both``, ``pattennet_hist_syn_roundtrip``, as
     ``make confound`` names them) start with ``pattennet_`` but are not the configured variant: no "paper vs variant"
-    row, and no "reference vs baseline" row either (they are PattenNet, not a baseline)."""
+    row, and no "reference vs baseline" row either (they are PattenNet, not a baseline); each is tested against the
+    model it extends, ``pattennet_hist``, on the same (synthetic) data."""
     ws, frames = make_experiment(tmp_path)
     add_stage(ws, frames, "pattennet_hist", 1.0, seed=1)
     add_stage(ws, frames, "pattennet_hist_syn", 0.3, seed=2)
@@ -73,10 +74,16 @@ def test_only_the_configured_variant_is_tested_as_the_papers_variant(tmp_path: P
     variant_rows = {(r.stage_a, r.stage_b) for r in delong.itertuples() if r.comparison == "paper vs variant"}
     assert variant_rows == {("pattennet", "pattennet_hist"), ("pattennet_syn", "pattennet_hist_syn")}
     confound = {"pattennet_hist_syn_both", "pattennet_hist_syn_roundtrip"}
-    assert not confound & {s for r in delong.itertuples() for s in (r.stage_a, r.stage_b)}
+    rows = {(r.stage_a, r.stage_b): r.comparison for r in delong.itertuples() if confound & {r.stage_a, r.stage_b}}
+    assert rows == {("pattennet_hist_syn", s): "derived vs base model" for s in confound}
     # no configured variant: no "paper vs variant" row at all, and the variant is no baseline of its paper model
     plain = delong_table(frame, "pattennet")
     assert "paper vs variant" not in set(plain["comparison"])
+    assert {(r.stage_a, r.stage_b) for r in plain.itertuples() if r.comparison == "derived vs base model"} == {
+        ("pattennet", "pattennet_hist"),
+        ("pattennet_syn", "pattennet_hist_syn"),
+        *(("pattennet_hist_syn", s) for s in confound),
+    }
     assert {(r.stage_a, r.stage_b) for r in plain.itertuples() if r.comparison == "reference vs baseline"} == {
         ("pattennet", "resnet18"),
         ("pattennet_syn", "resnet18"),

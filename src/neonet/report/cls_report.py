@@ -13,7 +13,10 @@ each fold's fit) and writes to ``<runs>/<experiment>/reports/``:
 - ``cls_delong.csv``: DeLong tests of the reference model (PattenNet) against each baseline and against
   each of its configured named variants (``named_variants``, by default ``pattennet_hist``: "paper vs variant",
   real against real and synthetic against synthetic; other models ``<reference>_<name>``, e.g. the confound
-  stages ``pattennet_hist_syn_both``, are neither baselines nor variants), of each deep model against each feature baseline
+  stages ``pattennet_hist_syn_both``, are neither baselines nor variants of the reference), of each model
+  ``<base>_<name>`` outside ``named_variants`` against its base model ``<base>`` (the longest such model in the report,
+  same variant of the data: "derived vs base model", e.g. ``pattennet_hist_syn`` vs ``pattennet_hist_syn_both``),
+  of each deep model against each feature baseline
   (``neonet radiomics``), and of each model with vs without synthetic balancing, on the pooled predictions
   of the same patients
   (with Obuchowski's clustered variance, here and in the DeLong CI, when the cluster bootstrap is used);
@@ -267,12 +270,13 @@ def delong_table(
     named_variants: list[str] | None = None,
 ) -> pd.DataFrame:
     """Paired DeLong tests on the patients both stages predicted: reference vs baselines, reference vs each
-    model of ``named_variants`` (same variant of the data: "paper vs variant"), every deep model vs each feature
-    baseline (the stages in ``shallow``), and syn vs real.
+    model of ``named_variants`` (same variant of the data: "paper vs variant"), every other model ``<base>_<name>``
+    vs its base model (the longest model name of the report that it extends, same variant: "derived vs base
+    model"), every deep model vs each feature baseline (the stages in ``shallow``), and syn vs real.
 
     A model named ``<reference>_<name>`` that is not in ``named_variants`` (a confound remedy such as
-    ``pattennet_hist_syn_both``, a seed or a control of a variant) is derived from the reference: it is tested
-    neither as a baseline nor as a variant of the reference.
+    ``pattennet_hist_syn_both``) is derived from the reference: it is tested neither as a baseline nor as a
+    variant of the reference, only against its own base (``pattennet_hist``'s stage of the same variant).
 
     ``clusters`` (case_id -> cluster) switches to Obuchowski's clustered variance.
     """
@@ -289,6 +293,12 @@ def delong_table(
         if model[b] != reference and b not in derived and b not in named
     ]
     pairs += [(r, v, "paper vs variant") for r in refs for v in named if variant[v] == variant[r]]
+    for d in stages:
+        bases = [m for m in set(model.values()) if model[d].startswith(f"{m}_")]
+        if d in named or not bases:
+            continue
+        base = max(bases, key=len)  # pattennet_hist_syn_both extends pattennet_hist, not pattennet
+        pairs += [(b, d, "derived vs base model") for b in stages if model[b] == base and variant[b] == variant[d]]
     shallow = [s for s in shallow or [] if s in model and model[s] != reference]
     pairs += [
         (d, s, "deep model vs feature baseline") for s in shallow for d in stages if d not in shallow and model[d] != reference
