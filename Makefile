@@ -21,6 +21,9 @@ JOBS        ?= 1
 # null control cohort: matched sets of 3 (one anatomy, own noise, one PNI+ each, kept in one fold), so no
 # anatomical parameter is associated with PNI by chance; NULL_SYNTH= gives independent cases instead
 NULL_SYNTH  ?= --matched 3
+NULL_CASES  := $(RUNS)/demo-null/data/cases.csv
+NULL_DATA   := --data.runs_dir=$(RUNS) --data.cases=$(NULL_CASES)
+NULL_CV     := $(NEONET) cv --jobs 3 $(CV_FLAGS)
 # classifier configs of $(EXPERIMENTS) whose stage (= the config's name) `make controls` controls: those that read the
 # label patch (`label_channel: true`), each trained again on manual-mask patches and with a constant image
 CONTROLS    ?= pattennet_hist
@@ -166,14 +169,17 @@ demo: install ## whole pipeline on the phantom: synth, NeoSeg, TLCR, NeoGen, syn
 	$(MAKE) --no-print-directory summary && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s"
 
-null: install ## null control: the chain on a matched --strength 0 phantom (experiment demo-null); pooled AUC ~0.5
-	test -f $(RUNS)/demo-null/data/cases.csv || $(NEONET) synth --out $(RUNS)/demo-null/data --cases $(DEMO_CASES) --seed 0 --tumor_radius_mm [20,30] --strength 0 $(NULL_SYNTH)
+null: install ## null control: NeoSeg, TLCR, autoencoder, PattenNet (paper head + pattennet_hist), ResNet-18, radiomics on a matched --strength 0 phantom (experiment demo-null), report; pooled AUC ~0.5
+	test -f $(NULL_CASES) || $(NEONET) synth --out $(RUNS)/demo-null/data --cases $(DEMO_CASES) --seed 0 --tumor_radius_mm [20,30] --strength 0 $(NULL_SYNTH)
 	export OMP_NUM_THREADS=1; \
-	$(NEONET) cv --jobs 3 $(CV_FLAGS) --config experiments/demo/seg.yaml --config experiments/demo/null/null.yaml && \
-	$(NEONET) crop --config experiments/demo/null/crop.yaml && \
-	$(NEONET) cv --jobs 3 $(CV_FLAGS) --config experiments/demo/autoencoder.yaml --config experiments/demo/null/null.yaml && \
-	$(NEONET) cv --jobs 3 $(CV_FLAGS) --config experiments/demo/pattennet.yaml --config experiments/demo/null/null.yaml && \
-	$(NEONET) cv --jobs 3 $(CV_FLAGS) --config experiments/demo/baseline_resnet18.yaml --config experiments/demo/null/null.yaml && \
+	$(NULL_CV) --config experiments/demo/seg.yaml --config experiments/demo/null/null.yaml -- $(NULL_DATA) && \
+	$(NEONET) crop --config experiments/demo/null/crop.yaml --runs_dir $(RUNS) --cases $(NULL_CASES) && \
+	$(NULL_CV) --config experiments/demo/autoencoder.yaml --config experiments/demo/null/null.yaml -- $(NULL_DATA) && \
+	$(NULL_CV) --config experiments/demo/pattennet.yaml --config experiments/demo/null/null.yaml -- $(NULL_DATA) && \
+	$(NULL_CV) --config experiments/demo/pattennet_hist.yaml --config experiments/demo/null/null.yaml -- $(NULL_DATA) && \
+	$(NULL_CV) --config experiments/demo/baseline_resnet18.yaml --config experiments/demo/null/null.yaml -- $(NULL_DATA) && \
+	$(NEONET) radiomics --config experiments/demo/radiomics.yaml --config experiments/demo/null/radiomics.yaml \
+		--runs_dir $(RUNS) --cases $(NULL_CASES) --report false && \
 	$(NEONET) report --experiment demo-null --runs_dir $(RUNS)
 
 gpu-check: install ## one GPU, < 8 min: each paper stage's step time, memory, FLOPs/MFU, a short CLI fit, projected protocol time (ARGS=...)

@@ -4,6 +4,7 @@ report's seed tables, patients x seeds interval and maximum fold AUC."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from neonet.run.atomic import write_json
 from neonet.run.cv import seed_runs
 from neonet.workspace import Workspace
 from test_cls_fixtures import CONF, REPO, write_patch_cohort
+from test_page import section_html, tables_of
 
 FOLDS = 3
 
@@ -156,6 +158,37 @@ def test_report_gives_each_seed_and_the_maximum_fold_auc(tmp_path: Path) -> None
     assert row["auc_fold_max"] >= per_seed["auc_fold_max"].max() - 1e-12
     assert doc["seeds"]["interval"].startswith("patients x seeds")
     assert "## Training seeds" in md and f"{np.mean(pooled):.3f} ± {np.std(pooled, ddof=1):.3f}" in md
+
+
+def test_experiment_page_shows_the_seed_table_and_the_optimistic_fold_maximum(tmp_path: Path) -> None:
+    """The page's classification section: the maximum fold AUC beside the pooled AUC, labelled optimistic, and the
+    seed table with the numbers of ``cls_seeds*.csv``; a report without seeds shows no seed table."""
+    ws, _ = fake_experiment(tmp_path, {"resnet18": 1.0, "resnet18_seed1": 2.0, "resnet18_seed2": 0.3, "pattennet": 1.5})
+    report("s", ws.runs_dir, n_boot=200, log_wandb=False)
+    html = section_html(ws.page, "classification")
+    shown = tables_of(ws.page)["classification"]
+    summary = pd.read_csv(ws.reports_dir / "cls_summary.csv").set_index("stage")
+    main = shown[0].set_index("stage")
+    for stage in ("resnet18", "pattennet"):
+        assert main.loc[stage, "auc_fold_max (optimistic)"] == f"{summary.loc[stage, 'auc_fold_max']:.3f}"
+    assert "the figure the NeoNet paper reports" in html
+    assert "<h3>Training seeds</h3>" in html
+    seeds = next(t for t in shown if "mean ± sd" in t.columns)
+    assert list(seeds["stage"]) == ["resnet18"]  # pattennet has one seed: no row
+    per_seed = pd.read_csv(ws.reports_dir / "cls_seeds.csv")
+    row, written = seeds.iloc[0], pd.read_csv(ws.reports_dir / "cls_seeds_summary.csv").iloc[0]
+    assert row["seeds"] == "0 1 2"
+    assert row["pooled AUC per seed"] == ", ".join(f"{a:.3f}" for a in per_seed["auc_pooled"])
+    assert row["mean ± sd"] == f"{written['auc_pooled_mean']:.3f} ± {written['auc_pooled_sd']:.3f}"
+    assert row["95 % interval (patients x seeds)"] == f"[{written['auc_seed_ci_lo']:.3f}, {written['auc_seed_ci_hi']:.3f}]"
+    assert row["max fold AUC (optimistic)"] == f"{written['auc_fold_max']:.3f}"
+    assert "cls_seeds_summary.csv" in html and "patients x seeds percentile bootstrap" in html
+
+    for stage in ("resnet18_seed1", "resnet18_seed2"):  # the seeds gone: the next report's page has no seed table
+        shutil.rmtree(ws.root / stage)
+    report("s", ws.runs_dir, n_boot=200, log_wandb=False)
+    html = section_html(ws.page, "classification")
+    assert "Training seeds" not in html and "auc_fold_max (optimistic)" in html
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 One self-contained HTML file (inline style, no scripts, nothing from the network) that shows what the
 experiment's files hold: the cohort and its splits (``splits.json``), each stage's per-fold and pooled
 results (the NeoSeg report, the TLCR manifest, the NeoGen stage summaries and synthetic-patch
-quality, the classification table with its ablation, DeLong tests and controls), every PNG under
+quality, the classification table with its ablation, DeLong tests, training seeds and controls), every PNG under
 ``reports/`` grouped by stage (referenced beside the page, captioned from its file name), the
 provenance of every fold (git sha, config, checkpoint SHA-256 and upstream files from its
 ``artifact.json``; the provenance records of patches, latents and synthetic patches) and the W&B runs.

@@ -178,7 +178,8 @@ def synthesize(page: PageSources) -> str:
 
 
 SUMMARY_COLUMNS = [
-    "stage", "model", "variant", "folds", "n", "n_pos", "auc_mean", "auc_sd", "auc_pooled", "auc_ci_lo", "auc_ci_hi",
+    "stage", "model", "variant", "folds", "n", "n_pos", "auc_mean", "auc_sd", "auc_fold_max (optimistic)", "auc_pooled",
+    "auc_ci_lo", "auc_ci_hi",
     "auc_delong_lo", "auc_delong_hi", "sensitivity_youden", "specificity_youden", "brier", "ece",
 ]  # fmt: skip
 FOLD_COLUMNS = [
@@ -188,7 +189,7 @@ FOLD_COLUMNS = [
 
 
 def classification(page: PageSources) -> str:
-    from neonet.report.cls_report import _below_chance_note, _scale_note
+    from neonet.report.cls_report import FOLD_MAX, FOLD_MAX_NOTE, _below_chance_note, _scale_note
 
     summary = page.report_csv("cls_summary")
     if summary is None:
@@ -207,7 +208,8 @@ def classification(page: PageSources) -> str:
             f"{settings.get('bootstrap', 'bootstrap')} bootstrap CI ({settings.get('n_boot', '?')} resamples) and a "
             f"DeLong CI; thresholded metrics at {settings.get('threshold', 'each fold’s validation Youden threshold')}."
         ),
-        "<h3>Summary</h3>\n" + page.table(summary, SUMMARY_COLUMNS),
+        "<h3>Summary</h3>\n" + page.table(summary.rename(columns={"auc_fold_max": FOLD_MAX}), SUMMARY_COLUMNS),
+        h.paragraph(f"{FOLD_MAX} {FOLD_MAX_NOTE}") if "auc_fold_max" in summary.columns else "",
     ]
     notes = (_scale_note(summary) + _below_chance_note(summary, level)).strip()
     parts += [h.paragraph(n.strip()) for n in notes.split("\n\n") if n.strip()]
@@ -223,7 +225,26 @@ def classification(page: PageSources) -> str:
     if folds is not None:
         parts.append("<h3>Per fold</h3>\n" + page.table(folds, FOLD_COLUMNS))
     parts.append(page.source("cls_summary.csv", "cls_ablation.csv", "cls_delong.csv", "cls_per_fold.csv", "cls_report.json"))
-    return "".join(parts) + controls(page)
+    return "".join(parts) + seeds(page, doc) + controls(page)
+
+
+def seeds(page: PageSources, doc: dict[str, Any]) -> str:
+    """The training-seed table of ``cls_report.json`` (stages trained under several seeds, ``neonet cv --seeds``):
+    each seed's pooled AUC, mean ± sd, the patients x seeds interval and the maximum fold AUC (optimistic); nothing
+    when the report has no seeds."""
+    from neonet.report.seeds import seeds_note, seeds_rows
+
+    record = doc.get("seeds") or {}
+    if not record.get("summary"):
+        return ""
+    settings = doc.get("settings") or {}
+    rows = seeds_rows(pd.DataFrame(record["per_seed"]), pd.DataFrame(record["summary"]), float(settings.get("alpha", 0.05)))
+    return (
+        "<h3>Training seeds</h3>\n"
+        + h.paragraph(seeds_note(settings.get("n_boot", "?")).replace("`", ""))
+        + page.table(rows)
+        + page.source("cls_seeds.csv", "cls_seeds_summary.csv", "cls_report.json")
+    )
 
 
 def flat(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

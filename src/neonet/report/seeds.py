@@ -38,7 +38,7 @@ def stage_seed(ws: Workspace, stage: str) -> int | None:
     for fold in ws.stage_folds(stage):
         path = ws.config_path(stage, fold)
         try:
-            seed = (yaml.safe_load(path.read_text()) or {}).get("seed_everything") if path.is_file() else None
+            seed = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("seed_everything") if path.is_file() else None
         except (OSError, yaml.YAMLError):
             continue
         if isinstance(seed, int) and not isinstance(seed, bool):
@@ -200,12 +200,10 @@ def seed_tables(
     return pd.DataFrame(per_seed), pd.DataFrame(rows)
 
 
-def seeds_markdown(per_seed: pd.DataFrame, summary: pd.DataFrame, alpha: float, n_boot: int) -> str:
-    """The report's section on training seeds (empty when no stage has several)."""
-    if summary.empty:
-        return ""
-    from neonet.report.cls_report import markdown
-
+def seeds_rows(per_seed: pd.DataFrame, summary: pd.DataFrame, alpha: float) -> list[dict[str, Any]]:
+    """One row per stage with several seeds, as the report and the experiment page show it: the seeds, each seed's
+    pooled AUC, their mean ± sd, the patients x seeds interval, the fold mean and the maximum fold AUC (labelled
+    optimistic)."""
     level = round(100 * (1 - alpha))
     rows = []
     for r in summary.itertuples():
@@ -221,13 +219,30 @@ def seeds_markdown(per_seed: pd.DataFrame, summary: pd.DataFrame, alpha: float, 
                 "max fold AUC (optimistic)": r.auc_fold_max,
             }
         )
+    return rows
+
+
+def seeds_note(n_boot: int | str) -> str:
+    """What the seed table's interval and maximum fold AUC are, in words (the report and the page)."""
     return (
-        "\n## Training seeds (`neonet cv --seeds`)\n\n"
         "The same folds and upstream models, the stage trained under each seed (`<stage>_seed<s>/`). The interval is "
         f"a {INTERVAL} ({n_boot} resamples) on the cases every seed predicted: the spread of the pooled AUC of one "
         "training run on a new sample of patients, so it includes the seed-to-seed spread that the per-seed CI "
-        "(`cls_seeds.csv`) leaves out. The maximum fold AUC is the best single fold of any seed: an optimistic figure.\n\n"
-        + markdown(pd.DataFrame(rows))
+        "(`cls_seeds.csv`) leaves out. The maximum fold AUC is the best single fold of any seed: an optimistic figure."
+    )
+
+
+def seeds_markdown(per_seed: pd.DataFrame, summary: pd.DataFrame, alpha: float, n_boot: int) -> str:
+    """The report's section on training seeds (empty when no stage has several)."""
+    if summary.empty:
+        return ""
+    from neonet.report.cls_report import markdown
+
+    return (
+        "\n## Training seeds (`neonet cv --seeds`)\n\n"
+        + seeds_note(n_boot)
+        + "\n\n"
+        + markdown(pd.DataFrame(seeds_rows(per_seed, summary, alpha)))
     )
 
 
