@@ -1,8 +1,9 @@
 """``neonet cv``: run one stage over the folds, each fold in its own process, then summarise.
 
-Each fold is a fresh ``python -m neonet fit`` process, so no state (model, trainer, W&B run,
-random generators) leaks from one fold into the next, DDP launches its own ranks per fold, and
-folds can also be spread over machines by running ``neonet fit ... --data.fold k`` directly.
+Each fold's fit is a process of its own (``neonet fit``, forked from this driver's imports where that is
+safe: :mod:`neonet.run.child`), so no state (model, trainer, W&B run, random generators) leaks from one
+fold into the next, DDP launches its own ranks per fold, and folds can also be spread over machines by
+running ``neonet fit ... --data.fold k`` directly.
 Finished folds are skipped; an interrupted fold resumes from its ``last.ckpt`` — both only when
 the fold's saved ``config.yaml`` agrees with the command's settings (``neonet.run.config_drift``).
 ``--seeds`` trains the stage under several training seeds on the same splits and upstream models, each
