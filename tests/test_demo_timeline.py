@@ -26,7 +26,7 @@ LOG = """\
 23:59:58 INFO neonet.run.cv: cv: stage seg
 crop:  50%|#####     | 1/2\r00:01:10 WARNING neonet.seg.crop: a warning inside a progress bar
 00:02:00 INFO neonet.run.cv: cv: seg done
-.venv/bin/python -m neonet cv --jobs 3 --config experiments/demo/pattennet.yaml -- --model.stage=pattennet_syn --data.use_synthetic=true
+.venv/bin/python -m neonet cv --config experiments/demo/pattennet.yaml -- --model.stage=pattennet_syn
 00:02:05 INFO neonet.run.cv: cv: stage pattennet_syn
 00:03:00 INFO neonet.run.cv: cv: pattennet_syn done
 demo finished in 200 s
