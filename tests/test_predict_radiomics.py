@@ -21,7 +21,7 @@ from neonet.predict.case import NO_SALIENCY_FROM_RADIOMICS
 from neonet.predict.pipeline import Patch, fold_probabilities
 from neonet.predict.source import RadiomicsModel, RunsSource
 from neonet.run.cli import main
-from neonet.workspace import Workspace
+from neonet.workspace import BundlePaths, Workspace
 
 
 def thresholds(ws: Workspace) -> list[float]:
@@ -97,3 +97,67 @@ def test_evaluate_scores_radiomics_beside_the_deep_classifier(radiomics_experime
     again = fold_probabilities(patch, models, torch.device("cpu"))
     assert [row[f"prob_fold{k}"] for k in range(3)] == pytest.approx([again[k] for k in range(3)], abs=1e-9)
     assert row["prob"] == pytest.approx(np.mean(list(again.values())))
+
+
+def test_bundle_with_radiomics_predicts_what_the_experiment_predicts(
+    radiomics_experiment: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``neonet export --classifier radiomics``: JSON models in the bundle, the same probability through ``--bundle`` as
+    through ``--experiment``, and a changed model file refused."""
+    runs, out = str(radiomics_experiment["runs"]), tmp_path / "bundle"
+    assert (
+        main(
+            ["export", "--experiment", "test", "--runs_dir", runs, "--out", str(out), "--classifier", "radiomics"]
+            + ["--folds", "[0,1]"]
+        )
+        == 0
+    )
+    paths = BundlePaths(out)
+    config = json.loads(paths.inference.read_text(encoding="utf-8"))
+    assert config["classifier"]["kind"] == "radiomics" and config["classifier"]["settings"] == {
+        "regions": ["tumour", "shell"],
+        "bins": 16,
+    }
+    assert sorted(p.name for p in paths.models_dir.iterdir()) == [
+        "radiomics_fold0.json",
+        "radiomics_fold1.json",
+        "seg_fold0.ts",
+        "seg_fold1.ts",
+    ]
+    check = json.loads(paths.metadata.read_text(encoding="utf-8"))["export_check"]["max_abs_output_difference"]
+    assert check["radiomics_fold0"] == 0.0 and check["radiomics_fold1"] == 0.0
+
+    row = radiomics_experiment["cases"].loc["phantom_003"]
+    image, label = radiomics_experiment["root"] / row["image"], radiomics_experiment["root"] / row["label"]
+    common = ["predict-case", str(image), "--mask", str(label), "--device", "cpu"]
+    assert main([*common, "--bundle", str(out), "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--experiment",
+                "test",
+                "--runs_dir",
+                runs,
+                "--classifier",
+                "radiomics",
+                "--folds",
+                "[0,1]",
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 0
+    )
+    b, e = (json.loads((tmp_path / d / "prediction.json").read_text(encoding="utf-8")) for d in ("b", "e"))
+    assert b["pni_probability_per_fold"] == pytest.approx(e["pni_probability_per_fold"], abs=1e-12)
+    assert b["classifier"]["stage"] == "radiomics" and b["saliency"] == {"error": NO_SALIENCY_FROM_RADIOMICS}
+
+    target = paths.model("radiomics", 1, ".json")
+    model = json.loads(target.read_text(encoding="utf-8"))
+    model["intercept"] += 1.0
+    target.write_text(json.dumps(model), encoding="utf-8")
+    capsys.readouterr()
+    assert main([*common, "--bundle", str(out), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert str(target) in err and "not the one the bundle's inference.json records" in err
