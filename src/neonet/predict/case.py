@@ -185,8 +185,9 @@ def predict_case(
             ``--bundle``, ``predict_case/<image name>/`` in the working directory); for a folder or CSV of
             scans, the folder of their folders and ``summary.csv`` (default ``.../predict_case/``).
         classifier: classifier stage folder: ``pattennet`` (default), ``pattennet_syn``, ``resnet18``,
-            ...; with ``--bundle`` the bundle's classifier (the default); ``none`` stops after
-            segmentation and TLCR (tumour volume and crop box only).
+            ``radiomics`` (the radiomics baseline's folds: no saliency map), ...; with ``--bundle`` the
+            bundle's classifier (the default); ``none`` stops after segmentation and TLCR (tumour volume
+            and crop box only).
         folds: folds to ensemble, for NeoSeg and the classifier (default: all folds of the
             experiment, or of the bundle; each must have finished training).
         mask: a mask in the image's space (0 background, 1 liver, 2 tumour) to use instead of

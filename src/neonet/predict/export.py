@@ -268,7 +268,8 @@ def export(
         out: the bundle's folder; must not exist or be empty, unless ``--force``.
         experiment: experiment whose trained folds are exported (folder below ``runs_dir``).
         runs_dir: folder holding all experiments.
-        classifier: classifier stage folder (``pattennet``, ``pattennet_syn``, ``resnet18``, ...), or
+        classifier: classifier stage folder (``pattennet``, ``pattennet_syn``, ``resnet18``, ``radiomics``: its
+            folds' ``model.json`` as JSON models, ...), or
             ``none`` for segmentation and TLCR only.
         folds: folds to export, for NeoSeg and the classifier (default: all folds of the experiment;
             each must have finished training).

@@ -204,7 +204,7 @@ def evaluate(
             ``pni`` may be empty).
         name: the report's folder below ``reports/external/`` (default: the manifest's folder and
             stem, e.g. ``cohort_b_cases``).
-        stages: ``seg`` and classifier stages (``pattennet``, ``resnet18``, ...) to evaluate (default:
+        stages: ``seg`` and classifier stages (``pattennet``, ``resnet18``, ``radiomics``, ...) to evaluate (default:
             ``seg`` and every classifier stage with a finished fold). Classifiers always read NeoSeg's
             masks; ``seg`` adds its metrics.
         runs_dir: folder holding all experiments.
