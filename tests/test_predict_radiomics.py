@@ -8,6 +8,7 @@ manual-mask TLCR patches of the 12-case phantom) with ``neonet radiomics`` on it
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +79,10 @@ def test_evaluate_scores_radiomics_beside_the_deep_classifier(radiomics_experime
     frame["patient_id"] = frame["case_id"]
     frame.to_csv(csv, index=False)
     args = ["evaluate", "--experiment", "test", "--runs_dir", str(radiomics_experiment["runs"]), "--cases", str(csv)]
-    assert main([*args, "--stages", "[pattennet,radiomics]", "--device", "cpu", "--n_boot", "200"]) == 0
+    assert main([*args, "--device", "cpu", "--n_boot", "200"]) == 0  # default stages: seg and every classifier
     report = radiomics_experiment["ws"].external("cohort_c_cases").root
     doc = json.loads((report / "external.json").read_text(encoding="utf-8"))
+    assert doc["stages"] == ["seg", "pattennet", "radiomics"]
     assert doc["folds"] == {"seg": [0, 1], "pattennet": [0, 1], "radiomics": [0, 1, 2]}
     summary = pd.read_csv(report / "cls_summary.csv").set_index("stage")
     assert list(summary.index) == ["pattennet", "radiomics"] and summary.loc["radiomics", "folds"] == "0 1 2"
@@ -161,3 +163,19 @@ def test_bundle_with_radiomics_predicts_what_the_experiment_predicts(
     assert main([*common, "--bundle", str(out), "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
     assert str(target) in err and "not the one the bundle's inference.json records" in err
+
+
+def test_missing_radiomics_fold_names_the_radiomics_command(
+    radiomics_experiment: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A radiomics fold without its model.json is not trained: the error names it and `neonet radiomics`, not `neonet cv`."""
+    runs = tmp_path / "runs"
+    shutil.copytree(radiomics_experiment["runs"], runs, ignore=shutil.ignore_patterns("reports", "predict_case"))
+    Workspace(runs, "test").radiomics_model("radiomics", 1).unlink()
+    row = radiomics_experiment["cases"].loc["phantom_003"]
+    args = ["predict-case", str(radiomics_experiment["root"] / row["image"]), "--experiment", "test", "--runs_dir", str(runs)]
+    assert main([*args, "--classifier", "radiomics", "--mask", str(radiomics_experiment["root"] / row["label"])]) == 2
+    err = capsys.readouterr().err
+    assert "trained radiomics fold(s) 1" in err and "model.json" in err and "neonet radiomics --config" in err
+    assert "--folds [0,2]" in err and "neonet cv" not in err
+    assert not (runs / "test" / "predict_case").exists()

@@ -4,7 +4,8 @@ NeoSeg (mean softmax of the seg folds, post-processed as ``neonet predict`` does
 input's space → TLCR with the experiment's crop settings on that mask (exactly as
 ``neonet crop --source predicted`` crops the out-of-fold masks) → each classifier fold on the patch
 (PNI probability per fold and their mean) → Grad-CAM saliency mapped back into the input's space
-→ an overlay PNG. Output folder (default ``<runs_dir>/<experiment>/predict_case/<image name>/``)::
+→ an overlay PNG. NeoSeg, TLCR and the classifier folds are :meth:`neonet.predict.pipeline.Predictor.run`,
+the path ``neonet evaluate`` takes too. Output folder (default ``<runs_dir>/<experiment>/predict_case/<image name>/``)::
 
     prediction.json       probabilities, tumour volume, crop box, provenance (written last)
     segmentation.nii.gz   uint8 mask (0 background, 1 liver, 2 tumour), input's shape and affine
