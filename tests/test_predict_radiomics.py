@@ -179,3 +179,14 @@ def test_missing_radiomics_fold_names_the_radiomics_command(
     assert "trained radiomics fold(s) 1" in err and "model.json" in err and "neonet radiomics --config" in err
     assert "--folds [0,2]" in err and "neonet cv" not in err
     assert not (runs / "test" / "predict_case").exists()
+
+    changed = Workspace(runs, "test").radiomics_model("radiomics", 2)  # a model.json edited after it was written
+    model = json.loads(changed.read_text(encoding="utf-8"))
+    model["intercept"] += 1.0
+    changed.write_text(json.dumps(model), encoding="utf-8")
+    assert (
+        main([*args, "--classifier", "radiomics", "--folds", "[2]", "--mask", str(radiomics_experiment["root"] / row["label"])])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert str(changed) in err and "not the one its artifact.json records" in err and "--force" in err

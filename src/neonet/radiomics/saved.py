@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from neonet.errors import NeonetError
-from neonet.run.atomic import read_json
+from neonet.run.atomic import read_json, sha256_file
 from neonet.workspace import Workspace
 
 #: ``classifier.module`` of a radiomics fold's ``artifact.json`` (tells it from the deep classifiers' folds).
@@ -121,17 +121,25 @@ class SavedFold:
 
 
 def load_fold(ws: Workspace, stage: str, fold: int) -> SavedFold:
-    """A radiomics fold of the experiment from its ``model.json`` and ``artifact.json`` (settings: regions, bins).
+    """A radiomics fold of the experiment from its ``model.json`` (checked against the SHA-256 its ``artifact.json``
+    records) and ``artifact.json`` (settings: regions, bins).
 
     Raises:
-        NeonetError: a file is missing or does not hold what ``neonet radiomics`` writes.
+        NeonetError: a file is missing, was changed since, or does not hold what ``neonet radiomics`` writes.
     """
     path = ws.radiomics_model(stage, fold)
     fix = f"re-compute it: neonet radiomics --config experiments/{ws.experiment}/radiomics.yaml --folds {fold} --force"
     if not path.is_file():
         raise NeonetError(f"{path}: the radiomics model of {stage} fold {fold} is missing; {fix}")
+    artifact = ws.read_artifact(stage, fold) or {}
+    recorded = (artifact.get("model") or {}).get("sha256") if isinstance(artifact.get("model"), dict) else None
+    if recorded is not None and (now := sha256_file(path)) != recorded:
+        raise NeonetError(
+            f"{path}: this radiomics model is not the one its artifact.json records (sha256 now {now[:12]}…, recorded "
+            f"{recorded[:12]}…): it was changed after `neonet radiomics` wrote it, so it is not used; {fix}"
+        )
     model = SavedModel.from_record(read_json(path, remedy=fix), path)
-    settings = (ws.read_artifact(stage, fold) or {}).get("settings") or {}
+    settings = artifact.get("settings") or {}
     try:
         regions = tuple(str(r) for r in settings["regions"])
         bins = int(settings["bins"])
