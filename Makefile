@@ -146,8 +146,8 @@ report: install ## NeoCls cross-validation report (per fold, pooled AUC + CI, De
 summary: install ## print where the demo's results are, with its metrics
 	$(NEONET) summary --experiment demo --runs_dir $(RUNS)
 
-predict-case: install ## PNI for one new MRI: make predict-case IMAGE=scan.nii.gz [CLASSIFIER=pattennet|resnet18|none]
-	@test -n "$(IMAGE)" || { echo "usage: make predict-case IMAGE=path/to/scan.nii.gz [CLASSIFIER=pattennet|resnet18|none]"; exit 2; }
+predict-case: install ## PNI for one new MRI: make predict-case IMAGE=scan.nii.gz [CLASSIFIER=pattennet|resnet18|radiomics|none]
+	@test -n "$(IMAGE)" || { echo "usage: make predict-case IMAGE=path/to/scan.nii.gz [CLASSIFIER=pattennet|resnet18|radiomics|none]"; exit 2; }
 	$(NEONET) predict-case $(IMAGE) --experiment demo --runs_dir $(RUNS) --classifier $(CLASSIFIER)
 
 evaluate: install ## the demo's folds on an external cohort: make evaluate EXTERNAL=cohort/cases.csv

@@ -73,6 +73,29 @@ def trained_experiment(phantom_cohort: Path, tmp_path_factory: pytest.TempPathFa
     return {"cases": cases, "root": phantom_cohort.parent, "runs": runs, "ws": ws}
 
 
+@pytest.fixture(scope="session")
+def radiomics_experiment(trained_experiment: dict, phantom_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A copy of ``trained_experiment`` with the radiomics baseline on its 3 folds (``neonet radiomics``,
+    tests/conf/radiomics.yaml, stage ``radiomics``). The cohort fingerprint is measured first (in the original, as
+    its first ``predict-case`` would), so the copy has it too."""
+    import shutil
+
+    import torch
+
+    from neonet.predict import ood
+    from neonet.predict.pipeline import CachedModels
+    from neonet.predict.source import RunsSource
+    from neonet.run.cli import main
+    from neonet.workspace import Workspace
+
+    ood.load(trained_experiment["ws"], CachedModels(RunsSource(trained_experiment["ws"])), torch.device("cpu"))
+    runs = tmp_path_factory.mktemp("radiomics_experiment") / "runs"
+    shutil.copytree(trained_experiment["runs"], runs)
+    args = ["radiomics", "--config", str(CONF / "radiomics.yaml"), f"--cases={phantom_cohort}", f"--runs_dir={runs}"]
+    assert main([*args, "--report=false"]) == 0
+    return {**trained_experiment, "runs": runs, "ws": Workspace(runs, "test")}
+
+
 @pytest.fixture
 def wandb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """W&B's own folders (staging of artifact files, cache, settings) under the test's folder, not ``$HOME``."""

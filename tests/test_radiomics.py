@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 from neonet.cls.module import PREDICTION_COLUMNS
-from neonet.errors import DataError
+from neonet.errors import DataError, NeonetError
 from neonet.radiomics.model import fit_fold
+from neonet.radiomics.saved import SavedModel
 from neonet.report.cls_report import delong_table, load_predictions
 from neonet.report.stats import auc
 from neonet.run.atomic import sha256_file
@@ -63,6 +64,28 @@ def test_strength_is_chosen_on_the_validation_rows() -> None:
     assert [r["train_auc"] for r in other.selection] == [r["train_auc"] for r in model.selection]
     assert [r["val_auc"] for r in other.selection] != [r["val_auc"] for r in model.selection]
     assert other.record()["train_mean"] == model.record()["train_mean"]
+
+
+def test_saved_model_scores_as_the_fitted_pipeline(tmp_path: Path) -> None:
+    """model.json, read back as plain JSON, gives the fitted pipeline's logits and probabilities (NaN imputed,
+    a constant feature kept), and a damaged file is an error that names it."""
+    x_train, y_train = _data(40, 0.0, 0)
+    x_train[:, 2] = 5.0  # constant in training: scikit-learn's scale 1
+    x_train[[3, 7], 1] = np.nan
+    x_val, y_val = _data(12, 0.0, 2)
+    model = fit_fold(x_train, y_train, x_val, y_val, ["a", "b", "c"], c_grid=[0.1, 1.0, 10.0])
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(model.record()), encoding="utf-8")
+    saved = SavedModel.from_record(json.loads(path.read_text(encoding="utf-8")), path)
+    x_new, _ = _data(25, 0.3, 5)
+    x_new[[0, 4], 0] = np.nan
+    x_new[2, 1] = np.nan
+    np.testing.assert_allclose(saved.decision_function(x_new), model.pipeline.decision_function(x_new), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(saved.predict_proba(x_new), model.pipeline.predict_proba(x_new)[:, 1], rtol=1e-12, atol=1e-12)
+    assert saved.threshold == model.threshold and saved.features == ("a", "b", "c")
+    broken = {k: v for k, v in model.record().items() if k != "train_sd"}
+    with pytest.raises(NeonetError, match=r"model\.json: not a radiomics model .*train_sd.*--force"):
+        SavedModel.from_record(broken, path)
 
 
 def test_one_class_validation_is_a_clear_error() -> None:

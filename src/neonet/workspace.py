@@ -520,6 +520,7 @@ class BundlePaths:
           configs/metadata.json         what it is: version, description, inputs/outputs, versions, git sha
           configs/inference.json        preprocessing, sliding window, TLCR, thresholds, models + source checkpoints
           models/<stage>_fold<k>.ts     each fold's network as TorchScript (seg, then the classifier)
+          models/<stage>_fold<k>.json   a radiomics classifier fold's model (coefficients, training statistics)
           docs/README.md                how to run it
 
     Args:
@@ -547,13 +548,14 @@ class BundlePaths:
         """``models/``."""
         return self.root / "models"
 
-    def model_name(self, stage: str, fold: int) -> str:
-        """A fold's network file, relative to the bundle (as ``inference.json`` names it)."""
-        return f"models/{stage}_fold{int(fold)}.ts"
+    def model_name(self, stage: str, fold: int, suffix: str = ".ts") -> str:
+        """A fold's model file, relative to the bundle (as ``inference.json`` names it): ``.ts`` for a network,
+        ``.json`` for a radiomics model."""
+        return f"models/{stage}_fold{int(fold)}{suffix}"
 
-    def model(self, stage: str, fold: int) -> Path:
-        """A fold's TorchScript network."""
-        return self.root / self.model_name(stage, fold)
+    def model(self, stage: str, fold: int, suffix: str = ".ts") -> Path:
+        """A fold's TorchScript network (``suffix`` ``.json``: a radiomics fold's model)."""
+        return self.root / self.model_name(stage, fold, suffix)
 
     @property
     def readme(self) -> Path:

@@ -27,7 +27,7 @@ from neonet.errors import DataError, NeonetError
 from neonet.run.atomic import write_csv
 
 if TYPE_CHECKING:
-    from neonet.predict.case import Predictor
+    from neonet.predict.pipeline import Predictor
 
 log = logging.getLogger(__name__)
 

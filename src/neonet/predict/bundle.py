@@ -3,7 +3,9 @@
 A bundle follows MONAI's bundle layout (:class:`neonet.workspace.BundlePaths`). Loading it runs no
 code from it other than TorchScript: the settings are JSON (``configs/inference.json``, read with
 ``json``), each network is a TorchScript file read with ``torch.jit.load`` after its SHA-256 was
-checked against ``inference.json``; nothing is unpickled and no class is named by the bundle.
+checked against ``inference.json``; a radiomics classifier's folds are JSON models
+(:class:`neonet.radiomics.saved.SavedModel`), checked the same way; nothing is unpickled and no class is
+named by the bundle.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ from typing import Any
 import torch
 
 from neonet.errors import NeonetError
-from neonet.predict.source import ClsModel, ClsSettings, CropSettings, SegModel, SegSettings
+from neonet.predict.source import Classifier, ClsModel, ClsSettings, CropSettings, SegModel, SegSettings
 from neonet.run.atomic import read_json, sha256_file
 from neonet.workspace import BundlePaths
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "BundleSource", "check_stage_name", "load_torchscript"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "RADIOMICS", "BundleSource", "check_stage_name", "load_torchscript"]
 
 #: ``inference.json``'s ``format`` entry and the version of its layout this neonet reads and writes.
 FORMAT = "neonet-bundle"
 FORMAT_VERSION = 1
+#: ``classifier.kind`` of a bundle whose classifier is the radiomics baseline (JSON models, not TorchScript).
+RADIOMICS = "radiomics"
 #: What to do with a bundle that cannot be used.
 REEXPORT = "Export the bundle again from its experiment: neonet export --experiment E --out DIR --force"
 
@@ -39,12 +43,8 @@ def check_stage_name(stage: Any, where: str) -> str:
     return stage
 
 
-def load_torchscript(path: Path, sha256: str | None = None) -> torch.nn.Module:
-    """A TorchScript network (CPU, eval mode), read with ``torch.jit.load`` after checking its SHA-256.
-
-    Raises:
-        NeonetError: the file is missing, is not the file ``sha256`` names, or is not TorchScript.
-    """
+def check_model_file(path: Path, sha256: str | None) -> None:
+    """A bundle's model file exists and is the one ``inference.json`` records (its SHA-256), or a NeonetError."""
     if not path.is_file():
         raise NeonetError(f"{path}: this model file of the bundle is missing. {REEXPORT}")
     if sha256 is not None and (now := sha256_file(path)) != sha256:
@@ -52,6 +52,15 @@ def load_torchscript(path: Path, sha256: str | None = None) -> torch.nn.Module:
             f"{path}: this model file is not the one the bundle's inference.json records (sha256 now {now[:12]}…, "
             f"recorded {sha256[:12]}…): it was damaged or replaced, so it is not loaded. {REEXPORT}"
         )
+
+
+def load_torchscript(path: Path, sha256: str | None = None) -> torch.nn.Module:
+    """A TorchScript network (CPU, eval mode), read with ``torch.jit.load`` after checking its SHA-256.
+
+    Raises:
+        NeonetError: the file is missing, is not the file ``sha256`` names, or is not TorchScript.
+    """
+    check_model_file(path, sha256)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit; it still loads
@@ -142,22 +151,28 @@ class BundleSource:
             raise NeonetError(f'{self.paths.inference}: no TLCR ("crop") settings in this bundle. {REEXPORT}')
         return CropSettings.from_json(crop, self.paths.inference, REEXPORT)
 
-    def _entries(self, section: str, stage: str, folds: list[int]) -> list[tuple[dict[str, Any], torch.nn.Module]]:
+    def _files(self, section: str, stage: str, folds: list[int], suffix: str) -> list[tuple[dict[str, Any], Path]]:
+        """Each fold's entry and model file, the file checked against its SHA-256."""
         by_fold = {int(m["fold"]): m for m in self._section(section)["models"]}
         out = []
         for k in folds:
             entry = by_fold[k]
-            expected = self.paths.model_name(stage, k)
+            expected = self.paths.model_name(stage, k, suffix)
             if entry.get("file") != expected:  # the file is found from (stage, fold), never from a path in the JSON
                 raise NeonetError(
                     f"{self.paths.inference}: {stage} fold {k} names file {entry.get('file')!r}, not {expected!r}. {REEXPORT}"
                 )
-            out.append((entry, load_torchscript(self.paths.model(stage, k), entry["sha256"])))
+            path = self.paths.model(stage, k, suffix)
+            check_model_file(path, entry["sha256"])
+            out.append((entry, path))
         return out
 
-    def _record(self, entry: dict[str, Any], stage: str) -> dict[str, Any]:
+    def _entries(self, section: str, stage: str, folds: list[int]) -> list[tuple[dict[str, Any], torch.nn.Module]]:
+        return [(entry, load_torchscript(path)) for entry, path in self._files(section, stage, folds, ".ts")]
+
+    def _record(self, entry: dict[str, Any], stage: str, suffix: str = ".ts") -> dict[str, Any]:
         return {
-            "path": str(self.paths.model(stage, int(entry["fold"]))),
+            "path": str(self.paths.model(stage, int(entry["fold"]), suffix)),
             "sha256": entry["sha256"],
             "source_checkpoint": entry.get("source_checkpoint"),
         }
@@ -171,11 +186,14 @@ class BundleSource:
             for e, net in self._entries("segmentation", "seg", folds)
         ]
 
-    def cls_models(self, classifier: str, folds: list[int]) -> list[ClsModel]:
-        """The classifier folds' TorchScript networks with their settings and thresholds (no Grad-CAM)."""
+    def cls_models(self, classifier: str, folds: list[int]) -> list[Classifier]:
+        """The classifier folds' TorchScript networks with their settings and thresholds (no Grad-CAM), or a radiomics
+        classifier's JSON models."""
         section = self._section("classifier")
+        if section.get("kind") == RADIOMICS:
+            return self._radiomics_models(section, classifier, folds)
         settings = ClsSettings.from_json(section.get("settings") or {}, self.paths.inference, REEXPORT)
-        out = []
+        out: list[Classifier] = []
         for entry, net in self._entries("classifier", classifier, folds):
             try:
                 threshold = float(entry["val_threshold"])
@@ -184,6 +202,23 @@ class BundleSource:
                     f"{self.paths.inference}: {classifier} fold {entry['fold']} has no val_threshold. {REEXPORT}"
                 ) from exc
             out.append(ClsModel(int(entry["fold"]), net, settings, threshold, self._record(entry, classifier), explainable=False))
+        return out
+
+    def _radiomics_models(self, section: dict[str, Any], classifier: str, folds: list[int]) -> list[Classifier]:
+        """The radiomics folds: each ``models/<stage>_fold<k>.json`` read as plain JSON after its SHA-256 check."""
+        from neonet.predict.source import RadiomicsModel
+        from neonet.radiomics.saved import SavedFold, SavedModel
+
+        settings = section.get("settings") or {}
+        try:
+            regions, bins = tuple(str(r) for r in settings["regions"]), int(settings["bins"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise NeonetError(f"{self.paths.inference}: no radiomics settings (regions, bins) ({exc}). {REEXPORT}") from exc
+        out: list[Classifier] = []
+        for entry, path in self._files("classifier", classifier, folds, ".json"):
+            model = SavedModel.from_record(read_json(path, remedy=REEXPORT), path)
+            k = int(entry["fold"])
+            out.append(RadiomicsModel(k, SavedFold(k, model, regions, bins), self._record(entry, classifier, ".json")))
         return out
 
     def default_out(self, name: str) -> Path:

@@ -4,7 +4,8 @@ NeoSeg (mean softmax of the seg folds, post-processed as ``neonet predict`` does
 input's space → TLCR with the experiment's crop settings on that mask (exactly as
 ``neonet crop --source predicted`` crops the out-of-fold masks) → each classifier fold on the patch
 (PNI probability per fold and their mean) → Grad-CAM saliency mapped back into the input's space
-→ an overlay PNG. Output folder (default ``<runs_dir>/<experiment>/predict_case/<image name>/``)::
+→ an overlay PNG. NeoSeg, TLCR and the classifier folds are :meth:`neonet.predict.pipeline.Predictor.run`,
+the path ``neonet evaluate`` takes too. Output folder (default ``<runs_dir>/<experiment>/predict_case/<image name>/``)::
 
     prediction.json       probabilities, tumour volume, crop box, provenance (written last)
     segmentation.nii.gz   uint8 mask (0 background, 1 liver, 2 tumour), input's shape and affine
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import math
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from neonet import __version__
-from neonet.data.cases import LIVER, TUMOR, LabelMap, safe_file_name
-from neonet.data.nifti import load_nifti, read_array, save_nifti
-from neonet.errors import DataError, NeonetError
-from neonet.predict.source import ClsModel, CropSettings, ModelSource, RunsSource, SegModel
+from neonet.data.cases import LIVER, TUMOR, safe_file_name
+from neonet.data.nifti import load_nifti, save_nifti
+from neonet.errors import NeonetError
+from neonet.predict.pipeline import Patch, Predictor
+from neonet.predict.source import Classifier, ModelSource, RadiomicsModel, RunsSource
 from neonet.run.atomic import write_json
 from neonet.workspace import Workspace, git_sha
 
@@ -52,124 +53,40 @@ NO_SALIENCY_FROM_TORCHSCRIPT = (
     "Grad-CAM needs the network's Python modules; a bundle holds TorchScript only "
     "(run predict-case with --experiment for a saliency map)"
 )
+#: Why the radiomics baseline's prediction has no saliency map.
+NO_SALIENCY_FROM_RADIOMICS = "the radiomics baseline is a linear model on the patch's IBSI features: no network, no Grad-CAM map"
 #: From this many tumour components on, the JSON warns that the segmentation looks fragmented.
 FRAGMENTED = 5
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → the first CUDA GPU if there is one, else the CPU; anything else as given to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise NeonetError(f"--device {device!r}: {exc}") from exc
+def saliency(patch: Patch, models: list[Classifier], device: torch.device, layer: str | None) -> tuple[np.ndarray | None, str]:
+    """Mean Grad-CAM of the classifier folds on the patch (each fold's map scaled to [0, 1]) and its layer.
 
-
-# ----------------------------------------------------------------------------- pipeline steps
-def segment(image: Path, models: list[SegModel], out_dir: Path, device: torch.device) -> tuple[Path, float | None]:
-    """Fold-ensemble NeoSeg mask of ``image`` written in its space (``segmentation.nii.gz``), and NeoSeg's confidence.
-
-    The confidence is each fold's mean maximum softmax over the voxels its own argmax calls liver or
-    tumour, averaged over the folds (None when no fold finds any), as the cohort fingerprint measures
-    it on the out-of-fold masks (:mod:`neonet.predict.ood`).
-
-    The volume is preprocessed as ``neonet predict`` does (:meth:`SegSettings.transform`); the folds'
-    softmax maps are averaged, then argmax and NeoSeg's post-processing, and
-    :meth:`~neonet.seg.SegMaskWriter.write_masks` inverts the preprocessing.
-    """
-    from monai.data import list_data_collate
-
-    from neonet.seg import SegMaskWriter
-    from neonet.seg.postprocess import postprocess_labels
-
-    if not models:
-        raise NeonetError("no NeoSeg folds to segment with")
-    grids = {(tuple(m.settings.spacing), int(m.settings.divisible)) for m in models}
-    if len(grids) > 1:
-        raise NeonetError(
-            f"the seg folds were trained on different grids (spacing, divisible) {sorted(grids)}; "
-            "pick folds of one config with --folds"
-        )
-    min_voxels = {m.settings.min_tumor_voxels for m in models}
-    if len(min_voxels) > 1:
-        log.warning("seg folds differ in min_tumor_voxels %s; the ensemble uses %d", sorted(min_voxels), max(min_voxels))
-    transform = models[0].settings.transform()
-    name = OUTPUTS["segmentation"].removesuffix(".nii.gz")
-    batch = list_data_collate([transform({"image": str(image), "case_id": name, "source": str(image)})])
-    x = batch["image"].as_tensor().to(device)
-    total = torch.zeros(())
-    confidence: list[float] = []
-    with torch.inference_mode():
-        for m in models:
-            log.info("NeoSeg fold %d on %s", m.fold, device)
-            m.net.to(device)
-            soft = torch.softmax(m.logits(x).float(), dim=1)
-            top, arg = soft.max(dim=1)
-            if (arg > 0).any():
-                confidence.append(float(top[arg > 0].mean()))
-            total = total + soft
-            m.net.cpu()
-        labels = (total / len(models)).argmax(1, keepdim=True).to(torch.uint8).cpu()
-    cleaned = torch.stack([postprocess_labels(lab, max(min_voxels)) for lab in labels])
-    path = SegMaskWriter().write_masks(cleaned, batch, transform, out_dir)[0]
-    return path, float(np.mean(confidence)) if confidence else None
-
-
-def write_given_mask(mask: Path, reference: nib.Nifti1Image, out_dir: Path) -> Path:
-    """Copy a user's mask (0 background, 1 liver, 2 tumour, nothing else) as the segmentation."""
-    img = load_nifti(mask, kind="mask")
-    if img.shape[:3] != reference.shape[:3] or not np.allclose(img.affine, reference.affine, atol=1e-3):
-        raise DataError(
-            f"{mask}: the mask's grid {img.shape} does not match the image's {reference.shape} (shape and affine must agree)"
-        )
-    raw = np.rint(np.asarray(read_array(img, mask, kind="mask"), dtype=np.float64))
-    unknown = sorted(set(np.unique(raw).tolist()) - {0.0, float(LIVER), float(TUMOR)})
-    if unknown:
-        raise DataError(f"{mask}: values {unknown[:10]} in the mask; give 0 background, {LIVER} liver, {TUMOR} tumour only")
-    labels = raw.astype(np.uint8)
-    return save_nifti(out_dir / OUTPUTS["segmentation"], labels.reshape(reference.shape[:3]), reference.affine)
-
-
-def classify(
-    patch: Path, models: list[ClsModel], device: torch.device, layer: str | None, label: Path | None = None
-) -> tuple[dict[str, float], dict[str, float], np.ndarray | None, str]:
-    """Each classifier fold on the patch: probabilities, validation thresholds, mean Grad-CAM, its layer.
-
-    ``label`` is the patch's TLCR label patch, read by folds trained with ``label_channel``.
-
-    The patch is loaded with the fold's evaluation transform (:meth:`ClsSettings.transform`), as in its
-    test step. When Grad-CAM cannot reach its layer (or the network is TorchScript, from a bundle) the
-    map is None and the last item says why.
+    The patch is loaded with each fold's evaluation transform (:meth:`ClsSettings.transform`), as in its
+    test step. When Grad-CAM cannot reach its layer (or the network is TorchScript, from a bundle, or the
+    classifier is the radiomics model) the map is None and the second item says why.
     """
     from neonet.cls.saliency import SaliencyUnavailable, grad_cam
 
-    probs, thresholds, maps, used = {}, {}, [], ""
-    shape = cast(nib.Nifti1Image, nib.load(str(patch))).shape[:3]
-    failed: str | None = None
+    shape = cast(nib.Nifti1Image, nib.load(str(patch.image))).shape[:3]
+    maps, used = [], ""
     for m in models:
-        x = m.settings.transform()({"image": str(patch), "region": str(label)})["image"][None].to(device)
+        if isinstance(m, RadiomicsModel):
+            return None, NO_SALIENCY_FROM_RADIOMICS
+        if not m.explainable:
+            return None, NO_SALIENCY_FROM_TORCHSCRIPT
+        x = m.settings.transform()({"image": str(patch.image), "region": str(patch.label)})["image"][None].to(device)
         net = m.net.to(device)
-        with torch.no_grad():
-            logit = float(m.logit(x).float()[0])
-        probs[str(m.fold)] = 1.0 / (1.0 + math.exp(-logit))
-        thresholds[str(m.fold)] = float(m.threshold)
-        log.info("classifier fold %d: PNI probability %.3f", m.fold, probs[str(m.fold)])
-        if failed is None and not m.explainable:
-            failed = NO_SALIENCY_FROM_TORCHSCRIPT
-        if failed is None:
-            try:
-                heat, used = grad_cam(net, x, layer)
-            except SaliencyUnavailable as exc:
-                log.warning("fold %d: no saliency map: %s", m.fold, exc)
-                failed = str(exc)
-            else:  # undo ClsDataModule's symmetric pad_to padding, if any
-                before = [(h - s) // 2 for h, s in zip(heat.shape, shape)]
-                maps.append(heat[tuple(slice(b, b + s) for b, s in zip(before, shape))])
-        net.cpu()
-    if failed is not None:
-        return probs, thresholds, None, failed
-    return probs, thresholds, np.mean(maps, axis=0).astype(np.float32), used
+        try:
+            heat, used = grad_cam(net, x, layer)
+        except SaliencyUnavailable as exc:
+            log.warning("fold %d: no saliency map: %s", m.fold, exc)
+            return None, str(exc)
+        finally:
+            net.cpu()
+        before = [(h - s) // 2 for h, s in zip(heat.shape, shape)]  # undo ClsDataModule's symmetric pad_to padding, if any
+        maps.append(heat[tuple(slice(b, b + s) for b, s in zip(before, shape))])
+    return np.mean(maps, axis=0).astype(np.float32), used
 
 
 def image_name(path: Path) -> str:
@@ -269,8 +186,9 @@ def predict_case(
             ``--bundle``, ``predict_case/<image name>/`` in the working directory); for a folder or CSV of
             scans, the folder of their folders and ``summary.csv`` (default ``.../predict_case/``).
         classifier: classifier stage folder: ``pattennet`` (default), ``pattennet_syn``, ``resnet18``,
-            ...; with ``--bundle`` the bundle's classifier (the default); ``none`` stops after
-            segmentation and TLCR (tumour volume and crop box only).
+            ``radiomics`` (the radiomics baseline's folds: no saliency map), ...; with ``--bundle`` the
+            bundle's classifier (the default); ``none`` stops after segmentation and TLCR (tumour volume
+            and crop box only).
         folds: folds to ensemble, for NeoSeg and the classifier (default: all folds of the
             experiment, or of the bundle; each must have finished training).
         mask: a mask in the image's space (0 background, 1 liver, 2 tumour) to use instead of
@@ -302,157 +220,62 @@ def predict_case(
     return predict_scan(predictor, image, out_dir, mask=None if mask is None else Path(mask))
 
 
-class CachedModels:
-    """A model source whose folds are loaded once (for every scan of a batch).
-
-    Args:
-        source: where the models come from.
-    """
-
-    def __init__(self, source: ModelSource) -> None:
-        self.source = source
-        self._seg: dict[tuple[int, ...], list[SegModel]] = {}
-        self._cls: dict[tuple[str, tuple[int, ...]], list[ClsModel]] = {}
-
-    def seg_models(self, folds: list[int]) -> list[SegModel]:
-        """The NeoSeg folds, loaded on first use."""
-        key = tuple(folds)
-        if key not in self._seg:
-            self._seg[key] = self.source.seg_models(folds)
-        return self._seg[key]
-
-    def cls_models(self, classifier: str, folds: list[int]) -> list[ClsModel]:
-        """The classifier folds, loaded on first use."""
-        key = (classifier, tuple(folds))
-        if key not in self._cls:
-            self._cls[key] = self.source.cls_models(classifier, folds)
-        return self._cls[key]
-
-
-class Predictor:
-    """Everything one scan's prediction needs besides the scan: the models (loaded once), settings, device.
-
-    Args:
-        source: where the models come from.
-        classifier: the classifier stage (``none``: stop after TLCR).
-        seg_folds: NeoSeg folds (None when a mask replaces NeoSeg).
-        cls_folds: classifier folds (None with ``classifier`` ``none``).
-        crop: the TLCR settings.
-        saliency_layer: Grad-CAM layer (None: the default).
-        device: where the networks run.
-    """
-
-    def __init__(
-        self,
-        source: ModelSource,
-        classifier: str,
-        seg_folds: list[int] | None,
-        cls_folds: list[int] | None,
-        crop: CropSettings,
-        saliency_layer: str | None,
-        device: torch.device,
-    ) -> None:
-        self.source, self.classifier, self.crop = source, classifier, crop
-        self.seg_folds, self.cls_folds = seg_folds, cls_folds
-        self.saliency_layer, self.device = saliency_layer, device
-        self.models = CachedModels(source)
-
-    @classmethod
-    def create(
-        cls,
-        source: ModelSource,
-        classifier: str | None,
-        folds: list[int] | None,
-        mask: Path | None,
-        saliency_layer: str | None,
-        device: str,
-    ) -> Predictor:
-        """Check that the folds asked for are trained and read the crop settings (errors before any scan is read)."""
-        classifier = classifier or source.default_classifier
-        seg_folds = None if mask is not None else source.seg_folds(folds)
-        crop = source.crop_settings()
-        cls_folds = None if classifier == "none" else source.classifier_folds(classifier, folds)
-        return cls(source, classifier, seg_folds, cls_folds, crop, saliency_layer, resolve_device(device))
-
-    @property
-    def workspace(self) -> Workspace | None:
-        """The experiment's workspace (None for a bundle: it holds no cohort)."""
-        return self.source.ws if isinstance(self.source, RunsSource) else None
-
-
 def predict_scan(
     predictor: Predictor, image: Path, out_dir: Path, mask: Path | None = None, case_id: str | None = None
 ) -> dict[str, Any]:
     """One scan through NeoSeg (or its ``mask``), TLCR and the classifier folds; writes ``out_dir`` and returns
     the content of ``prediction.json`` (see :func:`predict_case`). ``case_id`` is compared with the cohort's."""
     src = load_nifti(image, kind="image")
-    source, classifier, crop, dev = predictor.source, predictor.classifier, predictor.crop, predictor.device
-    seg_folds, cls_folds, saliency_layer = predictor.seg_folds, predictor.cls_folds, predictor.saliency_layer
+    source, classifier, crop = predictor.source, predictor.classifier, predictor.crop
+    assert crop is not None  # Predictor.create reads the crop settings
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS.values():  # never leave files of an earlier run beside this run's
         (out_dir / name).unlink(missing_ok=True)
-    outputs: dict[str, str] = {}
 
-    # 1. segmentation in the input's space
-    seg_confidence: float | None = None
+    # 1.-3. segmentation in the input's space, TLCR as `neonet crop --source predicted`, the classifier folds
+    patch_files = (out_dir / OUTPUTS["patch_image"], out_dir / OUTPUTS["patch_label"])
+    scan = predictor.run(image, out_dir / OUTPUTS["segmentation"], patch_files, given_mask=mask, reference=src)
+    assert scan.crop is not None
+    seg_path, result = scan.mask, scan.crop.result
+    image_c, mask_c, affine_c = scan.crop.image, scan.crop.mask, scan.crop.affine
+    outputs: dict[str, str] = {"segmentation": str(seg_path)}
     if mask is not None:
-        seg_path, seg_from = write_given_mask(Path(mask), src, out_dir), f"the given mask {mask}"
+        seg_from = f"the given mask {mask}"
         seg_record: dict[str, Any] = {"source": "mask", "mask": str(mask)}
     else:
-        seg_models = predictor.models.seg_models(seg_folds or [])
-        seg_path, seg_confidence = segment(image, seg_models, out_dir, dev)
+        seg_models = predictor.seg_models()
         seg_from = f"NeoSeg (fold{'s' if len(seg_models) > 1 else ''} {', '.join(str(m.fold) for m in seg_models)})"
         seg_record = {
             "source": "neoseg",
-            "folds": seg_folds,
+            "folds": predictor.seg_folds,
             "checkpoints": [m.record for m in seg_models],
-            "confidence": seg_confidence,
+            "confidence": scan.seg_confidence,
         }
-        del seg_models
-    outputs["segmentation"] = str(seg_path)
     labels = np.asarray(cast(nib.Nifti1Image, nib.load(str(seg_path))).dataobj)
     liver_ml, tumor_ml = _volumes_ml(labels, src.affine)
     seg_record |= {"liver_volume_ml": round(liver_ml, 3), "tumor_volume_ml": round(tumor_ml, 3)}
 
-    # 2. TLCR on the canonical grid, as `neonet crop --source predicted` does
-    from neonet.seg.crop import load_case
-    from neonet.seg.tlcr import patch_affine, tlcr
-
-    image_c, mask_c, affine_c = load_case(image, seg_path, crop.grid_spacing, LabelMap())
-    result = tlcr(
-        image_c,
-        mask_c,
-        crop.spacing,
-        patch_size=crop.patch_size,
-        shell_mm=crop.shell_mm,
-        no_tumor="skip",
-        liver_level=crop.liver_level,
-        liver_region=crop.liver_region,
-        shell_region=crop.shell_region,
-    )
     probs: dict[str, float] = {}
     thresholds: dict[str, float] = {}
     saliency_c: np.ndarray | None = None
     cls_record: dict[str, Any] | None = None
     saliency_record: dict[str, Any] | None = None
     box_input = None
-    if result.has_patch:
-        assert result.box is not None and result.image_patch is not None and result.label_patch is not None
+    if scan.patch is not None:
         from neonet.cls.saliency import patch_bounds_in_image, patch_to_image
 
-        p_affine = patch_affine(affine_c, result.box["start"])
+        assert result.image_patch is not None
+        p_affine = scan.patch.affine
         start, stop = patch_bounds_in_image(result.image_patch.shape, p_affine, src.shape, src.affine)
         box_input = {"start": list(start), "stop": list(stop)}
-        patch_path = save_nifti(out_dir / OUTPUTS["patch_image"], result.image_patch.astype(np.float32), p_affine)
-        save_nifti(out_dir / OUTPUTS["patch_label"], result.label_patch.astype(np.uint8), p_affine)
-        outputs |= {"patch_image": str(patch_path), "patch_label": str(out_dir / OUTPUTS["patch_label"])}
-        if cls_folds is not None:
-            # 3. classifier folds + Grad-CAM
-            cls_models = predictor.models.cls_models(classifier, cls_folds)
-            probs, thresholds, heat, layer = classify(
-                patch_path, cls_models, dev, saliency_layer, label=out_dir / OUTPUTS["patch_label"]
-            )
-            cls_record = {"stage": classifier, "folds": cls_folds, "checkpoints": [m.record for m in cls_models]}
+        outputs |= {"patch_image": str(scan.patch.image), "patch_label": str(scan.patch.label)}
+        if predictor.cls_folds is not None:
+            # Grad-CAM of the classifier folds
+            cls_models = predictor.cls_models(classifier)
+            probs = {str(k): p for k, p in scan.probs[classifier].items()}
+            thresholds = {str(m.fold): float(m.threshold) for m in cls_models}
+            heat, layer = saliency(scan.patch, cls_models, predictor.device, predictor.saliency_layer)
+            cls_record = {"stage": classifier, "folds": predictor.cls_folds, "checkpoints": [m.record for m in cls_models]}
             if heat is None:
                 saliency_record = {"error": layer}
             else:
@@ -518,7 +341,7 @@ def predict_scan(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     record["cohort"] = cohort_record(predictor, image, case_id or image_name(image), mean)
-    record["out_of_distribution"] = ood_record(predictor, image, seg_path, seg_confidence)
+    record["out_of_distribution"] = ood_record(predictor, image, seg_path, scan.seg_confidence)
     for flag in (record["out_of_distribution"] or {}).get("flags", []):
         record["warnings"].append(f"outside the training cohort: {flag['message']}")
     if record["cohort"] is not None:

@@ -27,6 +27,12 @@ FoldModel = TrainedFold
 def train_command(ws: Workspace, stage: str, folds: list[int] | None = None, verb: str = "cv", force: bool = False) -> str:
     """The command that trains ``stage`` (or, for ``crop``, makes the crop settings); ``force``: re-trains finished folds."""
     base, extra = stage, []
+    if _is_radiomics(ws, stage):
+        rad_config = Path("experiments") / ws.experiment / "radiomics.yaml"
+        shown = str(rad_config) if rad_config.is_file() else "<the radiomics config, e.g. experiments/demo/radiomics.yaml>"
+        runs = f" --runs_dir {ws.runs_dir}" if str(ws.runs_dir) != "runs" else ""
+        picked = f" --folds {' '.join(map(str, folds))}" if folds else ""
+        return f"neonet radiomics --config {shown}{runs}{picked}" + (" --force" if force else "")
     if stage.endswith("_syn"):
         base, extra = stage[: -len("_syn")], [f"--model.stage={stage}", "--data.use_synthetic=true"]
     folder = Path("experiments") / ws.experiment
@@ -41,10 +47,22 @@ def train_command(ws: Workspace, stage: str, folds: list[int] | None = None, ver
     return cmd + (" -- " + " ".join(extra) if extra else "")
 
 
+def _is_radiomics(ws: Workspace, stage: str) -> bool:
+    """The stage holds radiomics folds (their ``model.json`` / ``radiomics_config.json``: no ``artifact.json`` is read,
+    whose own error message names this command), or is named ``radiomics`` and holds none yet."""
+    folds = ws.stage_folds(stage)
+    made = any(ws.radiomics_model(stage, k).is_file() or ws.radiomics_record(stage, k).is_file() for k in folds)
+    return made or (stage == "radiomics" and not folds)
+
+
 def is_trained(ws: Workspace, stage: str, fold: int) -> bool:
     """Whether the fold finished its fit (``artifact.json`` status ``fit-complete``/``complete``, ``config.yaml`` and
-    ``checkpoints/best.ckpt``)."""
+    ``checkpoints/best.ckpt``; a radiomics fold: status ``complete`` and ``model.json``)."""
+    from neonet.radiomics.saved import is_radiomics_fold
+
     art = ws.read_artifact(stage, fold) or {}
+    if is_radiomics_fold(art):
+        return art.get("status") == "complete" and ws.radiomics_model(stage, fold).is_file()
     return (
         art.get("status") in USABLE_STATUSES
         and ws.best_checkpoint(stage, fold).is_file()
@@ -89,7 +107,11 @@ def trained_folds(ws: Workspace, stage: str, folds: list[int] | None = None, hin
             hint += f"\nor ensemble only the finished fold(s): --folds [{','.join(map(str, ready))}]"
         raise MissingUpstreamError(
             f"trained {stage} fold(s) {', '.join(map(str, missing))} of experiment {ws.experiment!r} "
-            "(config.yaml, checkpoints/best.ckpt and a finished fit in artifact.json)",
+            + (
+                "(model.json and status complete in artifact.json)"
+                if _is_radiomics(ws, stage)
+                else "(config.yaml, checkpoints/best.ckpt and a finished fit in artifact.json)"
+            ),
             ", ".join(str(ws.stage_dir(stage, k)) for k in missing),
             train_command(ws, stage, missing) + hint,
         )

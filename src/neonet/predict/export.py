@@ -30,8 +30,8 @@ from torch import nn
 
 from neonet import __version__
 from neonet.errors import NeonetError
-from neonet.predict.bundle import FORMAT, FORMAT_VERSION, BundleSource, check_stage_name
-from neonet.predict.source import ClsModel, CropSettings, RunsSource, SegModel
+from neonet.predict.bundle import FORMAT, FORMAT_VERSION, RADIOMICS, BundleSource, check_stage_name
+from neonet.predict.source import ClsModel, CropSettings, RadiomicsModel, RunsSource, SegModel
 from neonet.run.atomic import atomic_dir, read_json, write_json, write_text
 from neonet.workspace import BundlePaths, Workspace, git_sha
 
@@ -68,8 +68,11 @@ def _save(module: torch.jit.ScriptModule, path: Path) -> None:
         torch.jit.save(module, str(path))
 
 
-def _difference(a: SegModel | ClsModel, b: SegModel | ClsModel, x: torch.Tensor) -> float:
-    """Largest |difference| between two models' outputs on ``x`` (a window's logits, or a patch's PNI logit)."""
+def _difference(a: Any, b: Any, x: Any) -> float:
+    """Largest |difference| between two models' outputs on ``x`` (a window's logits, a patch's PNI logit, or a
+    radiomics model's logits of feature rows)."""
+    if isinstance(a, RadiomicsModel):
+        return float(np.abs(a.saved.model.decision_function(x) - b.saved.model.decision_function(x)).max())
     with torch.no_grad():
         ya = a.predictor()(x) if isinstance(a, SegModel) else a.logit(x)
         yb = b.predictor()(x) if isinstance(b, SegModel) else b.logit(x)
@@ -97,6 +100,25 @@ def _cls_inputs(model: ClsModel, crop: CropSettings) -> tuple[torch.Tensor, torc
         return x
 
     return patch(), patch()
+
+
+def _radiomics_rows(model: RadiomicsModel) -> np.ndarray:
+    """Check rows for a radiomics model: its training means plus standard-normal multiples of its training SDs."""
+    saved = model.saved.model
+    noise = np.random.default_rng(0).standard_normal((8, len(saved.features)))
+    return np.asarray(saved.mean + noise * saved.sd, dtype=np.float64)
+
+
+def _radiomics_section(paths: BundlePaths, classifier: str, models: list[RadiomicsModel]) -> dict[str, Any]:
+    """``inference.json``'s classifier entry for radiomics folds: each ``model.json`` copied to
+    ``models/<stage>_fold<k>.json``, the feature settings (regions, bins) and the thresholds."""
+    settings = _one([{"regions": list(m.saved.regions), "bins": m.saved.bins} for m in models], classifier)
+    entries = []
+    for m in models:
+        write_json(paths.model(classifier, m.fold, ".json"), read_json(Path(m.record["path"])))
+        entry = _model_entry(paths, classifier, m.fold, m.record, ".json")
+        entries.append({**entry, "val_threshold": m.threshold})
+    return {"stage": classifier, "kind": RADIOMICS, "settings": settings, "models": entries}
 
 
 def _one(values: list[Any], what: str) -> Any:
@@ -130,13 +152,13 @@ def _check_out(out: Path, force: bool) -> None:
         )
 
 
-def _model_entry(paths: BundlePaths, stage: str, fold: int, source_record: dict[str, Any]) -> dict[str, Any]:
+def _model_entry(paths: BundlePaths, stage: str, fold: int, source_record: dict[str, Any], suffix: str = ".ts") -> dict[str, Any]:
     from neonet.run.atomic import sha256_file
 
-    path = paths.model(stage, fold)
+    path = paths.model(stage, fold, suffix)
     return {
         "fold": int(fold),
-        "file": paths.model_name(stage, fold),
+        "file": paths.model_name(stage, fold, suffix),
         "sha256": sha256_file(path),
         "bytes": path.stat().st_size,
         "source_checkpoint": source_record,
@@ -218,7 +240,8 @@ def _readme(ws: Workspace, classifier: str) -> str:
         f"- `configs/metadata.json`: version, inputs and outputs, neonet version and git commit, export check;\n"
         f"- `configs/inference.json`: preprocessing, sliding window, TLCR settings, the {classifier} folds' "
         "validation thresholds, and each model file's SHA-256 with the checkpoint it was exported from;\n"
-        "- `models/*.ts`: each fold's network as TorchScript (loaded with `torch.jit.load` only).\n\n"
+        "- `models/*.ts`: each fold's network as TorchScript (loaded with `torch.jit.load` only); a radiomics "
+        "classifier's folds are `models/*.json` (coefficients and training statistics, read as plain JSON).\n\n"
         "The probability is research output from cross-validated models, not a diagnosis.\n"
     )
 
@@ -245,7 +268,8 @@ def export(
         out: the bundle's folder; must not exist or be empty, unless ``--force``.
         experiment: experiment whose trained folds are exported (folder below ``runs_dir``).
         runs_dir: folder holding all experiments.
-        classifier: classifier stage folder (``pattennet``, ``pattennet_syn``, ``resnet18``, ...), or
+        classifier: classifier stage folder (``pattennet``, ``pattennet_syn``, ``resnet18``, ``radiomics``: its
+            folds' ``model.json`` as JSON models, ...), or
             ``none`` for segmentation and TLCR only.
         folds: folds to export, for NeoSeg and the classifier (default: all folds of the experiment;
             each must have finished training).
@@ -269,7 +293,7 @@ def export(
 
     with atomic_dir(out, replace=force) as tmp:
         paths = BundlePaths(tmp)
-        pairs: list[tuple[str, Any, torch.Tensor]] = []  # (stage, model, check input) for the check below
+        pairs: list[tuple[str, Any, Any]] = []  # (stage, model, check input) for the check below
         seg_models = source.seg_models(seg_folds)
         seg_settings = _one([m.settings for m in seg_models], "seg")
         seg_entries = []
@@ -287,8 +311,13 @@ def export(
             "crop": crop.to_json(),
             "classifier": None,
         }
-        if cls_folds is not None:
-            cls_models = source.cls_models(classifier, cls_folds)
+        all_cls = [] if cls_folds is None else source.cls_models(classifier, cls_folds)
+        radiomics = [m for m in all_cls if isinstance(m, RadiomicsModel)]
+        if radiomics:
+            config["classifier"] = _radiomics_section(paths, classifier, radiomics)
+            pairs += [(classifier, m, _radiomics_rows(m)) for m in radiomics]
+        elif cls_folds is not None:
+            cls_models = [m for m in all_cls if isinstance(m, ClsModel)]
             cls_settings = _one([m.settings for m in cls_models], classifier)
             entries = []
             for c in cls_models:
@@ -316,10 +345,11 @@ def export(
         check = {
             "max_abs_output_difference": diffs,
             "tolerance": TOLERANCE,
-            "method": "torch.jit.trace in eval mode; outputs of the loaded file against the trained network on a check input",
+            "method": "torch.jit.trace in eval mode; outputs of the loaded file against the trained network on a check input"
+            + ("; radiomics: logits of the bundle's JSON model against the experiment's on 8 check rows" if radiomics else ""),
         }
         metadata = _metadata(ws, classifier, crop, version, description, check)
-        metadata["models_bytes"] = sum(p.stat().st_size for p in paths.models_dir.glob("*.ts"))
+        metadata["models_bytes"] = sum(p.stat().st_size for p in paths.models_dir.iterdir() if p.suffix in (".ts", ".json"))
         write_json(paths.metadata, metadata)
         write_text(paths.readme, _readme(ws, classifier))
 

@@ -2,7 +2,7 @@
 
 The **cohort fingerprint** (``runs/<experiment>/cohort_fingerprint.json``) measures every cohort case
 held out by a trained NeoSeg fold the way ``neonet predict-case`` measures a new scan: fold k
-segments its own test case (as :func:`neonet.predict.case.segment` segments a new scan) and
+segments its own test case (as :func:`neonet.predict.pipeline.segment` segments a new scan) and
 :func:`neonet.data.fingerprint.fingerprint_case` reads, inside that out-of-fold mask, the voxel
 spacing, the image's intensity percentiles 0.5/50/99.5 over the liver, the liver volume and the
 largest tumour's volume; NeoSeg's confidence is the fold's mean maximum softmax inside its mask.
@@ -42,7 +42,7 @@ from neonet.workspace import Workspace
 if TYPE_CHECKING:
     import torch
 
-    from neonet.predict.case import CachedModels
+    from neonet.predict.pipeline import CachedModels
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def build(ws: Workspace, models: CachedModels, device: torch.device) -> dict[str
     Raises:
         NeonetError: no ``splits.json``, or no trained fold names a ``cases.csv`` that exists.
     """
-    from neonet.predict.case import segment
+    from neonet.predict.pipeline import segment
 
     manifest = cohort_manifest(ws)
     if manifest is None or not ws.splits_path.is_file():
@@ -112,7 +112,7 @@ def build(ws: Workspace, models: CachedModels, device: torch.device) -> dict[str
         for case in read_cases(manifest):
             fold = test_of.get(case.case_id)
             if fold in folds:
-                mask, conf = segment(case.image, models.seg_models([fold]), Path(tmp), device)
+                mask, conf = segment(case.image, models.seg_models([fold]), Path(tmp) / "mask.nii.gz", device)
                 rows.append(measure(case.case_id, case.image, mask, conf) | {"mask": f"neoseg fold {fold}"})
             elif case.label is not None:
                 rows.append(measure(case.case_id, case.image, case.label, None) | {"mask": "manual"})

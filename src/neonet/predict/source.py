@@ -12,7 +12,9 @@ settings that say how to feed it:
 
 Both hand over :class:`SegModel` / :class:`ClsModel`, whose inference (:meth:`SegModel.logits`,
 :meth:`ClsModel.logit`) and preprocessing (:class:`SegSettings`, :class:`ClsSettings`) are shared, so a
-bundle predicts exactly what its experiment predicts.
+bundle predicts exactly what its experiment predicts. The radiomics baseline (``neonet radiomics``) is a
+:class:`RadiomicsModel`: a linear model on the patch's IBSI features, read from its ``model.json``
+(:mod:`neonet.radiomics.saved`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,21 @@ from torch import nn
 from neonet.data.transforms import INTENSITY_PERCENTILES, ORIENTATION
 from neonet.errors import MissingUpstreamError, NeonetError
 from neonet.predict.ensemble import train_command, trained_folds
+from neonet.radiomics.saved import SavedFold
 from neonet.workspace import Workspace
 
-__all__ = ["ClsModel", "ClsSettings", "CropSettings", "ModelSource", "RunsSource", "SegModel", "SegSettings", "settings_error"]
+__all__ = [
+    "Classifier",
+    "ClsModel",
+    "ClsSettings",
+    "CropSettings",
+    "ModelSource",
+    "RadiomicsModel",
+    "RunsSource",
+    "SegModel",
+    "SegSettings",
+    "settings_error",
+]
 
 
 def settings_error(source: Path | str, what: str, exc: BaseException | str, fix: str) -> NeonetError:
@@ -266,6 +280,37 @@ class ClsModel:
         return self.net(x).reshape(x.shape[0])
 
 
+@dataclass
+class RadiomicsModel:
+    """One radiomics fold ready to predict: its linear model on the TLCR patch's IBSI features.
+
+    Attributes:
+        fold: the fold k.
+        saved: the model and the feature settings (regions, bins) of its ``model.json`` / ``artifact.json``.
+        record: provenance for ``prediction.json`` (``model.json``'s path and SHA-256).
+        explainable: always False (no network: no Grad-CAM map).
+    """
+
+    fold: int
+    saved: SavedFold
+    record: dict[str, Any]
+    explainable: bool = False
+
+    @property
+    def threshold(self) -> float:
+        """The fold's validation (Youden) threshold."""
+        return self.saved.model.threshold
+
+    def probability(self, features: Mapping[str, float]) -> float:
+        """PNI probability of a patch from its features (:func:`neonet.radiomics.features.patch_features`)."""
+        row = self.saved.model.row(features, f"radiomics fold {self.fold} ({self.record.get('path')})")
+        return float(self.saved.model.predict_proba(row)[0])
+
+
+#: A classifier fold: a network on the patch, or the radiomics model on its features.
+Classifier = ClsModel | RadiomicsModel
+
+
 class ModelSource(Protocol):
     """What ``neonet predict-case`` needs from wherever its models come from."""
 
@@ -288,7 +333,7 @@ class ModelSource(Protocol):
         """The NeoSeg folds, loaded (CPU, eval mode)."""
         ...
 
-    def cls_models(self, classifier: str, folds: list[int]) -> list[ClsModel]:
+    def cls_models(self, classifier: str, folds: list[int]) -> list[Classifier]:
         """The classifier folds, loaded (CPU, eval mode)."""
         ...
 
@@ -372,17 +417,22 @@ class RunsSource:
             out.append(SegModel(fold.fold, module.net, seg_settings_of(module, fold.data), record))
         return out
 
-    def cls_models(self, classifier: str, folds: list[int]) -> list[ClsModel]:
-        """Each classifier fold rebuilt with ``best.ckpt`` loaded strictly.
+    def cls_models(self, classifier: str, folds: list[int]) -> list[Classifier]:
+        """Each classifier fold rebuilt with ``best.ckpt`` loaded strictly (a radiomics fold: its ``model.json``).
 
         Raises:
             NeonetError: the stage is a diagnostic control (manual-mask patches, constant image).
         """
         from neonet.cls.datamodule import ClsDataModule
+        from neonet.radiomics.saved import is_radiomics_fold, load_fold
         from neonet.run.reload import load_trained_fold
 
-        out = []
+        out: list[Classifier] = []
         for k in folds:
+            if is_radiomics_fold(self.ws.read_artifact(classifier, k)):
+                record = self.ws.checkpoint_record(self.ws.radiomics_model(classifier, k))
+                out.append(RadiomicsModel(k, load_fold(self.ws, classifier, k), record))
+                continue
             fold = load_trained_fold(self.ws, classifier, k)
             control = fold.data.control() if isinstance(fold.data, ClsDataModule) else {}
             if control:  # trained on manual-mask patches or a constant image: it does not score a new scan's patch

@@ -33,6 +33,7 @@ from neonet.data.splits import Fold, ensure_splits, get_fold
 from neonet.errors import NeonetError
 from neonet.radiomics.features import REGIONS, feature_names, patch_features
 from neonet.radiomics.model import C_GRID, fit_fold, predict
+from neonet.radiomics.saved import MODULE
 from neonet.report.figures import write_stage
 from neonet.report.stats import binary_metrics
 from neonet.run.atomic import read_json, write_csv, write_json
@@ -41,8 +42,6 @@ from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-#: ``classifier.module`` of a radiomics fold's ``artifact.json`` (tells it from the deep classifiers' folds).
-MODULE = "neonet.radiomics"
 NETWORK = "sklearn.linear_model.LogisticRegression"
 
 

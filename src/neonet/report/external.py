@@ -38,6 +38,7 @@ from neonet.data.cases import Case, LabelMap, read_cases, safe_file_name
 from neonet.data.splits import folds_phrase, read_splits
 from neonet.errors import DataError, NeonetError
 from neonet.predict.cohort import ScanPrediction
+from neonet.predict.pipeline import Predictor
 from neonet.report.cls_report import markdown
 from neonet.run.atomic import atomic_dir, write_csv, write_json, write_text
 from neonet.workspace import ExternalPaths, Workspace, git_sha
@@ -203,7 +204,7 @@ def evaluate(
             ``pni`` may be empty).
         name: the report's folder below ``reports/external/`` (default: the manifest's folder and
             stem, e.g. ``cohort_b_cases``).
-        stages: ``seg`` and classifier stages (``pattennet``, ``resnet18``, ...) to evaluate (default:
+        stages: ``seg`` and classifier stages (``pattennet``, ``resnet18``, ``radiomics``, ...) to evaluate (default:
             ``seg`` and every classifier stage with a finished fold). Classifiers always read NeoSeg's
             masks; ``seg`` adds its metrics.
         runs_dir: folder holding all experiments.
@@ -221,8 +222,8 @@ def evaluate(
         The content of ``external.json``.
     """
     from neonet.data.validate import assert_valid
-    from neonet.predict.case import resolve_device
     from neonet.predict.ensemble import finished_folds
+    from neonet.predict.pipeline import resolve_device
     from neonet.predict.source import RunsSource
     from neonet.report.external_cohort import check_disjoint, check_label_map, describe, experiment_label_map
 
@@ -251,9 +252,9 @@ def evaluate(
     assert_valid(csv, label_map, require_label=False, require_pni=False, stages=("seg",))  # files readable, grids agree
     cls_stages = [s for s in wanted if s != "seg"]
     crop = source.crop_settings() if cls_stages else None
-    dev = resolve_device(device)
-    seg_models = source.seg_models(folds["seg"])
-    models = {s: source.cls_models(s, folds[s]) for s in cls_stages}
+    predictor = Predictor(source, {s: folds[s] for s in cls_stages}, folds["seg"], crop, None, resolve_device(device))
+    seg_models = predictor.seg_models()
+    models = {s: predictor.cls_models(s) for s in cls_stages}
     thresholds = {s: {m.fold: float(m.threshold) for m in ms} for s, ms in models.items()}
     doc: dict[str, Any] = {
         "experiment": experiment,
@@ -273,12 +274,10 @@ def evaluate(
         "git_sha": git_sha(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    fingerprint = _cohort_fingerprint(ws, source, dev)
+    fingerprint = _cohort_fingerprint(ws, predictor)
     doc["cohort_fingerprint"] = None if fingerprint is None else str(ws.cohort_fingerprint)
     with atomic_dir(out.root, replace=True) as tmp:
-        doc.update(
-            _write_report(ExternalPaths(tmp), external, seg_models, models, thresholds, crop, label_map, dev, doc, fingerprint)
-        )
+        doc.update(_write_report(ExternalPaths(tmp), external, predictor, thresholds, label_map, doc, fingerprint))
         write_json(ExternalPaths(tmp).table("external", "json"), doc)
         write_text(ExternalPaths(tmp).table("external", "md"), _markdown(doc))
     print(f"wrote {out.table('external', 'md')}")
@@ -288,12 +287,9 @@ def evaluate(
 def _write_report(
     paths: ExternalPaths,
     external: list[Case],
-    seg_models: list[Any],
-    models: dict[str, list[Any]],
+    predictor: Predictor,
     thresholds: dict[str, dict[int, float]],
-    crop: Any,
     label_map: LabelMap,
-    device: Any,
     doc: dict[str, Any],
     fingerprint: dict[str, Any] | None,
 ) -> dict[str, Any]:
@@ -302,7 +298,7 @@ def _write_report(
     from neonet.predict.cohort import predict_scans
     from neonet.seg.evaluate import markdown_table, summarise
 
-    preds = predict_scans(external, seg_models, models, crop, paths, device, fingerprint)
+    preds = predict_scans(external, predictor, paths, fingerprint)
     found: dict[str, Any] = {"crop_status": {p.case.case_id: p.crop_status for p in preds}, "files": {}}
     ood = ood_table(preds)
     if not ood.empty:
@@ -318,7 +314,7 @@ def _write_report(
             write_json(paths.table("seg_summary", "json"), summary)
             write_text(paths.table("seg_summary", "md"), markdown_table(summary))
             found["seg"] = summary
-    if models:
+    if predictor.classifiers:
         frame = prediction_table(preds, thresholds)
         write_csv(paths.table("predictions"), frame)
         alpha = float(doc["settings"]["alpha"])
@@ -340,13 +336,12 @@ def _write_report(
     return found
 
 
-def _cohort_fingerprint(ws: Workspace, source: Any, device: Any) -> dict[str, Any] | None:
+def _cohort_fingerprint(ws: Workspace, predictor: Predictor) -> dict[str, Any] | None:
     """The experiment's cohort fingerprint (read, or measured once); None, with a warning, when it cannot be made."""
     from neonet.predict import ood
-    from neonet.predict.case import CachedModels
 
     try:
-        return ood.load(ws, CachedModels(source), device)
+        return ood.load(ws, predictor.models, predictor.device)
     except NeonetError as exc:
         log.warning("no comparison with the training cohort: %s", exc)
         return None
