@@ -103,7 +103,7 @@ def test_every_path_built_from_a_case_id_refuses_an_unsafe_one(bad: str, tmp_pat
     with pytest.raises(DataError, match="cannot be used as a file name"):
         case_file(ws.patches_dir / "images", bad)
     manifest = tmp_path / "cases.csv"
-    manifest.write_text(f"{HEADER}\n{bad},i.nii.gz,l.nii.gz,1,p1\n")
+    manifest.write_text(f"{HEADER}\n{bad},i.nii.gz,l.nii.gz,1,p1\n", encoding="utf-8")
     with pytest.raises(DataError, match=f"{manifest}: line 2: case_id .* cannot be used as a file name"):
         read_cases(manifest)
     assert not (tmp_path / "runs").exists()
