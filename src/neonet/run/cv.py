@@ -26,7 +26,7 @@ from typing import Any
 from neonet.data.cases import read_cases
 from neonet.data.splits import check_missing_splits, check_splits_match, planned_folds, read_splits
 from neonet.errors import NeonetError
-from neonet.run.child import Child, run_neonet, start_neonet
+from neonet.run.child import Child, run_neonet, start_mode, start_neonet
 from neonet.run.config_drift import check_fold_configs
 from neonet.run.fold_lock import child_env, fold_lock, restamp
 from neonet.run.progress import FoldBoard, progress_line, read_progress
@@ -433,7 +433,8 @@ def cv(
     ran_any = False
     pending = [(run, k) for run in runs for k in todo if force or not verified_complete(run, k)]
     if jobs > 1 and len(pending) > 1:
-        log.info("cv: %s, %d at a time", ", ".join(f"{r.stage} fold {k}" for r, k in pending), jobs)
+        how = "forked from this process" if start_mode() == "fork" else "each a fresh interpreter"
+        log.info("cv: %s, %d at a time (%s)", ", ".join(f"{r.stage} fold {k}" for r, k in pending), jobs, how)
         run_parallel(configs, pending, jobs, force, ws)
         ran_any, todo_serial = True, []
     else:
