@@ -35,7 +35,7 @@ The AUCs are read from what ``neonet report`` writes (``reports/cls_summary.csv`
 ``auc_pooled``, ``auc_ci_lo``, ``auc_ci_hi``; the radiomics baseline's row comes from its
 ``test_predictions.csv``, its ``radiomics_summary.csv`` holds only per-fold figures). Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/strength_sweep.py --strengths 2 0 1 0.5   # about an hour per strength here
+    OMP_NUM_THREADS=1 python benchmarks/strength_sweep.py --strengths 2 0 1 0.5   # resumable: a rerun goes on
     python benchmarks/strength_sweep.py --collect_only                             # table + plot of what finished
 """
 
