@@ -176,6 +176,8 @@ def collect(runs_dir: Path, strengths: Sequence[float], runs: Sequence[dict[str,
         summary = pd.read_csv(ws.cls_summary) if ws.cls_summary.is_file() else None
         mine = [r for r in runs if r.get("experiment") == ws.experiment]
         wall = round(sum(float(r["seconds"]) for r in mine), 1) if mine else None
+        # the latest invocation: its status and the steps it finished (an interrupted one stays "running")
+        run_status = f"{mine[-1]['status']} after {'/'.join(s['step'] for s in mine[-1]['steps']) or 'no step'}" if mine else None
         for stage, label in MODELS:
             row: dict[str, Any] = {"strength": strength, "experiment": ws.experiment, "model": stage, "label": label}
             found = None if summary is None else summary[summary["stage"] == stage]
@@ -196,6 +198,7 @@ def collect(runs_dir: Path, strengths: Sequence[float], runs: Sequence[dict[str,
                     status="complete" if int(r["folds"]) >= int(r["folds_expected"]) else "partial",
                 )
             row["wall_s"] = wall
+            row["run_status"] = run_status
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -216,11 +219,17 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
     ax.set_xlabel("phantom PNI strength")
     ax.set_ylabel("pooled out-of-fold AUC (95 % CI)")
     ax.set_ylim(0.0, 1.02)
-    ax.set_xticks(sorted(table["strength"].unique()))
+    ticks = sorted(table["strength"].unique())
+    span = max(1.0, ticks[-1] - ticks[0])
+    ax.set_xticks(ticks)
+    ax.set_xlim(ticks[0] - 0.1 * span, ticks[-1] + 0.1 * span)
     missing = sorted(set(table["strength"]) - set(done["strength"]))
     title = "Pooled AUC against PNI strength (matched phantom)"
-    ax.set_title(title + (f"\nnot run yet: strength {', '.join(f'{s:g}' for s in missing)}" if missing else ""), fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(
+        title + (f"\nno report (not run or not finished): strength {', '.join(f'{s:g}' for s in missing)}" if missing else ""),
+        fontsize=10,
+    )
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -241,13 +250,18 @@ def markdown(table: pd.DataFrame) -> str:
         for s in strengths:
             r = table[(table["strength"] == s) & (table["model"] == stage)].iloc[0]
             if pd.isna(r.get("auc_pooled")):
-                cells.append("not run")
+                cells.append("no report")
             else:
                 partial = "" if r["status"] == "complete" else f" ({r['folds']} of {r['folds_expected']} folds)"
                 cells.append(f"{r['auc_pooled']:.3f} [{r['auc_ci_lo']:.3f}, {r['auc_ci_hi']:.3f}]{partial}")
         lines.append(f"| {label} (`{stage}`) | " + " | ".join(cells) + " |")
-    walls = [table[table["strength"] == s]["wall_s"].iloc[0] for s in strengths]
-    lines.append("| wall time (s) | " + " | ".join("" if pd.isna(w) else f"{w:.0f}" for w in walls) + " |")
+    cells = []
+    for s in strengths:
+        first = table[table["strength"] == s].iloc[0]
+        wall, status = first["wall_s"], first.get("run_status")
+        done = isinstance(status, str) and status.startswith("complete")
+        cells.append("" if pd.isna(wall) else f"{wall:.0f}" if done else f"{wall:.0f} so far ({status})")
+    lines.append("| wall time (s) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

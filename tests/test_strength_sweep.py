@@ -70,7 +70,11 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, Path, d
 
 def test_collect_reads_each_strengths_report_and_marks_the_missing(swept) -> None:
     sweep, runs, truth = swept
-    runs_log = [{"experiment": "sweep-s2", "seconds": 100.0}, {"experiment": "sweep-s2", "seconds": 20.5}]
+    runs_log = [
+        {"experiment": "sweep-s2", "seconds": 100.0, "status": "failed at seg (exit code 2)", "steps": [{"step": "seg"}]},
+        {"experiment": "sweep-s2", "seconds": 20.5, "status": "complete", "steps": [{"step": "seg"}, {"step": "crop"}]},
+        {"experiment": "sweep-s1", "seconds": 7.0, "status": "running", "steps": [{"step": "synth"}]},
+    ]
     table = sweep.collect(runs, [2.0, 0.0, 1.0], runs_log)
     assert len(table) == 3 * len(sweep.MODELS)
     for strength, data in truth.items():
@@ -90,6 +94,9 @@ def test_collect_reads_each_strengths_report_and_marks_the_missing(swept) -> Non
     assert table[table["strength"] == 1.0]["auc_pooled"].isna().all()
     assert set(table[table["strength"] == 2.0]["wall_s"]) == {120.5}
     assert table[table["strength"] == 0.0]["wall_s"].isna().all()
+    assert set(table[table["strength"] == 1.0]["run_status"]) == {"running after synth"}
+    wall_line = sweep.markdown(table).strip().splitlines()[-1]
+    assert wall_line == "| wall time (s) |  | 7 so far (running after synth) | 120 |"
 
 
 def test_results_are_written_as_table_json_and_plot(swept, tmp_path: Path) -> None:
@@ -102,9 +109,9 @@ def test_results_are_written_as_table_json_and_plot(swept, tmp_path: Path) -> No
     assert header == "| model | strength 0 | strength 1 | strength 2 |"
     strong = table[(table["strength"] == 2.0) & (table["model"] == "pattennet")].iloc[0]
     assert pattennet_line.endswith(
-        f"| not run | {strong['auc_pooled']:.3f} [{strong['auc_ci_lo']:.3f}, {strong['auc_ci_hi']:.3f}] |"
+        f"| no report | {strong['auc_pooled']:.3f} [{strong['auc_ci_lo']:.3f}, {strong['auc_ci_hi']:.3f}] |"
     )
-    assert radiomics_line.count("not run") == 3
+    assert radiomics_line.count("no report") == 3
     assert wall.startswith("| wall time (s) |")
     doc = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert doc["git_commit"] == "abc" and len(doc["rows"]) == len(table)
