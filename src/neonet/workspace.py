@@ -8,6 +8,7 @@
       cohort_fingerprint.json           what the trained models saw (spacing, liver intensities, volumes,
                                         NeoSeg confidence); predict-case flags scans outside it
       cohort_sha256.json                the cohort scans' content hashes (cache of predict-case's cohort check)
+      data/cases.csv                    a phantom cohort made for this experiment (neonet synth --out <root>/data)
       <stage>/fold<k>/                  config.yaml, checkpoints/{best,last}.ckpt, artifact.json,
                                         csv/ (CSV log), wandb/, wandb_id.txt, wandb_artifact.json
       radiomics/fold<k>/                neonet radiomics: features.csv, model.json, test_predictions.csv,
@@ -124,6 +125,16 @@ class Workspace:
     def cohort_hashes(self) -> Path:
         """The SHA-256 of each cohort scan (:mod:`neonet.predict.membership`'s cache): ``cohort_sha256.json``."""
         return self.root / "cohort_sha256.json"
+
+    @property
+    def phantom_dir(self) -> Path:
+        """``<root>/data``: where the demo and the benchmarks put a phantom cohort of their own (``neonet synth --out``)."""
+        return self.root / "data"
+
+    @property
+    def phantom_cases(self) -> Path:
+        """``<root>/data/cases.csv``: the manifest of that phantom cohort (written last by ``neonet synth``)."""
+        return self.phantom_dir / "cases.csv"
 
     @property
     def splits_path(self) -> Path:
@@ -381,6 +392,11 @@ class Workspace:
     def seg_oof_dice(self) -> Path:
         """NeoSeg's out-of-fold metrics per case: ``reports/seg_oof_dice.csv``."""
         return self.reports_dir / "seg_oof_dice.csv"  # Dice, HD95 and NSD; the name is kept for earlier runs
+
+    @property
+    def cls_summary(self) -> Path:
+        """``neonet report``'s per-stage table (pooled AUC and its CI): ``reports/cls_summary.csv``."""
+        return self.reports_dir / "cls_summary.csv"
 
     def stage_summary(self, stage: str, ext: str = "csv") -> Path:
         """A NeoGen stage's per-fold table: ``reports/<stage>_summary.<ext>``."""
