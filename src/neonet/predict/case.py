@@ -75,13 +75,12 @@ def segment(image: Path, models: list[SegModel], out_dir: Path, device: torch.de
     it on the out-of-fold masks (:mod:`neonet.predict.ood`).
 
     The volume is preprocessed as ``neonet predict`` does (:meth:`SegSettings.transform`); the folds'
-    softmax maps are averaged, then argmax and NeoSeg's post-processing, and
-    :meth:`~neonet.seg.SegMaskWriter.write_masks` inverts the preprocessing.
+    softmax maps are averaged and :meth:`~neonet.seg.SegMaskWriter.write_masks` takes the mean back to the
+    scan's grid (linear interpolation), then the argmax and NeoSeg's post-processing there.
     """
     from monai.data import list_data_collate
 
     from neonet.seg import SegMaskWriter
-    from neonet.seg.postprocess import postprocess_labels
 
     if not models:
         raise NeonetError("no NeoSeg folds to segment with")
@@ -110,9 +109,8 @@ def segment(image: Path, models: list[SegModel], out_dir: Path, device: torch.de
                 confidence.append(float(top[arg > 0].mean()))
             total = total + soft
             m.net.cpu()
-        labels = (total / len(models)).argmax(1, keepdim=True).to(torch.uint8).cpu()
-    cleaned = torch.stack([postprocess_labels(lab, max(min_voxels)) for lab in labels])
-    path = SegMaskWriter().write_masks(cleaned, batch, transform, out_dir)[0]
+        mean = (total / len(models)).cpu()
+    path = SegMaskWriter().write_masks(mean, batch, transform, out_dir, max(min_voxels))[0]
     return path, float(np.mean(confidence)) if confidence else None
 
 
