@@ -81,3 +81,20 @@ def test_minimum_tumour_size_kept_in_mm3_on_the_scan_grid() -> None:
     assert native_min_voxels(8, (4.1, 4.1, 7.7), (1.25, 1.25, 7.7)) == 86
     assert native_min_voxels(10, (1.5, 1.5, 4.0), (1.5, 1.5, 4.0)) == 10
     assert native_min_voxels(0, (4.0, 4.0, 4.0), (1.0, 1.0, 1.0)) == 0
+
+
+def test_scan_already_on_the_network_grid_keeps_the_argmax(tmp_path: Path) -> None:
+    """A scan on the training grid (as the demo's phantoms are): the written mask is the argmax on that grid."""
+    scan = _native_scan(tmp_path)
+    transform = seg_preprocessing(NATIVE, divisible=16, with_label=False)
+    batch = list_data_collate([transform({"image": str(scan), "case_id": "same", "source": str(scan)})])
+    assert tuple(batch["image"].shape[2:]) == (64, 64, 16)  # 6 slices padded to 16
+    logits = 0.5 * torch.randn((1, 3, 64, 64, 16), generator=torch.Generator().manual_seed(0))
+    logits[:, 0] += 3.0  # background, but for a liver block holding a small tumour
+    logits[:, 1, 16:48, 16:48, 5:11] += 6.0
+    logits[:, 2, 30:34, 30:34, 7:9] += 12.0
+    prob = torch.softmax(logits, dim=1)
+    mask = np.asarray(nib.load(SegMaskWriter().write_masks(prob, batch, transform, tmp_path / "out", 0)[0]).dataobj)
+    expected = prob[0].argmax(0)[:, :, 5:11].numpy()  # DivisiblePad put 5 slices before the scan's 6
+    assert set(np.unique(expected)) == {0, 1, 2}
+    np.testing.assert_array_equal(mask, expected)
