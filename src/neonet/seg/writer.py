@@ -74,7 +74,7 @@ class SegMaskWriter(BasePredictionWriter):
     ) -> None:
         dm = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at runtime, not declared on Trainer
         out_dir = self.output_dir or dm.output_dir()
-        self.write_masks(prediction["prob"], batch, dm.predict_transform, out_dir, int(pl_module.hparams.min_tumor_voxels))
+        self.write_masks(prediction["prob"], batch, dm.predict_transform, out_dir, int(pl_module.hparams["min_tumor_voxels"]))
 
     def write_masks(self, probs: Any, batch: Any, transform: Any, out_dir: Path, min_tumor_voxels: int = 10) -> list[Path]:
         """Invert ``transform`` on each softmax map, take the argmax there, post-process and save ``<case>.nii.gz``.
