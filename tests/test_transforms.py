@@ -7,7 +7,7 @@ import torch
 import torchio as tio
 from monai.data import MetaTensor
 
-from neonet.data.transforms import TorchioAugmentd, mri_augmentation
+from neonet.data.transforms import ContrastRemapd, TorchioAugmentd, mri_augmentation
 
 
 def _sample() -> dict[str, MetaTensor]:
@@ -81,3 +81,28 @@ def test_intensity_false_drops_only_the_ratio_changing_augmentations() -> None:
         ratios.append(float(out[:, 8:].mean() / out[:, :8].mean()))
     assert abs(ratios[0] - 2.5) > 0.05  # with them, the 0.75 : 0.3 ratio moves
     assert ratios[1] == pytest.approx(2.5, abs=1e-5)
+
+
+def test_contrast_remap_can_reverse_the_order_of_two_tissues() -> None:
+    """MONAI's random intensity remapping is not monotone: over a few draws a darker tissue becomes the brighter one
+    at least once (what no gamma or normalisation does); labels are left alone, and torch's seed fixes the draw."""
+    image = torch.zeros(1, 16, 16, 8)
+    image[:, :8] = 0.3  # "liver"
+    image[:, 8:] = 0.6  # "spleen"
+    image += torch.linspace(0.0, 0.2, 16)[None, None, :, None]  # a spread of values within each tissue
+    label = (image > 0.5).float()
+    data = {"image": MetaTensor(image.clone()), "label": MetaTensor(label.clone())}
+    remap = ContrastRemapd(["image"], prob=1.0)
+    reversed_order, outputs = 0, []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        out = remap(data)
+        outputs.append(out["image"])
+        assert out["image"].shape == image.shape and torch.equal(out["label"], label)
+        assert float(out["image"].min()) >= 0.0 and float(out["image"].max()) <= 1.0 + 1e-6
+        reversed_order += int(out["image"][:, :8].mean() > out["image"][:, 8:].mean())
+    assert reversed_order >= 1
+    torch.manual_seed(3)
+    assert torch.equal(remap(data)["image"], outputs[3])
+    assert torch.equal(data["image"], image)  # the input is not changed in place
+    assert torch.equal(ContrastRemapd(["image"], prob=0.0)(data)["image"], image)

@@ -141,6 +141,51 @@ class TorchioAugmentd(mt.RandomizableTransform, mt.MapTransform):
         return d
 
 
+class ContrastRemapd(mt.RandomizableTransform, mt.MapTransform):
+    """Random non-monotone remapping of a one-channel image's intensities (MONAI's ``RandIntensityRemap``).
+
+    MONAI's transform (Meyer et al., "Intensity augmentation for domain transfer of whole breast
+    segmentation in MRI", IEEE TMI 2020) maps each intensity level through a random smooth curve with a
+    linear trend, so the order of tissues' brightness can change between scans, which no gamma, bias
+    field or normalisation does. It draws the curve over the image's distinct values: the image (scaled
+    to [0, 1] by the preprocessing) is first rounded to ``levels`` grey levels, so that ``kernel_size``
+    spans a fixed fraction of the intensity range. The curve is drawn from torch's generator (seeded by
+    ``seed_everything``, as torchio's transforms are).
+
+    Args:
+        keys: the image key(s).
+        prob: probability of remapping an image.
+        levels: grey levels the image is rounded to before the remapping.
+        kernel_size: width, in grey levels, of the moving average that smooths the random curve.
+    """
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.3, levels: int = 256, kernel_size: int = 64) -> None:
+        mt.MapTransform.__init__(self, keys)
+        mt.RandomizableTransform.__init__(self, prob=1.0)
+        self.p = float(prob)
+        self.levels = int(levels)
+        self.kernel_size = int(kernel_size)
+        self.slope = 0.7  # MONAI's default weight of the linear trend, with a random sign as RandIntensityRemap draws it
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.p <= 0 or float(torch.rand(())) >= self.p:
+            return d
+        # RandIntensityRemap's steps, with the draws taken from torch: the trend's sign, then the curve
+        slope = self.slope if float(torch.rand(())) < 0.5 else -self.slope
+        remap = mt.IntensityRemap(kernel_size=self.kernel_size, slope=slope)
+        remap.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ())))
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key]).float()
+            rounded = torch.round(image.clamp(0.0, 1.0) * (self.levels - 1)) / (self.levels - 1)
+            out = torch.as_tensor(remap(rounded.as_subclass(torch.Tensor)[0])).float()[None]
+            # MONAI's curve spans [min, min + max] of the input: back to the image's own range
+            lo, hi, span = rounded.min(), rounded.max(), out.max() - out.min()
+            out = (out - out.min()) / span * (hi - lo) + lo if span > 0 else rounded
+            d[key] = _like(d[key], out.numpy()) if isinstance(d[key], torch.Tensor) else out.numpy()
+        return d
+
+
 class _NoCopy(TypedDict):
     """torchio's ``copy`` keyword, typed for ``**`` unpacking into the transforms."""
 

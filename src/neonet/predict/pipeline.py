@@ -56,13 +56,12 @@ def segment(image: Path, models: list[SegModel], dest: Path, device: torch.devic
     it on the out-of-fold masks (:mod:`neonet.predict.ood`).
 
     The volume is preprocessed as ``neonet predict`` does (:meth:`SegSettings.transform`); the folds'
-    softmax maps are averaged, then argmax and NeoSeg's post-processing, and
-    :meth:`~neonet.seg.SegMaskWriter.write_masks` inverts the preprocessing.
+    softmax maps are averaged and :meth:`~neonet.seg.SegMaskWriter.write_masks` takes the mean back to the
+    scan's grid (linear interpolation), then the argmax and NeoSeg's post-processing there.
     """
     from monai.data import list_data_collate
 
     from neonet.seg import SegMaskWriter
-    from neonet.seg.postprocess import postprocess_labels
 
     if not models:
         raise NeonetError("no NeoSeg folds to segment with")
@@ -90,11 +89,10 @@ def segment(image: Path, models: list[SegModel], dest: Path, device: torch.devic
                 confidence.append(float(top[arg > 0].mean()))
             total = total + soft
             m.net.cpu()
-        labels = (total / len(models)).argmax(1, keepdim=True).to(torch.uint8).cpu()
-    cleaned = torch.stack([postprocess_labels(lab, max(min_voxels)) for lab in labels])
+        mean = (total / len(models)).cpu()
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".neoseg_") as scratch:
-        SegMaskWriter().write_masks(cleaned, batch, transform, Path(scratch))[0].replace(dest)
+        SegMaskWriter().write_masks(mean, batch, transform, Path(scratch), max(min_voxels))[0].replace(dest)
     return dest, float(np.mean(confidence)) if confidence else None
 
 

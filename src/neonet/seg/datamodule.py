@@ -13,7 +13,13 @@ from torch.utils.data import DataLoader
 
 from neonet.data.base import FoldDataModule
 from neonet.data.cases import Case, LabelMap, read_cases
-from neonet.data.transforms import DEFAULT_SPACING, TorchioAugmentd, canonical_transforms, mri_augmentation
+from neonet.data.transforms import (
+    DEFAULT_SPACING,
+    ContrastRemapd,
+    TorchioAugmentd,
+    canonical_transforms,
+    mri_augmentation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,10 @@ class SegDataModule(FoldDataModule):
         aug_prob: probability of each augmentation.
         flip_axes: axes of the random flips (probability 0.5 each; 0 = left-right in RAS); an empty list
             flips nothing, which keeps the liver on the body's right (a cue a small cohort should keep).
+        contrast_remap: probability of a random non-monotone remapping of the training image's intensities
+            (:class:`~neonet.data.transforms.ContrastRemapd`, before the torchio augmentation), which changes
+            the order of tissues' brightness (e.g. a liver darker than muscle in one scan, brighter in the
+            others); None or 0 leaves it out.
         predict_cases: a ``cases.csv`` to predict instead of the fold's test cases (new patients).
         predict_split: which cases ``predict`` uses when ``predict_cases`` is not given:
             ``test`` (out-of-fold), ``val``, ``train`` or ``all``.
@@ -75,6 +85,7 @@ class SegDataModule(FoldDataModule):
         augment: bool = True,
         aug_prob: float = 0.3,
         flip_axes: Sequence[int] = (0,),
+        contrast_remap: float | None = None,
         predict_cases: str | None = None,
         predict_split: str = "test",
         check: bool = True,
@@ -89,6 +100,9 @@ class SegDataModule(FoldDataModule):
         self.augment = augment
         self.aug_prob = aug_prob
         self.flip_axes = tuple(int(a) for a in flip_axes)
+        if contrast_remap is not None and not 0.0 <= contrast_remap <= 1.0:
+            raise ValueError(f"contrast_remap is a probability in [0, 1], not {contrast_remap}")
+        self.contrast_remap = contrast_remap
         self.predict_cases = predict_cases
         if predict_split not in ("test", "val", "train", "all"):
             raise ValueError(f"predict_split must be test, val, train or all, not {predict_split!r}")
@@ -124,6 +138,8 @@ class SegDataModule(FoldDataModule):
                     num_samples=self.samples_per_volume,
                 ),
             ]
+        if self.augment and self.contrast_remap:
+            steps.append(ContrastRemapd(["image"], prob=self.contrast_remap))
         if self.augment:
             steps.append(TorchioAugmentd(["image", "label"], mri_augmentation(p=self.aug_prob, flip_axes=self.flip_axes)))
         steps.append(mt.EnsureTyped(keys=["image", "label"], track_meta=False))

@@ -13,7 +13,6 @@ from monai.metrics import DiceMetric
 from torch import nn
 
 from neonet.data.cases import LIVER, TUMOR
-from neonet.seg.postprocess import postprocess_labels
 from neonet.stage import CVContext, FoldContext, StageModule
 
 
@@ -138,11 +137,9 @@ class SegModule(StageModule):
         self._log_dice(self.test_dice, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Post-processed label maps on the canonical grid (the writer maps them back)."""
-        logits = self.infer(batch["image"])
-        labels = logits.argmax(1, keepdim=True).to(torch.uint8)
-        cleaned = torch.stack([postprocess_labels(lab, self.hparams.min_tumor_voxels) for lab in labels])
-        return {"pred": cleaned}
+        """Softmax maps (B, 3, X, Y, Z) on the canonical grid: :class:`~neonet.seg.SegMaskWriter` takes them back to
+        each input's grid, takes the argmax there and post-processes (:func:`~neonet.seg.postprocess.postprocess_labels`)."""
+        return {"prob": torch.softmax(self.infer(batch["image"]).float(), dim=1)}
 
     # ------------------------------------------------------------------ cv hooks
     @classmethod
