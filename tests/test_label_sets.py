@@ -76,6 +76,10 @@ def test_neoseg_trains_and_reports_a_liver_only_cohort(liver_only: Path, tmp_pat
     assert "Tumour: n/a" in (ws.reports_dir / "seg_summary.md").read_text(encoding="utf-8")
     metrics = pd.read_csv(ws.stage_dir("seg", 0) / "metrics.csv")
     assert np.isfinite(metrics["val/dice_mean"].dropna()).all()
+    # no validation case has a tumour: the tumour Dice is not scored (not logged as 0), the monitor is the liver's
+    assert "val/dice_tumor" not in metrics or metrics["val/dice_tumor"].isna().all()
+    scored = metrics.dropna(subset=["val/dice_mean"])
+    assert np.allclose(scored["val/dice_mean"], scored["val/dice_liver"])
 
 
 def test_seg_metrics_on_a_known_shift() -> None:

@@ -84,8 +84,9 @@ class SegModule(StageModule):
         self.channels_last = channels_last
         self.roi_size = tuple(roi_size) if roi_size else None
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce, batch=batch_dice)
-        self.val_dice = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True)
-        self.test_dice = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True)
+        # ignore_empty: a case without tumour does not score the tumour channel; get_not_nans: how many did
+        self.val_dice = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True, get_not_nans=True)
+        self.test_dice = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True, get_not_nans=True)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (B, 3, X, Y, Z)."""
@@ -116,12 +117,14 @@ class SegModule(StageModule):
         self.log(f"{split}/loss", loss, on_epoch=True, batch_size=1)
 
     def _log_dice(self, metric: DiceMetric, split: str) -> None:
-        dice = metric.aggregate()
+        dice, scored_cases = metric.aggregate()
         metric.reset()
-        liver, tumor = float(dice[0]), float(dice[1])
-        self.log(f"{split}/dice_liver", liver, sync_dist=True)
-        self.log(f"{split}/dice_tumor", tumor, sync_dist=True)
-        scored = [v for v in (liver, tumor) if math.isfinite(v)]  # a liver-only cohort has no tumour to score
+        # MONAI reports 0 for a channel that no case scored (a liver-only cohort's tumour): that is "not scored", not 0
+        liver, tumor = (float(d) if float(n) > 0 else math.nan for d, n in zip(dice[:2], scored_cases[:2], strict=True))
+        for name, value in (("dice_liver", liver), ("dice_tumor", tumor)):
+            if math.isfinite(value):
+                self.log(f"{split}/{name}", value, sync_dist=True)
+        scored = [v for v in (liver, tumor) if math.isfinite(v)]
         self.log(f"{split}/dice_mean", sum(scored) / len(scored) if scored else 0.0, prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
