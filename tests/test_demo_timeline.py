@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_scripts import load_benchmark
 
 
 def _timeline() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("demo_timeline", REPO / "benchmarks" / "demo_timeline.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("demo_timeline")
 
 
 LOG = """\

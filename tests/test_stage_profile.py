@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from pathlib import Path
 from types import ModuleType
 
 from lightning.pytorch.profilers import SimpleProfiler
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_scripts import load_benchmark
 
 
 def _stage_profile() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("stage_profile", REPO / "benchmarks" / "stage_profile.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("stage_profile")
 
 
 def test_simple_profiler_report_is_split_into_categories() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -13,20 +12,16 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from bench_scripts import load_benchmark
 from neonet.report.cls_report import load_predictions, per_fold_table, summary_table
 from neonet.run.atomic import write_csv, write_json
 from neonet.workspace import Workspace
 
-REPO = Path(__file__).resolve().parents[1]
 FOLDS = 3
 
 
 def _sweep() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("strength_sweep", REPO / "benchmarks" / "strength_sweep.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("strength_sweep")
 
 
 def _experiment(runs: Path, name: str, effect: dict[str, float], n: int = 36) -> dict[str, np.ndarray]:
