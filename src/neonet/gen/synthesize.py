@@ -47,6 +47,7 @@ from neonet.gen.patch_data import load_patch
 from neonet.gen.sampling import SAMPLERS, Denoiser, effective_steps, sample_latents
 from neonet.gen.upstream import load_autoencoder, require_checkpoint
 from neonet.run.atomic import sha256_file, write_csv
+from neonet.run.device import resolve_device
 from neonet.run.provenance import UNRECORDED, FileRecord, Provenance, check_current
 from neonet.run.reload import load_checkpoint_fold
 from neonet.workspace import SYNTHETIC, Workspace, check_synthetic_name
@@ -102,13 +103,6 @@ def synthetic_negative_count(records: list[PatchRecord], n_positive: int, neg_ra
     if neg_ratio is None:
         return int(round(n_neg * n_positive / n_pos)) if n_pos else 0
     return int(round(float(neg_ratio) * n_positive))
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class FoldGenerator:

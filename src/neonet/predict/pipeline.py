@@ -31,20 +31,11 @@ from neonet.data.cases import LIVER, TUMOR, LabelMap
 from neonet.data.nifti import load_nifti, read_array, save_nifti
 from neonet.errors import DataError, NeonetError
 from neonet.predict.source import Classifier, CropSettings, ModelSource, RadiomicsModel, RunsSource, SegModel
+from neonet.run.device import resolve_device
 from neonet.seg.tlcr import TLCRResult
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → the first CUDA GPU if there is one, else the CPU; anything else as given to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise NeonetError(f"--device {device!r}: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------- the steps

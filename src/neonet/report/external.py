@@ -223,9 +223,9 @@ def evaluate(
     """
     from neonet.data.validate import assert_valid
     from neonet.predict.ensemble import finished_folds
-    from neonet.predict.pipeline import resolve_device
     from neonet.predict.source import RunsSource
     from neonet.report.external_cohort import check_disjoint, check_label_map, describe, experiment_label_map
+    from neonet.run.device import resolve_device
 
     ws = Workspace(runs_dir, experiment)
     source = RunsSource(ws)  # the experiment exists
