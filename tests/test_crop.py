@@ -190,6 +190,13 @@ def test_rerun_is_noop_and_settings_need_force(cohort, tmp_path):
     assert json.loads(config.read_text(encoding="utf-8")) == record
     assert _manifest(manifest_path).loc["c1", "shell_region"] == "all"
 
+    # so is the tumour shrink (a record without it reads as 0, the crop it was made with); a negative depth is refused
+    with pytest.raises(NeonetError, match=r"setting tumor_shrink_mm: 0.0 \(stored\) -> 2.0 \(now\)"):
+        _crop(cases, runs, shell_mm=6.0, tumor_shrink_mm=2.0)
+    with pytest.raises(NeonetError, match=r"--tumor_shrink_mm is a depth in mm, 0 or more, got -1.0"):
+        crop(cases, experiment="t", runs_dir=runs, tumor_shrink_mm=-1.0)
+    assert {f: f.stat().st_mtime_ns for f in files if f not in (config, manifest_path)} == kept
+
     # "skip" leaves the tumour-free case without patch files
     _crop(cases, runs, shell_mm=6.0, no_tumor="skip", force=True)
     frame = _manifest(manifest_path)
@@ -267,7 +274,12 @@ def test_a_config_of_before_provenance_records_is_current_and_a_corrupt_one_need
     record = json.loads(ws.crop_config.read_text(encoding="utf-8"))
     assert record["provenance"] == 1 and record["cases"] == str(cases)
     settings = {k: v for k, v in old_format.items() if k not in ("cases", "experiment", "runs_dir")}
-    assert record["settings"] == settings | {"liver_level": None, "liver_region": None, "shell_region": "all"}
+    assert record["settings"] == settings | {
+        "liver_level": None,
+        "liver_region": None,
+        "shell_region": "all",
+        "tumor_shrink_mm": 0.0,
+    }
 
     ws.crop_config.write_text(ws.crop_config.read_text(encoding="utf-8")[:40])  # a truncated record
     with pytest.raises(

@@ -13,6 +13,7 @@ from neonet.seg.tlcr import (
     liver_reference_scale,
     patch_affine,
     peritumoral_shell,
+    shrunk_tumor,
     tlcr,
 )
 
@@ -241,3 +242,43 @@ def test_patch_liver_reference_follows_a_bias_field_and_falls_back_to_the_volume
     # a patch with almost no liver outside the shell uses the whole volume's liver
     thin = tlcr(biased, mask, (1.5, 1.5, 3.0), shell_mm=30.0, liver_region="patch", **kw)
     assert int((thin.label_patch == 1).sum()) < 50 and thin.intensity_reference == "volume"
+
+
+def test_shrunk_tumor_erodes_by_physical_distance():
+    """A 21-voxel cube at 1 x 1 x 2 mm shrunk by 3 mm loses 3 voxels per side in x and y and 1 in z (a z-voxel is
+    2 mm: its centre lies 2 mm from the outside, the next 4 mm); a tumour too thin to survive is kept whole."""
+    tumor = np.zeros((40, 40, 40), bool)
+    tumor[10:31, 10:31, 10:31] = True
+    shrunk = shrunk_tumor(tumor, (1.0, 1.0, 2.0), 3.0)
+    lo, hi = np.argwhere(shrunk).min(0), np.argwhere(shrunk).max(0)
+    assert lo.tolist() == [13, 13, 11] and hi.tolist() == [27, 27, 29]
+    assert not (shrunk & ~tumor).any()
+    np.testing.assert_array_equal(shrunk_tumor(tumor, (1.0, 1.0, 2.0), 0.0), tumor)
+    sheet = np.zeros((20, 20, 20), bool)
+    sheet[5:15, 5:15, 10] = True  # one voxel thick: everything lies within 1 mm of the outside
+    np.testing.assert_array_equal(shrunk_tumor(sheet, (1.0, 1.0, 1.0), 2.0), sheet)
+
+
+def test_tumor_shrink_turns_the_rim_into_shell_and_keeps_the_centre():
+    """With ``tumor_shrink_mm`` the eroded rim becomes shell (also under ``shell_region="liver"``, though the
+    rim was tumour, not liver, in the mask), the shell is measured from the shrunk tumour, and the patch box,
+    image patch and recorded tumour volume stay those of the unshrunk mask."""
+    image, mask = case(tumors=(((32, 32, 16), (8, 8, 4)),))
+    spacing, kw = (1.0, 1.0, 2.0), dict(patch_size=PATCH, shell_mm=4.0)
+    plain = tlcr(image, mask, spacing, **kw)
+    for region in ("all", "liver"):
+        shrunk = tlcr(image, mask, spacing, tumor_shrink_mm=3.0, shell_region=region, **kw)
+        assert shrunk.box == plain.box and shrunk.tumor_volume_ml == plain.tumor_volume_ml
+        np.testing.assert_array_equal(shrunk.image_patch, plain.image_patch)
+        core = shrunk.label_patch == 3
+        assert 0 < core.sum() < (plain.label_patch == 3).sum()
+        assert not (core & (plain.label_patch != 3)).any()  # the shrunk tumour lies inside the tumour
+        rim = (plain.label_patch == 3) & ~core
+        np.testing.assert_array_equal(shrunk.label_patch[rim], 2)  # the rim is shell
+        s = shrunk.box["start"]
+        core_vol = shrunk_tumor(mask == 2, spacing, 3.0)
+        expected = peritumoral_shell(core_vol, spacing, 4.0)
+        if region == "liver":
+            expected &= mask > 0
+        box = expected[s[0] : s[0] + PATCH[0], s[1] : s[1] + PATCH[1], s[2] : s[2] + PATCH[2]]
+        np.testing.assert_array_equal(shrunk.label_patch == 2, box)

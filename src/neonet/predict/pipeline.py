@@ -142,6 +142,7 @@ def crop_from_mask(image: Path, mask: Path, crop: CropSettings) -> Crop:
         liver_level=crop.liver_level,
         liver_region=crop.liver_region,
         shell_region=crop.shell_region,
+        tumor_shrink_mm=crop.tumor_shrink_mm,
     )
     return Crop(result, image_c, mask_c, affine_c)
 

@@ -178,6 +178,7 @@ class CropSettings:
         liver_level: median liver intensity after rescaling, or None (no rescaling).
         liver_region: where that median is taken (``volume`` or ``patch``).
         shell_region: ``all`` or ``liver`` (see ``neonet crop``).
+        tumor_shrink_mm: erosion of the mask's tumour before the label patch (see ``neonet crop``).
         source: the masks the training patches were cropped from (``predicted`` or ``manual``).
         config: the file these settings were read from.
     """
@@ -189,6 +190,7 @@ class CropSettings:
     liver_region: str
     shell_region: str
     source: str | None
+    tumor_shrink_mm: float = 0.0
     config: str = field(default="", compare=False)
 
     @property
@@ -215,6 +217,7 @@ class CropSettings:
                 liver_region=str(data.get("liver_region") or "volume"),
                 shell_region=str(data.get("shell_region") or "all"),
                 source=None if data.get("source") is None else str(data["source"]),
+                tumor_shrink_mm=float(data.get("tumor_shrink_mm") or 0.0),
                 config=str(source),
             )
         except (KeyError, TypeError, ValueError) as exc:

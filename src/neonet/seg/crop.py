@@ -70,10 +70,11 @@ SETTINGS_KEYS = (
     "liver_level",
     "liver_region",
     "shell_region",
+    "tumor_shrink_mm",
 )
 #: Settings that older crop configs lack, with the value those crops were made with (a config written
 #: before liver normalisation existed read as ``None`` for both of its settings).
-SETTINGS_DEFAULTS = {"shell_region": "all", "liver_level": None, "liver_region": None}
+SETTINGS_DEFAULTS = {"shell_region": "all", "liver_level": None, "liver_region": None, "tumor_shrink_mm": 0.0}
 #: What the crop record describes (in messages).
 WHAT = "the TLCR patch folder"
 #: Statuses whose rows (and files) a re-run with the same settings and inputs may reuse.
@@ -122,6 +123,7 @@ def _settings(
     liver_level: float | None = None,
     liver_region: str = "volume",
     shell_region: str = "all",
+    tumor_shrink_mm: float = 0.0,
 ) -> dict[str, Any]:
     return {
         "source": source,
@@ -135,6 +137,7 @@ def _settings(
         "liver_level": None if liver_level is None else float(liver_level),
         "liver_region": None if liver_level is None else liver_region,
         "shell_region": shell_region,
+        "tumor_shrink_mm": float(tumor_shrink_mm),
     }
 
 
@@ -298,6 +301,7 @@ def crop(
     liver_level: float | None = None,
     liver_region: str = "volume",
     shell_region: str = "all",
+    tumor_shrink_mm: float = 0.0,
     patches: str | None = None,
     force: bool = False,
 ) -> Path:
@@ -352,6 +356,11 @@ def crop(
             tumour; ``liver``: only the liver voxels among them, so tissue outside the liver next
             to the tumour (fat, bowel, the hilum) stays background in the label patch. Choose
             ``liver`` only when invasion outside the liver is not what the classifier should see.
+        tumor_shrink_mm: > 0 erodes the tumour of the mask by this many mm before the label patch is made
+            (the rim becomes peritumoral shell, and the shell is measured from the shrunk tumour), for
+            masks that draw tissue next to the tumour as tumour: NeoSeg labels part of a perineural cuff
+            tumour, so its mask's size carries the label (docs/controls.md, "twin test"). The patch stays
+            centred on the unshrunk tumour. 0 (default, the paper) keeps the mask's tumour.
         patches: None writes ``patches/`` (what every stage reads); a name writes another set of
             patches beside it, ``patches_<name>/`` (its own manifest, record and
             ``reports/tlcr_patches_<name>.png``), read by a classifier with ``--data.patches <name>``:
@@ -385,6 +394,8 @@ def crop(
         raise NeonetError(f"--liver_region must be one of {', '.join(LIVER_REGIONS)}, got {liver_region!r}")
     if shell_region not in SHELL_REGIONS:
         raise NeonetError(f"--shell_region must be one of {', '.join(SHELL_REGIONS)}, got {shell_region!r}")
+    if not tumor_shrink_mm >= 0:
+        raise NeonetError(f"--tumor_shrink_mm is a depth in mm, 0 or more, got {tumor_shrink_mm}")
     try:
         label_map = LabelMap(liver=tuple(liver), tumor=tuple(tumor), other=tuple(other))
     except ValueError as exc:
@@ -404,7 +415,18 @@ def crop(
             f"to crop with; {NO_MASK_WAY_ON}"
         )
     settings = _settings(
-        source, spacing, patch_size, shell_mm, no_tumor, liver, tumor, other, liver_level, liver_region, shell_region
+        source,
+        spacing,
+        patch_size,
+        shell_mm,
+        no_tumor,
+        liver,
+        tumor,
+        other,
+        liver_level,
+        liver_region,
+        shell_region,
+        tumor_shrink_mm,
     )
     extra = {"cases": str(cases), "experiment": experiment, "runs_dir": str(runs_dir)}
     record = Provenance(settings, extra=extra if patches is None else {**extra, "patches": patches})
@@ -481,6 +503,7 @@ def crop(
                     liver_level=liver_level,
                     liver_region=liver_region,
                     shell_region=shell_region,
+                    tumor_shrink_mm=tumor_shrink_mm,
                 )
             row.update(_result_fields(result))
             row["intensity_scale"] = round(float(result.intensity_scale), 6)

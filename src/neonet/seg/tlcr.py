@@ -83,6 +83,25 @@ def peritumoral_shell(tumor: np.ndarray, spacing: Sequence[float], width_mm: flo
     return (distance <= float(width_mm)) & ~tumor
 
 
+def shrunk_tumor(tumor: np.ndarray, spacing: Sequence[float], shrink_mm: float) -> np.ndarray:
+    """Tumour voxels farther than ``shrink_mm`` (physical distance) from every non-tumour voxel.
+
+    An erosion in millimetres: a segmentation that grew the tumour into the tissue around it (a
+    perineural cuff drawn as tumour) loses that rim. A tumour thinner than ``2 * shrink_mm`` everywhere
+    would vanish; it is then kept as it is (the caller always gets a tumour where there was one).
+
+    Args:
+        tumor: boolean tumour mask.
+        spacing: voxel spacing in mm.
+        shrink_mm: erosion depth in mm (0 keeps the mask).
+    """
+    if shrink_mm <= 0 or not tumor.any():
+        return tumor
+    inside = ndimage.distance_transform_edt(tumor, sampling=tuple(float(s) for s in spacing))
+    shrunk = inside > float(shrink_mm)
+    return shrunk if shrunk.any() else tumor
+
+
 def _round_half_up(values: Sequence[float]) -> tuple[int, ...]:
     return tuple(int(np.floor(float(v) + 0.5)) for v in values)
 
@@ -355,6 +374,7 @@ def tlcr(
     liver_level: float | None = None,
     liver_region: str = "volume",
     shell_region: str = "all",
+    tumor_shrink_mm: float = 0.0,
 ) -> TLCRResult:
     """Tumour-localised ROI crop of one canonical volume.
 
@@ -377,6 +397,10 @@ def tlcr(
         shell_region: ``all``: the shell is every non-tumour voxel within ``shell_mm``; ``liver``:
             only those the mask labels liver, so tissue outside the liver next to the tumour stays
             background (0) in the label patch.
+        tumor_shrink_mm: > 0 shrinks every tumour by this depth (:func:`shrunk_tumor`) before the
+            label patch is made: the eroded rim becomes shell, and the shell is measured from the shrunk
+            tumour. The patch stays centred on the unshrunk largest tumour, and the manifest's tumour
+            volumes are those of the unshrunk mask.
 
     Returns:
         A :class:`TLCRResult`.
@@ -401,9 +425,10 @@ def tlcr(
     largest, n_tumors = largest_component(tumor)
     if n_tumors:
         centroid = _centroid(largest)
-        shell = peritumoral_shell(tumor, spacing, shell_mm)
+        shrunk = shrunk_tumor(tumor, spacing, tumor_shrink_mm)
+        shell = peritumoral_shell(shrunk, spacing, shell_mm)
         if shell_region == "liver":
-            shell &= liver
+            shell &= liver | tumor  # the rim a shrink took off the tumour lies in the liver as the mask drew it
         status = STATUS_OK
     elif no_tumor == "skip":
         return TLCRResult(status=STATUS_SKIPPED, **common)
@@ -412,13 +437,14 @@ def tlcr(
         if not n_liver:
             return TLCRResult(status=STATUS_NO_LIVER, **common)
         centroid = _centroid(liver_main)
+        shrunk = tumor
         shell = np.zeros(mask.shape, dtype=bool)
         status = STATUS_LIVER_FALLBACK
 
     box = crop_box(centroid, patch_size, mask.shape)
     pad_value = image.min() if image.size else 0
     img_patch = extract_patch(image.astype(np.float32, copy=False), box, float(pad_value))
-    lab_patch = extract_patch(label_patch(liver, tumor, shell), box, 0)
+    lab_patch = extract_patch(label_patch(liver, shrunk, shell), box, 0)
     scale, reference = 1.0, "none"
     if liver_level is not None:
         if liver_region not in LIVER_REGIONS:
