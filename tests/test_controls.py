@@ -287,3 +287,21 @@ def test_main_stage_is_the_longest_stage_name_the_control_extends() -> None:
     assert main_stage_of("pattennet_hist_imagefree", stages) == "pattennet_hist"
     assert main_stage_of("pattennet_manualmask", stages) == "pattennet"
     assert main_stage_of("densenet_imagefree", stages) is None
+
+
+def test_a_patch_set_cut_from_other_masks_is_not_called_a_manual_mask_control() -> None:
+    """A control on another patch set (the twin test's ``patches_twin/``, cut from NeoSeg's masks) says where it
+    lies and on which patches, with nothing about manual masks."""
+    from neonet.report.controls import sentence
+
+    row = {"stage": "pattennet_hist_twin", "main_stage": "pattennet_hist", "position": WITHIN}
+    row |= {"auc_pooled": 0.71, "auc_ci_lo": 0.58, "auc_ci_hi": 0.83, "main_auc_pooled": 0.80}
+    row |= {"main_ci_lo": 0.69, "main_ci_hi": 0.90}
+    record = {"patches": {"set": "twin", "dir": "patches_twin", "source": "predicted"}}
+    text = sentence(row, record, 95)
+    assert text == (
+        "pattennet_hist_twin 0.71 [0.58, 0.83] lies within pattennet_hist's 95 % CI [0.69, 0.90] (pattennet_hist 0.80): "
+        "on predicted masks (patches_twin/) pattennet_hist scores alike."
+    )
+    manual = sentence(row, {"patches": {"set": "manual", "dir": "patches_manual", "source": "manual"}}, 95)
+    assert "with manual masks" in manual and "not a deployable" in manual

@@ -214,3 +214,22 @@ def test_refuses_another_models_folder_and_names_missing_patches(
     shutil.rmtree(ws.patches_dir)
     assert _run(runs, experiment["cases"], "--report=false") == 2
     assert "neonet crop" in capsys.readouterr().err
+
+
+def test_a_patch_set_trains_a_control_stage_of_the_baseline(experiment: dict[str, Any], tmp_path: Path) -> None:
+    """``--patches shrunk`` reads ``patches_shrunk/`` (cut here with --tumor_shrink_mm 8: one 7 mm voxel layer),
+    records the stage as a control in its artifacts, and the report places it under the controls against
+    ``radiomics``."""
+    runs, ws = _copy(experiment, tmp_path)
+    conf = str(REPO / "tests" / "conf" / "crop.yaml")
+    crop = ["crop", "--config", conf, f"--cases={experiment['cases']}", f"--runs_dir={runs}"]
+    assert main([*crop, "--source=manual", "--patches=shrunk", "--tumor_shrink_mm=8"]) == 0
+    assert _run(runs, experiment["cases"], "--patches=shrunk", "--stage=radiomics_shrunk", "--model_name=radiomics_shrunk") == 0
+    plain, shrunk = (pd.read_csv(ws.radiomics_features(s, 0)).set_index("case_id") for s in ("radiomics", "radiomics_shrunk"))
+    assert (shrunk["tumour.morph_volume"] < plain["tumour.morph_volume"]).all()  # the shrunk tumours were read
+    for k in range(3):
+        art = ws.read_artifact("radiomics_shrunk", k)
+        assert art["classifier"]["control"] == {"patches": {"set": "shrunk", "dir": "patches_shrunk", "source": "manual"}}
+        assert "control" not in ws.read_artifact("radiomics", k)["classifier"]
+    controls = pd.read_csv(ws.reports_dir / "cls_controls.csv").set_index("stage")
+    assert controls.loc["radiomics_shrunk", "main_stage"] == "radiomics"

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from neonet.data.base import FoldDataModule
 from neonet.data.patches import patch_records
 from neonet.data.transforms import TorchioAugmentd, mri_augmentation
-from neonet.errors import DataError, MissingUpstreamError, NeonetError
+from neonet.errors import DataError, MissingUpstreamError
 from neonet.run.atomic import sha256_file
 from neonet.workspace import SYNTHETIC, Workspace, check_synthetic_name
 
@@ -370,14 +370,9 @@ class ClsDataModule(FoldDataModule):
         """
         out: dict[str, Any] = {}
         if self.patches is not None:
-            from neonet.seg.crop import crop_record  # the patch set's record: which masks cut it
+            from neonet.seg.crop import patch_set_control  # the patch set's record: which masks cut it
 
-            try:
-                record = crop_record(self.workspace)
-            except NeonetError:
-                record = None
-            source = None if record is None else record.settings.get("source")
-            out["patches"] = {"set": self.patches, "dir": self.workspace.patches_dir.name, "source": source}
+            out["patches"] = patch_set_control(self.workspace)
         if self.image is not None:
             out["image"] = self.image
         return out

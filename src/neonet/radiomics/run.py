@@ -38,6 +38,7 @@ from neonet.report.figures import write_stage
 from neonet.report.stats import binary_metrics
 from neonet.run.atomic import read_json, write_csv, write_json
 from neonet.run.provenance import FileRecord, Provenance, check_current
+from neonet.seg.crop import patch_set_control
 from neonet.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def radiomics(
     c_grid: list[float] = list(C_GRID),  # noqa: B006,B008
     class_weight: Literal["balanced", "none"] = "balanced",
     max_iter: int = 5000,
+    patches: str | None = None,
     force: bool = False,
     report: bool = True,
 ) -> int:
@@ -121,6 +123,10 @@ def radiomics(
         c_grid: inverse L2 strengths (scikit-learn's C) tried on each fold.
         class_weight: ``balanced`` weighs PNI+ by negatives / positives of the fold's training patients; ``none`` does not.
         max_iter: L-BFGS iterations of the logistic regression.
+        patches: None reads ``patches/``; a name reads the patch set ``patches_<name>/`` that ``neonet crop
+            --patches <name>`` wrote (give the stage its own ``--stage``): the stage is then a control of the
+            baseline, recorded as such in its folds' ``artifact.json`` (as ``--data.patches`` does for a
+            network; ``predict-case``, ``export`` and ``evaluate`` refuse it).
         force: re-compute folds that are finished or were made with other settings.
         report: write the experiment's classification report (``neonet report``) afterwards.
     """
@@ -135,7 +141,10 @@ def radiomics(
         raise NeonetError(f"--bins must be at least 2, got {bins}")
     if not c_grid or min(c_grid) <= 0:
         raise NeonetError(f"--c_grid must hold positive values, got {c_grid}")
-    ws = Workspace(runs_dir, experiment)
+    try:
+        ws = Workspace(runs_dir, experiment, patches)
+    except ValueError as exc:
+        raise NeonetError(f"--patches: {exc}") from exc
     read_patch_manifest(ws)  # names `neonet crop` when the patches are missing
     doc = ensure_splits(ws.splits_path, read_cases(cases), n_folds, split_seed, val_fraction, workspace=ws)
     n = int(doc["folds"])
@@ -154,6 +163,8 @@ def radiomics(
         "max_iter": int(max_iter),
         "features": cols,
     }
+    if patches is not None:  # only then: the records of runs on `patches/` stay current
+        settings["patches"] = patches
     inputs = {"patches manifest": FileRecord.of(ws.patches_manifest), "splits": FileRecord.of(ws.splits_path)}
     for k in todo:
         _check_stage_folder(ws, stage, k)
@@ -241,6 +252,7 @@ def _run_fold(
             "network": NETWORK,
             "module": MODULE,
             "deep": False,
+            **({"control": {"patches": patch_set_control(ws)}} if ws.patches is not None else {}),
         },
         monitor="val/auc",
         best_score=chosen["val_auc"],

@@ -141,6 +141,13 @@ def sentence(row: dict[str, Any], record: dict[str, Any], level: int) -> str:
             BELOW: f"the image content adds to what the label patch alone gives {m}",
             ABOVE: f"{m} scores lower with the image than with the label patch alone",
         }[row["position"]]
+    elif not _manual(record):  # another patch set (e.g. the twin test's patches_twin/): no claim about masks
+        where_from = kind(record)
+        meaning = {
+            WITHIN: f"on {where_from} {m} scores alike",
+            ABOVE: f"on {where_from} {m} scores higher",
+            BELOW: f"on {where_from} {m} scores lower",
+        }[row["position"]]
     else:
         meaning = {
             WITHIN: f"with manual masks {m} scores alike: its score does not depend on which masks cut and label its patches",
@@ -151,9 +158,15 @@ def sentence(row: dict[str, Any], record: dict[str, Any], level: int) -> str:
     text = f"{lead}: {meaning}."
     if image_free and np.isfinite(row["auc_ci_lo"]) and row["auc_ci_lo"] > 0.5:
         text += f" Its CI lies above 0.5: the label patch alone carries the PNI label for {m}'s network."
-    if isinstance(record.get("patches"), dict) and record["patches"].get("source") == "manual":
+    if _manual(record):
         text += " (Manual masks of the test patients are an input here: a diagnostic control, not a deployable model.)"
     return text
+
+
+def _manual(record: dict[str, Any]) -> bool:
+    """Whether the control read patches cut with the manual masks (the mask-dependence control)."""
+    patches = record.get("patches")
+    return isinstance(patches, dict) and patches.get("source") == "manual"
 
 
 def controls_table(

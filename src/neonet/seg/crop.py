@@ -208,6 +208,17 @@ def crop_record(ws: Workspace) -> Provenance | None:
     return Provenance({**record.settings, **missing}, record.inputs, record.outputs, record.extra) if missing else record
 
 
+def patch_set_control(ws: Workspace) -> dict[str, Any]:
+    """What a stage trained on the patch set ``ws.patches`` records as its control (``classifier.control.patches``):
+    the set's name, its folder and the masks it was cut with (its crop record's ``source``; None when unreadable)."""
+    try:
+        record = crop_record(ws)
+    except NeonetError:
+        record = None
+    source = None if record is None else record.settings.get("source")
+    return {"set": ws.patches, "dir": ws.patches_dir.name, "source": source}
+
+
 def _inputs_digest(image: Path, mask: Path | None) -> str:
     """SHA-256 over the image's and the mask's bytes (to notice changed inputs on a re-run)."""
     digest = hashlib.sha256()

@@ -86,6 +86,9 @@ def peritumoral_shell(tumor: np.ndarray, spacing: Sequence[float], width_mm: flo
 def shrunk_tumor(tumor: np.ndarray, spacing: Sequence[float], shrink_mm: float) -> np.ndarray:
     """Tumour voxels farther than ``shrink_mm`` (physical distance) from every non-tumour voxel.
 
+    Distances run between voxel centres, as for the shell: a depth below the voxel spacing removes
+    nothing along that axis (at 3.5 x 3.5 x 6 mm, 6 mm takes one voxel layer off in-plane and along z).
+
     An erosion in millimetres: a segmentation that grew the tumour into the tissue around it (a
     perineural cuff drawn as tumour) loses that rim. A tumour thinner than ``2 * shrink_mm`` everywhere
     would vanish; it is then kept as it is (the caller always gets a tumour where there was one).
