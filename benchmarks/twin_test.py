@@ -110,13 +110,14 @@ def write_twins(ws: Workspace, cases_csv: Path, args: argparse.Namespace) -> Pat
             f"{cases_csv}: its case ids differ from the phantom's with these options ({only}...): pass the synth options"
         )
     common = {"strength": args.strength, "tumor_radius_mm": tuple(args.tumor_radius_mm)}
+    common |= {"shape": tuple(args.shape), "spacing": tuple(args.spacing)}
     negative = next(p for p in plan if not p.pni)
     again = make_case(negative.seed, 0, noise_rng=negative.noise_seed, **common)[0]
     stored = np.asarray(load_nifti(cases[negative.case_id].image).dataobj, dtype=np.float32)
     if again.shape != stored.shape or not np.allclose(again, stored, atol=1e-6):
         raise SystemExit(
             f"the phantom regenerated with {common} does not reproduce {negative.case_id} ({cases[negative.case_id].image}): "
-            "pass the cohort's synth options (--cases, --seed, --matched, --strength, --tumor_radius_mm)"
+            "pass the cohort's synth options (--cases, --seed, --pni_fraction, --matched, --tumor_radius_mm, --shape, --spacing)"
         )
     folder = ws.root / "twin"
     rows = []
@@ -311,6 +312,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--matched", type=int, default=3, help="neonet synth --matched of the cohort (0: independent cases)")
     p.add_argument("--strength", type=float, default=2.0, help="neonet synth --strength of the cohort")
     p.add_argument("--tumor_radius_mm", type=float, nargs=2, default=[20.0, 30.0], help="neonet synth --tumor_radius_mm")
+    p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 32], help="neonet synth --shape")
+    p.add_argument("--spacing", type=float, nargs=3, default=[3.5, 3.5, 6.0], help="neonet synth --spacing")
     p.add_argument("--shrink_mm", type=float, default=6.0, help="neonet crop --tumor_shrink_mm of the remedy")
     p.add_argument("--jobs", type=int, default=3, help="folds trained at once by neonet cv (one thread each)")
     p.add_argument("--configs", type=Path, default=Path("experiments/demo"), help="the experiment's stage configs")
@@ -339,7 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "experiment": args.experiment,
         "git_commit": git_sha(),
         "collected": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cohort": {k: getattr(args, k) for k in ("cases", "seed", "pni_fraction", "matched", "strength", "tumor_radius_mm")},
+        "cohort": {
+            k: getattr(args, k)
+            for k in ("cases", "seed", "pni_fraction", "matched", "strength", "tumor_radius_mm", "shape", "spacing")
+        },
         "shrink_mm": args.shrink_mm,
         "surviving": "(AUC_twin - 0.5) / (AUC - 0.5), given where AUC - 0.5 >= " + str(MIN_EFFECT),
         "steps": [" ".join(c) for _, c in steps(ws, cases_csv, twin_csv, args)],
