@@ -47,10 +47,10 @@ EXTERNAL    ?=
 DEMO_DONE   := $(RUNS)/demo/reports/demo_complete.txt
 export WANDB_MODE ?= offline
 # options of `make gpu-check` (benchmarks/gpu_check.py), e.g. ARGS="--device cpu --tiny" or ARGS="--budget_s 300",
-# and of `make strength-sweep` (benchmarks/strength_sweep.py), e.g. ARGS=--collect_only
+# of `make strength-sweep` (benchmarks/strength_sweep.py) and `make twin-test` (benchmarks/twin_test.py), e.g. ARGS=--collect_only
 ARGS        ?=
 
-.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn pattennet-hist pattennet-hist-syn confound baseline baselines radiomics report summary predict-case evaluate export null controls demo-full chaos clean-demo gpu-check strength-sweep
+.PHONY: help install lint test test-slow demo synth check-data plan seg crop autoencoder diffusion controlnet synthesize pattennet pattennet-syn pattennet-hist pattennet-hist-syn confound baseline baselines radiomics report summary predict-case evaluate export null controls demo-full chaos clean-demo gpu-check strength-sweep twin-test
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -188,6 +188,9 @@ gpu-check: install ## one GPU, < 8 min: each paper stage's step time, memory, FL
 
 strength-sweep: install ## the chain on matched phantoms of PNI strength 2, 0, 1, 0.5 (sweep-s<S>), pooled AUC vs strength (ARGS=...)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/strength_sweep.py --runs_dir $(RUNS) $(ARGS)
+
+twin-test: install ## after `make strength-sweep` (strength 2): PNI+ images replaced by their cuff-free twins, NeoSeg masks kept, classifiers retrained (ARGS=...)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/twin_test.py --runs_dir $(RUNS) --experiment sweep-s2 --strength 2 --matched 3 $(ARGS)
 
 # the CHAOS MR T2-SPIR cohort beside the repository (never copied into it)
 CHAOS_DIR   ?= ../shared/real_cohorts/chaos_mr_t2spir
