@@ -164,6 +164,16 @@ def read_runs(out: Path) -> list[dict[str, Any]]:
     return list(read_json(path)) if path.is_file() else []
 
 
+def since_synth(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The invocations of one experiment that made its current results: from the latest that synthesised the cohort.
+
+    A run resumed after an interruption adds its invocations up; a cohort deleted and swept again starts afresh,
+    so the wall time of an earlier, replaced sweep is not counted.
+    """
+    starts = [i for i, r in enumerate(runs) if any(s.get("step") == "synth" for s in r.get("steps", []))]
+    return list(runs[starts[-1] :] if starts else runs)
+
+
 def collect(runs_dir: Path, strengths: Sequence[float], runs: Sequence[dict[str, Any]] = ()) -> pd.DataFrame:
     """One row per (strength, model) from each experiment's ``reports/cls_summary.csv``.
 
@@ -174,7 +184,7 @@ def collect(runs_dir: Path, strengths: Sequence[float], runs: Sequence[dict[str,
     for strength in strengths:
         ws = Workspace(runs_dir, experiment_name(strength))
         summary = pd.read_csv(ws.cls_summary) if ws.cls_summary.is_file() else None
-        mine = [r for r in runs if r.get("experiment") == ws.experiment]
+        mine = since_synth([r for r in runs if r.get("experiment") == ws.experiment])
         wall = round(sum(float(r["seconds"]) for r in mine), 1) if mine else None
         # the latest invocation: its status and the steps it finished (an interrupted one stays "running")
         run_status = f"{mine[-1]['status']} after {'/'.join(s['step'] for s in mine[-1]['steps']) or 'no step'}" if mine else None

@@ -88,6 +88,10 @@ def test_collect_reads_each_strengths_report_and_marks_the_missing(swept) -> Non
     }
     assert table[table["strength"] == 1.0]["auc_pooled"].isna().all()
     assert set(table[table["strength"] == 2.0]["wall_s"]) == {120.5}
+    # a cohort synthesised again starts its wall time afresh; invocations resumed after it add up
+    fresh = [*runs_log, {"experiment": "sweep-s2", "seconds": 30.0, "status": "complete", "steps": [{"step": "synth"}]}]
+    fresh.append({"experiment": "sweep-s2", "seconds": 5.0, "status": "complete", "steps": [{"step": "report"}]})
+    assert set(sweep.collect(runs, [2.0], fresh)["wall_s"]) == {35.0}
     assert table[table["strength"] == 0.0]["wall_s"].isna().all()
     assert set(table[table["strength"] == 1.0]["run_status"]) == {"running after synth"}
     wall_line = sweep.markdown(table).strip().splitlines()[-1]
