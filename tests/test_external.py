@@ -41,6 +41,8 @@ def test_report_files_and_one_case_recomputed(trained_experiment: dict, external
     """Every file is there; one case's Dice and ensemble probability match an independent computation."""
     for name in ("external.md", "external.json", "seg_metrics.csv", "seg_summary.json", "seg_summary.md", "predictions.csv"):
         assert (report / name).is_file(), name
+    figure = report / "seg_cases.png"  # one bar per case and metric
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "`seg_cases.png`" in (report / "external.md").read_text("utf-8")
     doc = json.loads((report / "external.json").read_text(encoding="utf-8"))
     assert doc["folds"] == {"seg": [0, 1], "pattennet": [0, 1]} and doc["stages"] == ["seg", "pattennet"]
     md = (report / "external.md").read_text(encoding="utf-8")

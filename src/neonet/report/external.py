@@ -296,6 +296,7 @@ def _write_report(
     """Predict every scan and write the tables and figures into ``paths``; returns the numbers for ``external.json``."""
     from neonet.cls.plots import calibration_table, plot_calibration, plot_roc_pooled
     from neonet.predict.cohort import predict_scans
+    from neonet.report.figures.seg_cases import plot_seg_cases
     from neonet.seg.evaluate import markdown_table, summarise
 
     preds = predict_scans(external, predictor, paths, fingerprint)
@@ -314,6 +315,10 @@ def _write_report(
             write_json(paths.table("seg_summary", "json"), summary)
             write_text(paths.table("seg_summary", "md"), markdown_table(summary))
             found["seg"] = summary
+            title = f"NeoSeg fold ensemble of {doc['experiment']} on {doc['name']}"
+            drawn = plot_seg_cases(seg, paths.table("seg_cases", "png"), title, found["out_of_distribution"])
+            if drawn is not None:
+                found["files"]["seg"] = drawn.name
     if predictor.classifiers:
         frame = prediction_table(preds, thresholds)
         write_csv(paths.table("predictions"), frame)
@@ -386,6 +391,6 @@ def _markdown(doc: dict[str, Any]) -> str:
         missed = sorted(c for c, s in doc["crop_status"].items() if s != "ok")
         if missed:
             lines.append(f"\nNo classifier input (TLCR status other than ok): {', '.join(missed)}.\n")
-        if doc["files"]:
-            lines.append("\nFigures: " + ", ".join(f"`{f}`" for f in doc["files"].values()) + "\n")
+    if doc["files"]:
+        lines.append("\nFigures: " + ", ".join(f"`{f}`" for f in doc["files"].values()) + "\n")
     return "\n".join(lines) + "\n"

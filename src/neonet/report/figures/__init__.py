@@ -10,6 +10,7 @@ figure                                what it shows                             
 ``gen_quality_fold<k>.png``           synthetic patches beside their nearest real one, 3 planes   :mod:`.gen_pairs`
 ``gen_folds.png``                     NeoGen stage and quality metrics per fold                   :mod:`.fold_compare`
 ``<stage>_coefficients.png``          the radiomics baseline's standardised coefficients per fold :mod:`.radiomics`
+``external/<name>/seg_cases.png``     ``neonet evaluate``: NeoSeg metrics per external case       :mod:`.seg_cases`
 ====================================  =========================================================  ==================
 
 (The classification figures, ROC, calibration and scores, are :mod:`neonet.cls.plots`, drawn by
