@@ -44,7 +44,8 @@ def plot_seg_cases(metrics: pd.DataFrame, path: Path, title: str, flagged: Colle
     for ax, (column, name) in zip(axes[0], panels):
         values = pd.to_numeric(metrics[column], errors="coerce").to_numpy(float)
         ood = [c in flagged for c in cases]
-        bars = ax.bar(x, np.nan_to_num(values), color=["tab:orange" if o else "tab:blue" for o in ood])
+        # a case without the metric gets no bar (a 0 would read as a perfect HD95)
+        bars = ax.bar(x, values, color=["tab:orange" if o else "tab:blue" for o in ood])
         for bar, o in zip(bars, ood):
             if o:
                 bar.set_hatch("//")
